@@ -1,0 +1,1 @@
+"""The commands behind `run.py`: one module per group (serve, jobs, events, simulate, dev)."""

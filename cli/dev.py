@@ -1,0 +1,86 @@
+"""`run.py dev`: the backend with development secrets and the localstripe emulator as Stripe.
+
+Secrets are generated once and kept in `var/dev.env` (so `run.py simulate` in another shell
+signs with the same ones, and a restart keeps them); variables already set in the environment
+win. The emulator is started on `--stripe-port` unless something already answers there. Never
+use this mode with real Stripe keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+from cli.simulate import DEV_ENV, load_dev_env
+from service.config import Config
+
+
+def _generate() -> dict[str, str]:
+    return {
+        "STRIPE_APP_SECRETS": "absec_dev" + secrets.token_hex(16),
+        "STRIPE_WEBHOOK_SECRETS_LIVE": "whsec_devlive" + secrets.token_hex(16),
+        "STRIPE_WEBHOOK_SECRETS_TEST": "whsec_devtest" + secrets.token_hex(16),
+        "STRIPE_SECRET_KEY_LIVE": "sk_live_dev" + secrets.token_hex(8),
+        "STRIPE_SECRET_KEY_TEST": "sk_test_dev" + secrets.token_hex(8),
+        "STRIPE_APP_ID": "com.example.devapp",
+    }
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_emulator(port: int) -> subprocess.Popen | None:
+    if _port_open(port):
+        print(f"localstripe: already answering on port {port}")
+        return None
+    exe = shutil.which("localstripe") or os.path.join(os.path.dirname(sys.executable),
+                                                      "localstripe")
+    if not os.path.exists(exe):
+        raise SystemExit("localstripe is not installed: pip install localstripe")
+    proc = subprocess.Popen([exe, "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if _port_open(port):
+            print(f"localstripe: started on port {port} (pid {proc.pid})")
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"localstripe did not start on port {port}")
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    os.makedirs(os.path.dirname(DEV_ENV), exist_ok=True)
+    values = load_dev_env()
+    if not values:
+        values = _generate()
+        with open(DEV_ENV, "w") as f:
+            f.write("# development secrets written by `run.py dev`; never use in production\n")
+            f.writelines(f"{k}={v}\n" for k, v in values.items())
+    values["STRIPE_API_BASE"] = f"http://127.0.0.1:{args.stripe_port}"
+    env = {**values, **os.environ}
+    config = Config.from_env(env)
+    emulator = start_emulator(args.stripe_port)
+    print("development configuration (also in var/dev.env):")
+    for key in sorted(values):
+        print(f"  {key}={env[key]}")
+    print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate install "
+          "--account acct_demo --test")
+    from service.server import serve
+
+    try:
+        asyncio.run(serve(config))
+    finally:
+        if emulator is not None:
+            emulator.terminate()
+            emulator.wait(5)
+    return 0

@@ -1,0 +1,210 @@
+"""`run.py simulate ...`: play Stripe's parts against a running backend, signed as Stripe signs.
+
+    simulate install   --account acct_X [--user usr_X] [--test]   install link + callback
+    simulate uninstall --account acct_X [--test]                   deauthorized webhook
+    simulate event TYPE --account acct_X [--test]                  any event by type
+    simulate event --file event.json                               an event from a file
+    simulate request /api/installation --account acct_X [--payload '{"k": 1}']
+
+Secrets come from the environment (or, when unset, from `var/dev.env` written by `run.py dev`).
+Each command prints what it sent and what came back; it exits 1 when the backend refused, 2 on
+bad input or a missing secret, 3 when the backend cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from service.config import Config
+from service.signatures import install_signed_string, sign
+
+DEV_ENV = "var/dev.env"
+
+
+class SimulateError(Exception):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_parser(sub: Any) -> None:
+    sim = sub.add_parser("simulate", help="act as Stripe against a running backend")
+    sim.add_argument("--url", help="the backend (default http://HOST:PORT)")
+    ssub = sim.add_subparsers(dest="sim_command", metavar="action", required=True)
+    inst = ssub.add_parser("install", help="install through the install link and callback")
+    inst.add_argument("--account", required=True)
+    inst.add_argument("--user", default="usr_simulated")
+    inst.add_argument("--test", action="store_true")
+    unin = ssub.add_parser("uninstall", help="send account.application.deauthorized")
+    unin.add_argument("--account", required=True)
+    unin.add_argument("--test", action="store_true")
+    ev = ssub.add_parser("event", help="send a webhook event by type or from a JSON file")
+    ev.add_argument("type", nargs="?")
+    ev.add_argument("--file")
+    ev.add_argument("--account")
+    ev.add_argument("--test", action="store_true")
+    req = ssub.add_parser("request", help="send a signed extension request to /api/...")
+    req.add_argument("path")
+    req.add_argument("--account", required=True)
+    req.add_argument("--user", default="usr_simulated")
+    req.add_argument("--payload", help="a JSON object of extra signed fields")
+
+
+def load_dev_env(path: str = DEV_ENV) -> dict[str, str]:
+    values: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if "=" in line and not line.startswith("#"):
+                    key, _, value = line.strip().partition("=")
+                    values[key] = value
+    except FileNotFoundError:
+        pass
+    return values
+
+
+def _config(config: Config) -> Config:
+    if config.app_secrets or config.webhook_secrets["live"] or config.webhook_secrets["test"]:
+        return config
+    import os
+
+    dev = load_dev_env()
+    return Config.from_env({**dev, **os.environ}) if dev else config
+
+
+def make_event(type_: str, account: str | None, livemode: bool,
+               obj: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "id": "evt_sim" + secrets.token_hex(12), "object": "event", "api_version": "2024-06-20",
+        "account": account, "created": int(time.time()), "livemode": livemode,
+        "data": {"object": obj or {"id": "ca_simulated", "object": "application"}},
+        "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None}, "type": type_,
+    }
+
+
+def _show(label: str, value: Any) -> None:
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    print(f"{label}:\n{text}")
+
+
+def _answer(resp: httpx.Response) -> int:
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        body = resp.text[:2000]
+    _show(f"<- {resp.status_code}", body)
+    return 0 if resp.status_code < 400 else 1
+
+
+def send_event(client: httpx.Client, config: Config, event: dict[str, Any]) -> int:
+    live = bool(event.get("livemode"))
+    pool = config.webhook_secrets["live"] if live else (
+        config.webhook_secrets["test"] or config.webhook_secrets["live"])
+    if not pool:
+        raise SimulateError("no webhook secret for this mode: set STRIPE_WEBHOOK_SECRETS_"
+                            + ("LIVE" if live else "TEST"))
+    body = json.dumps(event, indent=2)  # Stripe sends pretty-printed JSON
+    _show("-> POST /webhooks", body)
+    resp = client.post("/webhooks", content=body.encode(), headers={
+        "Stripe-Signature": sign(body, pool[0]), "Content-Type": "application/json"})
+    return _answer(resp)
+
+
+def install(client: httpx.Client, config: Config, account: str, user: str, test: bool) -> int:
+    if not config.app_secrets:
+        raise SimulateError("STRIPE_APP_SECRETS is not set")
+    print("-> GET /install")
+    start = client.get("/install")
+    if start.status_code != 302:
+        return _answer(start)
+    location = start.headers["location"]
+    print(f"<- 302 to {location}")
+    query = parse_qs(urlsplit(location).query)
+    state = query["state"][0]
+    callback = urlsplit(query["redirect_uri"][0]).path
+    params = {"user_id": user, "account_id": account, "state": state,
+              "install_signature": sign(install_signed_string(state, user, account),
+                                        config.app_secrets[0])}
+    if test:
+        params["livemode"] = "false"
+    print(f"-> GET {callback} (as Stripe's redirect) {json.dumps(params)}")
+    resp = client.get(callback, params=params, headers={"Accept": "application/json"})
+    code = _answer(resp)
+    if code == 0:
+        print("-> and the webhook Stripe sends with it")
+        code = send_event(client, config, make_event("account.application.authorized", account,
+                                                     not test))
+    return code
+
+
+def request(client: httpx.Client, config: Config, path: str, account: str, user: str,
+            payload: str | None) -> int:
+    if not config.app_secrets:
+        raise SimulateError("STRIPE_APP_SECRETS is not set")
+    extra: dict[str, Any] = {}
+    if payload:
+        try:
+            extra = json.loads(payload)
+        except ValueError as exc:
+            raise SimulateError(f"--payload is not JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise SimulateError("--payload must be a JSON object")
+    body = json.dumps({**extra, "user_id": user, "account_id": account},
+                      separators=(",", ":"), ensure_ascii=False)
+    _show(f"-> POST {path}", body)
+    resp = client.post(path, content=body.encode(), headers={
+        "Stripe-Signature": sign(body, config.app_secrets[0]),
+        "Content-Type": "application/json"})
+    return _answer(resp)
+
+
+def _event_from_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            event = json.load(f)
+    except OSError as exc:
+        raise SimulateError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise SimulateError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(
+            event.get("type"), str) or not isinstance(event.get("livemode"), bool):
+        raise SimulateError(f"{path} is not a Stripe event (needs object=event, type, livemode)")
+    event.setdefault("id", "evt_sim" + secrets.token_hex(12))
+    event.setdefault("created", int(time.time()))
+    return event
+
+
+def run_simulate(config: Config, args: argparse.Namespace) -> int:
+    config = _config(config)
+    url = args.url or f"http://{config.host}:{config.port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            if args.sim_command == "install":
+                return install(client, config, args.account, args.user, args.test)
+            if args.sim_command == "uninstall":
+                return send_event(client, config, make_event(
+                    "account.application.deauthorized", args.account, not args.test))
+            if args.sim_command == "event":
+                if args.file:
+                    event = _event_from_file(args.file)
+                elif args.type:
+                    event = make_event(args.type, args.account, not args.test)
+                else:
+                    raise SimulateError("give an event type or --file")
+                return send_event(client, config, event)
+            return request(client, config, args.path, args.account, args.user, args.payload)
+    except SimulateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except httpx.TransportError as exc:
+        print(f"error: cannot reach the backend at {url} ({type(exc).__name__}); is it "
+              "running? Start it with `python run.py` or `python run.py dev`.", file=sys.stderr)
+        return 3

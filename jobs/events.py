@@ -1,0 +1,164 @@
+"""Processing stored webhook events: the installation lifecycle, then the app's own handlers.
+
+The webhook endpoint stores an event and calls `submit(event_id)`; processing happens after the
+answer. An event is processed by whoever wins its claim (`models/events.claim_event`), so a
+redelivery, a second replica or a restart never runs it twice at once. A failed attempt is
+retried with backoff by `poll()`, which also picks up events a crashed process left behind.
+
+Built in:
+- `account.application.authorized` activates the installation for (`account`, mode);
+- `account.application.deauthorized` deactivates it and deletes the account's app data in that
+  mode (every `AccountModel` table), in one transaction; the scheduler hears of it and stops the
+  account's jobs in that mode.
+Both are applied only if not older than the last change applied (see `models/installation.py`).
+The mode is always the event's `livemode`, never the endpoint or secret it arrived with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import stripe
+
+from jobs.registry import Registry
+from jobs.stripe_api import StripeClients
+from models.base import AccountModel
+from models.db import Storage, write_transaction
+from models.events import WebhookEvent, claim_event, due_event_ids, finish_event
+from models.installation import InstallationView, apply_state
+from models.installation_index import InstallationIndex
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+
+log = logging.getLogger("app.events")
+
+AUTHORIZED = "account.application.authorized"
+DEAUTHORIZED = "account.application.deauthorized"
+
+
+@dataclass
+class EventContext:
+    """What an event handler receives."""
+
+    event: dict[str, Any]
+    account_id: str | None
+    mode: str
+    attempt: int
+    storage: Storage
+    clients: StripeClients = field(repr=False)
+
+    @property
+    def type(self) -> str:
+        return self.event["type"]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.event.get("data", {}).get("object", {})
+
+    @cached_property
+    def stripe(self) -> stripe.StripeClient:
+        if not self.account_id:
+            raise RuntimeError("this event is about the platform account; it has no account")
+        return self.clients.for_account(self.account_id, self.mode)
+
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.storage.run(fn, *args, **kwargs)
+
+
+def _apply_lifecycle(event: WebhookEvent) -> tuple[InstallationView, bool, int]:
+    """Runs in a database thread: apply an (un)install event; returns (row, applied, deleted)."""
+    active = event.type == AUTHORIZED
+    with write_transaction():
+        view, applied = apply_state(event.account_id, event.mode, active, event.created,
+                                    source=event.id, confirm=active,
+                                    arrived=event.received_at)
+        deleted = 0
+        if applied and not active:
+            deleted = AccountModel.delete_account_data(event.account_id, event.mode)
+    return view, applied, deleted
+
+
+class EventProcessor:
+    def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
+                 clients: StripeClients, metrics: Metrics, concurrency: int = 8,
+                 poll_interval: float = 5.0) -> None:
+        self.registry = registry
+        self.storage = storage
+        self.installations = installations
+        self.clients = clients
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self._poller: asyncio.Task | None = None
+
+    def submit(self, event_id: str) -> None:
+        """Process a just-stored event soon, without making the caller wait."""
+        task = asyncio.get_running_loop().create_task(self.process(event_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def process(self, event_id: str, force: bool = False) -> str | None:
+        """Claim and process one event; returns its new status, or None if not claimed."""
+        async with self._slots:
+            event = await self.storage.run(claim_event, event_id, force)
+            if event is None:
+                return None
+            error = None
+            try:
+                await self._dispatch(event)
+            except Exception as exc:
+                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+                log.warning("event %s (%s) failed, attempt %d: %s", event.id, event.type,
+                            event.attempts, error)
+            status = await asyncio.shield(
+                self.storage.run(finish_event, event.id, error, event.attempts))
+            self.metrics.event_processing.labels(event.type, status).inc()
+            return status
+
+    async def _dispatch(self, event: WebhookEvent) -> None:
+        if event.type in (AUTHORIZED, DEAUTHORIZED) and event.account_id:
+            view, applied, deleted = await self.storage.run(_apply_lifecycle, event)
+            self.installations.put(view)
+            log.info("%s %s/%s: %s%s", event.type, event.account_id, event.mode,
+                     "applied" if applied else "older than the current state, ignored",
+                     f", {deleted} app rows deleted" if deleted else "")
+        handlers = self.registry.handlers.get(event.type, []) + \
+            self.registry.handlers.get("*", [])
+        if not handlers:
+            return
+        body = json.loads(event.payload)
+        for handler in handlers:
+            ctx = EventContext(body, event.account_id, event.mode, event.attempts, self.storage,
+                               self.clients)
+            await handler(ctx)
+
+    async def poll(self) -> int:
+        """Process events that are due for a retry or were left behind; returns how many."""
+        ids = await self.storage.run(due_event_ids)
+        results = await asyncio.gather(*(self.process(i) for i in ids))
+        return sum(1 for r in results if r is not None)
+
+    async def poll_forever(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception as exc:  # the database may be down; try again later
+                log.warning("event poll failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.poll_interval)
+
+    def start(self) -> None:
+        self._poller = asyncio.get_running_loop().create_task(self.poll_forever())
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self._poller:
+            self._poller.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)

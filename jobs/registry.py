@@ -1,0 +1,164 @@
+"""Declaring per-account jobs and webhook event handlers.
+
+    from jobs.registry import job, on_event
+
+    @job(every=3600, spread=600)            # hourly, each account at its own minute
+    async def sync_invoices(ctx: JobContext) -> None:
+        await ctx.stripe.v1.invoices.list_async(...)
+
+    @on_event("customer.created")
+    async def welcome(ctx: EventContext) -> None:
+        ...
+
+The decorators only mark the function; `Registry.discover()` imports every module of the
+`jobs` package and collects what is marked, so there is no global registry to mutate and a new
+module in `jobs/` is picked up without touching any other file.
+
+Fire times are the same on every replica: interval jobs are anchored to a fixed epoch, and the
+spread of an account (its offset within `spread` seconds) is a hash of the job, account and mode,
+not a random draw. That is what lets replicas claim a fire by its time (see `models/jobs.py`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+MODES = ("live", "test")
+EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
+
+JobFunc = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    func: JobFunc
+    every: float | None = None  # seconds between runs, or
+    cron: str | None = None  # a crontab line, in UTC
+    spread: float = 0.0  # each account runs at a stable offset in [0, spread)
+    modes: tuple[str, ...] = MODES
+    attempts: int = 3  # tries per fire before the run is recorded as failed
+    retry_delay: float = 5.0  # base of the exponential backoff between tries
+    misfire_grace: float = 3600.0  # a fire missed while down runs late if within this
+    run_on_install: bool = False  # also run once as soon as an account installs
+    description: str = ""
+
+    def offset(self, account_id: str, mode: str) -> float:
+        if not self.spread:
+            return 0.0
+        digest = zlib.crc32(f"{self.name}:{account_id}:{mode}".encode())
+        return float(digest % int(self.spread * 1000)) / 1000.0
+
+    def trigger(self, account_id: str, mode: str) -> BaseTrigger:
+        offset = self.offset(account_id, mode)
+        if self.every:
+            return IntervalTrigger(seconds=self.every, start_date=EPOCH + timedelta(seconds=offset),
+                                   timezone=UTC)
+        base = CronTrigger.from_crontab(self.cron or "0 0 * * *", timezone=UTC)
+        return OffsetTrigger(base, offset) if offset else base
+
+    def previous_fire(self, account_id: str, mode: str, now: datetime,
+                      window: float) -> datetime | None:
+        """The last fire time in (now - window, now], or None."""
+        trigger = self.trigger(account_id, mode)
+        last, cursor = None, now - timedelta(seconds=window)
+        for _ in range(10_000):
+            nxt = trigger.get_next_fire_time(last, cursor if last is None else last)
+            if nxt is None or nxt > now:
+                break
+            if last is not None and nxt <= last:
+                break
+            last = nxt
+            cursor = nxt
+        return last
+
+
+class OffsetTrigger(BaseTrigger):
+    """A cron trigger shifted later by a fixed number of seconds."""
+
+    def __init__(self, inner: BaseTrigger, seconds: float) -> None:
+        self.inner, self.shift = inner, timedelta(seconds=seconds)
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None,
+                           now: datetime) -> datetime | None:
+        prev = previous_fire_time - self.shift if previous_fire_time else None
+        nxt = self.inner.get_next_fire_time(prev, now - self.shift)
+        return nxt + self.shift if nxt else None
+
+    def __str__(self) -> str:
+        return f"{self.inner} + {self.shift.total_seconds():.0f}s"
+
+
+def job(name: str | None = None, *, every: float | timedelta | None = None,
+        cron: str | None = None, spread: float = 0.0, modes: tuple[str, ...] = MODES,
+        attempts: int = 3, retry_delay: float = 5.0, misfire_grace: float = 3600.0,
+        run_on_install: bool = False) -> Callable[[JobFunc], JobFunc]:
+    """Mark `async def f(ctx: JobContext)` as a per-account job (give `every` or `cron`)."""
+    if (every is None) == (cron is None):
+        raise ValueError("give exactly one of every= or cron=")
+    if isinstance(every, timedelta):
+        every = every.total_seconds()
+    if cron is not None:
+        CronTrigger.from_crontab(cron)  # fail at import time, not at the first fire
+
+    def mark(func: JobFunc) -> JobFunc:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"job {func.__name__} must be an async function")
+        func.__job_spec__ = JobSpec(  # type: ignore[attr-defined]
+            name=name or func.__name__, func=func, every=every, cron=cron, spread=spread,
+            modes=tuple(modes), attempts=attempts, retry_delay=retry_delay,
+            misfire_grace=misfire_grace, run_on_install=run_on_install,
+            description=(inspect.getdoc(func) or "").split("\n")[0])
+        return func
+
+    return mark
+
+
+def on_event(*types: str) -> Callable[[JobFunc], JobFunc]:
+    """Mark `async def f(ctx: EventContext)` as a handler of these webhook event types."""
+
+    def mark(func: JobFunc) -> JobFunc:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"event handler {func.__name__} must be an async function")
+        func.__event_types__ = tuple(types)  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+@dataclass
+class Registry:
+    jobs: dict[str, JobSpec] = field(default_factory=dict)
+    handlers: dict[str, list[JobFunc]] = field(default_factory=dict)
+
+    def add_module(self, module: Any) -> None:
+        for _, value in inspect.getmembers(module):
+            spec = getattr(value, "__job_spec__", None)
+            if isinstance(spec, JobSpec):
+                existing = self.jobs.get(spec.name)
+                if existing is not None and existing.func is not spec.func:
+                    raise ValueError(f"two jobs are named {spec.name!r}")
+                self.jobs[spec.name] = spec
+            for type_ in getattr(value, "__event_types__", ()):
+                funcs = self.handlers.setdefault(type_, [])
+                if value not in funcs:
+                    funcs.append(value)
+
+    @classmethod
+    def discover(cls, package: str = "jobs") -> Registry:
+        registry = cls()
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
+            registry.add_module(importlib.import_module(info.name))
+        return registry

@@ -1,0 +1,158 @@
+"""Running one fire of a job for one account: claim, limits, retries, record.
+
+`JobRunner.fire(job, account, mode, fire_time)`:
+
+1. skips at once if the account is not (or no longer) active in that mode, or is paused;
+2. waits for one of `JOB_CONCURRENCY` slots;
+3. claims the fire in the database (unique job/account/mode/fire time: one replica wins; the
+   claim also re-checks the installation, so a run whose account uninstalled meanwhile does not
+   start);
+4. calls the job with a `JobContext`, up to `spec.attempts` times with jittered exponential
+   backoff between tries;
+5. records the outcome: succeeded, failed, revoked (Stripe said the key may no longer act for
+   the account: the installation's jobs are paused and reported, not retried), or
+   not_configured (no platform key for the mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import stripe
+
+from jobs.registry import JobSpec, Registry
+from jobs.stripe_api import MissingKey, StripeClients
+from models.base import now
+from models.db import Storage
+from models.installation import set_paused
+from models.installation_index import InstallationIndex
+from models.jobs import claim_run, update_run
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+
+log = logging.getLogger("app.jobs")
+
+REVOKED = (stripe.AuthenticationError, stripe.PermissionError)
+
+
+@dataclass
+class JobContext:
+    """What a job receives: who it runs for, and the tools to do it."""
+
+    job: str
+    account_id: str
+    mode: str
+    fire_time: datetime
+    attempt: int
+    storage: Storage
+    clients: StripeClients = field(repr=False)
+
+    @cached_property
+    def stripe(self) -> stripe.StripeClient:
+        """A client bound to this account (`Stripe-Account`) with the mode's platform key."""
+        return self.clients.for_account(self.account_id, self.mode)
+
+    @property
+    def livemode(self) -> bool:
+        return self.mode == "live"
+
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a synchronous database function off the event loop."""
+        return await self.storage.run(fn, *args, **kwargs)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return text[:2000]
+
+
+class JobRunner:
+    def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
+                 clients: StripeClients, metrics: Metrics, concurrency: int = 10,
+                 replica: str | None = None) -> None:
+        self.registry = registry
+        self.storage = storage
+        self.installations = installations
+        self.clients = clients
+        self.metrics = metrics
+        self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
+        self._slots = asyncio.Semaphore(concurrency)
+        self.running = 0
+
+    async def fire(self, job: str, account_id: str, mode: str, fire_time: datetime,
+                   reason: str = "schedule", force: bool = False) -> str:
+        """Run one fire; returns the outcome (see the module docstring) or why it did not run."""
+        spec = self.registry.jobs.get(job)
+        if spec is None:
+            return "unknown_job"
+        view = self.installations.get(account_id, mode)
+        if not force and (view is None or not view.active or view.jobs_paused):
+            return "not_active"
+        async with self._slots:
+            stamp = int(fire_time.timestamp())
+            run_id = await self.storage.run(claim_run, spec.name, account_id, mode, stamp,
+                                            self.replica)
+            if run_id is None:
+                return "not_claimed"
+            self.running += 1
+            try:
+                outcome = await self._attempts(spec, run_id, account_id, mode, fire_time, reason)
+            finally:
+                self.running -= 1
+        self.metrics.job_runs.labels(spec.name, outcome).inc()
+        return outcome
+
+    async def _attempts(self, spec: JobSpec, run_id: int, account_id: str, mode: str,
+                        fire_time: datetime, reason: str) -> str:
+        outcome, error, attempt = "failed", None, 0
+        try:
+            for attempt in range(1, spec.attempts + 1):
+                ctx = JobContext(spec.name, account_id, mode, fire_time, attempt, self.storage,
+                                 self.clients)
+                try:
+                    log.info("job %s for %s/%s (%s, attempt %d)", spec.name, account_id, mode,
+                             reason, attempt)
+                    await spec.func(ctx)
+                    outcome, error = "succeeded", None
+                    break
+                except MissingKey as exc:
+                    outcome, error = "not_configured", str(exc)
+                    log.warning("job %s for %s/%s: %s", spec.name, account_id, mode, exc)
+                    break
+                except REVOKED as exc:
+                    outcome, error = "revoked", _short_error(exc)
+                    await self._pause(account_id, mode, f"{spec.name}: {type(exc).__name__}")
+                    break
+                except Exception as exc:
+                    error = _short_error(exc)
+                    log.warning("job %s for %s/%s failed (attempt %d/%d): %s", spec.name,
+                                account_id, mode, attempt, spec.attempts, error)
+                    if attempt < spec.attempts:
+                        await self.storage.run(update_run, run_id, attempt=attempt, error=error,
+                                               outcome="retrying")
+                        delay = random.uniform(0.5, 1.0) * spec.retry_delay * 2 ** (attempt - 1)
+                        await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            outcome, error = "interrupted", "the process shut down during the run"
+            raise
+        finally:
+            await asyncio.shield(self.storage.run(
+                update_run, run_id, attempt=attempt, error=error, outcome=outcome,
+                finished_at=now()))
+        return outcome
+
+    async def _pause(self, account_id: str, mode: str, reason: str) -> None:
+        log.error("Stripe refused the platform key for %s/%s (%s): pausing its jobs until the "
+                  "app is reinstalled or `run.py jobs resume` is run", account_id, mode, reason)
+        view = await self.storage.run(set_paused, account_id, mode, True, reason)
+        if view is not None:
+            self.installations.put(view)

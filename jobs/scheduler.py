@@ -1,0 +1,231 @@
+"""APScheduler 3 inside the service's event loop, one scheduled job per (job, account, mode).
+
+- `start()` must run inside the running loop (an AsyncIOScheduler built before the loop starts
+  silently runs nothing). It schedules every active installation, then follows the installation
+  index: an account that becomes active (install callback, `authorized` webhook, or a row another
+  replica wrote) gets its jobs; one that becomes inactive or paused loses them.
+- Fires reach `JobRunner.fire` through `RunnerExecutor`, which passes the scheduled fire time
+  (the claim key). Missed fires are coalesced (`coalesce=True`) and dropped past the job's
+  `misfire_grace`; `max_instances=1` per (job, account, mode).
+- Missed while the process was down: `catch_up()` runs, once per (job, account, mode), the most
+  recent fire within `misfire_grace` that no replica recorded (coalesced into one run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from jobs.registry import Registry
+from jobs.runner import JobRunner
+from models.installation import InstallationView
+from models.installation_index import InstallationIndex
+from models.jobs import last_runs, runs_since
+
+log = logging.getLogger("app.scheduler")
+
+
+def job_id(name: str, account_id: str, mode: str) -> str:
+    return f"{name}:{mode}:{account_id}"
+
+
+class RunnerExecutor(BaseExecutor):
+    """Hands each fire to `JobRunner.fire` with its scheduled time (the last, if coalesced)."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        super().__init__()
+        self.runner = runner
+        self.tasks: set[asyncio.Task] = set()
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        fire_time = run_times[-1]
+        late = (datetime.now(UTC) - fire_time).total_seconds()
+        if job.misfire_grace_time is not None and late > job.misfire_grace_time:
+            self._run_job_success(job.id, [JobExecutionEvent(
+                EVENT_JOB_MISSED, job.id, job._jobstore_alias, fire_time)])
+            return
+        task = asyncio.get_running_loop().create_task(self.runner.fire(*job.args, fire_time))
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self.tasks.discard(t)
+            if t.cancelled():
+                self._run_job_success(job.id, [])
+            elif t.exception() is not None:
+                self._run_job_error(job.id, t.exception(), None)
+            else:
+                self._run_job_success(job.id, [])
+
+        task.add_done_callback(done)
+
+    def shutdown(self, wait: bool = True) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class JobScheduler:
+    def __init__(self, registry: Registry, runner: JobRunner,
+                 installations: InstallationIndex) -> None:
+        self.registry = registry
+        self.runner = runner
+        self.installations = installations
+        self._aps: AsyncIOScheduler | None = None
+        self._executor: RunnerExecutor | None = None
+        self._extra: set[asyncio.Task] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> int:
+        """Schedule every active installation's jobs; returns how many were scheduled."""
+        self._executor = RunnerExecutor(self.runner)
+        self._aps = AsyncIOScheduler(
+            timezone=UTC, executors={"default": self._executor},
+            job_defaults={"coalesce": True, "max_instances": 1})
+        self._aps.start(paused=True)  # adding while paused does not wake the loop per job
+        count = 0
+        for view in self.installations.active():
+            count += self._add(view)
+        self._aps.resume()
+        self.installations.subscribe(self._on_change)
+        log.info("scheduler started: %d jobs for %d job types", count, len(self.registry.jobs))
+        return count
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop firing, let running jobs finish for up to `timeout` seconds, then cancel them."""
+        if self._aps is None:
+            return
+        self._aps.pause()
+        pending = [*self._executor.tasks, *self._extra] if self._executor else list(self._extra)
+        if pending:
+            log.info("waiting up to %.0fs for %d running jobs", timeout, len(pending))
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+        self._aps.shutdown(wait=False)
+        self._aps = None
+
+    def state(self) -> dict[str, Any]:
+        return {"enabled": True, "running": bool(self._aps and self._aps.running),
+                "jobs": self.job_count(), "runs_in_progress": self.runner.running}
+
+    def job_count(self) -> int:
+        return len(self._aps._jobstores["default"]._jobs) if self._aps else 0
+
+    # ---- following installations ----------------------------------------------------------
+    def _on_change(self, old: InstallationView | None, new: InstallationView) -> None:
+        if new.active and not new.jobs_paused:
+            self._add(new)
+            if old is None or not old.active:
+                self._run_on_install(new)
+        else:
+            self._remove(new.account_id, new.mode)
+
+    def _add(self, view: InstallationView) -> int:
+        assert self._aps is not None
+        count = 0
+        for spec in self.registry.jobs.values():
+            if view.mode not in spec.modes or view.jobs_paused:
+                continue
+            self._aps.add_job(
+                self.runner.fire, trigger=spec.trigger(view.account_id, view.mode),
+                id=job_id(spec.name, view.account_id, view.mode),
+                args=(spec.name, view.account_id, view.mode), replace_existing=True,
+                misfire_grace_time=int(spec.misfire_grace), name=spec.name)
+            count += 1
+        return count
+
+    def _remove(self, account_id: str, mode: str) -> None:
+        if self._aps is None:
+            return
+        for spec in self.registry.jobs.values():
+            try:
+                self._aps.remove_job(job_id(spec.name, account_id, mode))
+            except JobLookupError:
+                pass
+
+    def _run_on_install(self, view: InstallationView) -> None:
+        for spec in self.registry.jobs.values():
+            if spec.run_on_install and view.mode in spec.modes and view.since:
+                fire = datetime.fromtimestamp(view.since, UTC)
+                self._spawn(self.runner.fire(spec.name, view.account_id, view.mode, fire,
+                                             reason="install"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._extra.add(task)
+        task.add_done_callback(self._extra.discard)
+
+    # ---- missed fires ---------------------------------------------------------------------
+    async def catch_up(self) -> int:
+        """Run the most recent fire missed within each job's grace; returns how many started."""
+        started = 0
+        now = datetime.now(UTC)
+        for spec in self.registry.jobs.values():
+            floor = int((now - timedelta(seconds=spec.misfire_grace)).timestamp())
+            done = await self.runner.storage.run(runs_since, spec.name, floor)
+            for i, view in enumerate(list(self.installations.active())):
+                if i % 1000 == 999:
+                    await asyncio.sleep(0)
+                if view.mode not in spec.modes or view.jobs_paused:
+                    continue
+                prev = spec.previous_fire(view.account_id, view.mode, now, spec.misfire_grace)
+                if prev is None or (view.since and prev.timestamp() < view.since):
+                    continue
+                if (view.account_id, view.mode, int(prev.timestamp())) in done:
+                    continue
+                self._spawn(self.runner.fire(spec.name, view.account_id, view.mode, prev,
+                                             reason="missed while down"))
+                started += 1
+        if started:
+            log.info("catching up %d fires missed while no scheduler was running", started)
+        return started
+
+    # ---- what the API and CLI show --------------------------------------------------------
+    def next_run(self, name: str, account_id: str, mode: str) -> datetime | None:
+        if self._aps is not None:
+            aps_job = self._aps.get_job(job_id(name, account_id, mode))
+            return aps_job.next_run_time if aps_job else None
+        return None
+
+
+def describe_jobs(registry: Registry, installations: InstallationIndex,
+                  scheduler: JobScheduler | None, account_id: str) -> list[dict[str, Any]]:
+    """The account's jobs in each mode it is installed in, without their last runs."""
+    now = datetime.now(UTC)
+    rows = []
+    for mode in ("live", "test"):
+        view = installations.get(account_id, mode)
+        if view is None or not view.active:
+            continue
+        for spec in registry.jobs.values():
+            if mode not in spec.modes:
+                continue
+            nxt = scheduler.next_run(spec.name, account_id, mode) if scheduler else None
+            if nxt is None and not view.jobs_paused:
+                nxt = spec.trigger(account_id, mode).get_next_fire_time(None, now)
+            rows.append({"job": spec.name, "mode": mode, "paused": view.jobs_paused,
+                         "pause_reason": view.pause_reason, "description": spec.description,
+                         "next_run": None if view.jobs_paused or nxt is None
+                         else int(nxt.timestamp())})
+    return rows
+
+
+def attach_last_runs(rows: list[dict[str, Any]], account_id: str) -> list[dict[str, Any]]:
+    """Runs in a database thread: add each job's last run to `describe_jobs` rows."""
+    latest = last_runs(account_id)
+    for row in rows:
+        run = latest.get((row["job"], row["mode"]))
+        row["last_run"] = None if run is None else {
+            "fire_time": run.fire_time, "started": int(run.started_at or 0),
+            "finished": int(run.finished_at) if run.finished_at else None,
+            "outcome": run.outcome, "attempt": run.attempt, "error": run.error}
+    return rows
+

@@ -1,0 +1,111 @@
+"""Stripe API clients for per-account calls: the mode's platform key, `Stripe-Account`, limits.
+
+`StripeClients.for_account(account, mode)` returns a `stripe.StripeClient` bound to the account
+(every request carries `Stripe-Account: <acct>`), pointed at `STRIPE_API_BASE` when set, with
+network retries on (connection errors, 409 and 5xx, with the library's jittered backoff).
+All clients of one mode share one HTTP client, which
+
+- spaces requests to stay under `STRIPE_RATE_LIMIT_<MODE>` calls per second (Stripe's own
+  limits are 100/s live and 25/s test; the library does not enforce them), and
+- backs off on 429 with exponential delay and full jitter (or `Retry-After`), which the library
+  does not retry at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import stripe
+
+log = logging.getLogger("app.stripe")
+
+STRIPE_API = "https://api.stripe.com"
+
+
+class MissingKey(RuntimeError):
+    """No platform secret key is configured for this mode."""
+
+
+class RateLimiter:
+    """Spaces acquisitions at least `1/rate` seconds apart, first come first served."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class LimitedHTTPClient(stripe.HTTPXClient):
+    """The library's httpx client, rate limited, and retrying 429 with jittered backoff."""
+
+    def __init__(self, limiter: RateLimiter, *, retries_429: int = 5, base_delay: float = 0.5,
+                 max_delay: float = 30.0, on_response: Callable[[int], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.limiter = limiter
+        self.retries_429 = retries_429
+        self.base_delay, self.max_delay = base_delay, max_delay
+        self.on_response = on_response
+
+    def backoff(self, attempt: int, headers: Mapping[str, str] | None) -> float:
+        retry_after = (headers or {}).get("retry-after")
+        if retry_after:
+            try:
+                return min(self.max_delay, float(retry_after)) + random.uniform(0, self.base_delay)
+            except ValueError:
+                pass
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+
+    async def request_async(self, method: str, url: str, headers: Mapping[str, str],
+                            post_data: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
+        attempt = 0
+        while True:
+            await self.limiter.acquire()
+            content, status, rheaders = await super().request_async(method, url, headers,
+                                                                    post_data)
+            if self.on_response:
+                self.on_response(status)
+            if status != 429 or attempt >= self.retries_429:
+                return content, status, rheaders
+            delay = self.backoff(attempt, rheaders)
+            attempt += 1
+            log.info("429 from Stripe for %s %s; retry %d in %.2fs", method, url, attempt, delay)
+            await asyncio.sleep(delay)
+
+
+class StripeClients:
+    def __init__(self, secret_keys: Mapping[str, str | None], rate_limits: Mapping[str, float],
+                 api_base: str | None = None, max_network_retries: int = 3,
+                 on_response: Callable[[str, int], None] | None = None,
+                 base_delay: float = 0.5) -> None:
+        self.secret_keys = secret_keys
+        self.api_base = api_base or STRIPE_API
+        self.max_network_retries = max_network_retries
+        self._http: dict[str, LimitedHTTPClient] = {}
+        for mode, rate in rate_limits.items():
+            callback = (lambda status, m=mode: on_response(m, status)) if on_response else None
+            self._http[mode] = LimitedHTTPClient(RateLimiter(rate), on_response=callback,
+                                                 base_delay=base_delay, timeout=30)
+
+    def for_account(self, account_id: str, mode: str) -> stripe.StripeClient:
+        key = self.secret_keys.get(mode)
+        if not key:
+            raise MissingKey(f"STRIPE_SECRET_KEY_{mode.upper()} is not configured")
+        return stripe.StripeClient(
+            key, stripe_account=account_id, base_addresses={"api": self.api_base},
+            max_network_retries=self.max_network_retries, http_client=self._http[mode])
+
+    async def close(self) -> None:
+        for client in self._http.values():
+            await client.close_async()

@@ -1,0 +1,124 @@
+"""Database setup from `DATABASE_URL`, and `Storage`, the way async code reaches the database.
+
+Peewee is synchronous and keeps one connection per thread. Handlers and jobs run on the event
+loop, so every query goes through `Storage.run(fn)`, which runs `fn` in a small bounded pool of
+threads, each with its own connection. The loop never blocks on the database, and a transaction
+(`db.atomic()`) always lives entirely inside one `fn`, never across an `await`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import peewee as pw
+from playhouse.db_url import connect
+
+#: The one piece of module-level state: models bind to this proxy, `open_database` fills it.
+database = pw.DatabaseProxy()
+
+T = TypeVar("T")
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 10000,
+    "foreign_keys": 1,
+    "synchronous": "normal",
+}
+
+#: Errors that mean "the database is not available" (503), as opposed to a bug (500).
+UNAVAILABLE = (pw.OperationalError, pw.InterfaceError)
+
+
+def open_database(url: str) -> pw.Database:
+    """Connect the model proxy to `url`. A SQLite file and its folder are created if missing."""
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        db = connect(url, pragmas=SQLITE_PRAGMAS, timeout=10, check_same_thread=False)
+    elif url.startswith("sqlite"):
+        db = connect(url, pragmas=SQLITE_PRAGMAS)
+    else:
+        db = connect(url, connect_timeout=5)
+    database.initialize(db)
+    return db
+
+
+def is_sqlite(db: pw.Database | pw.DatabaseProxy) -> bool:
+    return isinstance(getattr(db, "obj", None) or db, pw.SqliteDatabase)
+
+
+def write_transaction(db: pw.Database | pw.DatabaseProxy = database) -> Any:
+    """A transaction that will write: on SQLite it takes the write lock up front (IMMEDIATE), so
+    two writers wait for each other (busy timeout) instead of failing on a lock upgrade."""
+    if is_sqlite(db):
+        return (getattr(db, "obj", None) or db).atomic("IMMEDIATE")
+    return db.atomic()
+
+
+class Storage:
+    """The database plus the bounded thread pool that keeps the event loop from blocking on it.
+
+    `await storage.run(fn, *args)` runs `fn` in a database thread. A connection that failed
+    (server gone, network cut) is dropped so that the next call reconnects.
+    """
+
+    def __init__(self, db: pw.Database, workers: int = 4) -> None:
+        self.db = db
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="db")
+        self._connections: set[Any] = set()
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self._call, fn, args, kwargs)
+            )
+        finally:
+            self.pending -= 1
+
+    def _call(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        if self.db.is_closed():
+            self.db.connect()
+            with self._lock:
+                self._connections.add(self.db.connection())
+        try:
+            return fn(*args, **kwargs)
+        except UNAVAILABLE:
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        with contextlib.suppress(Exception):
+            conn = self.db.connection()
+            with self._lock:
+                self._connections.discard(conn)
+        with contextlib.suppress(Exception):
+            self.db.close()
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        await self.run(lambda: self.db.execute_sql("SELECT 1").fetchone())
+
+    def close(self) -> None:
+        """Stop the pool and close every connection its threads opened."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            conns, self._connections = list(self._connections), set()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        with contextlib.suppress(Exception):
+            self.db.close()

@@ -1,0 +1,91 @@
+"""An in-memory index of installations, so that the hot paths never wait on the database.
+
+Signed requests ask `is_active(account)` on every call; the scheduler asks which accounts to run.
+The index is loaded once at start-up, updated at once by this process's own writes (`put`), and
+re-read every `REPLICA_POLL_SECONDS` for rows other replicas changed (`refresh`). Listeners
+(the scheduler) hear of every change of `active` or `jobs_paused`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from models.db import Storage
+from models.installation import Installation, InstallationView
+
+log = logging.getLogger("app.installations")
+
+Listener = Callable[[InstallationView | None, InstallationView], None]
+
+#: Rows are re-read a little before the watermark: clocks of replicas differ slightly.
+CLOCK_SLACK = 5.0
+
+
+def _load_since(since: float) -> list[InstallationView]:
+    query = Installation.select().where(Installation.updated_at >= since)
+    return [InstallationView.of(row) for row in query.iterator()]
+
+
+class InstallationIndex:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._rows: dict[tuple[str, str], InstallationView] = {}
+        self._active_accounts: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+        self._watermark = 0.0
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def load(self) -> int:
+        """Read every installation; returns how many are active."""
+        rows = await self.storage.run(_load_since, 0.0)
+        for view in rows:
+            self.put(view)
+        return sum(self._active_accounts.values())
+
+    async def refresh(self) -> int:
+        """Apply rows changed since the last read (by any replica); returns how many changed."""
+        rows = await self.storage.run(_load_since, self._watermark - CLOCK_SLACK)
+        return sum(1 for view in rows if self.put(view))
+
+    def put(self, view: InstallationView) -> bool:
+        """Take a row as it now stands in the database; True if it changed what we knew."""
+        key = (view.account_id, view.mode)
+        old = self._rows.get(key)
+        if old is not None and (old.updated_at > view.updated_at or old == view):
+            return False
+        self._rows[key] = view
+        self._watermark = max(self._watermark, view.updated_at)
+        was_active = old is not None and old.active
+        if view.active != was_active:
+            count = self._active_accounts.get(view.account_id, 0) + (1 if view.active else -1)
+            if count > 0:
+                self._active_accounts[view.account_id] = count
+            else:
+                self._active_accounts.pop(view.account_id, None)
+        if old is None or (old.active, old.jobs_paused) != (view.active, view.jobs_paused):
+            for listener in self._listeners:
+                try:
+                    listener(old, view)
+                except Exception:
+                    log.exception("installation listener failed for %s/%s", *key)
+        return True
+
+    def get(self, account_id: str, mode: str) -> InstallationView | None:
+        return self._rows.get((account_id, mode))
+
+    def is_active(self, account_id: str, mode: str | None = None) -> bool:
+        if mode is None:
+            return account_id in self._active_accounts
+        view = self._rows.get((account_id, mode))
+        return view is not None and view.active
+
+    def active(self, mode: str | None = None) -> Iterator[InstallationView]:
+        for view in list(self._rows.values()):
+            if view.active and (mode is None or view.mode == mode):
+                yield view
+
+    def count_active(self, mode: str) -> int:
+        return sum(1 for _ in self.active(mode))

@@ -1,0 +1,72 @@
+"""The app factory: routes and the shared objects handlers reach through `BaseHandler`.
+
+    make_app(config, storage, scheduler=None, *, installations, events, registry, metrics,
+             tracker) -> tornado.web.Application
+
+Routes (DESIGN.md section 4): `/api/...` signed extension endpoints, `/install` and the install
+callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from jobs.events import EventProcessor
+from jobs.registry import Registry
+from jobs.scheduler import JobScheduler
+from models.db import Storage
+from models.installation_index import InstallationIndex
+from service.base import NotFoundHandler
+from service.config import Config
+from service.extension import (
+    BalanceHandler,
+    InstallationStatusHandler,
+    JobsHandler,
+    WhoAmIHandler,
+)
+from service.health import HealthHandler, MetricsHandler
+from service.install import CallbackHandler, InstallHandler
+from service.metrics import Metrics
+from service.tracker import RequestTracker
+from service.webhooks import WebhookHandler
+
+#: Signed extension endpoints; add yours here (paths must start with /api/).
+API_ROUTES: list[tuple[str, type]] = [
+    (r"/api/installation", InstallationStatusHandler),
+    (r"/api/jobs", JobsHandler),
+    (r"/api/balance", BalanceHandler),
+    (r"/api/whoami", WhoAmIHandler),
+]
+
+
+def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = None, *,
+             installations: InstallationIndex, events: EventProcessor, registry: Registry,
+             metrics: Metrics, tracker: RequestTracker,
+             extra_routes: list[tuple[str, type]] | None = None,
+             **settings: Any) -> tornado.web.Application:
+    routes: list[Any] = [
+        *API_ROUTES,
+        *(extra_routes or []),
+        (r"/install", InstallHandler),
+        (config.callback_path, CallbackHandler),
+        (r"/webhooks", WebhookHandler),
+        (r"/healthz", HealthHandler),
+        (r"/metrics", MetricsHandler),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        config=config,
+        storage=storage,
+        scheduler=scheduler,
+        installations=installations,
+        events=events,
+        registry=registry,
+        metrics=metrics,
+        tracker=tracker,
+        compress_response=False,
+        xheaders=False,
+        **settings,
+    )

@@ -1,0 +1,212 @@
+"""The base handler every endpoint derives from.
+
+What it guarantees, so that no handler repeats it:
+
+- errors are JSON `{"error": {"code", "message"}}` with the status from DESIGN.md section 4;
+  an unexpected exception is logged with its traceback and answered as a bare 500, a database
+  outage as 503, and a caller never sees a traceback or a secret;
+- a request body larger than `MAX_BODY_SIZE` is refused with 413 as soon as its declared length
+  is known, before it is read (bodies are streamed, so this also counts a request as in flight
+  from the moment its headers arrive, which graceful shutdown relies on);
+- every request is counted and timed in the metrics, by handler class;
+- shared objects are reached through typed accessors (`self.config`, `self.storage`, ...), never
+  through globals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from models.db import UNAVAILABLE
+
+if TYPE_CHECKING:
+    from jobs.events import EventProcessor
+    from jobs.scheduler import JobScheduler
+    from models.db import Storage
+    from models.installation_index import InstallationIndex
+    from service.config import Config
+    from service.metrics import Metrics
+    from service.tracker import RequestTracker
+
+log = logging.getLogger("app.http")
+
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class APIError(HTTPError):
+    """An error whose message is safe to show to the caller.
+
+    `reason_for_log` goes to the log only (it may say more than the caller should learn, but
+    never a secret).
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 reason_for_log: str | None = None) -> None:
+        super().__init__(status, reason_for_log or message)
+        self.message = message
+        self.code = code or ERROR_CODES.get(status, "error")
+
+
+def json_dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    #: Endpoints the UI extension calls set this: CORS headers on every answer, errors included.
+    cors = False
+
+    # ---- shared objects -------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self.settings["config"]
+
+    @property
+    def storage(self) -> Storage:
+        return self.settings["storage"]
+
+    @property
+    def installations(self) -> InstallationIndex:
+        return self.settings["installations"]
+
+    @property
+    def scheduler(self) -> JobScheduler | None:
+        return self.settings.get("scheduler")
+
+    @property
+    def events(self) -> EventProcessor:
+        return self.settings["events"]
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.settings["metrics"]
+
+    @property
+    def tracker(self) -> RequestTracker:
+        return self.settings["tracker"]
+
+    # ---- request lifecycle ----------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        if self.cors:
+            self.set_header("Access-Control-Allow-Origin", "*")
+
+    def compute_etag(self) -> None:
+        return None
+
+    def prepare(self) -> None:
+        self._started = time.perf_counter()
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self._body: bytes | None = None
+        self.tracker.begin(self)
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                raise APIError(400, "Content-Length is not a number") from None
+            if length > self.config.max_body_size:
+                raise APIError(413, f"request body over {self.config.max_body_size} bytes",
+                               reason_for_log=f"declared body of {length} bytes refused")
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self.config.max_body_size:
+            self._chunks.clear()
+            self.send_error(413, exc_info=(APIError, APIError(
+                413, f"request body over {self.config.max_body_size} bytes"), None))
+            return
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        """The raw request body, exactly as received."""
+        if self._body is None:
+            self._body = b"".join(self._chunks)
+            self._chunks = []
+        return self._body
+
+    def on_finish(self) -> None:
+        self.tracker.end(self)
+        started = getattr(self, "_started", None)
+        if started is not None:
+            self.metrics.observe_request(type(self).__name__, self.request.method or "",
+                                         self.get_status(), time.perf_counter() - started)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self.tracker.end(self)
+
+    # ---- answers --------------------------------------------------------------------------
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json_dumps(value))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, HTTPError):
+            if value.status_code >= 500 or value.status_code in (401, 403, 413):
+                level = logging.WARNING
+            else:
+                level = logging.INFO
+            log.log(level, "%s %s -> %d: %s", self.request.method, self.request.path,
+                    value.status_code, value.log_message or value.reason or "",
+                    extra={"status": value.status_code, "remote": self.request.remote_ip})
+        elif isinstance(value, UNAVAILABLE):
+            log.error("%s %s -> 503: database unavailable: %s", self.request.method,
+                      self.request.path, type(value).__name__)
+        else:
+            log.error("%s %s -> 500: unhandled %s", self.request.method, self.request.path,
+                      typ.__name__, exc_info=(typ, value, tb))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, UNAVAILABLE):
+            status_code = 503
+        super().send_error(status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, APIError):
+            code, message = exc.code, exc.message
+        elif isinstance(exc, UNAVAILABLE):
+            code, message = "database_unavailable", "the database is not available"
+        else:
+            code = ERROR_CODES.get(status_code, "error")
+            message = httputil.responses.get(status_code, "Error")
+        if self.cors:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json_dumps({"error": {"code": code, "message": message}}))
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route matches: a JSON 404, whatever the method."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise APIError(404, "no such endpoint")

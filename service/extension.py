@@ -1,0 +1,64 @@
+"""The signed endpoints that ship with the product (see `service/signed.py` for the checks).
+
+    POST /api/installation -> {"account_id", "live": {"active", "since", ...}, "test": {...}}
+        200 whether installed or not.
+    POST /api/jobs         -> {"account_id", "jobs": [{"job", "mode", "paused", "next_run",
+                                                       "last_run": {"started", "outcome", ...}}]}
+        403 when the account is not installed in any mode.
+    POST /api/balance      -> {"account_id", "live": snapshot|null, "test": snapshot|null}
+        the example job's latest balance snapshot in each installed mode; 403 when not installed.
+    POST /api/whoami       -> what the signature proved: ids, signed fields, roles.
+        403 when not installed.
+
+Write your own: subclass `SignedHandler`, implement `handle`, add the route in `service/app.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.balance_snapshot import latest_snapshot
+from jobs.scheduler import attach_last_runs, describe_jobs
+from service.signed import SignedHandler, SignedRequest
+
+
+class InstallationStatusHandler(SignedHandler):
+    requires_installation = False
+
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        answer: dict[str, Any] = {"account_id": req.account_id}
+        for mode in ("live", "test"):
+            view = self.installations.get(req.account_id, mode)
+            if view is None:
+                answer[mode] = {"active": False, "since": None}
+            else:
+                answer[mode] = {"active": view.active, "since": view.since,
+                                "confirmed": view.confirmed, "jobs_paused": view.jobs_paused}
+        return answer
+
+
+class JobsHandler(SignedHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        rows = describe_jobs(self.settings["registry"], self.installations, self.scheduler,
+                             req.account_id)
+        rows = await self.storage.run(attach_last_runs, rows, req.account_id)
+        return {"account_id": req.account_id, "jobs": rows}
+
+
+class BalanceHandler(SignedHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        answer: dict[str, Any] = {"account_id": req.account_id}
+        for mode in ("live", "test"):
+            if self.installations.is_active(req.account_id, mode):
+                answer[mode] = await self.storage.run(latest_snapshot, req.account_id, mode)
+            else:
+                answer[mode] = None
+        return answer
+
+
+class WhoAmIHandler(SignedHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        return {"user_id": req.user_id, "account_id": req.account_id,
+                "signed_fields": sorted(req.signed_fields), "roles": req.roles,
+                "modes": [m for m in ("live", "test")
+                          if self.installations.is_active(req.account_id, m)]}

@@ -1,0 +1,175 @@
+"""Install links: `GET /install` and the callback Stripe redirects back to.
+
+`GET /install` -> 302 to `https://marketplace.stripe.com/apps/install/link/<STRIPE_APP_ID>`
+with `redirect_uri=<STRIPE_INSTALL_REDIRECT_URI>` and a fresh `state`: random, single-use,
+expiring after 10 minutes, stored server-side and bound to this browser by an HttpOnly,
+SameSite=Lax cookie (Secure when the callback is https). 503 without `STRIPE_APP_ID` or
+`STRIPE_APP_SECRETS`.
+
+`GET <callback path>` (from `STRIPE_INSTALL_REDIRECT_URI`, `/callback/stripe` by default):
+- `error`/`error_description` (the user cancelled): 400 page, nothing recorded, state unused;
+- 400 for a missing, repeated or malformed parameter (`state`, `user_id`, `account_id`,
+  `install_signature`, optional `livemode=true|false`);
+- 401 when `install_signature` does not verify over `{"state","user_id","account_id"}` with an
+  app secret (rotation as for signed requests) within the tolerance;
+- 403 when the state is unknown, expired, used, or was issued to another browser;
+- otherwise the state is used up and the installation for (account, mode) recorded: mode is
+  test when `livemode=false`, live otherwise; the `authorized` webhook confirms it. Then a
+  redirect to `INSTALL_SUCCESS_URL` (configuration, never the request) or a success page.
+Answers are HTML for browsers and JSON when the client asks for `application/json`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from models.db import write_transaction
+from models.install_state import STATE_TTL, check_state, new_state, use_state
+from models.installation import InstallationView, apply_state
+from service.base import APIError, BaseHandler
+from service.signatures import SignatureError, install_signed_string, verify
+
+log = logging.getLogger("app.install")
+
+COOKIE = "stripe_app_install"
+INSTALL_BASE = "https://marketplace.stripe.com/apps/install/link/"
+_PARAM = {
+    "state": re.compile(r"[A-Za-z0-9_\-]{16,128}"),
+    "user_id": re.compile(r"usr_[A-Za-z0-9]{1,250}"),
+    "account_id": re.compile(r"acct_[A-Za-z0-9]{1,250}"),
+    "install_signature": re.compile(r"[ -~]{1,2000}"),
+}
+
+
+def install_link(app_id: str, redirect_uri: str, state: str) -> str:
+    return INSTALL_BASE + app_id + "?" + urlencode({"redirect_uri": redirect_uri, "state": state})
+
+
+class PageMixin(BaseHandler):
+    """Answers a person (HTML) or a program (JSON), errors included."""
+
+    def wants_json(self) -> bool:
+        accept = self.request.headers.get("Accept", "")
+        return "application/json" in accept and "text/html" not in accept
+
+    def page(self, status: int, title: str, text: str, data: dict[str, Any]) -> None:
+        if self.wants_json():
+            self.write_json(data, status)
+            return
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.finish(
+            "<!doctype html><html><head><meta charset='utf-8'><title>"
+            f"{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:36em;"
+            "margin:4em auto;line-height:1.5}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if self.wants_json() or not isinstance(exc, APIError):
+            super().write_error(status_code, **kwargs)
+            return
+        self.page(status_code, "The app could not be installed", exc.message, {})
+
+
+class InstallHandler(PageMixin):
+    SUPPORTED_METHODS = ("GET",)
+
+    async def get(self) -> None:
+        if not self.config.app_id or not self.config.app_secrets:
+            raise APIError(503, "installing is not configured on this server",
+                           code="not_configured",
+                           reason_for_log="STRIPE_APP_ID or STRIPE_APP_SECRETS unset")
+        token = self.get_cookie(COOKIE)
+        if not token or not re.fullmatch(r"[A-Za-z0-9_\-]{32,64}", token):
+            token = secrets.token_urlsafe(32)
+        state = await self.storage.run(new_state, token)
+        self.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Lax",
+                        secure=self.config.cookie_secure, max_age=STATE_TTL)
+        self.redirect(install_link(self.config.app_id, self.config.install_redirect_uri, state))
+
+
+def _complete(state: str, browser: str | None, account_id: str, user_id: str,
+              mode: str) -> tuple[str | None, InstallationView | None]:
+    """Runs in a database thread: use the state and record the installation, atomically."""
+    with write_transaction():
+        reason = check_state(state, browser)
+        if reason is None and not use_state(state, account_id):
+            reason = "state already used"
+        if reason is not None:
+            return reason, None
+        view, _ = apply_state(account_id, mode, True, int(time.time()), source="callback",
+                              user_id=user_id)
+        return None, view
+
+
+class CallbackHandler(PageMixin):
+    SUPPORTED_METHODS = ("GET",)
+
+    def one(self, name: str, required: bool = True) -> str | None:
+        values = self.request.query_arguments.get(name, [])
+        if len(values) > 1:
+            raise APIError(400, f"the parameter {name} was given more than once")
+        if not values:
+            if required:
+                raise APIError(400, f"the parameter {name} is missing")
+            return None
+        try:
+            value = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise APIError(400, f"the parameter {name} is not valid text") from None
+        pattern = _PARAM.get(name)
+        if pattern and not pattern.fullmatch(value):
+            raise APIError(400, f"the parameter {name} is malformed")
+        return value
+
+    async def get(self) -> None:
+        if not self.config.app_secrets:
+            raise APIError(503, "installing is not configured on this server",
+                           code="not_configured", reason_for_log="STRIPE_APP_SECRETS unset")
+        error = self.one("error", required=False)
+        if error is not None:
+            description = self.one("error_description", required=False) or ""
+            log.info("install cancelled at Stripe: %s", error[:100])
+            self.page(400, "Installation cancelled",
+                      f"Stripe reported: {description[:300] or error[:100]}. Nothing was "
+                      "installed; you can start again from the install link.",
+                      {"error": {"code": "install_cancelled", "message": description[:300]
+                                 or error[:100]}})
+            return
+        state, user_id = self.one("state"), self.one("user_id")
+        account_id, signature = self.one("account_id"), self.one("install_signature")
+        livemode = self.one("livemode", required=False)
+        if livemode not in (None, "true", "false"):
+            raise APIError(400, "the parameter livemode must be true or false")
+        mode = "test" if livemode == "false" else "live"
+        assert state and user_id and account_id and signature
+        try:
+            verify(install_signed_string(state, user_id, account_id), signature,
+                   self.config.app_secrets, self.config.signature_tolerance)
+        except SignatureError as exc:
+            raise APIError(401, "the install signature is not valid", code="bad_signature",
+                           reason_for_log=f"install signature for {account_id}: {exc}") from None
+        reason, view = await self.storage.run(_complete, state, self.get_cookie(COOKIE),
+                                              account_id, user_id, mode)
+        if reason is not None or view is None:
+            raise APIError(403, "this install link has expired or was not started in this "
+                           "browser; please start the installation again",
+                           code="bad_state", reason_for_log=f"{reason} ({account_id})")
+        self.installations.put(view)
+        self.clear_cookie(COOKIE, path="/")
+        log.info("installed for %s in %s mode by %s", account_id, mode, user_id)
+        if self.config.install_success_url:
+            self.redirect(self.config.install_success_url)
+            return
+        self.page(200, "The app is installed",
+                  f"The app is now installed on account {account_id} in {mode} mode. You can "
+                  "close this page and return to the Stripe Dashboard.",
+                  {"installed": True, "account_id": account_id, "mode": mode})

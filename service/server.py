@@ -1,0 +1,158 @@
+"""The process: start-up as small `init_*` steps, and a graceful shutdown in reverse.
+
+    backend = Backend(config)
+    await backend.start()        # database, installations, jobs, app, HTTP, background tasks
+    await backend.stop()         # stop accepting, drain requests, stop jobs, close database
+
+Shutdown (SIGTERM/SIGINT in `serve`): the listening socket closes at once; requests in flight
+(counted from their headers, so half-received bodies too) get up to `SHUTDOWN_TIMEOUT` seconds;
+then idle connections are closed, the scheduler stops (running jobs get the same grace), the
+Stripe clients and the database close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from typing import Any
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from jobs.events import EventProcessor
+from jobs.registry import Registry
+from jobs.runner import JobRunner
+from jobs.scheduler import JobScheduler
+from jobs.stripe_api import StripeClients
+from models.db import Storage, open_database
+from models.installation_index import InstallationIndex
+from models.migrate import migrate
+from service.app import make_app
+from service.config import Config
+from service.metrics import Metrics
+from service.tracker import RequestTracker
+
+log = logging.getLogger("app.server")
+
+
+class Backend:
+    def __init__(self, config: Config, registry: Registry | None = None,
+                 extra_routes: list[tuple[str, type]] | None = None) -> None:
+        self.config = config
+        self.registry = registry or Registry.discover()
+        self.extra_routes = extra_routes
+        self.metrics = Metrics()
+        self.tracker = RequestTracker()
+        self.scheduler: JobScheduler | None = None
+        self.server: HTTPServer | None = None
+        self.port: int | None = None
+        self._background: list[asyncio.Task] = []
+
+    # ---- start-up -------------------------------------------------------------------------
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        for line in self.config.disabled_features():
+            log.info("%s", line)
+        await self.init_database()
+        await self.init_installations()
+        self.init_jobs()
+        self.init_app()
+        self.init_http(sockets)
+        self.init_background()
+        log.info("listening on http://%s:%s", self.config.host, self.port)
+
+    async def init_database(self) -> None:
+        db = open_database(self.config.database_url)
+        self.storage = Storage(db, workers=self.config.db_workers)
+        applied = await self.storage.run(migrate, db)
+        if applied:
+            log.info("database brought up to date: %s", ", ".join(applied))
+
+    async def init_installations(self) -> None:
+        self.installations = InstallationIndex(self.storage)
+        active = await self.installations.load()
+        log.info("%d accounts have the app installed", active)
+
+    def init_jobs(self) -> None:
+        cfg = self.config
+        self.clients = StripeClients(
+            cfg.secret_keys, cfg.rate_limits, cfg.api_base,
+            on_response=lambda mode, status: self.metrics.stripe_calls.labels(
+                mode, str(status)).inc())
+        self.events = EventProcessor(self.registry, self.storage, self.installations,
+                                     self.clients, self.metrics)
+        self.runner = JobRunner(self.registry, self.storage, self.installations, self.clients,
+                                self.metrics, concurrency=cfg.job_concurrency)
+        if cfg.scheduler:
+            self.scheduler = JobScheduler(self.registry, self.runner, self.installations)
+            self.scheduler.start()
+
+    def init_app(self) -> None:
+        self.app: tornado.web.Application = make_app(
+            self.config, self.storage, self.scheduler, installations=self.installations,
+            events=self.events, registry=self.registry, metrics=self.metrics,
+            tracker=self.tracker, extra_routes=self.extra_routes)
+
+    def init_http(self, sockets: list[socket.socket] | None = None) -> None:
+        # Bodies are streamed and limited per request by BaseHandler (413 before reading);
+        # Tornado's own limit would answer 400 and drop the connection, so it is set out of
+        # the way.
+        self.server = HTTPServer(self.app, max_body_size=1 << 40, idle_connection_timeout=75,
+                                 body_timeout=60)
+        sockets = sockets or bind_sockets(self.config.port, self.config.host, backlog=1024)
+        self.server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+
+    def init_background(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self.metrics.measure_loop_lag()))
+        self._background.append(loop.create_task(self._follow_replicas()))
+        self.events.start()
+        if self.scheduler:
+            self._background.append(loop.create_task(self.scheduler.catch_up()))
+
+    async def _follow_replicas(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.replica_poll_seconds)
+            try:
+                await self.installations.refresh()
+            except Exception as exc:
+                log.warning("could not re-read installations: %s", type(exc).__name__)
+
+    # ---- shutdown -------------------------------------------------------------------------
+    async def stop(self) -> None:
+        timeout = self.config.shutdown_timeout
+        if self.server is not None:
+            self.server.stop()
+            if not await self.tracker.wait_idle(timeout):
+                log.warning("%d requests still in flight after %.0fs; closing them",
+                            self.tracker.in_flight, timeout)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.close_all_connections(), 5)
+        for task in self._background:
+            task.cancel()
+        if self.scheduler is not None:
+            await self.scheduler.stop(timeout)
+        if hasattr(self, "events"):
+            await self.events.stop(timeout)
+        if hasattr(self, "clients"):
+            await self.clients.close()
+        if hasattr(self, "storage"):
+            self.storage.close()
+        log.info("stopped")
+
+
+async def serve(config: Config, **kwargs: Any) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    backend = Backend(config, **kwargs)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await backend.start()
+    await stop.wait()
+    log.info("shutting down")
+    await backend.stop()

@@ -1,0 +1,121 @@
+"""Stripe-Signature checks (DESIGN.md section 2), built on the official `stripe` library.
+
+`verify(payload, header, secrets, tolerance)` accepts a header when any `v1` in it matches the
+payload under any of the secrets (two are active while a secret is rolled), and its timestamp is
+within `tolerance` seconds of now in either direction. `stripe.WebhookSignature.verify_header`
+does the HMAC and the "too old" check; the "too far in the future" check is ours, because the
+library does not make it.
+
+`js_stringify` writes a dict exactly as JavaScript's `JSON.stringify` would (compact, key order
+kept, non-ASCII as is), which is how the extension's signed strings are formed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import stripe
+
+_TIMESTAMP = re.compile(r"(?:^|,)\s*t=(\d{1,12})\s*(?:,|$)")
+
+
+class SignatureError(Exception):
+    """Verification failed; `str(self)` says why, for the log (never a secret or the body)."""
+
+
+def header_timestamp(header: str) -> int:
+    match = _TIMESTAMP.search(header)
+    if not match or "v1=" not in header:
+        raise SignatureError("malformed Stripe-Signature header (needs t= and v1=)")
+    return int(match.group(1))
+
+
+def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tolerance: int,
+           now: float | None = None) -> str:
+    """Return the secret that verified `payload`, or raise `SignatureError`."""
+    if not header:
+        raise SignatureError("missing Stripe-Signature header")
+    timestamp = header_timestamp(header)
+    now = time.time() if now is None else now
+    if timestamp > now + tolerance:
+        raise SignatureError(f"timestamp {timestamp} is more than {tolerance}s in the future")
+    if isinstance(payload, bytes | bytearray):
+        try:
+            payload = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SignatureError("body is not UTF-8") from None
+    too_old = False
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
+            return secret
+        except stripe.SignatureVerificationError as exc:
+            too_old = too_old or "tolerance" in str(exc)
+    if too_old:
+        raise SignatureError(f"timestamp {timestamp} is more than {tolerance}s old")
+    raise SignatureError("no v1 signature matches any configured secret")
+
+
+def _js_number(value: int | float) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value) or math.isinf(value):
+        return "null"
+    if value == int(value) and abs(value) < 1e21:
+        return str(int(value))
+    text = repr(value)
+    if "e" in text:  # JavaScript writes 1e-7 and 1e+21, Python 1e-07 and 1e+21
+        mantissa, exp = text.split("e")
+        sign = "-" if exp.startswith("-") else "+"
+        text = f"{mantissa}e{sign}{int(exp.lstrip('+-'))}"
+    return text
+
+
+def js_stringify(value: Any) -> str:
+    """`JSON.stringify(value)` for the JSON values a signed payload can hold."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool | int | float):
+        return _js_number(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(js_stringify(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{js_stringify(v)}"
+                              for k, v in value.items()) + "}"
+    raise TypeError(f"cannot stringify {type(value).__name__}")
+
+
+def canonical_identity(user_id: str, account_id: str) -> str:
+    """The default signed string: `{"user_id":...,"account_id":...}` in that order."""
+    return js_stringify({"user_id": user_id, "account_id": account_id})
+
+
+def install_signed_string(state: str, user_id: str, account_id: str) -> str:
+    """What `install_signature` signs: `{"state":...,"user_id":...,"account_id":...}`."""
+    return js_stringify({"state": state, "user_id": user_id, "account_id": account_id})
+
+
+def extension_signed_string(payload: dict[str, Any], user_id: str, account_id: str) -> str:
+    """What `fetchStripeSignature(payload)` signs: `{...payload, user_id, account_id}`.
+
+    Like JavaScript's object spread, `user_id`/`account_id` keep the payload's position when
+    the payload already has them, and take the new values.
+    """
+    merged = dict(payload)
+    merged["user_id"] = user_id
+    merged["account_id"] = account_id
+    return js_stringify(merged)
+
+
+def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
+    """A Stripe-Signature header for `payload`, made by the stripe library (for tools/tests)."""
+    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)

@@ -1,0 +1,151 @@
+"""The base class of every endpoint the UI extension calls (`/api/...`).
+
+A subclass implements `async def handle(self, req: SignedRequest) -> dict`; by the time it runs,
+the request has passed every check, in this order:
+
+- 503 when `STRIPE_APP_SECRETS` is not configured;
+- 401 when `Stripe-Signature` is missing or malformed;
+- 400 when the body is not a JSON object with string `user_id` and `account_id`;
+- 401 when no `v1` in the header matches, under any app secret, either the raw body (the
+  extension's `{...payload, user_id, account_id}`) or, failing that, the payload re-written as
+  JavaScript writes it, or the canonical `{"user_id":...,"account_id":...}` (then only those two
+  fields are covered: see `SignedRequest.signed_fields`), or when the timestamp is more than
+  `SIGNATURE_TOLERANCE` seconds away from now;
+- 403 when `requires_installation` is set and the account has no active installation.
+
+CORS: every answer, errors included, carries `Access-Control-Allow-Origin: *` (the extension's
+origin is `null`), and `OPTIONS` answers the preflight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from service.base import APIError, BaseHandler
+from service.signatures import (
+    SignatureError,
+    canonical_identity,
+    extension_signed_string,
+    header_timestamp,
+    verify,
+)
+
+log = logging.getLogger("app.signed")
+
+_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,250}")
+_USER = re.compile(r"usr_[A-Za-z0-9]{1,250}")
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What the signature proved, handed to `handle()`."""
+
+    user_id: str
+    account_id: str
+    body: dict[str, Any]
+    #: The body fields the signature covers: all of them when the raw body was signed,
+    #: only `user_id` and `account_id` when the canonical two-key string was.
+    signed_fields: frozenset[str]
+    #: The `stripe_roles` the extension sent (Stripe checks them against the user), or None.
+    roles: list[str] | None
+    timestamp: int
+
+    def signed(self, field: str) -> Any:
+        """The value of a body field that must be covered by the signature (else 401)."""
+        if field not in self.signed_fields:
+            raise APIError(401, f"field {field!r} is not covered by the signature",
+                           reason_for_log=f"unsigned field {field!r} required")
+        return self.body.get(field)
+
+
+class SignedHandler(BaseHandler):
+    cors = True
+    #: 403 unless the calling account has an active installation in some mode.
+    requires_installation = True
+
+    SUPPORTED_METHODS = ("POST", "OPTIONS")
+
+    def options(self, *args: Any) -> None:
+        self.set_status(204)
+        self.set_header("Access-Control-Allow-Methods", "POST, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Stripe-Signature, Content-Type")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.finish()
+
+    async def post(self, *args: Any) -> None:
+        req = self.verify_request()
+        if self.requires_installation and not self.installations.is_active(req.account_id):
+            raise APIError(403, "the app is not installed on this account",
+                           code="not_installed",
+                           reason_for_log=f"{req.account_id} has no active installation")
+        result = await self.handle(req)
+        if not self._finished:
+            self.write_json(result)
+
+    async def handle(self, req: SignedRequest) -> Any:
+        raise NotImplementedError
+
+    def verify_request(self) -> SignedRequest:
+        secrets = self.config.app_secrets
+        if not secrets:
+            raise APIError(503, "signed requests are not configured on this server",
+                           code="not_configured", reason_for_log="STRIPE_APP_SECRETS unset")
+        header = self.request.headers.get("Stripe-Signature")
+        try:
+            if not header:
+                raise SignatureError("missing Stripe-Signature header")
+            timestamp = header_timestamp(header)
+        except SignatureError as exc:
+            raise APIError(401, "missing or malformed signature", code="bad_signature",
+                           reason_for_log=str(exc)) from None
+        body, user_id, account_id = self._parse_body()
+        tolerance = self.config.signature_tolerance
+        error: SignatureError | None = None
+        for signed_bytes, fields in self._candidates(body, user_id, account_id):
+            try:
+                verify(signed_bytes, header, secrets, tolerance)
+            except SignatureError as exc:
+                error = error or exc
+                continue
+            roles = body.get("stripe_roles") if "stripe_roles" in fields else None
+            return SignedRequest(user_id, account_id, body, fields, roles, timestamp)
+        raise APIError(401, "signature verification failed", code="bad_signature",
+                       reason_for_log=f"{error} (account {account_id})")
+
+    def _candidates(self, body: dict[str, Any], user_id: str,
+                    account_id: str) -> Iterator[tuple[bytes, frozenset[str]]]:
+        """The strings the signature may be over, most likely (and most complete) first."""
+        raw = self.body
+        everything = frozenset(body)
+        yield raw, everything
+        payload = {k: v for k, v in body.items() if k not in ("user_id", "account_id")}
+        rewritten = extension_signed_string(payload, user_id, account_id).encode()
+        if rewritten != raw:
+            yield rewritten, everything
+        canonical = canonical_identity(user_id, account_id).encode()
+        if canonical not in (raw, rewritten):
+            yield canonical, frozenset(("user_id", "account_id"))
+
+    def _parse_body(self) -> tuple[dict[str, Any], str, str]:
+        try:
+            body = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "body must be a JSON object")
+        user_id, account_id = body.get("user_id"), body.get("account_id")
+        if not isinstance(user_id, str) or not _USER.fullmatch(user_id):
+            raise APIError(400, "body needs a string user_id (usr_...)")
+        if not isinstance(account_id, str) or not _ACCOUNT.fullmatch(account_id):
+            raise APIError(400, "body needs a string account_id (acct_...)")
+        roles = body.get("stripe_roles")
+        if roles is not None and not (
+            isinstance(roles, list) and all(isinstance(r, str) for r in roles)
+        ):
+            raise APIError(400, "stripe_roles must be a list of strings")
+        return body, user_id, account_id
