@@ -1,0 +1,210 @@
+"""Shared test helpers: a real backend on a loopback port, real SQLite files, a real PostgreSQL
+database created for the session, real signatures from the `stripe` library, and a session-wide
+`localstripe` emulator."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import peewee as pw
+import pytest
+import stripe
+
+from service.config import Config
+from service.server import Backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+APP_SECRET = "absec_test" + "a" * 24
+APP_SECRET_2 = "absec_test" + "b" * 24
+WH_LIVE = "whsec_live" + "c" * 24
+WH_LIVE_2 = "whsec_live" + "d" * 24
+WH_TEST = "whsec_test" + "e" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sign(payload: str | bytes, secret: str, timestamp: int | None = None) -> str:
+    """A Stripe-Signature header made by the stripe library."""
+    if isinstance(payload, bytes):
+        payload = payload.decode("utf-8")
+    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
+
+
+def sign_many(payload: str, secrets: list[str], timestamp: int | None = None) -> str:
+    """One header with a v1 per secret (as Stripe sends while a secret is rolled)."""
+    timestamp = timestamp or int(time.time())
+    headers = [sign(payload, s, timestamp) for s in secrets]
+    return ",".join([headers[0]] + [h.split(",", 1)[1] for h in headers[1:]])
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def event(type_: str, account: str | None = "acct_1", livemode: bool = True,
+          created: int | None = None, event_id: str | None = None,
+          obj: dict | None = None) -> dict[str, Any]:
+    return {"id": event_id or "evt_" + uuid.uuid4().hex, "object": "event",
+            "api_version": "2024-06-20", "account": account,
+            "created": created or int(time.time()), "livemode": livemode,
+            "data": {"object": obj or {"id": "ca_1", "object": "application"}},
+            "pending_webhooks": 1, "type": type_}
+
+
+def base_env(tmp_path: Any, **extra: str) -> dict[str, str]:
+    env = {
+        "HOST": "127.0.0.1",
+        "PORT": "0",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/app.db",
+        "STRIPE_APP_SECRETS": APP_SECRET,
+        "STRIPE_WEBHOOK_SECRETS_LIVE": WH_LIVE,
+        "STRIPE_WEBHOOK_SECRETS_TEST": WH_TEST,
+        "STRIPE_APP_ID": "com.example.testapp",
+        "SHUTDOWN_TIMEOUT": "5",
+    }
+    env.update(extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+class Running:
+    """A started Backend and an HTTP client pointed at it."""
+
+    def __init__(self, backend: Backend, client: httpx.AsyncClient) -> None:
+        self.backend = backend
+        self.client = client
+        self.url = f"http://127.0.0.1:{backend.port}"
+
+    async def signed(self, path: str, body: dict | str | bytes, secret: str = APP_SECRET,
+                     header: str | None = None, **kw: Any) -> httpx.Response:
+        raw = body if isinstance(body, str | bytes) else compact(body)
+        raw_b = raw.encode() if isinstance(raw, str) else raw
+        sig = header if header is not None else sign(raw_b, secret)
+        return await self.client.post(path, content=raw_b, headers={
+            "Stripe-Signature": sig, "Content-Type": "application/json", **kw})
+
+    async def webhook(self, ev: dict | str, secret: str = WH_LIVE,
+                      header: str | None = None) -> httpx.Response:
+        raw = ev if isinstance(ev, str) else json.dumps(ev, indent=2)
+        sig = header if header is not None else sign(raw, secret)
+        return await self.client.post("/webhooks", content=raw.encode(),
+                                      headers={"Stripe-Signature": sig})
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait until webhook processing started by this backend is done."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while self.backend.events._tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(env: dict[str, str], **kwargs: Any) -> AsyncIterator[Running]:
+    config = Config.from_env(env)
+    backend = Backend(config, **kwargs)
+    await backend.start()
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{backend.port}", timeout=20)
+    try:
+        yield Running(backend, client)
+    finally:
+        await client.aclose()
+        await backend.stop()
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------
+
+def _pg_admin() -> pw.PostgresqlDatabase:
+    from playhouse.db_url import connect
+
+    return connect(PG_ADMIN)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of the local PostgreSQL (started if it is installed but down)."""
+    try:
+        db = _pg_admin()
+        db.connect()
+        db.close()
+    except pw.OperationalError:
+        if shutil.which("pg_ctlcluster") and os.path.isdir("/etc/postgresql"):
+            version = sorted(os.listdir("/etc/postgresql"))[-1]
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main",
+                            "start"], check=False)
+            time.sleep(2)
+        db = _pg_admin()
+        db.connect()
+        db.close()
+    return PG_ADMIN
+
+
+@contextlib.contextmanager
+def fresh_pg_database(admin_url: str) -> Any:
+    name = "app_test_" + uuid.uuid4().hex[:12]
+    admin = _pg_admin()
+    admin.connect()
+    admin.execute_sql(f"CREATE DATABASE {name}")
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name, name
+    finally:
+        admin.execute_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        admin.execute_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Any:
+    with fresh_pg_database(pg_server) as (url, _):
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: Any, tmp_path: Any) -> str:
+    """Each test using this runs on a fresh SQLite file and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/models.db"
+    return request.getfixturevalue("pg_url")
+
+
+# ---- localstripe -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def localstripe() -> Any:
+    """A real localstripe emulator on a free port, for the whole session."""
+    port = free_port()
+    exe = shutil.which("localstripe") or os.path.join(os.path.dirname(sys.executable),
+                                                      "localstripe")
+    proc = subprocess.Popen([exe, "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            httpx.get(url + "/v1/balance", auth=("sk_test_x", ""), timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("localstripe did not start")
+    yield url
+    proc.terminate()
+    proc.wait(5)

@@ -1,0 +1,147 @@
+"""Model behaviour, the same tests on SQLite and on PostgreSQL (issue 2)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from models.base import AccountModel
+from models.db import Storage, open_database
+from models.events import WebhookEvent, claim_event, finish_event, store_event
+from models.install_state import check_state, new_state, use_state
+from models.installation import Installation, apply_state, set_paused
+from models.jobs import JobRun, claim_run
+from models.migrate import migrate, pending
+from models.snapshots import BalanceSnapshot
+
+
+@pytest.fixture
+def db(db_url):
+    database = open_database(db_url)
+    migrate(database)
+    yield database
+    database.close()
+
+
+def test_migrations_bring_a_fresh_database_up_to_date(db):
+    assert pending(db) == []
+    assert {"installation", "webhook_event", "job_run", "install_state",
+            "balance_snapshot"} <= set(db.get_tables())
+    assert migrate(db) == []  # idempotent
+
+
+def test_lifecycle_ordering_late_older_event_does_not_undo_newer(db):
+    view, applied = apply_state("acct_1", "live", False, at=200, source="evt_deauth")
+    assert applied and not view.active
+    view, applied = apply_state("acct_1", "live", True, at=100, source="evt_auth_old")
+    assert not applied and not view.active
+    view, applied = apply_state("acct_1", "live", True, at=300, source="evt_auth_new",
+                                confirm=True)
+    assert applied and view.active and view.confirmed
+    assert Installation.select().count() == 1
+
+
+def test_same_second_later_arrival_wins(db):
+    apply_state("acct_1", "test", True, at=100, source="a", arrived=1.0)
+    view, applied = apply_state("acct_1", "test", False, at=100, source="b", arrived=2.0)
+    assert applied and not view.active
+    # a retry of the earlier arrival does not undo it
+    view, applied = apply_state("acct_1", "test", True, at=100, source="a", arrived=1.0)
+    assert not applied and not view.active
+
+
+def test_modes_are_independent(db):
+    apply_state("acct_1", "live", True, at=100, source="x")
+    apply_state("acct_1", "test", True, at=100, source="y")
+    apply_state("acct_1", "test", False, at=101, source="z")
+    rows = {r.mode: r.active for r in Installation.select()}
+    assert rows == {"live": True, "test": False}
+
+
+def test_reinstall_keeps_one_record_and_history(db):
+    apply_state("acct_1", "live", True, at=100, source="a", user_id="usr_1")
+    apply_state("acct_1", "live", False, at=200, source="b")
+    view, _ = apply_state("acct_1", "live", True, at=300, source="c", user_id="usr_2")
+    row = Installation.get()
+    assert Installation.select().count() == 1
+    assert row.active and row.installed_by == "usr_2" and row.uninstalled_at is not None
+    assert view.since == int(row.installed_at)
+
+
+def test_pause_and_resume(db):
+    apply_state("acct_1", "live", True, at=100, source="a")
+    assert set_paused("acct_1", "live", True, "revoked").jobs_paused
+    assert claim_run("job", "acct_1", "live", 1, "r") is None  # paused: not claimed
+    assert not set_paused("acct_1", "live", False).jobs_paused
+    assert set_paused("acct_nope", "live", True) is None
+
+
+def test_event_store_is_idempotent_under_concurrency(db_url, db):
+    storage = Storage(db, workers=8)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def deliver():
+        barrier.wait()
+        results.append(storage._call(store_event, ("evt_same", "t", "acct_1", True, 1, "{}"),
+                                     {}))
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    storage.close()
+    assert sorted(results) == [False] * 7 + [True]
+    assert WebhookEvent.select().count() == 1
+
+
+def test_event_claim_retry_and_dead_letter(db):
+    assert store_event("evt_1", "x.y", None, False, 1, "{}")
+    first = claim_event("evt_1")
+    assert first is not None and first.attempts == 1
+    assert claim_event("evt_1") is None  # held
+    assert finish_event("evt_1", "boom", first.attempts) == "failed"
+    row = WebhookEvent.get_by_id("evt_1")
+    assert row.last_error == "boom" and row.next_attempt_at > time.time()
+    assert claim_event("evt_1") is None  # not due yet
+    forced = claim_event("evt_1", force=True)
+    assert forced is not None and forced.attempts == 2
+    assert finish_event("evt_1", None, forced.attempts) == "processed"
+    assert WebhookEvent.get_by_id("evt_1").status == "processed"
+    assert finish_event("evt_1", "x", 99) == "dead"
+
+
+def test_job_claim_is_unique_and_needs_active_installation(db):
+    assert claim_run("snap", "acct_1", "live", 1000, "r1") is None  # not installed
+    apply_state("acct_1", "live", True, at=1, source="a")
+    first = claim_run("snap", "acct_1", "live", 1000, "r1")
+    assert first is not None
+    assert claim_run("snap", "acct_1", "live", 1000, "r2") is None
+    assert claim_run("snap", "acct_1", "live", 1060, "r2") is not None
+    assert claim_run("snap", "acct_1", "test", 1000, "r2") is None  # other mode not installed
+    assert JobRun.select().count() == 2
+
+
+def test_install_state_single_use_expiry_and_browser(db):
+    state = new_state("browser-a")
+    assert check_state(state, "browser-b") == "state belongs to another browser"
+    assert check_state(state, None) == "state belongs to another browser"
+    assert check_state("nope" * 5, "browser-a") == "unknown state"
+    assert check_state(state, "browser-a") is None
+    assert use_state(state, "acct_1")
+    assert not use_state(state, "acct_1")
+    assert check_state(state, "browser-a") == "state already used"
+    expired = new_state("browser-a", ttl=-1)
+    assert check_state(expired, "browser-a") == "state expired"
+    assert not use_state(expired, "acct_1")
+
+
+def test_uninstall_deletes_only_that_accounts_data_in_that_mode(db):
+    for account, mode in [("acct_1", "live"), ("acct_1", "test"), ("acct_2", "live")]:
+        BalanceSnapshot.create(account_id=account, mode=mode, available="[]", pending="[]")
+    assert AccountModel.delete_account_data("acct_1", "live") == 1
+    left = {(r.account_id, r.mode) for r in BalanceSnapshot.select()}
+    assert left == {("acct_1", "test"), ("acct_2", "live")}

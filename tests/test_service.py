@@ -1,0 +1,157 @@
+"""The frame: health, metrics, JSON errors, body limits, start-up validation (issue 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, _pg_admin, base_env, fresh_pg_database, running
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_health_reports_database_and_scheduler(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        resp = await app.client.get("/healthz")
+        assert resp.status_code == 200
+        body = resp.json()
+        assert body["status"] == "ok"
+        assert body["database"]["ok"] is True
+        assert body["scheduler"]["running"] is True
+        assert "access-control-allow-origin" not in resp.headers
+        assert os.path.exists(tmp_path / "app.db")  # created on first start
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_health_503_when_database_is_gone(tmp_path, pg_server):
+    with fresh_pg_database(pg_server) as (url, name):
+        async with running(base_env(tmp_path, DATABASE_URL=url)) as app:
+            assert (await app.client.get("/healthz")).status_code == 200
+            admin = _pg_admin()
+            admin.connect()
+            admin.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s", (name,))
+            admin.execute_sql(f"DROP DATABASE {name}")
+            admin.close()
+            resp = await app.client.get("/healthz")
+            assert resp.status_code == 503
+            assert resp.json()["status"] == "unavailable"
+            assert resp.json()["database"]["ok"] is False
+            # a request that needs the database says so as JSON, without internals
+            resp = await app.client.get("/install")
+            assert resp.status_code == 503
+            assert resp.json()["error"]["code"] == "database_unavailable"
+            assert "Traceback" not in resp.text and "psycopg" not in resp.text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_exposition(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        await app.client.get("/healthz")
+        await app.client.get("/nowhere")
+        await asyncio.sleep(0.6)  # one loop-lag sample
+        resp = await app.client.get("/metrics")
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/plain")
+        text = resp.text
+        assert 'http_requests_total{code="200",handler="HealthHandler",method="GET"} 1.0' in text
+        assert 'http_requests_total{code="404",handler="NotFoundHandler",method="GET"} 1.0' in text
+        assert 'http_request_duration_seconds_bucket{handler="HealthHandler",le="+Inf"} 1.0' in text
+        assert "event_loop_lag_seconds " in text
+        assert "event_loop_lag_seconds_distribution_count" in text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_json_404_and_405(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        resp = await app.client.get("/no/such/thing")
+        assert resp.status_code == 404
+        assert resp.json() == {"error": {"code": "not_found", "message": "no such endpoint"}}
+        resp = await app.client.delete("/healthz")
+        assert resp.status_code == 405
+        assert resp.json()["error"]["code"] == "method_not_allowed"
+        resp = await app.client.get("/webhooks")
+        assert resp.status_code == 405
+        assert resp.headers["content-type"].startswith("application/json")
+
+
+async def _raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + body)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(65536), 10)
+    writer.close()
+    return data
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_413_before_the_body_is_read(tmp_path):
+    async with running(base_env(tmp_path, MAX_BODY_SIZE="2048")) as app:
+        # declares 10 MB and sends none of it: answered at once, from the headers alone
+        head = (b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n"
+                b"Content-Type: application/json\r\n\r\n")
+        data = await _raw_request(app.backend.port, head)
+        assert data.startswith(b"HTTP/1.1 413")
+        assert b'"code":"body_too_large"' in data
+        # a chunked body that grows past the limit is cut off too
+        head = b"POST /api/whoami HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = b"800\r\n" + b"x" * 2048 + b"\r\n"
+        data = await _raw_request(app.backend.port, head, chunk * 2)
+        assert data.startswith(b"HTTP/1.1 413")
+        assert b"access-control-allow-origin: *" in data.lower()
+        # the server is still fine afterwards
+        assert (await app.client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_bad_content_length_is_400(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+        data = await _raw_request(app.backend.port, head)
+        assert data.startswith(b"HTTP/1.1 400")
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    full.update(env)
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("PORT", "eighty"),
+    ("SIGNATURE_TOLERANCE", "-5"),
+    ("STRIPE_APP_SECRETS", "sk_live_wrongkind"),
+    ("STRIPE_WEBHOOK_SECRETS_TEST", "whsec_ok1,notasecret"),
+    ("STRIPE_SECRET_KEY_LIVE", "sk_test_modemismatch"),
+    ("SCHEDULER", "maybe"),
+    ("DATABASE_URL", "mysql://x"),
+    ("STRIPE_API_BASE", "localhost:8420"),
+])
+def test_malformed_variable_stops_start_up(tmp_path, name, value):
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/x.db", "PORT": "0", name: value}
+    result = _run([], env)
+    assert result.returncode == 2
+    assert name in result.stderr
+    assert "Traceback" not in result.stderr
+    if name.startswith("STRIPE_") and "SECRET" in name:
+        assert value.split(",")[-1] not in result.stderr  # never echo a secret
+
+
+def test_help_lists_commands_and_variables():
+    result = _run(["--help"], {})
+    assert result.returncode == 0
+    for word in ("serve", "migrate", "install-link", "jobs", "events", "simulate", "dev",
+                 "DATABASE_URL", "STRIPE_APP_SECRETS", "SIGNATURE_TOLERANCE", "SCHEDULER"):
+        assert word in result.stdout
+
+
+def test_migrate_command(tmp_path):
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/m.db"}
+    first = _run(["migrate"], env)
+    assert first.returncode == 0, first.stderr
+    assert "001_initial" in first.stdout
+    again = _run(["migrate"], env)
+    assert "up to date" in again.stdout
