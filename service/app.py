@@ -26,6 +26,7 @@ from service.extension import (
     JobsHandler,
     WhoAmIHandler,
 )
+from service.guard import GuardedApplication
 from service.health import HealthHandler, MetricsHandler
 from service.install import CallbackHandler, InstallHandler
 from service.metrics import Metrics
@@ -55,7 +56,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         (r"/healthz", HealthHandler),
         (r"/metrics", MetricsHandler),
     ]
-    return tornado.web.Application(
+    return GuardedApplication(
         routes,
         default_handler_class=NotFoundHandler,
         config=config,

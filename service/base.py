@@ -5,9 +5,8 @@ What it guarantees, so that no handler repeats it:
 - errors are JSON `{"error": {"code", "message"}}` with the status from DESIGN.md section 4;
   an unexpected exception is logged with its traceback and answered as a bare 500, a database
   outage as 503, and a caller never sees a traceback or a secret;
-- a request body larger than `MAX_BODY_SIZE` is refused with 413 as soon as its declared length
-  is known, before it is read (bodies are streamed, so this also counts a request as in flight
-  from the moment its headers arrive, which graceful shutdown relies on);
+- a request body larger than `MAX_BODY_SIZE` never reaches a handler: `service/guard.py`
+  answers 413 from the headers, and counts requests in flight from their headers on;
 - every request is counted and timed in the metrics, by handler class;
 - shared objects are reached through typed accessors (`self.config`, `self.storage`, ...), never
   through globals.
@@ -21,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tornado import httputil
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, RequestHandler
 
 from models.db import UNAVAILABLE
 
@@ -68,7 +67,6 @@ def json_dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@stream_request_body
 class BaseHandler(RequestHandler):
     #: Endpoints the UI extension calls set this: CORS headers on every answer, errors included.
     cors = False
@@ -115,49 +113,18 @@ class BaseHandler(RequestHandler):
 
     def prepare(self) -> None:
         self._started = time.perf_counter()
-        self._chunks: list[bytes] = []
-        self._received = 0
-        self._body: bytes | None = None
-        self.tracker.begin(self)
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                raise APIError(400, "Content-Length is not a number") from None
-            if length > self.config.max_body_size:
-                raise APIError(413, f"request body over {self.config.max_body_size} bytes",
-                               reason_for_log=f"declared body of {length} bytes refused")
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return
-        self._received += len(chunk)
-        if self._received > self.config.max_body_size:
-            self._chunks.clear()
-            self.send_error(413, exc_info=(APIError, APIError(
-                413, f"request body over {self.config.max_body_size} bytes"), None))
-            return
-        self._chunks.append(chunk)
 
     @property
     def body(self) -> bytes:
         """The raw request body, exactly as received."""
-        if self._body is None:
-            self._body = b"".join(self._chunks)
-            self._chunks = []
-        return self._body
+        return self.request.body
 
     def on_finish(self) -> None:
-        self.tracker.end(self)
+        self.tracker.end(self.request.connection)
         started = getattr(self, "_started", None)
         if started is not None:
             self.metrics.observe_request(type(self).__name__, self.request.method or "",
                                          self.get_status(), time.perf_counter() - started)
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        self.tracker.end(self)
 
     # ---- answers --------------------------------------------------------------------------
     def write_json(self, value: Any, status: int = 200) -> None:

@@ -97,11 +97,11 @@ class Backend:
             tracker=self.tracker, extra_routes=self.extra_routes)
 
     def init_http(self, sockets: list[socket.socket] | None = None) -> None:
-        # Bodies are streamed and limited per request by BaseHandler (413 before reading);
+        # Bodies are limited per request by service/guard.py (413 before reading);
         # Tornado's own limit would answer 400 and drop the connection, so it is set out of
         # the way.
         self.server = HTTPServer(self.app, max_body_size=1 << 40, idle_connection_timeout=75,
-                                 body_timeout=60)
+                                 )
         sockets = sockets or bind_sockets(self.config.port, self.config.host, backlog=1024)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]

@@ -36,11 +36,15 @@ def header_timestamp(header: str) -> int:
 
 
 def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tolerance: int,
-           now: float | None = None) -> str:
-    """Return the secret that verified `payload`, or raise `SignatureError`."""
+           now: float | None = None, timestamp: int | None = None) -> str:
+    """Return the secret that verified `payload`, or raise `SignatureError`.
+
+    `timestamp` is the header's `t=`, when the caller has parsed it already.
+    """
     if not header:
         raise SignatureError("missing Stripe-Signature header")
-    timestamp = header_timestamp(header)
+    if timestamp is None:
+        timestamp = header_timestamp(header)
     now = time.time() if now is None else now
     if timestamp > now + tolerance:
         raise SignatureError(f"timestamp {timestamp} is more than {tolerance}s in the future")

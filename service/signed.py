@@ -108,7 +108,7 @@ class SignedHandler(BaseHandler):
         error: SignatureError | None = None
         for signed_bytes, fields in self._candidates(body, user_id, account_id):
             try:
-                verify(signed_bytes, header, secrets, tolerance)
+                verify(signed_bytes, header, secrets, tolerance, timestamp=timestamp)
             except SignatureError as exc:
                 error = error or exc
                 continue

@@ -1,7 +1,8 @@
 """Requests in flight, for graceful shutdown.
 
-A request counts from the moment its headers arrive (handlers stream their bodies, so
-`prepare` runs then) until its answer is finished or its connection closes.
+A request counts from the moment its headers arrive (`service/guard.py`) until its handler
+finishes or its connection closes. Requests are keyed by their HTTP connection object, which
+Tornado makes anew for each request.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ class RequestTracker:
     def in_flight(self) -> int:
         return len(self._active)
 
-    def begin(self, handler: object) -> None:
-        self._active.add(id(handler))
+    def begin(self, request: object) -> None:
+        self._active.add(id(request))
         self._idle.clear()
 
-    def end(self, handler: object) -> None:
-        self._active.discard(id(handler))
+    def end(self, request: object) -> None:
+        self._active.discard(id(request))
         if not self._active:
             self._idle.set()
 

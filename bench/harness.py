@@ -1,0 +1,166 @@
+"""Shared benchmark machinery: servers as separate processes, load from a separate process.
+
+`Server(cmd, env)` starts a process and waits for its `/healthz` (or a TCP port). `load(...)`
+runs a closed-loop HTTP/1.1 keep-alive load generator in a child process over loopback and
+returns throughput and latency percentiles. Figures are only compared as ratios measured in the
+same run: these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args: Sequence[str], env: dict[str, str], port: int,
+                 health: str | None = "/healthz", cwd: str = ROOT) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+        full.update(env)
+        self.port = port
+        self.log_path = os.path.join(full.get("BENCH_TMP", "/tmp"), f"bench-server-{port}.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, *args], env=full, cwd=cwd,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait(health)
+
+    def _wait(self, health: str | None) -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if health is None:
+                        return
+                    s.sendall(f"GET {health} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    if s.recv(100).startswith(b"HTTP/1.1 200"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = -9
+        self.log.close()
+        return code
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    statuses: dict[int, int]
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _request_bytes(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _worker(port: int, requests: list[bytes], stop_at: float, latencies: list[float],
+                  statuses: dict[int, int], limit: int | None, counter: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = 0
+    try:
+        while time.perf_counter() < stop_at:
+            if limit is not None:
+                if counter[0] >= limit:
+                    break
+                index = counter[0]
+                counter[0] += 1
+                payload = requests[index]
+            else:
+                payload = requests[i % len(requests)]
+                i += 1
+            start = time.perf_counter()
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+            statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+async def _run_load(port: int, requests: list[bytes], connections: int, duration: float,
+                    limit: int | None) -> LoadResult:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    counter = [0]
+    start = time.perf_counter()
+    stop_at = start + duration
+    await asyncio.gather(*(_worker(port, requests, stop_at, latencies, statuses, limit,
+                                   counter) for _ in range(connections)))
+    seconds = time.perf_counter() - start
+    latencies.sort()
+    def pick(q):
+        return (latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3
+                if latencies else 0.0)
+    return LoadResult(len(latencies), seconds, statuses, pick(0.50), pick(0.99))
+
+
+def _child(queue: mp.Queue, *args: object) -> None:
+    queue.put(asyncio.run(_run_load(*args)))  # type: ignore[arg-type]
+
+
+def load(port: int, path: str, bodies: list[bytes], headers: list[dict[str, str]],
+         connections: int = 32, duration: float = 5.0, limit: int | None = None) -> LoadResult:
+    """Closed-loop load from a separate process; `limit` sends each request once, in order."""
+    requests = [_request_bytes(path, b, h) for b, h in zip(bodies, headers, strict=True)]
+    ctx = mp.get_context("fork")  # the parent runs no event loop, so forking is safe
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, port, requests, connections, duration, limit))
+    proc.start()
+    result = queue.get(timeout=duration + 600)
+    proc.join(30)
+    return result
+
+
+def show(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n== {title}")
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")

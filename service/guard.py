@@ -1,0 +1,91 @@
+"""What happens before Tornado builds a handler: body limit and in-flight counting.
+
+Tornado builds a handler only once the whole body has arrived, and its own `max_body_size`
+answers 400 and drops the connection. `GuardedApplication` wraps each request's delegate so that
+
+- the request counts as in flight from the moment its headers arrive (graceful shutdown waits
+  for half-received bodies too), until its handler finishes or the connection closes;
+- a body whose declared `Content-Length` exceeds `MAX_BODY_SIZE` is answered 413 at once, before
+  any of it is read, and so is a chunked body as soon as it grows past the limit.
+The 413 answer is the same JSON error every handler gives, with CORS on `/api/` paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+from tornado import httputil
+
+from service.base import json_dumps
+
+
+def _too_large(limit: int, path: str) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
+                                               bytes]:
+    body = json_dumps({"error": {"code": "body_too_large",
+                                 "message": f"request body over {limit} bytes"}})
+    headers = httputil.HTTPHeaders({"Content-Type": "application/json; charset=utf-8",
+                                    "Content-Length": str(len(body)), "Connection": "close",
+                                    "Cache-Control": "no-store"})
+    if path.startswith("/api/"):
+        headers["Access-Control-Allow-Origin"] = "*"
+    return httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body
+
+
+class _Guard(httputil.HTTPMessageDelegate):
+    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "path")
+
+    def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
+                 conn: httputil.HTTPConnection) -> None:
+        self.app, self.inner, self.conn = app, inner, conn
+        self.limit = app.settings["config"].max_body_size
+        self.received = 0
+        self.refused = False
+        self.path = "/"
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        self.app.tracker.begin(self.conn)
+        self.path = getattr(start_line, "path", "/")
+        declared = headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            self._refuse()
+            return None
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.refused:
+            return None
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self._refuse()
+            return None
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        if not self.refused:
+            self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.app.tracker.end(self.conn)
+        self.inner.on_connection_close()
+
+    def _refuse(self) -> None:
+        self.refused = True
+        self.app.settings["metrics"].observe_request("BodyLimit", "", 413, 0.0)
+        start, headers, body = _too_large(self.limit, self.path)
+        # Read the rest of this body (if any) without storing it, until the connection closes
+        # right after this answer is written.
+        self.conn.set_max_body_size(1 << 62)  # type: ignore[attr-defined]
+        self.conn.write_headers(start, headers, body)
+        self.conn.finish()
+        self.app.tracker.end(self.conn)
+
+
+class GuardedApplication(tornado.web.Application):
+    @property
+    def tracker(self) -> Any:
+        return self.settings["tracker"]
+
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _Guard(self, super().start_request(server_conn, request_conn), request_conn)
