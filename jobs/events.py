@@ -95,9 +95,16 @@ class EventProcessor:
         self.clients = clients
         self.metrics = metrics
         self.poll_interval = poll_interval
+        self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
+
+    def needs_processing(self, type_: str, account_id: str | None) -> bool:
+        """False for an event nothing here acts on: it is stored as processed at once."""
+        if type_ in (AUTHORIZED, DEAUTHORIZED) and account_id:
+            return True
+        return bool(self.registry.handlers.get(type_) or self.registry.handlers.get("*"))
 
     def submit(self, event_id: str) -> None:
         """Process a just-stored event soon, without making the caller wait."""
@@ -119,7 +126,7 @@ class EventProcessor:
                 log.warning("event %s (%s) failed, attempt %d: %s", event.id, event.type,
                             event.attempts, error)
             status = await asyncio.shield(
-                self.storage.run(finish_event, event.id, error, event.attempts))
+                self.storage.run(finish_event, event.id, error, event.attempts, self.retry_base))
             self.metrics.event_processing.labels(event.type, status).inc()
             return status
 

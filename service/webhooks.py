@@ -78,9 +78,17 @@ class WebhookHandler(BaseHandler):
             raise APIError(400, "a live event must be signed with a live webhook secret",
                            code="bad_signature",
                            reason_for_log=f"live event {event_id} signed with a test secret")
-        stored = await self.storage.run(store_event, event_id, type_, account, livemode,
-                                        created, self.body.decode("utf-8"))
-        if stored:
+        process = self.events.needs_processing(type_, account)
+        try:
+            stored = await self.storage.run(store_event, event_id, type_, account, livemode,
+                                            created, self.body.decode("utf-8"), process)
+        except Exception as exc:  # anything but stored-for-sure makes Stripe retry
+            self.metrics.webhooks.labels("store_failed").inc()
+            raise APIError(503, "the event could not be stored; please retry",
+                           code="unavailable",
+                           reason_for_log=f"storing {event_id} failed: {type(exc).__name__}: "
+                                          f"{str(exc)[:200]}") from None
+        if stored and process:
             self.events.submit(event_id)
         self.metrics.webhooks.labels("stored" if stored else "duplicate").inc()
         log.debug("event %s %s %s/%s%s", event_id, type_, account or "platform",
