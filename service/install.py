@@ -16,7 +16,7 @@ SameSite=Lax cookie (Secure when the callback is https). 503 without `STRIPE_APP
 - otherwise the state is used up and the installation for (account, mode) recorded: mode is
   test when `livemode=false`, live otherwise; the `authorized` webhook confirms it. Then a
   redirect to `INSTALL_SUCCESS_URL` (configuration, never the request) or a success page.
-Answers are HTML for browsers and JSON when the client asks for `application/json`.
+Answers are HTML pages for browsers (`Accept: text/html`) and JSON for everything else.
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ class PageMixin(BaseHandler):
     """Answers a person (HTML) or a program (JSON), errors included."""
 
     def wants_json(self) -> bool:
-        accept = self.request.headers.get("Accept", "")
-        return "application/json" in accept and "text/html" not in accept
+        return "text/html" not in self.request.headers.get("Accept", "")
 
     def page(self, status: int, title: str, text: str, data: dict[str, Any]) -> None:
         if self.wants_json():

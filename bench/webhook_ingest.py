@@ -1,0 +1,114 @@
+"""Sustained webhook ingest: verified, stored, acknowledged, and processed exactly once.
+
+Sends N distinct events (a mix of `account.application.authorized` for many accounts, which
+the service processes, and other types it only stores), plus a share of redeliveries of the
+same ids, over keep-alive connections from a separate process, to the real service on SQLite.
+Afterwards the database must hold every distinct event exactly once, every one processed once
+(`attempts == 1`), and one active installation per authorized account. Target: >= 1,000
+events/s on SQLite in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import tempfile
+import time
+
+from harness import Server, free_port, load, show
+
+SECRET = "whsec_bench" + "y" * 24
+
+
+def make_events(n: int, accounts: int) -> list[dict]:
+    now = int(time.time())
+    events = []
+    for i in range(n):
+        if i % 4 == 0:
+            type_, account = "account.application.authorized", f"acct_bench{i % accounts}"
+        else:
+            type_, account = "invoice.paid", f"acct_bench{i % accounts}"
+        events.append({"id": f"evt_bench{i:08d}", "object": "event", "type": type_,
+                       "account": account, "livemode": True, "created": now,
+                       "data": {"object": {"id": f"in_{i}", "object": "invoice",
+                                           "amount_due": 1000 + i}}})
+    return events
+
+
+def run(quick: bool = False) -> dict[str, float]:
+    import stripe
+
+    n = 600 if quick else 20000
+    accounts = 50 if quick else 2000
+    dup_share = 0.1
+    tmp = tempfile.mkdtemp(prefix="bench-webhooks-")
+    db_path = f"{tmp}/app.db"
+    events = make_events(n, accounts)
+    payloads = [json.dumps(e, indent=2).encode() for e in events]
+    rng = random.Random(7)
+    dups = [rng.randrange(n) for _ in range(int(n * dup_share))]
+    order = list(range(n)) + dups
+    rng.shuffle(order)
+    bodies = [payloads[i] for i in order]
+    headers = [{"Stripe-Signature": stripe.WebhookSignature.generate_signature_header(
+        b.decode(), SECRET), "Content-Type": "application/json"} for b in bodies]
+
+    port = free_port()
+    server = Server(["run.py"], {"PORT": str(port), "DATABASE_URL": f"sqlite:///{db_path}",
+                                 "STRIPE_WEBHOOK_SECRETS_LIVE": SECRET, "SCHEDULER": "off",
+                                 "LOG_LEVEL": "warning", "BENCH_TMP": tmp}, port)
+    try:
+        result = load(port, "/webhooks", bodies, headers, connections=32, duration=600,
+                      limit=len(bodies))
+        # let processing of the last events finish before counting
+        deadline = time.time() + 60
+        con = sqlite3.connect(db_path)
+        while time.time() < deadline:
+            pending = con.execute("SELECT count(*) FROM webhook_event WHERE status != "
+                                  "'processed'").fetchone()[0]
+            if not pending:
+                break
+            time.sleep(0.2)
+        stored = con.execute("SELECT count(*), count(DISTINCT id) FROM webhook_event").fetchone()
+        processed_once = con.execute("SELECT count(*) FROM webhook_event WHERE status = "
+                                     "'processed' AND (attempts = 1 OR type = 'invoice.paid')"
+                                     ).fetchone()[0]
+        lifecycle_attempts = con.execute(
+            "SELECT count(*), coalesce(sum(attempts), 0) FROM webhook_event "
+            "WHERE type = 'account.application.authorized'").fetchone()
+        active = con.execute("SELECT count(*) FROM installation WHERE active").fetchone()[0]
+        con.close()
+        rss = server.rss_mb()
+    finally:
+        code = server.stop()
+    expected_active = len({e["account"] for e in events
+                           if e["type"] == "account.application.authorized"})
+    lost = n - stored[1]
+    rps = result.requests / result.seconds
+    show(f"webhook ingest ({len(bodies)} deliveries of {n} events, SQLite, one process)", [
+        ("deliveries/s (target >= 1000)", f"{rps:.0f}"),
+        ("latency", f"p50 {result.p50_ms:.1f} ms  p99 {result.p99_ms:.1f} ms"),
+        ("answers", str(result.statuses)),
+        ("stored / distinct / lost", f"{stored[0]} / {stored[1]} / {lost}"),
+        ("processed once", f"{processed_once} of {n}"),
+        ("lifecycle events / attempts", f"{lifecycle_attempts[0]} / {lifecycle_attempts[1]}"),
+        ("active installations", f"{active} (expected {expected_active})"),
+        ("server RSS", f"{rss:.0f} MB"),
+    ])
+    assert result.statuses == {200: len(bodies)}, result.statuses
+    assert stored == (n, n) and lost == 0, "events lost or stored twice"
+    assert processed_once == n, "an event was not processed exactly once"
+    assert lifecycle_attempts[0] == lifecycle_attempts[1], "a lifecycle event ran twice"
+    assert active == expected_active
+    assert code == 0
+    return {"events_per_s": rps, "p99_ms": result.p99_ms, "lost": lost}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run(parser.parse_args().quick)
