@@ -36,6 +36,11 @@ def job_id(name: str, account_id: str, mode: str) -> str:
     return f"{name}:{mode}:{account_id}"
 
 
+def scheduled_fire(job: str, account_id: str, mode: str) -> None:
+    """What APScheduler holds for each job; `RunnerExecutor` calls `JobRunner.fire` instead,
+    adding the scheduled fire time, which APScheduler does not pass to the function."""
+
+
 class RunnerExecutor(BaseExecutor):
     """Hands each fire to `JobRunner.fire` with its scheduled time (the last, if coalesced)."""
 
@@ -135,7 +140,7 @@ class JobScheduler:
             if view.mode not in spec.modes or view.jobs_paused:
                 continue
             self._aps.add_job(
-                self.runner.fire, trigger=spec.trigger(view.account_id, view.mode),
+                scheduled_fire, trigger=spec.trigger(view.account_id, view.mode),
                 id=job_id(spec.name, view.account_id, view.mode),
                 args=(spec.name, view.account_id, view.mode), replace_existing=True,
                 misfire_grace_time=int(spec.misfire_grace), name=spec.name)

@@ -1,0 +1,294 @@
+"""Scheduled per-account jobs (issue 6): real APScheduler in the loop, real HTTP to localstripe
+through a recording proxy, real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from conftest import WH_TEST, base_env, compact, event, running
+from stripe_proxy import StripeProxy
+
+from jobs.events import EventProcessor
+from jobs.registry import Registry, job
+from jobs.runner import JobRunner
+from jobs.scheduler import JobScheduler
+from jobs.stripe_api import StripeClients
+from models.db import Storage, open_database
+from models.installation import Installation, apply_state
+from models.installation_index import InstallationIndex
+from models.jobs import JobRun
+from models.migrate import migrate
+from service.metrics import Metrics
+
+AUTH, DEAUTH = "account.application.authorized", "account.application.deauthorized"
+KEYS = {"STRIPE_SECRET_KEY_TEST": "sk_test_platformkey", "STRIPE_SECRET_KEY_LIVE":
+        "sk_live_platformkey"}
+
+
+def registry_with(*funcs) -> Registry:
+    registry = Registry.discover()
+    for f in funcs:
+        registry.jobs[f.__job_spec__.name] = f.__job_spec__
+    return registry
+
+
+async def runs(app, *where):
+    return await app.backend.storage.run(
+        lambda: list(JobRun.select().where(*where).order_by(JobRun.id)) if where
+        else list(JobRun.select().order_by(JobRun.id)))
+
+
+async def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = await predicate()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_install_runs_the_example_job_with_the_accounts_header_and_mode_key(
+        tmp_path, localstripe):
+    proxy = StripeProxy(localstripe)
+    try:
+        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
+        async with running(env) as app:
+            await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
+            (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+            assert (run.job, run.account_id, run.mode, run.attempt) == (
+                "balance_snapshot", "acct_1", "test", 1)
+            (call,) = [s for s in proxy.seen if s.path == "/v1/balance"]
+            assert call.headers["stripe-account"] == "acct_1"
+            assert call.headers["authorization"] == "Bearer sk_test_platformkey"
+            # jobs are scheduled for the account and visible to the extension
+            sched = app.backend.scheduler
+            assert sched.next_run("balance_snapshot", "acct_1", "test") is not None
+            body = (await app.signed("/api/jobs", {"user_id": "usr_1",
+                                                   "account_id": "acct_1"})).json()
+            (row,) = body["jobs"]
+            assert row["job"] == "balance_snapshot" and row["mode"] == "test"
+            assert row["next_run"] > time.time() and row["paused"] is False
+            assert row["last_run"]["outcome"] == "succeeded"
+            balance = (await app.signed("/api/balance", {"user_id": "usr_1",
+                                                         "account_id": "acct_1"})).json()
+            assert balance["live"] is None
+            assert balance["test"]["available"][0]["amount"] == 2000  # localstripe's balance
+            # uninstall: jobs stop, app data goes
+            await app.webhook(event(DEAUTH, "acct_1", livemode=False,
+                                    created=int(time.time()) + 1), secret=WH_TEST)
+            await app.settle()
+            assert sched.next_run("balance_snapshot", "acct_1", "test") is None
+            assert sched.job_count() == 0
+            resp = await app.signed("/api/balance", {"user_id": "usr_1", "account_id": "acct_1"})
+            assert resp.status_code == 403
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_live_mode_uses_the_live_key(tmp_path, localstripe):
+    proxy = StripeProxy(localstripe)
+    try:
+        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
+        async with running(env) as app:
+            await app.webhook(event(AUTH, "acct_live1", livemode=True))
+            await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+            (call,) = [s for s in proxy.seen if s.path == "/v1/balance"]
+            assert call.headers["authorization"] == "Bearer sk_live_platformkey"
+            assert call.headers["stripe-account"] == "acct_live1"
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_429_backs_off_then_succeeds(tmp_path, localstripe):
+    proxy = StripeProxy(localstripe)
+    try:
+        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
+        async with running(env) as app:
+            proxy.fail_next(429, times=2, type_="rate_limit_error")
+            await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
+            (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+            calls = [s for s in proxy.seen if s.path == "/v1/balance"]
+            assert [c.status for c in calls] == [429, 429, 200]
+            assert run.attempt == 1  # absorbed by the client's backoff, not a job retry
+            metrics = (await app.client.get("/metrics")).text
+            assert 'stripe_api_calls_total{mode="test",outcome="429"} 2.0' in metrics
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_revoked_access_pauses_the_account(tmp_path, localstripe):
+    proxy = StripeProxy(localstripe)
+    try:
+        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
+        async with running(env) as app:
+            proxy.fail_next(401, type_="invalid_request_error")
+            await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
+            (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "revoked"))
+            assert run.attempt == 1 and "AuthenticationError" in run.error
+            assert len([s for s in proxy.seen if s.path == "/v1/balance"]) == 1  # no retries
+            view = app.backend.installations.get("acct_1", "test")
+            assert view.active and view.jobs_paused
+            assert app.backend.scheduler.job_count() == 0
+            body = (await app.signed("/api/jobs", {"user_id": "usr_1",
+                                                   "account_id": "acct_1"})).json()
+            assert body["jobs"][0]["paused"] is True and body["jobs"][0]["next_run"] is None
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_failing_job_is_retried_and_recorded(tmp_path):
+    calls: list[int] = []
+
+    @job(every=3600, attempts=3, retry_delay=0.01)
+    async def flaky(ctx):
+        calls.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ValueError(f"try {ctx.attempt}")
+
+    @job(every=3600, attempts=2, retry_delay=0.01)
+    async def broken(ctx):
+        raise RuntimeError("always")
+
+    async with running(base_env(tmp_path), registry=registry_with(flaky, broken)) as app:
+        await app.webhook(event(AUTH, "acct_1"))
+        await app.settle()
+        fire = datetime.fromtimestamp(int(time.time()), UTC)
+        runner = app.backend.runner
+        assert await runner.fire("flaky", "acct_1", "live", fire) == "succeeded"
+        assert calls == [1, 2, 3]
+        assert await runner.fire("broken", "acct_1", "live", fire) == "failed"
+        assert await runner.fire("broken", "acct_1", "live", fire) == "not_claimed"
+        flaky_run, broken_run = await runs(app, JobRun.job.in_(("flaky", "broken")))
+        assert (flaky_run.outcome, flaky_run.attempt, flaky_run.error) == ("succeeded", 3, None)
+        assert (broken_run.outcome, broken_run.attempt) == ("failed", 2)
+        assert "RuntimeError: always" in broken_run.error
+        assert await runner.fire("flaky", "acct_2", "live", fire) == "not_active"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_run_whose_account_uninstalled_meanwhile_does_not_start(tmp_path):
+    ran: list[str] = []
+
+    @job(every=3600)
+    async def noted(ctx):
+        ran.append(ctx.account_id)
+
+    async with running(base_env(tmp_path), registry=registry_with(noted)) as app:
+        await app.webhook(event(AUTH, "acct_1"))
+        await app.settle()
+        # another replica uninstalls in the database; this one has not heard yet
+        await app.backend.storage.run(apply_state, "acct_1", "live", False,
+                                      int(time.time()) + 5, "elsewhere")
+        assert app.backend.installations.is_active("acct_1", "live")
+        fire = datetime.fromtimestamp(int(time.time()), UTC)
+        assert await app.backend.runner.fire("noted", "acct_1", "live", fire) == "not_claimed"
+        assert ran == []
+        await app.backend.installations.refresh()  # the replica poll
+        assert app.backend.scheduler.next_run("noted", "acct_1", "live") is None
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_restart_rebuilds_the_schedule_and_runs_one_missed_fire(tmp_path):
+    ran: list[datetime] = []
+
+    @job(every=100, misfire_grace=1000)
+    async def periodic(ctx):
+        ran.append(ctx.fire_time)
+
+    registry = registry_with(periodic)
+    env = base_env(tmp_path, SCHEDULER="on")
+    db = open_database(env["DATABASE_URL"])
+    migrate(db)
+    for account in ("acct_1", "acct_2"):
+        apply_state(account, "live", True, int(time.time()) - 5000, "before")
+    Installation.update(installed_at=time.time() - 5000).execute()
+    db.close()
+    async with running(env, registry=registry) as app:
+        sched = app.backend.scheduler
+        assert sched.next_run("periodic", "acct_1", "live") is not None
+        assert sched.next_run("periodic", "acct_2", "live") is not None
+        await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+        await asyncio.sleep(0.2)
+        done = await runs(app)
+    # several fires were missed over 5000 s; within the grace, only the latest runs, once
+    assert len(ran) == 2 and len(done) == 2
+    expected = registry.jobs["periodic"].previous_fire("acct_1", "live", datetime.now(UTC),
+                                                       1000)
+    assert int(expected.timestamp()) in {r.fire_time for r in done}
+    assert all(r.fire_time % 100 == 0 for r in done)  # fire times aligned, same on every replica
+    async with running(env, registry=registry) as app:
+        await asyncio.sleep(0.5)
+        assert len(await runs(app)) == 2  # already recorded: not run again
+    assert len(ran) == 2
+
+
+def test_three_schedulers_on_postgresql_run_each_fire_once(pg_url):
+    executions: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    @job(every=1)
+    async def tick(ctx):
+        with lock:
+            executions.append((ctx.account_id, int(ctx.fire_time.timestamp()), "x"))
+        await asyncio.sleep(0.05)
+
+    accounts = [f"acct_r{i}" for i in range(40)]
+    db = open_database(pg_url)
+    migrate(db)
+    for account in accounts:
+        apply_state(account, "live", True, 1, "setup")
+
+    async def replica(name: str, stop_at: float) -> None:
+        storage = Storage(db, workers=4)
+        index = InstallationIndex(storage)
+        await index.load()
+        registry = Registry()
+        registry.jobs["tick"] = tick.__job_spec__
+        clients = StripeClients({}, {"live": 80, "test": 20})
+        runner = JobRunner(registry, storage, index, clients, Metrics(), concurrency=50,
+                           replica=name)
+        scheduler = JobScheduler(registry, runner, index)
+        scheduler.start()
+        EventProcessor(registry, storage, index, clients, Metrics())
+        await asyncio.sleep(stop_at - time.time())
+        await scheduler.stop(5)
+        await clients.close()
+        storage.close()
+
+    async def main() -> None:
+        stop_at = time.time() + 3.5
+        await asyncio.gather(*(replica(f"replica{i}", stop_at) for i in range(3)))
+
+    asyncio.run(main())
+    keys = [(a, t) for a, t, _ in executions]
+    assert len(keys) >= len(accounts) * 2, "too few fires to prove anything"
+    assert len(keys) == len(set(keys)), "a fire ran twice"
+    rows = list(JobRun.select())
+    assert len(rows) == len(keys)
+    assert {r.outcome for r in rows} == {"succeeded"}
+    assert len({r.replica for r in rows}) >= 2, "the work was not shared between replicas"
+    db.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_jobs_endpoint_shape(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        await app.webhook(event(AUTH, "acct_1"))
+        await app.settle()
+        resp = await app.signed("/api/jobs", compact({"user_id": "usr_1",
+                                                      "account_id": "acct_1"}))
+        body = resp.json()
+        assert body["account_id"] == "acct_1"
+        (row,) = body["jobs"]
+        assert set(row) >= {"job", "mode", "paused", "next_run", "last_run"}
+        assert row["mode"] == "live" and isinstance(row["next_run"], int)
