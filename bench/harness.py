@@ -125,15 +125,16 @@ async def _worker(port: int, requests: list[bytes], stop_at: float, latencies: l
         writer.close()
 
 
-async def _run_load(port: int, requests: list[bytes], connections: int, duration: float,
-                    limit: int | None) -> LoadResult:
+async def _run_load(port: int | list[int], requests: list[bytes], connections: int,
+                    duration: float, limit: int | None) -> LoadResult:
+    ports = port if isinstance(port, list) else [port]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = [0]
     start = time.perf_counter()
     stop_at = start + duration
-    await asyncio.gather(*(_worker(port, requests, stop_at, latencies, statuses, limit,
-                                   counter) for _ in range(connections)))
+    await asyncio.gather(*(_worker(ports[i % len(ports)], requests, stop_at, latencies,
+                                   statuses, limit, counter) for i in range(connections)))
     seconds = time.perf_counter() - start
     latencies.sort()
     def pick(q):
@@ -146,9 +147,11 @@ def _child(queue: mp.Queue, *args: object) -> None:
     queue.put(asyncio.run(_run_load(*args)))  # type: ignore[arg-type]
 
 
-def load(port: int, path: str, bodies: list[bytes], headers: list[dict[str, str]],
+def load(port: int | list[int], path: str, bodies: list[bytes], headers: list[dict[str, str]],
          connections: int = 32, duration: float = 5.0, limit: int | None = None) -> LoadResult:
-    """Closed-loop load from a separate process; `limit` sends each request once, in order."""
+    """Closed-loop load from a separate process; `limit` sends each request once, in order.
+
+    With several ports, the connections are spread over them (one service per port)."""
     requests = [_request_bytes(path, b, h) for b, h in zip(bodies, headers, strict=True)]
     ctx = mp.get_context("fork")  # the parent runs no event loop, so forking is safe
     queue: mp.Queue = ctx.Queue()

@@ -44,7 +44,7 @@ def latest_snapshot(account_id: str, mode: str) -> dict[str, Any] | None:
             "pending": json.loads(row.pending)}
 
 
-@job(every=86400, spread=3600, run_on_install=True)
+@job(every=86400, spread=86400, run_on_install=True)  # each account at its own time of day
 async def balance_snapshot(ctx: JobContext) -> None:
     """Store the account's Stripe balance once a day (and right after it installs)."""
     balance = (await ctx.stripe.v1.balance.retrieve_async()).to_dict()

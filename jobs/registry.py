@@ -71,6 +71,13 @@ class JobSpec:
     def previous_fire(self, account_id: str, mode: str, now: datetime,
                       window: float) -> datetime | None:
         """The last fire time in (now - window, now], or None."""
+        if self.every:  # arithmetic: no trigger to build, cheap for 100,000 accounts
+            start = EPOCH.timestamp() + self.offset(account_id, mode)
+            k = (now.timestamp() - start) // self.every
+            prev = start + k * self.every
+            if prev <= now.timestamp() - window or k < 0:
+                return None
+            return datetime.fromtimestamp(prev, UTC)
         trigger = self.trigger(account_id, mode)
         last, cursor = None, now - timedelta(seconds=window)
         for _ in range(10_000):

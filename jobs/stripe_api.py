@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,19 +32,31 @@ class MissingKey(RuntimeError):
 
 
 class RateLimiter:
-    """Spaces acquisitions at least `1/rate` seconds apart, first come first served."""
+    """At most `rate` acquisitions in any sliding one-second window, first come first served.
 
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self._next = 0.0
+    Counted when a request is actually sent, so a busy event loop that wakes several waiters
+    late cannot bunch them into a burst above the limit. `guard` widens the window slightly,
+    so that network jitter cannot make the far end count one call too many.
+    """
+
+    def __init__(self, rate: float, guard: float = 0.05) -> None:
+        window = max(1.0, 1.0 / rate)
+        self.capacity = max(1, round(rate * window))
+        self.window = window + guard
+        self._sent: deque[float] = deque()
+        self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        slot = max(now, self._next)
-        self._next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        async with self._lock:
+            while True:
+                now = loop.time()
+                while self._sent and self._sent[0] <= now - self.window:
+                    self._sent.popleft()
+                if len(self._sent) < self.capacity:
+                    self._sent.append(now)
+                    return
+                await asyncio.sleep(self._sent[0] + self.window - now)
 
 
 class LimitedHTTPClient(stripe.HTTPXClient):
