@@ -162,6 +162,25 @@ def load(port: int | list[int], path: str, bodies: list[bytes], headers: list[di
     return result
 
 
+def loop_lag_p99_ms(port: int) -> float:
+    """The service's event-loop lag (99th percentile of its 0.5 s samples), from /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    buckets, count = [], 0.0
+    for line in text.splitlines():
+        if line.startswith("event_loop_lag_seconds_distribution_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+        elif line.startswith("event_loop_lag_seconds_distribution_count"):
+            count = float(line.split()[-1])
+    for le, cumulative in sorted(buckets):
+        if count and cumulative >= 0.99 * count:
+            return le * 1e3
+    return 0.0
+
+
 def show(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n== {title}")
     width = max(len(k) for k, _ in rows)

@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 import time
 
-from harness import Server, free_port, load, show
+from harness import Server, free_port, load, loop_lag_p99_ms, show
 
 SECRET = "whsec_bench" + "y" * 24
 
@@ -82,6 +82,7 @@ def run(quick: bool = False) -> dict[str, float]:
         active = con.execute("SELECT count(*) FROM installation WHERE active").fetchone()[0]
         con.close()
         rss = server.rss_mb()
+        lag = loop_lag_p99_ms(port)
     finally:
         code = server.stop()
     expected_active = len({e["account"] for e in events
@@ -97,6 +98,7 @@ def run(quick: bool = False) -> dict[str, float]:
         ("lifecycle events / attempts", f"{lifecycle_attempts[0]} / {lifecycle_attempts[1]}"),
         ("active installations", f"{active} (expected {expected_active})"),
         ("server RSS", f"{rss:.0f} MB"),
+        ("event-loop lag p99 (bucket bound)", f"<= {lag:g} ms"),
     ])
     assert result.statuses == {200: len(bodies)}, result.statuses
     assert stored == (n, n) and lost == 0, "events lost or stored twice"
@@ -104,7 +106,7 @@ def run(quick: bool = False) -> dict[str, float]:
     assert lifecycle_attempts[0] == lifecycle_attempts[1], "a lifecycle event ran twice"
     assert active == expected_active
     assert code == 0
-    return {"events_per_s": rps, "p99_ms": result.p99_ms, "lost": lost}
+    return {"events_per_s": rps, "p99_ms": result.p99_ms, "lost": lost, "loop_lag_p99_ms": lag}
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class InstallationIndex:
         self.storage = storage
         self._rows: dict[tuple[str, str], InstallationView] = {}
         self._active_accounts: dict[str, int] = {}
+        self._active_by_mode: dict[str, int] = {"live": 0, "test": 0}
         self._listeners: list[Listener] = []
         self._watermark = 0.0
 
@@ -60,6 +61,8 @@ class InstallationIndex:
         self._watermark = max(self._watermark, view.updated_at)
         was_active = old is not None and old.active
         if view.active != was_active:
+            self._active_by_mode[view.mode] = (self._active_by_mode.get(view.mode, 0)
+                                               + (1 if view.active else -1))
             count = self._active_accounts.get(view.account_id, 0) + (1 if view.active else -1)
             if count > 0:
                 self._active_accounts[view.account_id] = count
@@ -88,4 +91,4 @@ class InstallationIndex:
                 yield view
 
     def count_active(self, mode: str) -> int:
-        return sum(1 for _ in self.active(mode))
+        return self._active_by_mode.get(mode, 0)

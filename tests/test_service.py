@@ -140,6 +140,23 @@ def test_malformed_variable_stops_start_up(tmp_path, name, value):
         assert value.split(",")[-1] not in result.stderr  # never echo a secret
 
 
+def test_json_logs_are_one_object_per_line(capsys):
+    import json
+    import logging
+
+    from service.logs import setup_logging
+
+    setup_logging("json", "info")
+    try:
+        logging.getLogger("app.test").warning("stored %s", "evt_1", extra={"status": 400})
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        record = json.loads(line)
+        assert record["msg"] == "stored evt_1" and record["level"] == "warning"
+        assert record["status"] == 400 and record["logger"] == "app.test"
+    finally:
+        logging.getLogger().handlers[:] = []
+
+
 def test_help_lists_commands_and_variables():
     result = _run(["--help"], {})
     assert result.returncode == 0

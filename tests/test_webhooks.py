@@ -176,6 +176,7 @@ async def test_install_uninstall_reinstall_and_app_data(tmp_path):
         await app.settle()
         idx = app.backend.installations
         assert not idx.is_active("acct_1", "live") and idx.is_active("acct_1", "test")
+        assert (idx.count_active("live"), idx.count_active("test")) == (0, 1)
         left = await rows(app, BalanceSnapshot)
         assert [r.mode for r in left] == ["test"]  # live data deleted, test data kept
         await app.webhook(event(AUTH, "acct_1", created=t))
