@@ -137,6 +137,9 @@ class Config:
             lines.append("STRIPE_APP_ID unset: GET /install answers 503")
         if not self.scheduler:
             lines.append("SCHEDULER=off: this process runs no scheduled jobs")
+        if self.app_id and not self.install_redirect_uri.startswith("https://"):
+            lines.append(f"STRIPE_INSTALL_REDIRECT_URI is {self.install_redirect_uri}: Stripe "
+                         "accepts a non-https redirect for test-mode installs only")
         return lines
 
     @classmethod
