@@ -48,7 +48,7 @@ def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tol
     now = time.time() if now is None else now
     if timestamp > now + tolerance:
         raise SignatureError(f"timestamp {timestamp} is more than {tolerance}s in the future")
-    if isinstance(payload, bytes | bytearray):
+    if isinstance(payload, (bytes, bytearray)):  # noqa: UP038 (a tuple is faster)
         try:
             payload = bytes(payload).decode("utf-8")
         except UnicodeDecodeError:

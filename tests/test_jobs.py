@@ -4,6 +4,7 @@ through a recording proxy, real SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from datetime import UTC, datetime
@@ -42,6 +43,17 @@ async def runs(app, *where):
         else list(JobRun.select().order_by(JobRun.id)))
 
 
+@contextlib.asynccontextmanager
+async def proxied(tmp_path, localstripe):
+    """A backend whose Stripe API is localstripe behind a recording proxy."""
+    proxy = StripeProxy(localstripe)
+    try:
+        async with running(base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)) as app:
+            yield app, proxy
+    finally:
+        await proxy.close()
+
+
 async def wait_for(predicate, timeout: float = 10.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -55,94 +67,74 @@ async def wait_for(predicate, timeout: float = 10.0):
 @pytest.mark.gen_test(timeout=60)
 async def test_install_runs_the_example_job_with_the_accounts_header_and_mode_key(
         tmp_path, localstripe):
-    proxy = StripeProxy(localstripe)
-    try:
-        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
-        async with running(env) as app:
-            await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
-            (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
-            assert (run.job, run.account_id, run.mode, run.attempt) == (
-                "balance_snapshot", "acct_1", "test", 1)
-            (call,) = [s for s in proxy.seen if s.path == "/v1/balance"]
-            assert call.headers["stripe-account"] == "acct_1"
-            assert call.headers["authorization"] == "Bearer sk_test_platformkey"
-            # jobs are scheduled for the account and visible to the extension
-            sched = app.backend.scheduler
-            assert sched.next_run("balance_snapshot", "acct_1", "test") is not None
-            body = (await app.signed("/api/jobs", {"user_id": "usr_1",
-                                                   "account_id": "acct_1"})).json()
-            (row,) = body["jobs"]
-            assert row["job"] == "balance_snapshot" and row["mode"] == "test"
-            assert row["next_run"] > time.time() and row["paused"] is False
-            assert row["last_run"]["outcome"] == "succeeded"
-            balance = (await app.signed("/api/balance", {"user_id": "usr_1",
-                                                         "account_id": "acct_1"})).json()
-            assert balance["live"] is None
-            assert balance["test"]["available"][0]["amount"] == 2000  # localstripe's balance
-            # uninstall: jobs stop, app data goes
-            await app.webhook(event(DEAUTH, "acct_1", livemode=False,
-                                    created=int(time.time()) + 1), secret=WH_TEST)
-            await app.settle()
-            assert sched.next_run("balance_snapshot", "acct_1", "test") is None
-            assert sched.job_count() == 0
-            resp = await app.signed("/api/balance", {"user_id": "usr_1", "account_id": "acct_1"})
-            assert resp.status_code == 403
-    finally:
-        await proxy.close()
+    async with proxied(tmp_path, localstripe) as (app, proxy):
+        await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
+        (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+        assert (run.job, run.account_id, run.mode, run.attempt) == (
+            "balance_snapshot", "acct_1", "test", 1)
+        (call,) = [s for s in proxy.seen if s.path == "/v1/balance"]
+        assert call.headers["stripe-account"] == "acct_1"
+        assert call.headers["authorization"] == "Bearer sk_test_platformkey"
+        # jobs are scheduled for the account and visible to the extension
+        sched = app.backend.scheduler
+        assert sched.next_run("balance_snapshot", "acct_1", "test") is not None
+        body = (await app.signed("/api/jobs", {"user_id": "usr_1",
+                                               "account_id": "acct_1"})).json()
+        (row,) = body["jobs"]
+        assert row["job"] == "balance_snapshot" and row["mode"] == "test"
+        assert row["next_run"] > time.time() and row["paused"] is False
+        assert row["last_run"]["outcome"] == "succeeded"
+        balance = (await app.signed("/api/balance", {"user_id": "usr_1",
+                                                     "account_id": "acct_1"})).json()
+        assert balance["live"] is None
+        assert balance["test"]["available"][0]["amount"] == 2000  # localstripe's balance
+        # uninstall: jobs stop, app data goes
+        await app.webhook(event(DEAUTH, "acct_1", livemode=False,
+                                created=int(time.time()) + 1), secret=WH_TEST)
+        await app.settle()
+        assert sched.next_run("balance_snapshot", "acct_1", "test") is None
+        assert sched.job_count() == 0
+        resp = await app.signed("/api/balance", {"user_id": "usr_1", "account_id": "acct_1"})
+        assert resp.status_code == 403
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_live_mode_uses_the_live_key(tmp_path, localstripe):
-    proxy = StripeProxy(localstripe)
-    try:
-        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
-        async with running(env) as app:
-            await app.webhook(event(AUTH, "acct_live1", livemode=True))
-            await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
-            (call,) = [s for s in proxy.seen if s.path == "/v1/balance"]
-            assert call.headers["authorization"] == "Bearer sk_live_platformkey"
-            assert call.headers["stripe-account"] == "acct_live1"
-    finally:
-        await proxy.close()
+    async with proxied(tmp_path, localstripe) as (app, proxy):
+        await app.webhook(event(AUTH, "acct_live1", livemode=True))
+        await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+        (call,) = [s for s in proxy.seen if s.path == "/v1/balance"]
+        assert call.headers["authorization"] == "Bearer sk_live_platformkey"
+        assert call.headers["stripe-account"] == "acct_live1"
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_429_backs_off_then_succeeds(tmp_path, localstripe):
-    proxy = StripeProxy(localstripe)
-    try:
-        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
-        async with running(env) as app:
-            proxy.fail_next(429, times=2, type_="rate_limit_error")
-            await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
-            (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
-            calls = [s for s in proxy.seen if s.path == "/v1/balance"]
-            assert [c.status for c in calls] == [429, 429, 200]
-            assert run.attempt == 1  # absorbed by the client's backoff, not a job retry
-            metrics = (await app.client.get("/metrics")).text
-            assert 'stripe_api_calls_total{mode="test",outcome="429"} 2.0' in metrics
-    finally:
-        await proxy.close()
+    async with proxied(tmp_path, localstripe) as (app, proxy):
+        proxy.fail_next(429, times=2, type_="rate_limit_error")
+        await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
+        (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+        calls = [s for s in proxy.seen if s.path == "/v1/balance"]
+        assert [c.status for c in calls] == [429, 429, 200]
+        assert run.attempt == 1  # absorbed by the client's backoff, not a job retry
+        metrics = (await app.client.get("/metrics")).text
+        assert 'stripe_api_calls_total{mode="test",outcome="429"} 2.0' in metrics
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_revoked_access_pauses_the_account(tmp_path, localstripe):
-    proxy = StripeProxy(localstripe)
-    try:
-        env = base_env(tmp_path, STRIPE_API_BASE=proxy.url, **KEYS)
-        async with running(env) as app:
-            proxy.fail_next(401, type_="invalid_request_error")
-            await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
-            (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "revoked"))
-            assert run.attempt == 1 and "AuthenticationError" in run.error
-            assert len([s for s in proxy.seen if s.path == "/v1/balance"]) == 1  # no retries
-            view = app.backend.installations.get("acct_1", "test")
-            assert view.active and view.jobs_paused
-            assert app.backend.scheduler.job_count() == 0
-            body = (await app.signed("/api/jobs", {"user_id": "usr_1",
-                                                   "account_id": "acct_1"})).json()
-            assert body["jobs"][0]["paused"] is True and body["jobs"][0]["next_run"] is None
-    finally:
-        await proxy.close()
+    async with proxied(tmp_path, localstripe) as (app, proxy):
+        proxy.fail_next(401, type_="invalid_request_error")
+        await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
+        (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "revoked"))
+        assert run.attempt == 1 and "AuthenticationError" in run.error
+        assert len([s for s in proxy.seen if s.path == "/v1/balance"]) == 1  # no retries
+        view = app.backend.installations.get("acct_1", "test")
+        assert view.active and view.jobs_paused
+        assert app.backend.scheduler.job_count() == 0
+        body = (await app.signed("/api/jobs", {"user_id": "usr_1",
+                                               "account_id": "acct_1"})).json()
+        assert body["jobs"][0]["paused"] is True and body["jobs"][0]["next_run"] is None
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -207,6 +199,8 @@ async def test_restart_rebuilds_the_schedule_and_runs_one_missed_fire(tmp_path):
 
     registry = registry_with(periodic)
     env = base_env(tmp_path, SCHEDULER="on")
+    if time.time() % 100 > 90:  # keep the test clear of a regular fire (every 100 s)
+        time.sleep(100.5 - time.time() % 100)
     db = open_database(env["DATABASE_URL"])
     migrate(db)
     for account in ("acct_1", "acct_2"):
