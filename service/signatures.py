@@ -75,11 +75,17 @@ def _js_number(value: int | float) -> str:
     if value == int(value) and abs(value) < 1e21:
         return str(int(value))
     text = repr(value)
-    if "e" in text:  # JavaScript writes 1e-7 and 1e+21, Python 1e-07 and 1e+21
-        mantissa, exp = text.split("e")
-        sign = "-" if exp.startswith("-") else "+"
-        text = f"{mantissa}e{sign}{int(exp.lstrip('+-'))}"
-    return text
+    if "e" not in text:
+        return text
+    # JavaScript writes plain decimals for 1e-7 < |x| < 1e21, exponents outside (as 1e-7 and
+    # 1e+21); Python switches to exponents below 1e-4 and writes 1e-05.
+    mantissa, exp_text = text.split("e")
+    exp = int(exp_text)
+    if -7 < exp < 0:
+        sign = "-" if mantissa.startswith("-") else ""
+        digits = mantissa.lstrip("-").replace(".", "")
+        return f"{sign}0.{'0' * (-exp - 1)}{digits}"
+    return f"{mantissa}e{'-' if exp < 0 else '+'}{abs(exp)}"
 
 
 def js_stringify(value: Any) -> str:

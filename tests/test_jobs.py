@@ -122,6 +122,18 @@ async def test_429_backs_off_then_succeeds(tmp_path, localstripe):
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_5xx_is_retried_by_the_client_with_backoff(tmp_path, localstripe):
+    async with proxied(tmp_path, localstripe) as (app, proxy):
+        proxy.fail_next(500, times=2)
+        await app.webhook(event(AUTH, "acct_1", livemode=False), secret=WH_TEST)
+        (run,) = await wait_for(lambda: runs(app, JobRun.outcome == "succeeded"))
+        calls = [s for s in proxy.seen if s.path == "/v1/balance"]
+        assert [c.status for c in calls] == [500, 500, 200]
+        assert calls[2].at - calls[0].at > 0.5  # the library's jittered backoff waited
+        assert run.attempt == 1
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_revoked_access_pauses_the_account(tmp_path, localstripe):
     async with proxied(tmp_path, localstripe) as (app, proxy):
         proxy.fail_next(401, type_="invalid_request_error")

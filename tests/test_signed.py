@@ -230,3 +230,18 @@ async def test_log_says_why_without_the_secret(tmp_path, caplog):
     text = caplog.text
     assert "more than 300s old" in text
     assert APP_SECRET not in text
+
+
+@pytest.mark.parametrize("value,javascript", [
+    (1.5, "1.5"), (100, "100"), (1.0, "1"), (-0.25, "-0.25"), (0.1, "0.1"),
+    (1e21, "1e+21"), (1.5e22, "1.5e+22"), (1e16, "10000000000000000"),
+    (0.000015, "0.000015"), (-0.000001, "-0.000001"), (1e-7, "1e-7"), (1.25e-8, "1.25e-8"),
+    (True, "true"), (False, "false"), (None, "null"),
+    ("Grüße 日本", '"Grüße 日本"'), ('q"\\\n\t\x01', '"q\\"\\\\\\n\\t\\u0001"'),
+    ({"b": 1, "a": [1, "x"]}, '{"b":1,"a":[1,"x"]}'),
+])
+def test_js_stringify_matches_javascript(value, javascript):
+    # Expected values are what JSON.stringify(value) returns in JavaScript.
+    from service.signatures import js_stringify
+
+    assert js_stringify(value) == javascript
