@@ -75,10 +75,13 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  {key}={env[key]}")
     print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate install "
           "--account acct_demo --test")
-    from service.server import serve
+    from service.server import StartupError, serve
 
     try:
         asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     finally:
         if emulator is not None:
             emulator.terminate()

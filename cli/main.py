@@ -71,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     if command == "serve":
         import asyncio
 
-        from service.server import serve
+        from service.server import StartupError, serve
 
-        asyncio.run(serve(config))
+        try:
+            asyncio.run(serve(config))
+        except StartupError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return 1
         return 0
     if command == "dev":
         from cli.dev import run_dev

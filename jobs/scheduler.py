@@ -122,7 +122,7 @@ class JobScheduler:
                 "jobs": self.job_count(), "runs_in_progress": self.runner.running}
 
     def job_count(self) -> int:
-        return len(self._aps._jobstores["default"]._jobs) if self._aps else 0
+        return len(self._aps.get_jobs()) if self._aps else 0
 
     # ---- following installations ----------------------------------------------------------
     def _on_change(self, old: InstallationView | None, new: InstallationView) -> None:

@@ -43,6 +43,7 @@ class MetricsHandler(BaseHandler):
     def get(self) -> None:
         metrics = self.metrics
         metrics.in_flight.set(self.tracker.in_flight)
+        metrics.db_pending.set(self.storage.pending)
         for mode in ("live", "test"):
             metrics.installations.labels(mode).set(self.installations.count_active(mode))
         if self.scheduler:

@@ -38,6 +38,8 @@ class Metrics:
                                     ["mode", "outcome"], registry=r)
         self.installations = Gauge("installations_active", "Active installations by mode",
                                    ["mode"], registry=r)
+        self.db_pending = Gauge("db_calls_pending", "Database calls queued or running in the "
+                                "database threads", registry=r)
         self.scheduled_jobs = Gauge("scheduled_jobs", "Jobs in this process's scheduler",
                                     registry=r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}

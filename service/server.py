@@ -29,7 +29,7 @@ from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
-from models.db import Storage, open_database
+from models.db import UNAVAILABLE, Storage, open_database
 from models.installation_index import InstallationIndex
 from models.migrate import migrate
 from service.app import make_app
@@ -38,6 +38,10 @@ from service.metrics import Metrics
 from service.tracker import RequestTracker
 
 log = logging.getLogger("app.server")
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why, for a person (no traceback)."""
 
 
 class Backend:
@@ -57,7 +61,11 @@ class Backend:
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         for line in self.config.disabled_features():
             log.info("%s", line)
-        await self.init_database()
+        try:
+            await self.init_database()
+        except UNAVAILABLE as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StartupError(f"the database (DATABASE_URL) is not reachable: {first}") from None
         await self.init_installations()
         self.init_jobs()
         self.init_app()
@@ -108,7 +116,12 @@ class Backend:
         # the way.
         self.server = HTTPServer(self.app, max_body_size=1 << 40, idle_connection_timeout=75,
                                  )
-        sockets = sockets or bind_sockets(self.config.port, self.config.host, backlog=1024)
+        if sockets is None:
+            try:
+                sockets = bind_sockets(self.config.port, self.config.host, backlog=1024)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {self.config.host}:{self.config.port}: "
+                                   f"{exc.strerror}") from None
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
 
@@ -158,7 +171,11 @@ async def serve(config: Config, **kwargs: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await backend.start()
+    try:
+        await backend.start()
+    except StartupError:
+        await backend.stop()
+        raise
     await stop.wait()
     log.info("shutting down")
     await backend.stop()

@@ -61,6 +61,8 @@ async def test_metrics_exposition(tmp_path):
         assert 'http_request_duration_seconds_bucket{handler="HealthHandler",le="+Inf"} 1.0' in text
         assert "event_loop_lag_seconds " in text
         assert "event_loop_lag_seconds_distribution_count" in text
+        assert "db_calls_pending 0.0" in text
+        assert 'installations_active{mode="live"} 0.0' in text
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -155,6 +157,24 @@ def test_json_logs_are_one_object_per_line(capsys):
         assert record["status"] == 400 and record["logger"] == "app.test"
     finally:
         logging.getLogger().handlers[:] = []
+
+
+def test_start_up_failures_are_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _run([], {"DATABASE_URL": f"sqlite:///{tmp_path}/x.db", "PORT": str(port)})
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = _run([], {"DATABASE_URL": "postgresql://postgres:hunter2@127.0.0.1:1/nope",
+                       "PORT": "0"})
+    assert result.returncode == 1
+    assert "the database (DATABASE_URL) is not reachable" in result.stderr
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
 
 
 def test_help_lists_commands_and_variables():
