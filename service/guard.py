@@ -7,17 +7,22 @@ answers 400 and drops the connection. `GuardedApplication` wraps each request's 
   for half-received bodies too), until its handler finishes or the connection closes;
 - a body whose declared `Content-Length` exceeds `MAX_BODY_SIZE` is answered 413 at once, before
   any of it is read, and so is a chunked body as soon as it grows past the limit.
+- a body that has not fully arrived `BODY_TIMEOUT` seconds after its headers gets the
+  connection closed (a slow client cannot hold a connection open by trickling its body).
 The 413 answer is the same JSON error every handler gives, with CORS on `/api/` paths.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import tornado.web
 from tornado import httputil
 
 from service.base import json_dumps
+
+BODY_TIMEOUT = 60.0
 
 
 def _too_large(limit: int, path: str) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
@@ -33,7 +38,7 @@ def _too_large(limit: int, path: str) -> tuple[httputil.ResponseStartLine, httpu
 
 
 class _Guard(httputil.HTTPMessageDelegate):
-    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "path")
+    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "path", "timer")
 
     def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
                  conn: httputil.HTTPConnection) -> None:
@@ -42,6 +47,7 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.received = 0
         self.refused = False
         self.path = "/"
+        self.timer: asyncio.TimerHandle | None = None
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.app.tracker.begin(self.conn)
@@ -50,7 +56,13 @@ class _Guard(httputil.HTTPMessageDelegate):
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             self._refuse()
             return None
+        if declared not in (None, "0") or "Transfer-Encoding" in headers:
+            self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, self._too_slow)
         return self.inner.headers_received(start_line, headers)
+
+    def _too_slow(self) -> None:
+        self.timer = None
+        self.conn.close()  # type: ignore[attr-defined]
 
     def data_received(self, chunk: bytes) -> Any:
         if self.refused:
@@ -62,10 +74,16 @@ class _Guard(httputil.HTTPMessageDelegate):
         return self.inner.data_received(chunk)
 
     def finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if not self.refused:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.app.tracker.end(self.conn)
         self.inner.on_connection_close()
 

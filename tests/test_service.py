@@ -108,6 +108,22 @@ async def test_413_before_the_body_is_read(tmp_path):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_trickled_body_times_out(tmp_path, monkeypatch):
+    from service import guard
+
+    monkeypatch.setattr(guard, "BODY_TIMEOUT", 0.5)
+    async with running(base_env(tmp_path)) as app:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
+        writer.write(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)  # closed by the server, no answer
+        writer.close()
+        assert data == b""
+        assert app.backend.tracker.in_flight == 0
+        assert (await app.client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_bad_content_length_is_400(tmp_path):
     async with running(base_env(tmp_path)) as app:
         head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
