@@ -1,7 +1,8 @@
 """Webhook events, stored before they are acknowledged and kept as the audit trail.
 
 `status` moves pending -> processing -> processed, or -> failed (retried at `next_attempt_at`
-with backoff) and, after `MAX_ATTEMPTS`, -> dead (kept; `run.py events replay` runs it again).
+with backoff, for about six hours) and, after `MAX_ATTEMPTS`, -> dead (kept; `run.py events
+replay` runs it again).
 A claim (`claim_event`) is an UPDATE that only one replica can win, so an event is processed by
 one replica at a time, and a claim whose holder died expires (`locked_until`).
 """
@@ -14,7 +15,7 @@ import peewee as pw
 
 from models.base import BaseModel, now
 
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 16  # with the backoff below: about six hours of tries before `dead`
 LEASE_SECONDS = 120
 
 

@@ -287,8 +287,9 @@ def test_three_schedulers_on_postgresql_run_each_fire_once(pg_url):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_jobs_endpoint_shape(tmp_path):
-    async with running(base_env(tmp_path)) as app:
+@pytest.mark.parametrize("scheduler", ["on", "off"])
+async def test_jobs_endpoint_shape(tmp_path, scheduler):
+    async with running(base_env(tmp_path, SCHEDULER=scheduler)) as app:
         await app.webhook(event(AUTH, "acct_1"))
         await app.settle()
         resp = await app.signed("/api/jobs", compact({"user_id": "usr_1",
@@ -298,3 +299,6 @@ async def test_jobs_endpoint_shape(tmp_path):
         (row,) = body["jobs"]
         assert set(row) >= {"job", "mode", "paused", "next_run", "last_run"}
         assert row["mode"] == "live" and isinstance(row["next_run"], int)
+        assert time.time() < row["next_run"] <= time.time() + 86400
+        health = (await app.client.get("/healthz")).json()
+        assert health["scheduler"]["running"] is (scheduler == "on")
