@@ -12,6 +12,7 @@ import pytest
 from conftest import APP_SECRET, APP_SECRET_2, base_env, compact, running, sign, sign_many
 
 from models.installation import apply_state
+from service.signed import SignedHandler, SignedRequest
 
 IDS = {"user_id": "usr_1", "account_id": "acct_1"}
 
@@ -245,3 +246,25 @@ def test_js_stringify_matches_javascript(value, javascript):
     from service.signatures import js_stringify
 
     assert js_stringify(value) == javascript
+
+
+class AmountHandler(SignedHandler):
+    """An app developer's endpoint that needs `amount` to be covered by the signature."""
+
+    requires_installation = False
+
+    async def handle(self, req: SignedRequest) -> dict:
+        return {"amount": req.signed("amount")}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_handler_can_require_a_field_to_be_signed(tmp_path):
+    async with running(base_env(tmp_path),
+                       extra_routes=[(r"/api/amount", AmountHandler)]) as app:
+        raw = compact({"amount": 42, **IDS})
+        ok = await app.signed("/api/amount", raw)
+        assert ok.status_code == 200 and ok.json() == {"amount": 42}
+        only_ids = await app.signed("/api/amount", raw, header=sign(compact(IDS), APP_SECRET))
+        assert only_ids.status_code == 401
+        assert "not covered by the signature" in only_ids.json()["error"]["message"]
+        assert only_ids.headers["access-control-allow-origin"] == "*"
