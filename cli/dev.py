@@ -9,7 +9,6 @@ use this mode with real Stripe keys.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import shutil
@@ -75,15 +74,11 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  {key}={env[key]}")
     print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate install "
           "--account acct_demo --test")
-    from service.server import StartupError, serve
+    from cli.main import run_server
 
     try:
-        asyncio.run(serve(config))
-    except StartupError as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 1
+        return run_server(config)
     finally:
         if emulator is not None:
             emulator.terminate()
             emulator.wait(5)
-    return 0

@@ -59,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_server(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT; a start-up failure is one line on stderr and exit 1."""
+    import asyncio
+
+    from service.server import StartupError, serve
+
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "serve"
@@ -69,16 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_format, config.log_level)
     if command == "serve":
-        import asyncio
-
-        from service.server import StartupError, serve
-
-        try:
-            asyncio.run(serve(config))
-        except StartupError as exc:
-            print(f"cannot start: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return run_server(config)
     if command == "dev":
         from cli.dev import run_dev
 

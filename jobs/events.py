@@ -100,11 +100,16 @@ class EventProcessor:
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
 
+    @staticmethod
+    def _is_lifecycle(type_: str, account_id: str | None) -> bool:
+        return type_ in (AUTHORIZED, DEAUTHORIZED) and bool(account_id)
+
+    def _handlers(self, type_: str) -> list:
+        return self.registry.handlers.get(type_, []) + self.registry.handlers.get("*", [])
+
     def needs_processing(self, type_: str, account_id: str | None) -> bool:
         """False for an event nothing here acts on: it is stored as processed at once."""
-        if type_ in (AUTHORIZED, DEAUTHORIZED) and account_id:
-            return True
-        return bool(self.registry.handlers.get(type_) or self.registry.handlers.get("*"))
+        return self._is_lifecycle(type_, account_id) or bool(self._handlers(type_))
 
     def submit(self, event_id: str) -> None:
         """Process a just-stored event soon, without making the caller wait."""
@@ -131,14 +136,13 @@ class EventProcessor:
             return status
 
     async def _dispatch(self, event: WebhookEvent) -> None:
-        if event.type in (AUTHORIZED, DEAUTHORIZED) and event.account_id:
+        if self._is_lifecycle(event.type, event.account_id):
             view, applied, deleted = await self.storage.run(_apply_lifecycle, event)
             self.installations.put(view)
             log.info("%s %s/%s: %s%s", event.type, event.account_id, event.mode,
                      "applied" if applied else "older than the current state, ignored",
                      f", {deleted} app rows deleted" if deleted else "")
-        handlers = self.registry.handlers.get(event.type, []) + \
-            self.registry.handlers.get("*", [])
+        handlers = self._handlers(event.type)
         if not handlers:
             return
         body = json.loads(event.payload)

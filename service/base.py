@@ -66,6 +66,11 @@ def json_dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The body of every error answer: `{"error": {"code": ..., "message": ...}}`."""
+    return json_dumps({"error": {"code": code, "message": message}})
+
+
 class BaseHandler(RequestHandler):
     #: Endpoints the UI extension calls set this: CORS headers on every answer, errors included.
     cors = False
@@ -163,7 +168,7 @@ class BaseHandler(RequestHandler):
         if self.cors:
             self.set_header("Access-Control-Allow-Origin", "*")
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json_dumps({"error": {"code": code, "message": message}}))
+        self.finish(error_body(code, message))
 
 
 class NotFoundHandler(BaseHandler):

@@ -20,15 +20,14 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 
-from service.base import json_dumps
+from service.base import ERROR_CODES, error_body
 
 BODY_TIMEOUT = 60.0
 
 
 def _too_large(limit: int, path: str) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
                                                bytes]:
-    body = json_dumps({"error": {"code": "body_too_large",
-                                 "message": f"request body over {limit} bytes"}})
+    body = error_body(ERROR_CODES[413], f"request body over {limit} bytes")
     headers = httputil.HTTPHeaders({"Content-Type": "application/json; charset=utf-8",
                                     "Content-Length": str(len(body)), "Connection": "close",
                                     "Cache-Control": "no-store"})
@@ -73,17 +72,18 @@ class _Guard(httputil.HTTPMessageDelegate):
             return None
         return self.inner.data_received(chunk)
 
-    def finish(self) -> None:
+    def _cancel_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def finish(self) -> None:
+        self._cancel_timer()
         if not self.refused:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._cancel_timer()
         self.app.tracker.end(self.conn)
         self.inner.on_connection_close()
 

@@ -114,8 +114,7 @@ class Backend:
         # Bodies are limited per request by service/guard.py (413 before reading);
         # Tornado's own limit would answer 400 and drop the connection, so it is set out of
         # the way.
-        self.server = HTTPServer(self.app, max_body_size=1 << 40, idle_connection_timeout=75,
-                                 )
+        self.server = HTTPServer(self.app, max_body_size=1 << 40, idle_connection_timeout=75)
         if sockets is None:
             try:
                 sockets = bind_sockets(self.config.port, self.config.host, backlog=1024)
