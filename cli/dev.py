@@ -2,8 +2,9 @@
 
 Secrets are generated once and kept in `var/dev.env` (so `run.py simulate` in another shell
 signs with the same ones, and a restart keeps them); variables already set in the environment
-win. The emulator is started on `--stripe-port` unless something already answers there. Never
-use this mode with real Stripe keys.
+win. The emulator is started on `--stripe-port` unless something already answers there; it keeps
+its data in `var/dev-localstripe.pickle` (its own file, see `cli/emulator.py`). Never use this
+mode with real Stripe keys.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import socket
 import subprocess
-import sys
-import time
 
+from cli import emulator
 from cli.simulate import DEV_ENV, load_dev_env
 from service.config import Config
 
@@ -38,23 +37,21 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+#: The dev emulator keeps its customers and balances here, across restarts of `run.py dev`
+#: (its own file, never localstripe's machine-wide /tmp/localstripe.pickle).
+EMULATOR_STATE = "var/dev-localstripe.pickle"
+
+
 def start_emulator(port: int) -> subprocess.Popen | None:
     if _port_open(port):
         print(f"localstripe: already answering on port {port}")
         return None
-    exe = shutil.which("localstripe") or os.path.join(os.path.dirname(sys.executable),
-                                                      "localstripe")
-    if not os.path.exists(exe):
-        raise SystemExit("localstripe is not installed: pip install localstripe")
-    proc = subprocess.Popen([exe, "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if _port_open(port):
-            print(f"localstripe: started on port {port} (pid {proc.pid})")
-            return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"localstripe did not start on port {port}")
+    try:
+        proc, url = emulator.start(port, state=os.path.abspath(EMULATOR_STATE))
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"localstripe: started at {url} (pid {proc.pid}, data in {EMULATOR_STATE})")
+    return proc
 
 
 def run_dev(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -188,23 +187,12 @@ def db_url(request: Any, tmp_path: Any) -> str:
 
 @pytest.fixture(scope="session")
 def localstripe() -> Any:
-    """A real localstripe emulator on a free port, for the whole session."""
-    port = free_port()
-    exe = shutil.which("localstripe") or os.path.join(os.path.dirname(sys.executable),
-                                                      "localstripe")
-    proc = subprocess.Popen([exe, "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            httpx.get(url + "/v1/balance", auth=("sk_test_x", ""), timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("localstripe did not start")
+    """A real localstripe emulator on a free port, for the whole session, from scratch: its
+    data lives in memory only, never in the machine-wide /tmp/localstripe.pickle that other
+    runs share (see cli/emulator.py)."""
+    from cli import emulator
+
+    proc, url = emulator.start(0)
     yield url
     proc.terminate()
     proc.wait(5)
