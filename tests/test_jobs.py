@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from conftest import WH_TEST, base_env, compact, event, running
 from stripe_proxy import StripeProxy
 
@@ -31,10 +32,44 @@ KEYS = {"STRIPE_SECRET_KEY_TEST": "sk_test_platformkey", "STRIPE_SECRET_KEY_LIVE
 
 
 def registry_with(*funcs) -> Registry:
-    registry = Registry.discover()
+    """A registry holding only these jobs: a test is about its own jobs, not about whether the
+    shipped daily job happens to be due at the moment it runs."""
+    registry = Registry()
     for f in funcs:
         registry.jobs[f.__job_spec__.name] = f.__job_spec__
     return registry
+
+
+# ---- the clock -------------------------------------------------------------------------------
+# Every test here runs on an injected clock (time-machine, ticking from a fixed moment), never on
+# the wall clock. The tests about scheduling run at several moments of one day: across midnight
+# UTC, at noon, and inside the daily slots of the shipped job for the accounts they use, where
+# its catch-up and its regular fire could otherwise add runs the test does not expect.
+DAY = datetime(2026, 3, 14, tzinfo=UTC)
+_DAILY = Registry.discover().jobs["balance_snapshot"]
+
+
+def _in_daily_slot(account: str, mode: str) -> datetime:
+    return DAY + timedelta(seconds=_DAILY.offset(account, mode) + 600)
+
+
+MOMENTS = {
+    "across-midnight": DAY - timedelta(seconds=2),
+    "noon": DAY + timedelta(hours=12),
+    "acct_1-live-daily-slot": _in_daily_slot("acct_1", "live"),
+    "acct_1-test-daily-slot": _in_daily_slot("acct_1", "test"),
+    "acct_2-live-daily-slot": _in_daily_slot("acct_2", "live"),
+}
+at_every_moment = pytest.mark.parametrize("clock", list(MOMENTS.values()), ids=list(MOMENTS),
+                                          indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def clock(request):
+    """The clock of this test: `MOMENTS["across-midnight"]` unless parametrised."""
+    moment = getattr(request, "param", MOMENTS["across-midnight"])
+    with time_machine.travel(moment, tick=True) as traveller:
+        yield traveller
 
 
 async def runs(app, *where):
@@ -64,6 +99,7 @@ async def wait_for(predicate, timeout: float = 10.0):
     raise AssertionError("condition not met in time")
 
 
+@at_every_moment
 @pytest.mark.gen_test(timeout=60)
 async def test_install_runs_the_example_job_with_the_accounts_header_and_mode_key(
         tmp_path, localstripe):
@@ -201,8 +237,9 @@ async def test_a_run_whose_account_uninstalled_meanwhile_does_not_start(tmp_path
         assert app.backend.scheduler.next_run("noted", "acct_1", "live") is None
 
 
+@at_every_moment
 @pytest.mark.gen_test(timeout=60)
-async def test_restart_rebuilds_the_schedule_and_runs_one_missed_fire(tmp_path):
+async def test_restart_rebuilds_the_schedule_and_runs_one_missed_fire(tmp_path, clock):
     ran: list[datetime] = []
 
     @job(every=100, misfire_grace=1000)
@@ -211,8 +248,8 @@ async def test_restart_rebuilds_the_schedule_and_runs_one_missed_fire(tmp_path):
 
     registry = registry_with(periodic)
     env = base_env(tmp_path, SCHEDULER="on")
-    if time.time() % 100 > 90:  # keep the test clear of a regular fire (every 100 s)
-        time.sleep(100.5 - time.time() % 100)
+    clock.move_to(datetime.fromtimestamp(time.time() // 100 * 100 + 30, UTC))  # clear of a
+    # regular fire (every 100 s) for the 70 s ahead
     db = open_database(env["DATABASE_URL"])
     migrate(db)
     for account in ("acct_1", "acct_2"):
@@ -286,6 +323,7 @@ def test_three_schedulers_on_postgresql_run_each_fire_once(pg_url):
     db.close()
 
 
+@at_every_moment
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("scheduler", ["on", "off"])
 async def test_jobs_endpoint_shape(tmp_path, scheduler):
