@@ -1,4 +1,12 @@
-"""Configuration from environment variables (DESIGN.md section 4).
+"""Configuration from environment variables (README, "Configuration").
+
+Each variable is declared once, on the `Config` field it fills: `setting(...)` or, for a
+`_LIVE`/`_TEST` pair, `per_mode(...)` gives its name, parser, default and help text (a little
+markdown: backticks only). Everything else is derived from those declarations: `Config()` has the
+defaults, `Config.from_env()` reads and validates every variable, `VARIABLES` is the table
+`python run.py --help` prints, and `markdown_table()` is the README's Configuration table
+(tests/test_config.py fails when the README differs; paste the output of
+`python -c "from service.config import markdown_table; print(markdown_table())"`).
 
 `Config.from_env()` validates everything at start-up. A malformed value raises `ConfigError`
 whose message names the variable (never a secret's value); a missing optional value leaves its
@@ -9,66 +17,92 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 MODES = ("live", "test")
+
+T = TypeVar("T")
+
+#: Turns a variable's value (stripped, never empty) into a field value: `(name, value) -> value`.
+#: It raises `ConfigError` naming the variable, and never puts a secret's value in the message.
+Parser: TypeAlias = Callable[[str, str], T]
 
 
 class ConfigError(ValueError):
     """A malformed environment variable; the message names it."""
 
 
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+# -- parsers ---------------------------------------------------------------------------------
 
 
-def _secrets(env: Mapping[str, str], name: str, prefixes: tuple[str, ...]) -> tuple[str, ...]:
-    values = _split(env.get(name, ""))
-    for value in values:
-        if not value.startswith(prefixes) or not re.fullmatch(r"[A-Za-z0-9_]+", value):
-            raise ConfigError(
-                f"{name}: each value must start with {' or '.join(prefixes)} "
-                "and contain only letters, digits and underscores"
-            )
-    return values
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float,
-            cast: type = float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = cast(raw)
-    except ValueError:
-        kind = "a whole number" if cast is int else "a number"
-        raise ConfigError(f"{name}: must be {kind}, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    return int(_number(env, name, default, low, high, int))
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    return _number(env, name, default, low, high, float)
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = env.get(name, "").strip().lower() or default
-    if raw not in choices:
-        raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+def _text(name: str, raw: str) -> str:
     return raw
 
 
-def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+@dataclass(frozen=True)
+class _Pattern:
+    """A value that must match `pattern` from its start (or whole, with `full`)."""
+
+    pattern: str
+    message: str
+    full: bool = False
+
+    def __call__(self, name: str, raw: str) -> str:
+        match = re.fullmatch if self.full else re.match
+        if not match(self.pattern, raw):
+            raise ConfigError(f"{name}: {self.message}")
+        return raw
+
+
+@dataclass(frozen=True)
+class _Int:
+    low: int
+    high: int
+
+    def __call__(self, name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: must be a whole number, got {raw!r}") from None
+        if not self.low <= value <= self.high:
+            raise ConfigError(f"{name}: must be between {self.low} and {self.high}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class _Float:
+    low: float
+    high: float
+
+    def __call__(self, name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
+        if not self.low <= value <= self.high:
+            raise ConfigError(f"{name}: must be between {self.low} and {self.high}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class _Choice:
+    choices: tuple[str, ...]
+
+    def __call__(self, name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in self.choices:
+            raise ConfigError(f"{name}: must be one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+def _switch(name: str, raw: str) -> bool:
+    return _Choice(("on", "off"))(name, raw) == "on"
+
+
+def _url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{name}: must be an http:// or https:// URL, got {raw!r}")
@@ -76,31 +110,158 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class _Secrets:
+    """Comma-separated secrets, each starting with one of `prefixes`."""
+
+    prefixes: tuple[str, ...]
+
+    def __call__(self, name: str, raw: str) -> tuple[str, ...]:
+        values = tuple(part.strip() for part in raw.split(",") if part.strip())
+        for value in values:
+            if not value.startswith(self.prefixes) or not re.fullmatch(r"[A-Za-z0-9_]+", value):
+                raise ConfigError(
+                    f"{name}: each value must start with {' or '.join(self.prefixes)} "
+                    "and contain only letters, digits and underscores"
+                )
+        return values
+
+
+@dataclass(frozen=True)
+class _SecretKey:
+    """One secret or restricted key of `mode`."""
+
+    mode: str
+
+    def __call__(self, name: str, raw: str) -> str | None:
+        found = _Secrets((f"sk_{self.mode}_", f"rk_{self.mode}_"))(name, raw)
+        if len(found) > 1:
+            raise ConfigError(f"{name}: takes one key, not a list")
+        return found[0] if found else None
+
+
+# -- declarations ----------------------------------------------------------------------------
+
+_ENV = "env"  # the key of a Config field's metadata that holds its declaration
+
+
+@dataclass(frozen=True)
+class Variable(Generic[T]):
+    """One environment variable: its name, parser, default and help (markdown: backticks)."""
+
+    name: str
+    parse: Parser[T]
+    default: T
+    help: str
+    shown_default: str  # the default as documented, markdown
+
+    def read(self, env: Mapping[str, str]) -> T:
+        raw = env.get(self.name, "").strip()
+        return self.parse(self.name, raw) if raw else self.default
+
+
+@dataclass(frozen=True)
+class PerMode(Generic[T]):
+    """A `_LIVE`/`_TEST` pair filling one field, a mapping from mode to value."""
+
+    prefix: str
+    variables: Mapping[str, Variable[T]]
+
+    def read(self, env: Mapping[str, str]) -> dict[str, T]:
+        return {mode: var.read(env) for mode, var in self.variables.items()}
+
+
+def _show(value: object) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return "`on`" if value else "`off`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def setting(name: str, default: T, parse: Parser[T], help: str,
+            shown_default: str | None = None) -> T:
+    """A `Config` field filled from the variable `name` (`default` when unset or empty)."""
+    shown = _show(default) if shown_default is None else shown_default
+    var = Variable(name, parse, default, help, shown)
+    return field(default=default, metadata={_ENV: var})
+
+
+def per_mode(prefix: str, defaults: Mapping[str, T], parsers: Mapping[str, Parser[T]],
+             help: str) -> Mapping[str, T]:
+    """A `Config` field mapping each mode to the value of `{prefix}_{MODE}`."""
+    pair = PerMode(prefix, {
+        mode: Variable(f"{prefix}_{mode.upper()}", parsers[mode], defaults[mode], help,
+                       _show(defaults[mode]))
+        for mode in MODES
+    })
+    return field(default_factory=lambda: {mode: defaults[mode] for mode in MODES},
+                 metadata={_ENV: pair})
+
+
+# -- the configuration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Config:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    database_url: str = "sqlite:///var/app.db"
-    app_secrets: tuple[str, ...] = ()
-    webhook_secrets: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: {"live": (), "test": ()}
-    )
-    secret_keys: Mapping[str, str | None] = field(
-        default_factory=lambda: {"live": None, "test": None}
-    )
-    api_base: str | None = None
-    app_id: str | None = None
-    install_redirect_uri: str = ""
-    install_success_url: str | None = None
-    signature_tolerance: int = 300
-    scheduler: bool = True
-    max_body_size: int = 1024 * 1024
-    shutdown_timeout: float = 10.0
-    db_workers: int = 4
-    job_concurrency: int = 10
-    rate_limits: Mapping[str, float] = field(default_factory=lambda: {"live": 80.0, "test": 20.0})
-    replica_poll_seconds: float = 30.0
-    log_format: str = "text"
-    log_level: str = "info"
+    host: str = setting("HOST", "127.0.0.1", _text, "address to listen on")
+    port: int = setting("PORT", 8000, _Int(0, 65535), "port to listen on")
+    database_url: str = setting(
+        "DATABASE_URL", "sqlite:///var/app.db",
+        _Pattern(r"^(sqlite|postgres|postgresql|postgresext)(\+\w+)?://",
+                 "must start with sqlite:// or postgresql://"),
+        "Peewee database URL: `sqlite:///path` or `postgresql://user@host/db`")
+    app_secrets: tuple[str, ...] = setting(
+        "STRIPE_APP_SECRETS", (), _Secrets(("absec_",)), "app signing secrets (`absec_...`)")
+    webhook_secrets: Mapping[str, tuple[str, ...]] = per_mode(
+        "STRIPE_WEBHOOK_SECRETS", dict.fromkeys(MODES, ()),
+        dict.fromkeys(MODES, _Secrets(("whsec_",))),
+        "webhook endpoint secrets (`whsec_...`) per mode")
+    secret_keys: Mapping[str, str | None] = per_mode(
+        "STRIPE_SECRET_KEY", dict.fromkeys(MODES, None), {m: _SecretKey(m) for m in MODES},
+        "platform key per mode for per-account calls (`sk_...` or `rk_...`)")
+    api_base: str | None = setting(
+        "STRIPE_API_BASE", None, _url, "Stripe API address, e.g. a local emulator", "Stripe's")
+    app_id: str | None = setting(
+        "STRIPE_APP_ID", None,
+        _Pattern(r"[A-Za-z0-9._-]+", "must look like com.example.app", full=True),
+        "the app's id, for install links")
+    # Empty means derived from host and port, in __post_init__.
+    install_redirect_uri: str = setting(
+        "STRIPE_INSTALL_REDIRECT_URI", "", _url,
+        "the install callback, as in `allowed_redirect_uris`", "`http://HOST:PORT/callback/stripe`")
+    install_success_url: str | None = setting(
+        "INSTALL_SUCCESS_URL", None, _url, "where the browser goes after an install",
+        "a plain page")
+    signature_tolerance: int = setting(
+        "SIGNATURE_TOLERANCE", 300, _Int(1, 86400),
+        "seconds a signature stays valid (both directions)")
+    scheduler: bool = setting(
+        "SCHEDULER", True, _switch, "`on`/`off`: whether this process runs scheduled jobs")
+    max_body_size: int = setting(
+        "MAX_BODY_SIZE", 1024 * 1024, _Int(1024, 64 * 1024 * 1024),
+        "request body limit in bytes (413 above)")
+    shutdown_timeout: float = setting(
+        "SHUTDOWN_TIMEOUT", 10.0, _Float(0.0, 600.0),
+        "seconds in-flight requests and jobs get on SIGTERM")
+    db_workers: int = setting(
+        "DB_WORKERS", 4, _Int(1, 64),
+        "database threads (the event loop never blocks on the database)")
+    job_concurrency: int = setting(
+        "JOB_CONCURRENCY", 10, _Int(1, 1000), "job runs at once per process")
+    rate_limits: Mapping[str, float] = per_mode(
+        "STRIPE_RATE_LIMIT", {"live": 80.0, "test": 20.0},
+        {"live": _Float(0.1, 100.0), "test": _Float(0.1, 25.0)},
+        "Stripe calls per second per mode and process")
+    replica_poll_seconds: float = setting(
+        "REPLICA_POLL_SECONDS", 30.0, _Float(0.1, 60.0),
+        "how often installs made by other replicas are read")
+    log_format: str = setting(
+        "LOG_FORMAT", "text", _Choice(("text", "json")), "log lines as `text` or `json`")
+    log_level: str = setting(
+        "LOG_LEVEL", "info", _Choice(("debug", "info", "warning", "error")),
+        "lowest level logged: `debug`, `info`, `warning` or `error`")
 
     def __post_init__(self) -> None:
         if not self.install_redirect_uri:
@@ -141,74 +302,56 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Every declared variable read from `env` (default `os.environ`) and validated."""
         env = os.environ if env is None else env
-        host = env.get("HOST", "").strip() or "127.0.0.1"
-        port = _int(env, "PORT", 8000, 0, 65535)
-        database_url = env.get("DATABASE_URL", "").strip() or "sqlite:///var/app.db"
-        if not re.match(r"^(sqlite|postgres|postgresql|postgresext)(\+\w+)?://", database_url):
-            raise ConfigError("DATABASE_URL: must start with sqlite:// or postgresql://")
-        keys = {}
-        for mode in MODES:
-            name = f"STRIPE_SECRET_KEY_{mode.upper()}"
-            found = _secrets(env, name, (f"sk_{mode}_", f"rk_{mode}_"))
-            if len(found) > 1:
-                raise ConfigError(f"{name}: takes one key, not a list")
-            keys[mode] = found[0] if found else None
-        redirect = _url(env, "STRIPE_INSTALL_REDIRECT_URI", None)
-        app_id = env.get("STRIPE_APP_ID", "").strip() or None
-        if app_id and not re.fullmatch(r"[A-Za-z0-9._-]+", app_id):
-            raise ConfigError("STRIPE_APP_ID: must look like com.example.app")
-        log_level = _choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error"))
-        return cls(
-            host=host,
-            port=port,
-            database_url=database_url,
-            app_secrets=_secrets(env, "STRIPE_APP_SECRETS", ("absec_",)),
-            webhook_secrets={
-                mode: _secrets(env, f"STRIPE_WEBHOOK_SECRETS_{mode.upper()}", ("whsec_",))
-                for mode in MODES
-            },
-            secret_keys=keys,
-            api_base=_url(env, "STRIPE_API_BASE", None),
-            app_id=app_id,
-            install_redirect_uri=redirect or f"http://{host}:{port}/callback/stripe",
-            install_success_url=_url(env, "INSTALL_SUCCESS_URL", None),
-            signature_tolerance=_int(env, "SIGNATURE_TOLERANCE", 300, 1, 86400),
-            scheduler=_choice(env, "SCHEDULER", "on", ("on", "off")) == "on",
-            max_body_size=_int(env, "MAX_BODY_SIZE", 1024 * 1024, 1024, 64 * 1024 * 1024),
-            shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0, 0.0, 600.0),
-            db_workers=_int(env, "DB_WORKERS", 4, 1, 64),
-            job_concurrency=_int(env, "JOB_CONCURRENCY", 10, 1, 1000),
-            rate_limits={
-                "live": _float(env, "STRIPE_RATE_LIMIT_LIVE", 80.0, 0.1, 100.0),
-                "test": _float(env, "STRIPE_RATE_LIMIT_TEST", 20.0, 0.1, 25.0),
-            },
-            replica_poll_seconds=_float(env, "REPLICA_POLL_SECONDS", 30.0, 0.1, 60.0),
-            log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
-            log_level=log_level,
-        )
+        values: dict[str, Any] = {
+            f.name: f.metadata[_ENV].read(env) for f in fields(cls) if _ENV in f.metadata
+        }
+        return cls(**values)
 
 
-#: The variables `python run.py --help` documents, with their defaults.
-VARIABLES = [
-    ("HOST, PORT", "where to listen", "127.0.0.1, 8000"),
-    ("DATABASE_URL", "Peewee database URL", "sqlite:///var/app.db"),
-    ("STRIPE_APP_SECRETS", "app signing secrets (absec_...), comma-separated", "none"),
-    ("STRIPE_WEBHOOK_SECRETS_LIVE", "live webhook endpoint secrets (whsec_...)", "none"),
-    ("STRIPE_WEBHOOK_SECRETS_TEST", "test webhook endpoint secrets (whsec_...)", "none"),
-    ("STRIPE_SECRET_KEY_LIVE", "platform key for live per-account calls", "none"),
-    ("STRIPE_SECRET_KEY_TEST", "platform key for test per-account calls", "none"),
-    ("STRIPE_API_BASE", "Stripe API address, for a local emulator", "Stripe's"),
-    ("STRIPE_APP_ID", "the app's id, for install links", "none"),
-    ("STRIPE_INSTALL_REDIRECT_URI", "the install callback URL", "http://HOST:PORT/callback/stripe"),
-    ("INSTALL_SUCCESS_URL", "where to send the browser after an install", "a plain page"),
-    ("SIGNATURE_TOLERANCE", "seconds a signature stays valid", "300"),
-    ("SCHEDULER", "on or off for this process", "on"),
-    ("MAX_BODY_SIZE", "largest request body in bytes (413 above)", "1048576"),
-    ("SHUTDOWN_TIMEOUT", "seconds to let in-flight requests finish", "10"),
-    ("DB_WORKERS", "database threads (the event loop never blocks on the database)", "4"),
-    ("JOB_CONCURRENCY", "job runs at once in this process", "10"),
-    ("STRIPE_RATE_LIMIT_LIVE, _TEST", "Stripe calls per second per mode", "80, 20"),
-    ("REPLICA_POLL_SECONDS", "how often installs made by other replicas are read", "30"),
-    ("LOG_FORMAT, LOG_LEVEL", "text or json; debug, info, warning, error", "text, info"),
-]
+# -- derived documentation -------------------------------------------------------------------
+
+
+def declarations() -> list[Variable[Any] | PerMode[Any]]:
+    """Each declaration on a `Config` field, in field order."""
+    return [f.metadata[_ENV] for f in fields(Config) if _ENV in f.metadata]
+
+
+def variables() -> list[Variable[Any]]:
+    """Every environment variable `Config.from_env` reads, pairs as two."""
+    found: list[Variable[Any]] = []
+    for decl in declarations():
+        found.extend(decl.variables.values() if isinstance(decl, PerMode) else [decl])
+    return found
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "")
+
+
+class HelpRow(NamedTuple):
+    name: str
+    meaning: str
+    default: str
+
+
+#: The variables `python run.py --help` documents, one row each, with their defaults.
+VARIABLES = tuple(
+    HelpRow(var.name, _plain(var.help), _plain(var.shown_default)) for var in variables()
+)
+
+
+def markdown_table() -> str:
+    """The README's Configuration table: one row per declaration, a pair on one row."""
+    lines = ["| variable | meaning | default |", "| --- | --- | --- |"]
+    for decl in declarations():
+        if isinstance(decl, PerMode):
+            first, *rest = decl.variables.values()
+            names = ", ".join([f"`{first.name}`"]
+                              + [f"`{var.name.removeprefix(decl.prefix)}`" for var in rest])
+            shown = dict.fromkeys(var.shown_default for var in decl.variables.values())
+            lines.append(f"| {names} | {first.help} | {', '.join(shown)} |")
+        else:
+            lines.append(f"| `{decl.name}` | {decl.help} | {decl.shown_default} |")
+    return "\n".join(lines)
