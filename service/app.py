@@ -42,11 +42,6 @@ API_ROUTES: list[tuple[str, type]] = [
 ]
 
 
-def _log_server_errors(handler: tornado.web.RequestHandler) -> None:
-    """Handlers log why a request failed (service/base.py); per-request access lines are left
-    to the metrics, which keeps formatting work off the hot path."""
-
-
 def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = None, *,
              installations: InstallationIndex, events: EventProcessor, registry: Registry,
              metrics: Metrics, tracker: RequestTracker,
@@ -73,7 +68,6 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         metrics=metrics,
         tracker=tracker,
         compress_response=False,
-        log_function=_log_server_errors,
         xheaders=False,
         **settings,
     )

@@ -7,7 +7,8 @@ What it guarantees, so that no handler repeats it:
   outage as 503, and a caller never sees a traceback or a secret;
 - a request body larger than `MAX_BODY_SIZE` never reaches a handler: `service/guard.py`
   answers 413 from the headers, and counts requests in flight from their headers on;
-- every request is counted and timed in the metrics, by handler class;
+- every request is counted and timed in the metrics, by handler class (by the application in
+  `service/guard.py`, for any handler class, this one's or not);
 - shared objects are reached through typed accessors (`self.config`, `self.storage`, ...), never
   through globals.
 """
@@ -122,11 +123,6 @@ class BaseHandler(RequestHandler):
     def body(self) -> bytes:
         """The raw request body, exactly as received."""
         return self.request.body
-
-    def on_finish(self) -> None:
-        self.tracker.end(self.request.connection)
-        self.metrics.observe_request(type(self).__name__, self.request.method or "",
-                                     self.get_status(), self.request.request_time())
 
     # ---- answers --------------------------------------------------------------------------
     def write_json(self, value: Any, status: int = 200) -> None:

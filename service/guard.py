@@ -1,10 +1,14 @@
-"""What happens before Tornado builds a handler: body limit and in-flight counting.
+"""Where every request begins and ends: body limit, in-flight counting and request metrics.
 
 Tornado builds a handler only once the whole body has arrived, and its own `max_body_size`
 answers 400 and drops the connection. `GuardedApplication` wraps each request's delegate so that
 
 - the request counts as in flight from the moment its headers arrive (graceful shutdown waits
-  for half-received bodies too), until its handler finishes or the connection closes;
+  for half-received bodies too), until it ends, exactly once, in one of three ways:
+  its handler finishes (any handler class: Tornado's `RequestHandler.finish` calls
+  `Application.log_request`, where the request is also counted and timed in the metrics, by
+  handler class), the guard answers 413 itself, or the connection closes before the whole
+  body arrived;
 - a body whose declared `Content-Length` exceeds `MAX_BODY_SIZE` is answered 413 at once, before
   any of it is read, and so is a chunked body as soon as it grows past the limit.
 - a body that has not fully arrived `BODY_TIMEOUT` seconds after its headers gets the
@@ -21,6 +25,8 @@ import tornado.web
 from tornado import httputil
 
 from service.base import ERROR_CODES, error_body
+from service.metrics import Metrics
+from service.tracker import RequestTracker
 
 BODY_TIMEOUT = 60.0
 
@@ -84,25 +90,41 @@ class _Guard(httputil.HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         self._cancel_timer()
-        self.app.tracker.end(self.conn)
+        if not self.refused:  # a refused request has ended already
+            self.app.tracker.end(self.conn)
         self.inner.on_connection_close()
 
     def _refuse(self) -> None:
         self.refused = True
-        self.app.settings["metrics"].observe_request("BodyLimit", "", 413, 0.0)
         start, headers, body = _too_large(self.limit, self.path)
         # Read the rest of this body (if any) without storing it, until the connection closes
         # right after this answer is written.
         self.conn.set_max_body_size(1 << 62)  # type: ignore[attr-defined]
         self.conn.write_headers(start, headers, body)
         self.conn.finish()
-        self.app.tracker.end(self.conn)
+        self.app.end_request(self.conn, "BodyLimit", "", 413, 0.0)
 
 
 class GuardedApplication(tornado.web.Application):
-    @property
-    def tracker(self) -> Any:
-        return self.settings["tracker"]
+    """A Tornado application whose settings hold `tracker` and `metrics` (see `make_app`)."""
+
+    def __init__(self, handlers: list[Any], **settings: Any) -> None:
+        super().__init__(handlers, **settings)
+        self.tracker: RequestTracker = self.settings["tracker"]
+        self.metrics: Metrics = self.settings["metrics"]
+
+    def end_request(self, conn: object, handler: str, method: str, status: int,
+                    seconds: float) -> None:
+        """The request on `conn` is answered: no longer in flight, counted and timed."""
+        self.tracker.end(conn)
+        self.metrics.observe_request(handler, method, status, seconds)
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        # Tornado's hook for every finished handler, whatever its class (the `log_function`
+        # setting is the other way to reach it); access lines are left to the metrics.
+        request = handler.request
+        self.end_request(request.connection, type(handler).__name__, request.method or "",
+                         handler.get_status(), request.request_time())
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
