@@ -28,6 +28,7 @@ from typing import Any
 
 from service.base import APIError, BaseHandler
 from service.signatures import (
+    MissingHeader,
     SignatureError,
     canonical_identity,
     extension_signed_string,
@@ -98,7 +99,7 @@ class SignedHandler(BaseHandler):
         header = self.request.headers.get("Stripe-Signature")
         try:
             if not header:
-                raise SignatureError("missing Stripe-Signature header")
+                raise MissingHeader("missing Stripe-Signature header")
             timestamp = header_timestamp(header)
         except SignatureError as exc:
             raise APIError(401, "missing or malformed signature", code="bad_signature",
