@@ -35,6 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("app.http")
 
+#: The content type of every JSON answer, errors and the guard's 413 included.
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+#: The CORS header on every answer of a handler with `cors` set (the guard's 413 included): the
+#: UI extension's origin is `null`, so any origin is allowed.
+CORS_HEADER = "Access-Control-Allow-Origin"
+CORS_ANY_ORIGIN = "*"
+
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -73,7 +80,8 @@ def error_body(code: str, message: str) -> bytes:
 
 
 class BaseHandler(RequestHandler):
-    #: Endpoints the UI extension calls set this: CORS headers on every answer, errors included.
+    #: Endpoints the UI extension calls set this: CORS headers on every answer, errors included
+    #: (`set_default_headers` runs again for an error answer, and the guard reads this for 413).
     cors = False
 
     # ---- shared objects -------------------------------------------------------------------
@@ -114,7 +122,7 @@ class BaseHandler(RequestHandler):
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Cache-Control"] = "no-store"
         if self.cors:
-            headers["Access-Control-Allow-Origin"] = "*"
+            headers[CORS_HEADER] = CORS_ANY_ORIGIN
 
     def compute_etag(self) -> None:
         return None
@@ -127,7 +135,7 @@ class BaseHandler(RequestHandler):
     # ---- answers --------------------------------------------------------------------------
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
-        self._headers["Content-Type"] = "application/json; charset=utf-8"
+        self._headers["Content-Type"] = JSON_CONTENT_TYPE
         self.finish(json_dumps(value))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -161,9 +169,7 @@ class BaseHandler(RequestHandler):
         else:
             code = ERROR_CODES.get(status_code, "error")
             message = httputil.responses.get(status_code, "Error")
-        if self.cors:
-            self.set_header("Access-Control-Allow-Origin", "*")
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
         self.finish(error_body(code, message))
 
 

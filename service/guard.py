@@ -13,7 +13,8 @@ answers 400 and drops the connection. `GuardedApplication` wraps each request's 
   any of it is read, and so is a chunked body as soon as it grows past the limit.
 - a body that has not fully arrived `BODY_TIMEOUT` seconds after its headers gets the
   connection closed (a slow client cannot hold a connection open by trickling its body).
-The 413 answer is the same JSON error every handler gives, with CORS on `/api/` paths.
+The 413 answer is the same JSON error every handler gives, with CORS when the handler the path
+routes to has `cors` set (asked only when refusing, so a request that fits pays nothing).
 """
 
 from __future__ import annotations
@@ -24,26 +25,33 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 
-from service.base import ERROR_CODES, error_body
+from service.base import (
+    CORS_ANY_ORIGIN,
+    CORS_HEADER,
+    ERROR_CODES,
+    JSON_CONTENT_TYPE,
+    error_body,
+)
 from service.metrics import Metrics
 from service.tracker import RequestTracker
 
 BODY_TIMEOUT = 60.0
 
 
-def _too_large(limit: int, path: str) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
+def _too_large(limit: int, cors: bool) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
                                                bytes]:
     body = error_body(ERROR_CODES[413], f"request body over {limit} bytes")
-    headers = httputil.HTTPHeaders({"Content-Type": "application/json; charset=utf-8",
+    headers = httputil.HTTPHeaders({"Content-Type": JSON_CONTENT_TYPE,
                                     "Content-Length": str(len(body)), "Connection": "close",
                                     "Cache-Control": "no-store"})
-    if path.startswith("/api/"):
-        headers["Access-Control-Allow-Origin"] = "*"
+    if cors:
+        headers[CORS_HEADER] = CORS_ANY_ORIGIN
     return httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body
 
 
 class _Guard(httputil.HTTPMessageDelegate):
-    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "path", "timer")
+    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "start_line", "headers",
+                 "timer")
 
     def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
                  conn: httputil.HTTPConnection) -> None:
@@ -51,12 +59,13 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.limit = app.settings["config"].max_body_size
         self.received = 0
         self.refused = False
-        self.path = "/"
+        self.start_line: Any = None
+        self.headers: httputil.HTTPHeaders | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.app.tracker.begin(self.conn)
-        self.path = getattr(start_line, "path", "/")
+        self.start_line, self.headers = start_line, headers
         declared = headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             self._refuse()
@@ -96,7 +105,8 @@ class _Guard(httputil.HTTPMessageDelegate):
 
     def _refuse(self) -> None:
         self.refused = True
-        start, headers, body = _too_large(self.limit, self.path)
+        cors = self.app.route_has_cors(self.start_line, self.headers)
+        start, headers, body = _too_large(self.limit, cors)
         # Read the rest of this body (if any) without storing it, until the connection closes
         # right after this answer is written.
         self.conn.set_max_body_size(1 << 62)  # type: ignore[attr-defined]
@@ -118,6 +128,15 @@ class GuardedApplication(tornado.web.Application):
         """The request on `conn` is answered: no longer in flight, counted and timed."""
         self.tracker.end(conn)
         self.metrics.observe_request(handler, method, status, seconds)
+
+    def route_has_cors(self, start_line: Any, headers: httputil.HTTPHeaders | None) -> bool:
+        """Whether the handler this request routes to answers with CORS (its `cors` flag)."""
+        try:
+            request = httputil.HTTPServerRequest(start_line=start_line, headers=headers)
+        except httputil.HTTPInputError:  # e.g. no Host: routing needs one
+            return False
+        target = getattr(self.find_handler(request), "handler_class", None)
+        return bool(getattr(target, "cors", False))
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         # Tornado's hook for every finished handler, whatever its class (the `log_function`
