@@ -3,7 +3,7 @@
     make_app(config, storage, scheduler=None, *, installations, events, registry, metrics,
              tracker) -> tornado.web.Application
 
-Routes (DESIGN.md section 4): `/api/...` signed extension endpoints, `/install` and the install
+Routes (README, "Endpoints"): `/api/...` signed extension endpoints, `/install` and the install
 callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404.
 """
 

@@ -2,7 +2,8 @@
 
 What it guarantees, so that no handler repeats it:
 
-- errors are JSON `{"error": {"code", "message"}}` with the status from DESIGN.md section 4;
+- errors are JSON `{"error": {"code", "message"}}` with the statuses the README lists under
+  "Endpoints";
   an unexpected exception is logged with its traceback and answered as a bare 500, a database
   outage as 503, and a caller never sees a traceback or a secret;
 - a request body larger than `MAX_BODY_SIZE` never reaches a handler: `service/guard.py`

@@ -1,4 +1,5 @@
-"""Stripe-Signature checks (DESIGN.md section 2), built on the official `stripe` library.
+"""Stripe-Signature checks (README, "Writing a signed endpoint"), built on the official `stripe`
+library.
 
 `verify(payload, header, secrets, tolerance)` accepts a header when any `v1` in it matches the
 payload under any of the secrets (two are active while a secret is rolled), and its timestamp is
