@@ -3,7 +3,7 @@
     make_app(config, storage, scheduler=None, *, installations, events, registry, metrics,
              tracker) -> tornado.web.Application
 
-Routes (DESIGN.md section 4): `/api/...` signed extension endpoints, `/install` and the install
+Routes (README, "Endpoints"): `/api/...` signed extension endpoints, `/install` and the install
 callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404.
 """
 
@@ -42,11 +42,6 @@ API_ROUTES: list[tuple[str, type]] = [
 ]
 
 
-def _log_server_errors(handler: tornado.web.RequestHandler) -> None:
-    """Handlers log why a request failed (service/base.py); per-request access lines are left
-    to the metrics, which keeps formatting work off the hot path."""
-
-
 def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = None, *,
              installations: InstallationIndex, events: EventProcessor, registry: Registry,
              metrics: Metrics, tracker: RequestTracker,
@@ -73,7 +68,6 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         metrics=metrics,
         tracker=tracker,
         compress_response=False,
-        log_function=_log_server_errors,
         xheaders=False,
         **settings,
     )

@@ -2,12 +2,14 @@
 
 What it guarantees, so that no handler repeats it:
 
-- errors are JSON `{"error": {"code", "message"}}` with the status from DESIGN.md section 4;
+- errors are JSON `{"error": {"code", "message"}}` with the statuses the README lists under
+  "Endpoints";
   an unexpected exception is logged with its traceback and answered as a bare 500, a database
   outage as 503, and a caller never sees a traceback or a secret;
 - a request body larger than `MAX_BODY_SIZE` never reaches a handler: `service/guard.py`
   answers 413 from the headers, and counts requests in flight from their headers on;
-- every request is counted and timed in the metrics, by handler class;
+- every request is counted and timed in the metrics, by handler class (by the application in
+  `service/guard.py`, for any handler class, this one's or not);
 - shared objects are reached through typed accessors (`self.config`, `self.storage`, ...), never
   through globals.
 """
@@ -33,6 +35,13 @@ if TYPE_CHECKING:
     from service.tracker import RequestTracker
 
 log = logging.getLogger("app.http")
+
+#: The content type of every JSON answer, errors and the guard's 413 included.
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+#: The CORS header on every answer of a handler with `cors` set (the guard's 413 included): the
+#: UI extension's origin is `null`, so any origin is allowed.
+CORS_HEADER = "Access-Control-Allow-Origin"
+CORS_ANY_ORIGIN = "*"
 
 ERROR_CODES = {
     400: "bad_request",
@@ -72,7 +81,8 @@ def error_body(code: str, message: str) -> bytes:
 
 
 class BaseHandler(RequestHandler):
-    #: Endpoints the UI extension calls set this: CORS headers on every answer, errors included.
+    #: Endpoints the UI extension calls set this: CORS headers on every answer, errors included
+    #: (`set_default_headers` runs again for an error answer, and the guard reads this for 413).
     cors = False
 
     # ---- shared objects -------------------------------------------------------------------
@@ -113,7 +123,7 @@ class BaseHandler(RequestHandler):
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Cache-Control"] = "no-store"
         if self.cors:
-            headers["Access-Control-Allow-Origin"] = "*"
+            headers[CORS_HEADER] = CORS_ANY_ORIGIN
 
     def compute_etag(self) -> None:
         return None
@@ -123,15 +133,10 @@ class BaseHandler(RequestHandler):
         """The raw request body, exactly as received."""
         return self.request.body
 
-    def on_finish(self) -> None:
-        self.tracker.end(self.request.connection)
-        self.metrics.observe_request(type(self).__name__, self.request.method or "",
-                                     self.get_status(), self.request.request_time())
-
     # ---- answers --------------------------------------------------------------------------
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
-        self._headers["Content-Type"] = "application/json; charset=utf-8"
+        self._headers["Content-Type"] = JSON_CONTENT_TYPE
         self.finish(json_dumps(value))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -165,9 +170,7 @@ class BaseHandler(RequestHandler):
         else:
             code = ERROR_CODES.get(status_code, "error")
             message = httputil.responses.get(status_code, "Error")
-        if self.cors:
-            self.set_header("Access-Control-Allow-Origin", "*")
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Type", JSON_CONTENT_TYPE)
         self.finish(error_body(code, message))
 
 

@@ -1,15 +1,20 @@
-"""What happens before Tornado builds a handler: body limit and in-flight counting.
+"""Where every request begins and ends: body limit, in-flight counting and request metrics.
 
 Tornado builds a handler only once the whole body has arrived, and its own `max_body_size`
 answers 400 and drops the connection. `GuardedApplication` wraps each request's delegate so that
 
 - the request counts as in flight from the moment its headers arrive (graceful shutdown waits
-  for half-received bodies too), until its handler finishes or the connection closes;
+  for half-received bodies too), until it ends, exactly once, in one of three ways:
+  its handler finishes (any handler class: Tornado's `RequestHandler.finish` calls
+  `Application.log_request`, where the request is also counted and timed in the metrics, by
+  handler class), the guard answers 413 itself, or the connection closes before the whole
+  body arrived;
 - a body whose declared `Content-Length` exceeds `MAX_BODY_SIZE` is answered 413 at once, before
   any of it is read, and so is a chunked body as soon as it grows past the limit.
 - a body that has not fully arrived `BODY_TIMEOUT` seconds after its headers gets the
   connection closed (a slow client cannot hold a connection open by trickling its body).
-The 413 answer is the same JSON error every handler gives, with CORS on `/api/` paths.
+The 413 answer is the same JSON error every handler gives, with CORS when the handler the path
+routes to has `cors` set (asked only when refusing, so a request that fits pays nothing).
 """
 
 from __future__ import annotations
@@ -20,24 +25,33 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 
-from service.base import ERROR_CODES, error_body
+from service.base import (
+    CORS_ANY_ORIGIN,
+    CORS_HEADER,
+    ERROR_CODES,
+    JSON_CONTENT_TYPE,
+    error_body,
+)
+from service.metrics import Metrics
+from service.tracker import RequestTracker
 
 BODY_TIMEOUT = 60.0
 
 
-def _too_large(limit: int, path: str) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
+def _too_large(limit: int, cors: bool) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
                                                bytes]:
     body = error_body(ERROR_CODES[413], f"request body over {limit} bytes")
-    headers = httputil.HTTPHeaders({"Content-Type": "application/json; charset=utf-8",
+    headers = httputil.HTTPHeaders({"Content-Type": JSON_CONTENT_TYPE,
                                     "Content-Length": str(len(body)), "Connection": "close",
                                     "Cache-Control": "no-store"})
-    if path.startswith("/api/"):
-        headers["Access-Control-Allow-Origin"] = "*"
+    if cors:
+        headers[CORS_HEADER] = CORS_ANY_ORIGIN
     return httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body
 
 
 class _Guard(httputil.HTTPMessageDelegate):
-    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "path", "timer")
+    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "start_line", "headers",
+                 "timer")
 
     def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
                  conn: httputil.HTTPConnection) -> None:
@@ -45,12 +59,13 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.limit = app.settings["config"].max_body_size
         self.received = 0
         self.refused = False
-        self.path = "/"
+        self.start_line: Any = None
+        self.headers: httputil.HTTPHeaders | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.app.tracker.begin(self.conn)
-        self.path = getattr(start_line, "path", "/")
+        self.start_line, self.headers = start_line, headers
         declared = headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             self._refuse()
@@ -84,25 +99,51 @@ class _Guard(httputil.HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         self._cancel_timer()
-        self.app.tracker.end(self.conn)
+        if not self.refused:  # a refused request has ended already
+            self.app.tracker.end(self.conn)
         self.inner.on_connection_close()
 
     def _refuse(self) -> None:
         self.refused = True
-        self.app.settings["metrics"].observe_request("BodyLimit", "", 413, 0.0)
-        start, headers, body = _too_large(self.limit, self.path)
+        cors = self.app.route_has_cors(self.start_line, self.headers)
+        start, headers, body = _too_large(self.limit, cors)
         # Read the rest of this body (if any) without storing it, until the connection closes
         # right after this answer is written.
         self.conn.set_max_body_size(1 << 62)  # type: ignore[attr-defined]
         self.conn.write_headers(start, headers, body)
         self.conn.finish()
-        self.app.tracker.end(self.conn)
+        self.app.end_request(self.conn, "BodyLimit", "", 413, 0.0)
 
 
 class GuardedApplication(tornado.web.Application):
-    @property
-    def tracker(self) -> Any:
-        return self.settings["tracker"]
+    """A Tornado application whose settings hold `tracker` and `metrics` (see `make_app`)."""
+
+    def __init__(self, handlers: list[Any], **settings: Any) -> None:
+        super().__init__(handlers, **settings)
+        self.tracker: RequestTracker = self.settings["tracker"]
+        self.metrics: Metrics = self.settings["metrics"]
+
+    def end_request(self, conn: object, handler: str, method: str, status: int,
+                    seconds: float) -> None:
+        """The request on `conn` is answered: no longer in flight, counted and timed."""
+        self.tracker.end(conn)
+        self.metrics.observe_request(handler, method, status, seconds)
+
+    def route_has_cors(self, start_line: Any, headers: httputil.HTTPHeaders | None) -> bool:
+        """Whether the handler this request routes to answers with CORS (its `cors` flag)."""
+        try:
+            request = httputil.HTTPServerRequest(start_line=start_line, headers=headers)
+        except httputil.HTTPInputError:  # e.g. no Host: routing needs one
+            return False
+        target = getattr(self.find_handler(request), "handler_class", None)
+        return bool(getattr(target, "cors", False))
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        # Tornado's hook for every finished handler, whatever its class (the `log_function`
+        # setting is the other way to reach it); access lines are left to the metrics.
+        request = handler.request
+        self.end_request(request.connection, type(handler).__name__, request.method or "",
+                         handler.get_status(), request.request_time())
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:

@@ -33,6 +33,7 @@ from models.db import write_transaction
 from models.install_state import STATE_TTL, check_state, new_state, use_state
 from models.installation import InstallationView, apply_state
 from service.base import APIError, BaseHandler
+from service.ids import ACCOUNT_ID, USER_ID
 from service.signatures import SignatureError, install_signed_string, verify
 
 log = logging.getLogger("app.install")
@@ -41,8 +42,8 @@ COOKIE = "stripe_app_install"
 INSTALL_BASE = "https://marketplace.stripe.com/apps/install/link/"
 _PARAM = {
     "state": re.compile(r"[A-Za-z0-9_\-]{16,128}"),
-    "user_id": re.compile(r"usr_[A-Za-z0-9]{1,250}"),
-    "account_id": re.compile(r"acct_[A-Za-z0-9]{1,250}"),
+    "user_id": USER_ID,
+    "account_id": ACCOUNT_ID,
     "install_signature": re.compile(r"[ -~]{1,2000}"),
 }
 

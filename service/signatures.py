@@ -1,10 +1,16 @@
-"""Stripe-Signature checks (DESIGN.md section 2), built on the official `stripe` library.
+"""Stripe-Signature checks (README, "Writing a signed endpoint"), built on the official `stripe`
+library.
 
 `verify(payload, header, secrets, tolerance)` accepts a header when any `v1` in it matches the
 payload under any of the secrets (two are active while a secret is rolled), and its timestamp is
 within `tolerance` seconds of now in either direction. `stripe.WebhookSignature.verify_header`
-does the HMAC and the "too old" check; the "too far in the future" check is ours, because the
-library does not make it.
+decides whether a signature matches; the timestamp checks are ours, on the `t=` the library
+signs over (the first item named exactly `t`).
+
+Why a check failed is the type of the `SignatureError` raised, never its text: `MissingHeader`,
+`MalformedHeader`, `TimestampInFuture`, `BodyNotUTF8` (the `SECRET_INDEPENDENT` ones: another
+secret would fail the same way), `NoMatch`, and `TimestampTooOld` (a signature matched, but
+too long ago).
 
 `js_stringify` writes a dict exactly as JavaScript's `JSON.stringify` would (compact, key order
 kept, non-ASCII as is), which is how the extension's signed strings are formed.
@@ -14,55 +20,88 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import stripe
 
-_TIMESTAMP = re.compile(r"(?:^|,)\s*t=(\d{1,12})\s*(?:,|$)")
-
 
 class SignatureError(Exception):
     """Verification failed; `str(self)` says why, for the log (never a secret or the body)."""
 
 
+class MissingHeader(SignatureError):
+    """No Stripe-Signature header, or an empty one."""
+
+
+class MalformedHeader(SignatureError):
+    """The header lacks a `t=` (digits) or a `v1=`."""
+
+
+class TimestampInFuture(SignatureError):
+    """`t=` is more than the tolerance ahead of now."""
+
+
+class BodyNotUTF8(SignatureError):
+    """The payload is bytes that are not UTF-8 (Stripe signs text)."""
+
+
+class NoMatch(SignatureError):
+    """No `v1` in the header matches the payload under any of the secrets."""
+
+
+class TimestampTooOld(SignatureError):
+    """A `v1` matches, but `t=` is more than the tolerance behind now (a replay, or a delay)."""
+
+
+#: Failures another secret cannot change: a caller holding several pools may stop at these.
+SECRET_INDEPENDENT: tuple[type[SignatureError], ...] = (MissingHeader, MalformedHeader,
+                                                       TimestampInFuture, BodyNotUTF8)
+
+
 def header_timestamp(header: str) -> int:
-    match = _TIMESTAMP.search(header)
-    if not match or "v1=" not in header:
-        raise SignatureError("malformed Stripe-Signature header (needs t= and v1=)")
-    return int(match.group(1))
+    """The header's `t=`: the value of its first item named exactly `t`, as the stripe library
+    reads it (so that the timestamp checked is the one the signature covers)."""
+    if "v1=" in header:
+        for item in header.split(","):
+            key, _, value = item.partition("=")
+            if key == "t":
+                digits = value.partition("=")[0].strip()
+                if digits.isascii() and digits.isdigit() and len(digits) <= 12:
+                    return int(digits)
+                break
+    raise MalformedHeader("malformed Stripe-Signature header (needs t= and v1=)")
 
 
 def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tolerance: int,
            now: float | None = None, timestamp: int | None = None) -> str:
-    """Return the secret that verified `payload`, or raise `SignatureError`.
+    """Return the secret that verified `payload`, or raise a `SignatureError` subclass.
 
     `timestamp` is the header's `t=`, when the caller has parsed it already.
     """
     if not header:
-        raise SignatureError("missing Stripe-Signature header")
+        raise MissingHeader("missing Stripe-Signature header")
     if timestamp is None:
         timestamp = header_timestamp(header)
     now = time.time() if now is None else now
     if timestamp > now + tolerance:
-        raise SignatureError(f"timestamp {timestamp} is more than {tolerance}s in the future")
+        raise TimestampInFuture(f"timestamp {timestamp} is more than {tolerance}s in the future")
     if isinstance(payload, (bytes, bytearray)):  # noqa: UP038 (a tuple is faster)
         try:
             payload = bytes(payload).decode("utf-8")
         except UnicodeDecodeError:
-            raise SignatureError("body is not UTF-8") from None
-    too_old = False
+            raise BodyNotUTF8("body is not UTF-8") from None
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
-            return secret
-        except stripe.SignatureVerificationError as exc:
-            too_old = too_old or "tolerance" in str(exc)
-    if too_old:
-        raise SignatureError(f"timestamp {timestamp} is more than {tolerance}s old")
-    raise SignatureError("no v1 signature matches any configured secret")
+            # No tolerance here: the library would only say "too old" in its message.
+            stripe.WebhookSignature.verify_header(payload, header, secret, None)
+        except stripe.SignatureVerificationError:
+            continue
+        if tolerance and timestamp < now - tolerance:
+            raise TimestampTooOld(f"timestamp {timestamp} is more than {tolerance}s old")
+        return secret
+    raise NoMatch("no v1 signature matches any configured secret")
 
 
 def _js_number(value: int | float) -> str:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from service.base import APIError, BaseHandler
+from service.ids import ACCOUNT_ID, USER_ID
 from service.signatures import (
+    MissingHeader,
     SignatureError,
     canonical_identity,
     extension_signed_string,
@@ -36,9 +37,6 @@ from service.signatures import (
 )
 
 log = logging.getLogger("app.signed")
-
-_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,250}")
-_USER = re.compile(r"usr_[A-Za-z0-9]{1,250}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ class SignedHandler(BaseHandler):
         header = self.request.headers.get("Stripe-Signature")
         try:
             if not header:
-                raise SignatureError("missing Stripe-Signature header")
+                raise MissingHeader("missing Stripe-Signature header")
             timestamp = header_timestamp(header)
         except SignatureError as exc:
             raise APIError(401, "missing or malformed signature", code="bad_signature",
@@ -139,9 +137,9 @@ class SignedHandler(BaseHandler):
         if not isinstance(body, dict):
             raise APIError(400, "body must be a JSON object")
         user_id, account_id = body.get("user_id"), body.get("account_id")
-        if not isinstance(user_id, str) or not _USER.fullmatch(user_id):
+        if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
             raise APIError(400, "body needs a string user_id (usr_...)")
-        if not isinstance(account_id, str) or not _ACCOUNT.fullmatch(account_id):
+        if not isinstance(account_id, str) or not ACCOUNT_ID.fullmatch(account_id):
             raise APIError(400, "body needs a string account_id (acct_...)")
         roles = body.get("stripe_roles")
         if roles is not None and not (

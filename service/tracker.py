@@ -1,8 +1,8 @@
 """Requests in flight, for graceful shutdown.
 
-A request counts from the moment its headers arrive (`service/guard.py`) until its handler
-finishes or its connection closes. Requests are keyed by their HTTP connection object, which
-Tornado makes anew for each request.
+A request counts from the moment its headers arrive until it is answered or its connection
+closes; both ends are in `service/guard.py`. Requests are keyed by their HTTP connection object,
+which Tornado makes anew for each request.
 """
 
 from __future__ import annotations

@@ -8,7 +8,26 @@ import subprocess
 import sys
 
 import pytest
+import tornado.web
 from conftest import ROOT, _pg_admin, base_env, fresh_pg_database, running
+
+from service.base import BaseHandler
+
+
+class PlainHandler(tornado.web.RequestHandler):
+    """A route an app developer might add without deriving from BaseHandler."""
+
+    def get(self) -> None:
+        self.finish("plain")
+
+
+class OpenHandler(BaseHandler):
+    """A CORS endpoint outside /api/: the handler's flag, not the path, decides CORS."""
+
+    cors = True
+
+    def post(self) -> None:
+        self.write_json({"ok": True})
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -66,6 +85,18 @@ async def test_metrics_exposition(tmp_path):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_any_handler_class_ends_its_request_and_is_counted(tmp_path):
+    async with running(base_env(tmp_path), extra_routes=[(r"/plain", PlainHandler)]) as app:
+        for _ in range(2):
+            resp = await app.client.get("/plain")
+            assert resp.status_code == 200 and resp.text == "plain"
+            assert app.backend.tracker.in_flight == 0
+        text = app.backend.metrics.exposition().decode()
+        assert 'http_requests_total{code="200",handler="PlainHandler",method="GET"} 2.0' in text
+        assert 'http_request_duration_seconds_count{handler="PlainHandler"} 2.0' in text
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_json_404_and_405(tmp_path):
     async with running(base_env(tmp_path)) as app:
         resp = await app.client.get("/no/such/thing")
@@ -104,6 +135,42 @@ async def test_413_before_the_body_is_read(tmp_path):
         assert data.startswith(b"HTTP/1.1 413")
         assert b"access-control-allow-origin: *" in data.lower()
         # the server is still fine afterwards
+        assert (await app.client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_refused_body_ends_its_request_once(tmp_path):
+    async with running(base_env(tmp_path, MAX_BODY_SIZE="2048")) as app:
+        head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+        assert (await _raw_request(app.backend.port, head)).startswith(b"HTTP/1.1 413")
+        head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = b"800\r\n" + b"x" * 2048 + b"\r\n"
+        assert (await _raw_request(app.backend.port, head, chunk * 2)).startswith(
+            b"HTTP/1.1 413")
+        assert app.backend.tracker.in_flight == 0
+        text = app.backend.metrics.exposition().decode()
+        assert 'http_requests_total{code="413",handler="BodyLimit",method=""} 2.0' in text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_413_has_cors_when_the_routed_handler_has(tmp_path):
+    env = base_env(tmp_path, MAX_BODY_SIZE="2048")
+    async with running(env, extra_routes=[(r"/open", OpenHandler)]) as app:
+        assert (await app.client.post("/open")).headers["access-control-allow-origin"] == "*"
+        for path, cors in (("/api/whoami", True), ("/open", True), ("/webhooks", False),
+                           ("/nowhere", False)):
+            head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+                    .encode())
+            data = await _raw_request(app.backend.port, head)
+            assert data.startswith(b"HTTP/1.1 413"), path
+            assert (b"access-control-allow-origin: *" in data.lower()) is cors, path
+            assert b"content-type: application/json; charset=utf-8" in data.lower()
+        # without a Host header nothing can be routed: still a 413, without CORS
+        data = await _raw_request(app.backend.port,
+                                  b"POST /open HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 413")
+        assert b"access-control-allow-origin" not in data.lower()
+        assert app.backend.tracker.in_flight == 0
         assert (await app.client.get("/healthz")).status_code == 200
 
 

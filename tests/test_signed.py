@@ -268,3 +268,57 @@ async def test_a_handler_can_require_a_field_to_be_signed(tmp_path):
         assert only_ids.status_code == 401
         assert "not covered by the signature" in only_ids.json()["error"]["message"]
         assert only_ids.headers["access-control-allow-origin"] == "*"
+
+
+# ---- why a signature check fails: one SignatureError subclass per reason ----------------------
+
+T0 = 1_700_000_000  # a fixed clock: `verify(now=...)` makes these independent of the time of day
+PAYLOAD = compact(IDS)
+
+
+def _reason(payload, header, secrets=(APP_SECRET,), now=T0, tolerance=300):
+    from service.signatures import SignatureError, verify
+
+    with pytest.raises(SignatureError) as caught:
+        verify(payload, header, list(secrets), tolerance, now=now)
+    return type(caught.value)
+
+
+def test_each_failure_reason_is_its_own_type():
+    from service import signatures as s
+
+    good = sign(PAYLOAD, APP_SECRET, T0)
+    assert s.verify(PAYLOAD, good, [APP_SECRET_2, APP_SECRET], 300, now=T0) == APP_SECRET
+    cases = [
+        (PAYLOAD, None, s.MissingHeader),
+        (PAYLOAD, "", s.MissingHeader),
+        (PAYLOAD, "garbage", s.MalformedHeader),
+        (PAYLOAD, "v1=" + "a" * 64, s.MalformedHeader),  # no t=
+        (PAYLOAD, f"t={T0}", s.MalformedHeader),  # no v1=
+        (PAYLOAD, "t=abc,v1=zz", s.MalformedHeader),
+        (PAYLOAD, sign(PAYLOAD, APP_SECRET, T0 + 400), s.TimestampInFuture),
+        (PAYLOAD, sign(PAYLOAD, APP_SECRET, T0 - 400), s.TimestampTooOld),
+        (PAYLOAD, sign(PAYLOAD, APP_SECRET_2, T0), s.NoMatch),  # another secret
+        (PAYLOAD.replace("acct_1", "acct_2"), good, s.NoMatch),  # tampered
+        (PAYLOAD, sign(PAYLOAD, APP_SECRET_2, T0 - 400), s.NoMatch),  # old, and not ours
+        (b"\xff" + PAYLOAD.encode(), good, s.BodyNotUTF8),
+    ]
+    for payload, header, reason in cases:
+        assert _reason(payload, header) is reason, (payload, header)
+        assert issubclass(reason, s.SignatureError)
+    # within the tolerance either way is fine; the edges are inclusive
+    for ts in (T0 - 300, T0 + 300):
+        assert s.verify(PAYLOAD, sign(PAYLOAD, APP_SECRET, ts), [APP_SECRET], 300, now=T0)
+    assert set(s.SECRET_INDEPENDENT) == {s.MissingHeader, s.MalformedHeader,
+                                         s.TimestampInFuture, s.BodyNotUTF8}
+
+
+def test_the_timestamp_checked_is_the_one_the_signature_covers():
+    from service import signatures as s
+
+    old = sign(PAYLOAD, APP_SECRET, T0 - 1000)
+    # an item " t=<now>" is not named "t" for the stripe library, which signs over the old t=
+    replayed = f" t={T0}," + old
+    assert s.header_timestamp(replayed) == T0 - 1000
+    assert _reason(PAYLOAD, replayed) is s.TimestampTooOld
+    assert s.header_timestamp(f"t={T0},v1=x,t=1") == T0
