@@ -30,6 +30,7 @@ from jobs.registry import Registry
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel
 from models.db import Storage, write_transaction
+from models.enums import EventStatus, Mode
 from models.events import WebhookEvent, claim_event, due_event_ids, finish_event
 from models.installation import InstallationView, apply_state
 from models.installation_index import InstallationIndex
@@ -49,7 +50,7 @@ class EventContext:
 
     event: dict[str, Any]
     account_id: str | None
-    mode: str
+    mode: Mode
     attempt: int
     storage: Storage
     clients: StripeClients = field(repr=False)
@@ -117,7 +118,7 @@ class EventProcessor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def process(self, event_id: str, force: bool = False) -> str | None:
+    async def process(self, event_id: str, force: bool = False) -> EventStatus | None:
         """Claim and process one event; returns its new status, or None if not claimed."""
         async with self._slots:
             event = await self.storage.run(claim_event, event_id, force)

@@ -32,6 +32,7 @@ from jobs.registry import JobSpec, Registry
 from jobs.stripe_api import MissingKey, StripeClients
 from models.base import now
 from models.db import Storage
+from models.enums import JobOutcome, Mode
 from models.installation import set_paused
 from models.installation_index import InstallationIndex
 from models.jobs import claim_run, update_run
@@ -63,7 +64,7 @@ class JobContext:
 
     @property
     def livemode(self) -> bool:
-        return self.mode == "live"
+        return self.mode == Mode.LIVE
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a synchronous database function off the event loop."""
@@ -89,20 +90,20 @@ class JobRunner:
         self.running = 0
 
     async def fire(self, job: str, account_id: str, mode: str, fire_time: datetime,
-                   reason: str = "schedule", force: bool = False) -> str:
+                   reason: str = "schedule", force: bool = False) -> JobOutcome:
         """Run one fire; returns the outcome (see the module docstring) or why it did not run."""
         spec = self.registry.jobs.get(job)
         if spec is None:
-            return "unknown_job"
+            return JobOutcome.UNKNOWN_JOB
         view = self.installations.get(account_id, mode)
         if not force and (view is None or not view.active or view.jobs_paused):
-            return "not_active"
+            return JobOutcome.NOT_ACTIVE
         async with self._slots:
             stamp = int(fire_time.timestamp())
             run_id = await self.storage.run(claim_run, spec.name, account_id, mode, stamp,
                                             self.replica)
             if run_id is None:
-                return "not_claimed"
+                return JobOutcome.NOT_CLAIMED
             self.running += 1
             try:
                 outcome = await self._attempts(spec, run_id, account_id, mode, fire_time, reason)
@@ -112,8 +113,8 @@ class JobRunner:
         return outcome
 
     async def _attempts(self, spec: JobSpec, run_id: int, account_id: str, mode: str,
-                        fire_time: datetime, reason: str) -> str:
-        outcome, error, attempt = "failed", None, 0
+                        fire_time: datetime, reason: str) -> JobOutcome:
+        outcome, error, attempt = JobOutcome.FAILED, None, 0
         try:
             for attempt in range(1, spec.attempts + 1):
                 ctx = JobContext(spec.name, account_id, mode, fire_time, attempt, self.storage,
@@ -122,14 +123,14 @@ class JobRunner:
                     log.info("job %s for %s/%s (%s, attempt %d)", spec.name, account_id, mode,
                              reason, attempt)
                     await spec.func(ctx)
-                    outcome, error = "succeeded", None
+                    outcome, error = JobOutcome.SUCCEEDED, None
                     break
                 except MissingKey as exc:
-                    outcome, error = "not_configured", str(exc)
+                    outcome, error = JobOutcome.NOT_CONFIGURED, str(exc)
                     log.warning("job %s for %s/%s: %s", spec.name, account_id, mode, exc)
                     break
                 except REVOKED as exc:
-                    outcome, error = "revoked", _short_error(exc)
+                    outcome, error = JobOutcome.REVOKED, _short_error(exc)
                     await self._pause(account_id, mode, f"{spec.name}: {type(exc).__name__}")
                     break
                 except Exception as exc:
@@ -138,11 +139,11 @@ class JobRunner:
                                 account_id, mode, attempt, spec.attempts, error)
                     if attempt < spec.attempts:
                         await self.storage.run(update_run, run_id, attempt=attempt, error=error,
-                                               outcome="retrying")
+                                               outcome=JobOutcome.RETRYING)
                         delay = random.uniform(0.5, 1.0) * spec.retry_delay * 2 ** (attempt - 1)
                         await asyncio.sleep(delay)
         except asyncio.CancelledError:
-            outcome, error = "interrupted", "the process shut down during the run"
+            outcome, error = JobOutcome.INTERRUPTED, "the process shut down during the run"
             raise
         finally:
             await asyncio.shield(self.storage.run(

@@ -25,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from jobs.registry import Registry
 from jobs.runner import JobRunner
+from models.enums import MODES
 from models.installation import InstallationView
 from models.installation_index import InstallationIndex
 from models.jobs import last_runs, runs_since
@@ -206,7 +207,7 @@ def describe_jobs(registry: Registry, installations: InstallationIndex,
     """The account's jobs in each mode it is installed in, without their last runs."""
     now = datetime.now(UTC)
     rows = []
-    for mode in ("live", "test"):
+    for mode in MODES:
         view = installations.get(account_id, mode)
         if view is None or not view.active:
             continue

@@ -27,7 +27,7 @@ class BaseModel(pw.Model):
 
 class AccountModel(BaseModel):
     account_id = pw.CharField(max_length=255, index=True)
-    mode = pw.CharField(max_length=4)  # "live" or "test"
+    mode = pw.CharField(max_length=4)  # a Mode: "live" or "test"
 
     @classmethod
     def delete_account_data(cls, account_id: str, mode: str) -> int:

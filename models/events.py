@@ -14,6 +14,7 @@ import random
 import peewee as pw
 
 from models.base import BaseModel, now
+from models.enums import EventStatus, Mode
 
 MAX_ATTEMPTS = 16  # with the backoff below: about six hours of tries before `dead`
 LEASE_SECONDS = 120
@@ -27,7 +28,8 @@ class WebhookEvent(BaseModel):
     created = pw.BigIntegerField()
     payload = pw.TextField()  # the raw body, byte for byte as verified (UTF-8)
     received_at = pw.DoubleField(default=now)
-    status = pw.CharField(max_length=16, default="pending", index=True)
+    status = pw.CharField(max_length=16, default=EventStatus.PENDING.value,
+                         index=True)  # an EventStatus
     attempts = pw.IntegerField(default=0)
     last_error = pw.TextField(null=True)
     next_attempt_at = pw.DoubleField(null=True, index=True)
@@ -35,8 +37,8 @@ class WebhookEvent(BaseModel):
     processed_at = pw.DoubleField(null=True)
 
     @property
-    def mode(self) -> str:
-        return "live" if self.livemode else "test"
+    def mode(self) -> Mode:
+        return Mode.of_livemode(self.livemode)
 
 
 def store_event(event_id: str, type_: str, account_id: str | None, livemode: bool,
@@ -47,8 +49,8 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
     event nothing handles is stored as processed straight away (one write instead of three).
     """
     t = now()
-    fields = ({"status": "pending", "next_attempt_at": t} if needs_processing
-              else {"status": "processed", "processed_at": t})
+    fields = ({"status": EventStatus.PENDING, "next_attempt_at": t} if needs_processing
+              else {"status": EventStatus.PROCESSED, "processed_at": t})
     try:
         WebhookEvent.insert(id=event_id, type=type_, account_id=account_id, livemode=livemode,
                             created=created, payload=payload, received_at=t, **fields).execute()
@@ -60,11 +62,12 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
 def claim_event(event_id: str, force: bool = False) -> WebhookEvent | None:
     """Take the event for processing if it is due and nobody holds it; None otherwise."""
     t = now()
-    due = (WebhookEvent.status.in_(("pending", "failed"))) & (WebhookEvent.next_attempt_at <= t)
-    stale = (WebhookEvent.status == "processing") & (WebhookEvent.locked_until < t)
-    cond = (WebhookEvent.status != "processing") | stale if force else due | stale
+    due = (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED))
+           & (WebhookEvent.next_attempt_at <= t))
+    stale = (WebhookEvent.status == EventStatus.PROCESSING) & (WebhookEvent.locked_until < t)
+    cond = (WebhookEvent.status != EventStatus.PROCESSING) | stale if force else due | stale
     won = (
-        WebhookEvent.update(status="processing", locked_until=t + LEASE_SECONDS,
+        WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + LEASE_SECONDS,
                             attempts=WebhookEvent.attempts + 1)
         .where((WebhookEvent.id == event_id) & cond)
         .execute()
@@ -73,17 +76,17 @@ def claim_event(event_id: str, force: bool = False) -> WebhookEvent | None:
 
 
 def finish_event(event_id: str, error: str | None, attempts: int,
-                 retry_base: float = 2.0) -> str:
+                 retry_base: float = 2.0) -> EventStatus:
     """Record the outcome of a processing attempt; returns the new status."""
     t = now()
     if error is None:
-        status, fields = "processed", {"processed_at": t, "last_error": None,
-                                       "next_attempt_at": None}
+        status, fields = EventStatus.PROCESSED, {"processed_at": t, "last_error": None,
+                                                 "next_attempt_at": None}
     elif attempts >= MAX_ATTEMPTS:
-        status, fields = "dead", {"last_error": error, "next_attempt_at": None}
+        status, fields = EventStatus.DEAD, {"last_error": error, "next_attempt_at": None}
     else:
-        status, fields = "failed", {"last_error": error,
-                                    "next_attempt_at": t + retry_delay(attempts, retry_base)}
+        status, fields = EventStatus.FAILED, {
+            "last_error": error, "next_attempt_at": t + retry_delay(attempts, retry_base)}
     WebhookEvent.update(status=status, locked_until=None, **fields).where(
         WebhookEvent.id == event_id).execute()
     return status
@@ -96,8 +99,9 @@ def retry_delay(attempts: int, base: float = 2.0, cap: float = 3600.0) -> float:
 
 def due_event_ids(limit: int = 100) -> list[str]:
     t = now()
-    due = WebhookEvent.status.in_(("pending", "failed")) & (WebhookEvent.next_attempt_at <= t)
-    stale = (WebhookEvent.status == "processing") & (WebhookEvent.locked_until < t)
+    due = (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED))
+           & (WebhookEvent.next_attempt_at <= t))
+    stale = (WebhookEvent.status == EventStatus.PROCESSING) & (WebhookEvent.locked_until < t)
     q = (WebhookEvent.select(WebhookEvent.id).where(due | stale)
          .order_by(WebhookEvent.created, WebhookEvent.received_at).limit(limit))
     return [row.id for row in q]

@@ -10,17 +10,18 @@ import peewee as pw
 
 from models.base import BaseModel, now
 from models.db import write_transaction
+from models.enums import JobOutcome
 from models.installation import Installation
 
 
 class JobRun(BaseModel):
     job = pw.CharField(max_length=128)
     account_id = pw.CharField(max_length=255)
-    mode = pw.CharField(max_length=4)
+    mode = pw.CharField(max_length=4)  # a Mode
     fire_time = pw.BigIntegerField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
-    outcome = pw.CharField(max_length=16, default="claimed")  # running/succeeded/failed/...
+    outcome = pw.CharField(max_length=16, default=JobOutcome.CLAIMED.value)  # a JobOutcome
     error = pw.TextField(null=True)
     attempt = pw.IntegerField(default=0)
     replica = pw.CharField(max_length=128, null=True)
@@ -48,7 +49,7 @@ def claim_run(job: str, account_id: str, mode: str, fire_time: int,
                 return None
             return JobRun.insert(job=job, account_id=account_id, mode=mode,
                                  fire_time=fire_time, replica=replica, started_at=now(),
-                                 outcome="running").execute()
+                                 outcome=JobOutcome.RUNNING).execute()
     except pw.IntegrityError:
         return None
 

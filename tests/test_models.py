@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 
 from models.base import AccountModel
 from models.db import Storage, open_database
+from models.enums import EventStatus, JobOutcome, Mode
 from models.events import WebhookEvent, claim_event, finish_event, store_event
 from models.install_state import check_state, new_state, use_state
 from models.installation import Installation, apply_state, set_paused
@@ -145,3 +147,21 @@ def test_uninstall_deletes_only_that_accounts_data_in_that_mode(db):
     assert AccountModel.delete_account_data("acct_1", "live") == 1
     left = {(r.account_id, r.mode) for r in BalanceSnapshot.select()}
     assert left == {("acct_1", "test"), ("acct_2", "live")}
+
+
+def test_states_and_modes_are_their_strings_in_the_database_and_in_json(db):
+    assert Mode.of_livemode(True) is Mode.LIVE and Mode.of_livemode(False) is Mode.TEST
+    assert Mode.LIVE == "live" and {"test": 1}[Mode.TEST] == 1
+    view, _ = apply_state("acct_1", Mode.LIVE, True, at=1, source="a")
+    assert view.mode is Mode.LIVE and view.mode.livemode
+    assert apply_state("acct_1", "live", False, at=2, source="b")[0].mode is Mode.LIVE
+    store_event("evt_1", "x.y", None, False, 1, "{}")
+    row = WebhookEvent.get_by_id("evt_1")
+    assert row.status == EventStatus.PENDING and row.mode is Mode.TEST
+    run_id = claim_run("snap", "acct_1", "live", 1, "r")
+    assert run_id is None  # uninstalled above
+    apply_state("acct_1", "live", True, at=3, source="c")
+    run = JobRun.get_by_id(claim_run("snap", "acct_1", "live", 1, "r"))
+    assert type(run.outcome) is str and run.outcome == JobOutcome.RUNNING
+    assert json.dumps({"mode": Mode.TEST, "outcome": JobOutcome.NOT_CLAIMED}) == (
+        '{"mode": "test", "outcome": "not_claimed"}')
