@@ -41,6 +41,21 @@ class WebhookEvent(BaseModel):
         return Mode.of_livemode(self.livemode)
 
 
+def _claimable(t: float, force: bool = False) -> pw.Expression:
+    """The one definition of an event that may be claimed at time `t`.
+
+    Due: pending or failed, and its (re)try time has come. Stale: claimed by a holder whose
+    lease ran out (it died or hung), so anyone may take it over. `force` (an operator's replay)
+    takes anything not held by a live claim, due or not, processed or dead.
+    """
+    stale = (WebhookEvent.status == EventStatus.PROCESSING) & (WebhookEvent.locked_until < t)
+    if force:
+        return (WebhookEvent.status != EventStatus.PROCESSING) | stale
+    due = (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED))
+           & (WebhookEvent.next_attempt_at <= t))
+    return due | stale
+
+
 def store_event(event_id: str, type_: str, account_id: str | None, livemode: bool,
                 created: int, payload: str, needs_processing: bool = True) -> bool:
     """Insert the event; False when an event with this id is already stored (a redelivery).
@@ -62,14 +77,10 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
 def claim_event(event_id: str, force: bool = False) -> WebhookEvent | None:
     """Take the event for processing if it is due and nobody holds it; None otherwise."""
     t = now()
-    due = (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED))
-           & (WebhookEvent.next_attempt_at <= t))
-    stale = (WebhookEvent.status == EventStatus.PROCESSING) & (WebhookEvent.locked_until < t)
-    cond = (WebhookEvent.status != EventStatus.PROCESSING) | stale if force else due | stale
     won = (
         WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + LEASE_SECONDS,
                             attempts=WebhookEvent.attempts + 1)
-        .where((WebhookEvent.id == event_id) & cond)
+        .where((WebhookEvent.id == event_id) & _claimable(t, force))
         .execute()
     )
     return WebhookEvent.get_by_id(event_id) if won else None
@@ -98,10 +109,8 @@ def retry_delay(attempts: int, base: float = 2.0, cap: float = 3600.0) -> float:
 
 
 def due_event_ids(limit: int = 100) -> list[str]:
+    """Events to claim now (due or stale), oldest first."""
     t = now()
-    due = (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED))
-           & (WebhookEvent.next_attempt_at <= t))
-    stale = (WebhookEvent.status == EventStatus.PROCESSING) & (WebhookEvent.locked_until < t)
-    q = (WebhookEvent.select(WebhookEvent.id).where(due | stale)
+    q = (WebhookEvent.select(WebhookEvent.id).where(_claimable(t))
          .order_by(WebhookEvent.created, WebhookEvent.received_at).limit(limit))
     return [row.id for row in q]

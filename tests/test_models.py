@@ -11,7 +11,7 @@ import pytest
 from models.base import AccountModel
 from models.db import Storage, open_database
 from models.enums import EventStatus, JobOutcome, Mode
-from models.events import WebhookEvent, claim_event, finish_event, store_event
+from models.events import WebhookEvent, claim_event, due_event_ids, finish_event, store_event
 from models.install_state import check_state, new_state, use_state
 from models.installation import Installation, apply_state, set_paused
 from models.jobs import JobRun, claim_run
@@ -115,6 +115,23 @@ def test_event_claim_retry_and_dead_letter(db):
     assert WebhookEvent.get_by_id("evt_1").status == "processed"
     assert finish_event("evt_1", "x", 99) == "dead"
 
+
+
+def test_the_poll_lists_exactly_the_events_a_claim_would_take(db):
+    for event_id in ("evt_due", "evt_later", "evt_held", "evt_stale", "evt_done"):
+        store_event(event_id, "x.y", None, False, 1, "{}")
+    WebhookEvent.update(status="failed", next_attempt_at=time.time() + 600).where(
+        WebhookEvent.id == "evt_later").execute()
+    for event_id in ("evt_held", "evt_stale", "evt_done"):
+        assert claim_event(event_id) is not None
+    WebhookEvent.update(locked_until=time.time() - 1).where(
+        WebhookEvent.id == "evt_stale").execute()
+    finish_event("evt_done", None, 1)
+    listed = set(due_event_ids())
+    assert listed == {"evt_due", "evt_stale"}
+    taken = {e for e in ("evt_due", "evt_later", "evt_held", "evt_stale", "evt_done")
+             if claim_event(e) is not None}
+    assert taken == listed
 
 def test_job_claim_is_unique_and_needs_active_installation(db):
     assert claim_run("snap", "acct_1", "live", 1000, "r1") is None  # not installed
