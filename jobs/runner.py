@@ -7,8 +7,8 @@
 3. claims the fire in the database (unique job/account/mode/fire time: one replica wins; the
    claim also re-checks the installation, so a run whose account uninstalled meanwhile does not
    start);
-4. calls the job with a `JobContext`, up to `spec.attempts` times with jittered exponential
-   backoff between tries;
+4. calls the job with a `JobContext`, up to `spec.attempts` times with exponential backoff
+   between tries (equal jitter: after try n, half to all of `spec.retry_delay * 2 ** (n - 1)`);
 5. records the outcome: succeeded, failed, revoked (Stripe said the key may no longer act for
    the account: the installation's jobs are paused and reported, not retried), or
    not_configured (no platform key for the mode).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import traceback
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import stripe
 
 from jobs.registry import JobSpec, Registry
 from jobs.stripe_api import MissingKey, StripeClients
+from models.backoff import Jitter, backoff_delay
 from models.base import now
 from models.db import Storage
 from models.enums import JobOutcome, Mode
@@ -140,7 +140,8 @@ class JobRunner:
                     if attempt < spec.attempts:
                         await self.storage.run(update_run, run_id, attempt=attempt, error=error,
                                                outcome=JobOutcome.RETRYING)
-                        delay = random.uniform(0.5, 1.0) * spec.retry_delay * 2 ** (attempt - 1)
+                        delay = backoff_delay(attempt - 1, first=spec.retry_delay,
+                                              jitter=Jitter.EQUAL)
                         await asyncio.sleep(delay)
         except asyncio.CancelledError:
             outcome, error = JobOutcome.INTERRUPTED, "the process shut down during the run"

@@ -1,7 +1,7 @@
 """Webhook events, stored before they are acknowledged and kept as the audit trail.
 
 `status` moves pending -> processing -> processed, or -> failed (retried at `next_attempt_at`
-with backoff, for about six hours) and, after `MAX_ATTEMPTS`, -> dead (kept; `run.py events
+with backoff, for hours: see `retry_delay`) and, after `MAX_ATTEMPTS`, -> dead (kept; `run.py events
 replay` runs it again).
 A claim (`claim_event`) is an UPDATE that only one replica can win, so an event is processed by
 one replica at a time, and a claim whose holder died expires (`locked_until`).
@@ -10,13 +10,16 @@ one replica at a time, and a claim whose holder died expires (`locked_until`).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import peewee as pw
 
+from models.backoff import Jitter, backoff_delay
 from models.base import BaseModel, now
 from models.enums import EventStatus, Mode
 
-MAX_ATTEMPTS = 16  # with the backoff below: about six hours of tries before `dead`
+MAX_ATTEMPTS = 16  # with `retry_delay`: 2.6 to 5.1 hours of tries before `dead`
+RETRY_CAP = 3600.0  # the longest wait between two tries
 LEASE_SECONDS = 120
 
 
@@ -103,9 +106,16 @@ def finish_event(event_id: str, error: str | None, attempts: int,
     return status
 
 
-def retry_delay(attempts: int, base: float = 2.0, cap: float = 3600.0) -> float:
-    """Exponential backoff with full jitter: attempt 1 waits up to 2 s, then 4, 8 ... 1 h."""
-    return random.uniform(0.5, 1.0) * min(cap, base ** attempts)
+def retry_delay(attempts: int, base: float = 2.0, cap: float = RETRY_CAP,
+                uniform: Callable[[float, float], float] = random.uniform) -> float:
+    """The wait after failed attempt number `attempts` (1-based): exponential with equal jitter.
+
+    Between half and all of min(cap, base ** attempts): after attempt 1, 1 to 2 s, then 2 to
+    4, 4 to 8 ... up to 30 to 60 min. With `MAX_ATTEMPTS` tries, an event is retried for 2.6 to
+    5.1 hours before it is dead.
+    """
+    return backoff_delay(attempts - 1, first=base, factor=base, cap=cap, jitter=Jitter.EQUAL,
+                         uniform=uniform)
 
 
 def due_event_ids(limit: int = 100) -> list[str]:

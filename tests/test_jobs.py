@@ -17,7 +17,7 @@ from jobs.events import EventProcessor
 from jobs.registry import Registry, job
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
-from jobs.stripe_api import StripeClients
+from jobs.stripe_api import LimitedHTTPClient, RateLimiter, StripeClients
 from models.db import Storage, open_database
 from models.installation import Installation, apply_state
 from models.installation_index import InstallationIndex
@@ -120,6 +120,15 @@ async def test_429_backs_off_then_succeeds(tmp_path, localstripe):
         metrics = (await app.client.get("/metrics")).text
         assert 'stripe_api_calls_total{mode="test",outcome="429"} 2.0' in metrics
 
+
+
+def test_429_backoff_is_full_jitter_below_a_cap_or_follows_retry_after():
+    client = LimitedHTTPClient(RateLimiter(10), base_delay=0.5, max_delay=30.0, timeout=5)
+    for _ in range(200):
+        assert 0.0 <= client.backoff(2, {}) <= 2.0
+        assert 0.0 <= client.backoff(20, None) <= 30.0
+        assert 3.0 <= client.backoff(0, {"retry-after": "3"}) <= 3.5
+        assert 30.0 <= client.backoff(0, {"retry-after": "600"}) <= 30.5
 
 @pytest.mark.gen_test(timeout=60)
 async def test_5xx_is_retried_by_the_client_with_backoff(tmp_path, localstripe):

@@ -8,10 +8,19 @@ import time
 
 import pytest
 
+from models.backoff import Jitter, backoff_delay
 from models.base import AccountModel
 from models.db import Storage, open_database
 from models.enums import EventStatus, JobOutcome, Mode
-from models.events import WebhookEvent, claim_event, due_event_ids, finish_event, store_event
+from models.events import (
+    MAX_ATTEMPTS,
+    WebhookEvent,
+    claim_event,
+    due_event_ids,
+    finish_event,
+    retry_delay,
+    store_event,
+)
 from models.install_state import check_state, new_state, use_state
 from models.installation import Installation, apply_state, set_paused
 from models.jobs import JobRun, claim_run
@@ -182,3 +191,33 @@ def test_states_and_modes_are_their_strings_in_the_database_and_in_json(db):
     assert type(run.outcome) is str and run.outcome == JobOutcome.RUNNING
     assert json.dumps({"mode": Mode.TEST, "outcome": JobOutcome.NOT_CLAIMED}) == (
         '{"mode": "test", "outcome": "not_claimed"}')
+
+
+def lowest(a: float, b: float) -> float:
+    return a
+
+
+def highest(a: float, b: float) -> float:
+    return b
+
+
+def test_backoff_is_capped_exponential_with_the_stated_jitter():
+    assert [backoff_delay(n, first=0.5, jitter=Jitter.FULL, uniform=highest)
+            for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff_delay(3, first=0.5, jitter=Jitter.FULL, uniform=lowest) == 0.0
+    assert backoff_delay(10, first=0.5, cap=30.0, jitter=Jitter.FULL, uniform=highest) == 30.0
+    assert backoff_delay(2, first=5.0, jitter=Jitter.EQUAL, uniform=lowest) == 10.0
+    assert backoff_delay(2, first=5.0, jitter=Jitter.EQUAL, uniform=highest) == 20.0
+    assert backoff_delay(5000, first=1.0, cap=60.0, jitter=Jitter.EQUAL, uniform=highest) == 60.0
+    for _ in range(200):
+        assert 0.0 <= backoff_delay(3, first=1.0, jitter=Jitter.FULL) <= 8.0
+        assert 4.0 <= backoff_delay(3, first=1.0, jitter=Jitter.EQUAL) <= 8.0
+
+
+def test_event_retries_span_hours_before_the_event_is_dead():
+    waits = range(1, MAX_ATTEMPTS)  # a wait follows every failed attempt but the last
+    assert retry_delay(1, uniform=lowest) == 1.0 and retry_delay(1, uniform=highest) == 2.0
+    assert retry_delay(MAX_ATTEMPTS - 1, uniform=highest) == 3600.0
+    shortest = sum(retry_delay(n, uniform=lowest) for n in waits)
+    longest = sum(retry_delay(n, uniform=highest) for n in waits)
+    assert 2.5 * 3600 < shortest and longest < 5.2 * 3600
