@@ -20,9 +20,10 @@ import asyncio
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import stripe
 
@@ -35,13 +36,17 @@ from models.events import WebhookEvent, claim_event, due_event_ids, finish_event
 from models.installation import InstallationView, apply_state
 from models.installation_index import InstallationIndex
 
-if TYPE_CHECKING:
-    from service.metrics import Metrics
-
 log = logging.getLogger("app.events")
 
 AUTHORIZED = "account.application.authorized"
 DEAUTHORIZED = "account.application.deauthorized"
+
+#: Told of every processing attempt: `on_processed(event_type, new_status)`.
+ProcessedListener = Callable[[str, EventStatus], None]
+
+
+def _ignore_processed(type_: str, status: EventStatus) -> None:
+    pass
 
 
 @dataclass
@@ -87,14 +92,26 @@ def _apply_lifecycle(event: WebhookEvent) -> tuple[InstallationView, bool, int]:
 
 
 class EventProcessor:
+    """Processes stored events; `on_processed(type, status)` hears each attempt (a no-op when
+    not given).
+
+    `metrics` is transitional, for callers not yet passing `on_processed`: an object with an
+    `event_processing` counter (the service's `Metrics`), counted as before. Remove it once
+    every caller passes `on_processed`.
+    """
+
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, metrics: Metrics, concurrency: int = 8,
-                 poll_interval: float = 5.0) -> None:
+                 clients: StripeClients, metrics: Any = None, concurrency: int = 8,
+                 poll_interval: float = 5.0,
+                 on_processed: ProcessedListener | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
-        self.metrics = metrics
+        if on_processed is None and metrics is not None:
+            def on_processed(type_: str, status: EventStatus) -> None:
+                metrics.event_processing.labels(type_, status).inc()
+        self.on_processed: ProcessedListener = on_processed or _ignore_processed
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n
         self._slots = asyncio.Semaphore(concurrency)
@@ -133,7 +150,7 @@ class EventProcessor:
                             event.attempts, error)
             status = await asyncio.shield(
                 self.storage.run(finish_event, event.id, error, event.attempts, self.retry_base))
-            self.metrics.event_processing.labels(event.type, status).inc()
+            self.on_processed(event.type, status)
             return status
 
     async def _dispatch(self, event: WebhookEvent) -> None:

@@ -20,10 +20,11 @@ import asyncio
 import logging
 import socket
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import stripe
 
@@ -37,12 +38,16 @@ from models.installation import set_paused
 from models.installation_index import InstallationIndex
 from models.jobs import claim_run, update_run
 
-if TYPE_CHECKING:
-    from service.metrics import Metrics
-
 log = logging.getLogger("app.jobs")
 
 REVOKED = (stripe.AuthenticationError, stripe.PermissionError)
+
+#: Told of every fire that ran (was claimed): `on_outcome(job, outcome)`. The service counts them.
+OutcomeListener = Callable[[str, JobOutcome], None]
+
+
+def _ignore_outcome(job: str, outcome: JobOutcome) -> None:
+    pass
 
 
 @dataclass
@@ -77,14 +82,24 @@ def _short_error(exc: BaseException) -> str:
 
 
 class JobRunner:
+    """Runs fires; `on_outcome(job, outcome)` hears each that ran (a no-op when not given).
+
+    `metrics` is transitional, for callers not yet passing `on_outcome`: an object with a
+    `job_runs` counter (the service's `Metrics`), counted as before. Remove it once every caller
+    passes `on_outcome`.
+    """
+
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, metrics: Metrics, concurrency: int = 10,
-                 replica: str | None = None) -> None:
+                 clients: StripeClients, metrics: Any = None, concurrency: int = 10,
+                 replica: str | None = None, on_outcome: OutcomeListener | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
-        self.metrics = metrics
+        if on_outcome is None and metrics is not None:
+            def on_outcome(job: str, outcome: JobOutcome) -> None:
+                metrics.job_runs.labels(job, outcome).inc()
+        self.on_outcome: OutcomeListener = on_outcome or _ignore_outcome
         self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
         self._slots = asyncio.Semaphore(concurrency)
         self.running = 0
@@ -109,7 +124,7 @@ class JobRunner:
                 outcome = await self._attempts(spec, run_id, account_id, mode, fire_time, reason)
             finally:
                 self.running -= 1
-        self.metrics.job_runs.labels(spec.name, outcome).inc()
+        self.on_outcome(spec.name, outcome)
         return outcome
 
     async def _attempts(self, spec: JobSpec, run_id: int, account_id: str, mode: str,
