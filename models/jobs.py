@@ -6,6 +6,8 @@ the replica whose INSERT succeeds runs it; the others see the conflict and skip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee as pw
 
 from models.base import BaseModel, now
@@ -62,6 +64,20 @@ def last_runs(account_id: str, limit: int = 500) -> dict[tuple[str, str], JobRun
     for run in query:
         latest.setdefault((run.job, run.mode), run)
     return latest
+
+
+def attach_last_runs(rows: list[dict[str, Any]], account_id: str) -> list[dict[str, Any]]:
+    """Runs in a database thread: add each job's last run to the rows of
+    `jobs.scheduler.describe_jobs` (the job status `POST /api/jobs` and `run.py jobs list` show).
+    """
+    latest = last_runs(account_id)
+    for row in rows:
+        run = latest.get((row["job"], row["mode"]))
+        row["last_run"] = None if run is None else {
+            "fire_time": run.fire_time, "started": int(run.started_at or 0),
+            "finished": int(run.finished_at) if run.finished_at else None,
+            "outcome": run.outcome, "attempt": run.attempt, "error": run.error}
+    return rows
 
 
 def runs_since(job: str, fire_time: int) -> set[tuple[str, str, int]]:
