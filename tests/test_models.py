@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
 import pytest
 
+import models
 from models.backoff import Jitter, backoff_delay
-from models.base import AccountModel
+from models.base import AccountModel, discover_models
 from models.db import Storage, open_database
 from models.enums import EventStatus, JobOutcome, Mode
 from models.events import (
@@ -221,3 +223,41 @@ def test_event_retries_span_hours_before_the_event_is_dead():
     shortest = sum(retry_delay(n, uniform=lowest) for n in waits)
     longest = sum(retry_delay(n, uniform=highest) for n in waits)
     assert 2.5 * 3600 < shortest and longest < 5.2 * 3600
+
+
+UNIMPORTED_MODULE = """
+import peewee as pw
+
+from models.base import AccountModel
+
+
+class ScratchNote(AccountModel):
+    text = pw.TextField()
+"""
+
+
+def test_a_model_in_a_module_nothing_imports_is_found_and_cleaned_up_on_uninstall(
+        db, tmp_path, monkeypatch):
+    folder = tmp_path / "more_models"
+    folder.mkdir()
+    (folder / "scratch_notes.py").write_text(UNIMPORTED_MODULE)
+    assert "models.scratch_notes" not in sys.modules
+    try:
+        with monkeypatch.context() as patch:
+            # the folder becomes part of the `models` package, as a new file in models/ would
+            patch.setattr(models, "__path__", [*models.__path__, str(folder)])
+            found = {model.__name__: model for model in discover_models()}
+            assert set(found) == {"Installation", "InstallState", "WebhookEvent", "JobRun",
+                                  "BalanceSnapshot", "ScratchNote"}  # no abstract bases
+            note = found["ScratchNote"]
+            db.create_tables([note])
+            for mode in ("live", "test"):
+                note.create(account_id="acct_1", mode=mode, text="x")
+                BalanceSnapshot.create(account_id="acct_1", mode=mode, available="[]",
+                                       pending="[]")
+            assert AccountModel.delete_account_data("acct_1", "live") == 2
+            assert [r.mode for r in note.select()] == ["test"]
+            db.drop_tables([note])
+    finally:
+        sys.modules.pop("models.scratch_notes", None)
+    assert "ScratchNote" not in {model.__name__ for model in discover_models()}
