@@ -2,7 +2,9 @@
 
 Lifecycle changes are ordered by the time they describe (`state_at`, the event's `created`,
 or the callback's time) and, on a tie, by arrival (`state_seq`): a late, older event never undoes
-a newer one (DESIGN.md section 2).
+a newer one. Stripe does not deliver events in order, and `created` has one-second resolution,
+so of two changes of one account and mode in the same second the one that arrived later wins
+(https://docs.stripe.com/webhooks; the webhook path is in `jobs/events.py`).
 """
 
 from __future__ import annotations
