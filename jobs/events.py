@@ -49,6 +49,11 @@ def _ignore_processed(type_: str, status: EventStatus) -> None:
     pass
 
 
+def _legacy_counter(metrics: Any) -> ProcessedListener:
+    """Transitional: count in `metrics.event_processing`, for callers still passing `metrics`."""
+    return lambda type_, status: metrics.event_processing.labels(type_, status).inc()
+
+
 @dataclass
 class EventContext:
     """What an event handler receives."""
@@ -109,8 +114,7 @@ class EventProcessor:
         self.installations = installations
         self.clients = clients
         if on_processed is None and metrics is not None:
-            def on_processed(type_: str, status: EventStatus) -> None:
-                metrics.event_processing.labels(type_, status).inc()
+            on_processed = _legacy_counter(metrics)
         self.on_processed: ProcessedListener = on_processed or _ignore_processed
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n

@@ -50,6 +50,11 @@ def _ignore_outcome(job: str, outcome: JobOutcome) -> None:
     pass
 
 
+def _legacy_counter(metrics: Any) -> OutcomeListener:
+    """Transitional: count in `metrics.job_runs`, for callers still passing `metrics`."""
+    return lambda job, outcome: metrics.job_runs.labels(job, outcome).inc()
+
+
 @dataclass
 class JobContext:
     """What a job receives: who it runs for, and the tools to do it."""
@@ -97,8 +102,7 @@ class JobRunner:
         self.installations = installations
         self.clients = clients
         if on_outcome is None and metrics is not None:
-            def on_outcome(job: str, outcome: JobOutcome) -> None:
-                metrics.job_runs.labels(job, outcome).inc()
+            on_outcome = _legacy_counter(metrics)
         self.on_outcome: OutcomeListener = on_outcome or _ignore_outcome
         self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
         self._slots = asyncio.Semaphore(concurrency)
