@@ -2,46 +2,23 @@
 
 It shows the whole path: a per-account job (`@job`), a Stripe call bound to the account
 (`ctx.stripe`, so `Stripe-Account` is set), app data stored per account and mode
-(`BalanceSnapshot`, an `AccountModel`, deleted on uninstall), and a signed endpoint that
-returns it to the extension (`service/extension.py`, `POST /api/balance`).
+(`BalanceSnapshot` in `models/snapshots.py`, an `AccountModel`, deleted on uninstall), and a
+signed endpoint that returns it to the extension (`service/extension.py`, `POST /api/balance`).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from jobs.registry import job
 from jobs.runner import JobContext
-from models.snapshots import BalanceSnapshot
-
-KEEP = 90  # snapshots kept per account and mode
+from models.snapshots import save_snapshot
 
 
 def _amounts(value: Any) -> list[dict[str, Any]]:
     # Stripe answers a list of {amount, currency, ...}; some emulators a single object.
     items = value if isinstance(value, list) else [value] if value else []
     return [{"amount": int(i["amount"]), "currency": str(i["currency"])} for i in items]
-
-
-def save_snapshot(account_id: str, mode: str, available: list, pending: list) -> int:
-    row = BalanceSnapshot.create(account_id=account_id, mode=mode,
-                                 available=json.dumps(available), pending=json.dumps(pending))
-    old = (BalanceSnapshot.select(BalanceSnapshot.id)
-           .where((BalanceSnapshot.account_id == account_id) & (BalanceSnapshot.mode == mode))
-           .order_by(BalanceSnapshot.taken_at.desc()).offset(KEEP))
-    BalanceSnapshot.delete().where(BalanceSnapshot.id.in_(old)).execute()
-    return row.id
-
-
-def latest_snapshot(account_id: str, mode: str) -> dict[str, Any] | None:
-    row = (BalanceSnapshot.select()
-           .where((BalanceSnapshot.account_id == account_id) & (BalanceSnapshot.mode == mode))
-           .order_by(BalanceSnapshot.taken_at.desc()).first())
-    if row is None:
-        return None
-    return {"taken_at": int(row.taken_at), "available": json.loads(row.available),
-            "pending": json.loads(row.pending)}
 
 
 @job(every=86400, spread=86400, run_on_install=True)  # each account at its own time of day

@@ -20,9 +20,10 @@ import asyncio
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import stripe
 
@@ -30,17 +31,27 @@ from jobs.registry import Registry
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel
 from models.db import Storage, write_transaction
+from models.enums import EventStatus, Mode
 from models.events import WebhookEvent, claim_event, due_event_ids, finish_event
 from models.installation import InstallationView, apply_state
 from models.installation_index import InstallationIndex
-
-if TYPE_CHECKING:
-    from service.metrics import Metrics
 
 log = logging.getLogger("app.events")
 
 AUTHORIZED = "account.application.authorized"
 DEAUTHORIZED = "account.application.deauthorized"
+
+#: Told of every processing attempt: `on_processed(event_type, new_status)`.
+ProcessedListener = Callable[[str, EventStatus], None]
+
+
+def _ignore_processed(type_: str, status: EventStatus) -> None:
+    pass
+
+
+def _legacy_counter(metrics: Any) -> ProcessedListener:
+    """Transitional: count in `metrics.event_processing`, for callers still passing `metrics`."""
+    return lambda type_, status: metrics.event_processing.labels(type_, status).inc()
 
 
 @dataclass
@@ -49,7 +60,7 @@ class EventContext:
 
     event: dict[str, Any]
     account_id: str | None
-    mode: str
+    mode: Mode
     attempt: int
     storage: Storage
     clients: StripeClients = field(repr=False)
@@ -86,14 +97,25 @@ def _apply_lifecycle(event: WebhookEvent) -> tuple[InstallationView, bool, int]:
 
 
 class EventProcessor:
+    """Processes stored events; `on_processed(type, status)` hears each attempt (a no-op when
+    not given).
+
+    `metrics` is transitional, for callers not yet passing `on_processed`: an object with an
+    `event_processing` counter (the service's `Metrics`), counted as before. Remove it once
+    every caller passes `on_processed`.
+    """
+
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, metrics: Metrics, concurrency: int = 8,
-                 poll_interval: float = 5.0) -> None:
+                 clients: StripeClients, metrics: Any = None, concurrency: int = 8,
+                 poll_interval: float = 5.0,
+                 on_processed: ProcessedListener | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
-        self.metrics = metrics
+        if on_processed is None and metrics is not None:
+            on_processed = _legacy_counter(metrics)
+        self.on_processed: ProcessedListener = on_processed or _ignore_processed
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n
         self._slots = asyncio.Semaphore(concurrency)
@@ -117,7 +139,7 @@ class EventProcessor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def process(self, event_id: str, force: bool = False) -> str | None:
+    async def process(self, event_id: str, force: bool = False) -> EventStatus | None:
         """Claim and process one event; returns its new status, or None if not claimed."""
         async with self._slots:
             event = await self.storage.run(claim_event, event_id, force)
@@ -132,7 +154,7 @@ class EventProcessor:
                             event.attempts, error)
             status = await asyncio.shield(
                 self.storage.run(finish_event, event.id, error, event.attempts, self.retry_base))
-            self.metrics.event_processing.labels(event.type, status).inc()
+            self.on_processed(event.type, status)
             return status
 
     async def _dispatch(self, event: WebhookEvent) -> None:

@@ -34,7 +34,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-MODES = ("live", "test")
+from models.enums import MODES
+
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
 JobFunc = Callable[..., Awaitable[Any]]

@@ -7,8 +7,8 @@
 3. claims the fire in the database (unique job/account/mode/fire time: one replica wins; the
    claim also re-checks the installation, so a run whose account uninstalled meanwhile does not
    start);
-4. calls the job with a `JobContext`, up to `spec.attempts` times with jittered exponential
-   backoff between tries;
+4. calls the job with a `JobContext`, up to `spec.attempts` times with exponential backoff
+   between tries (equal jitter: after try n, half to all of `spec.retry_delay * 2 ** (n - 1)`);
 5. records the outcome: succeeded, failed, revoked (Stripe said the key may no longer act for
    the account: the installation's jobs are paused and reported, not retried), or
    not_configured (no platform key for the mode).
@@ -18,30 +18,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import stripe
 
 from jobs.registry import JobSpec, Registry
 from jobs.stripe_api import MissingKey, StripeClients
+from models.backoff import Jitter, backoff_delay
 from models.base import now
 from models.db import Storage
+from models.enums import JobOutcome, Mode
 from models.installation import set_paused
 from models.installation_index import InstallationIndex
 from models.jobs import claim_run, update_run
 
-if TYPE_CHECKING:
-    from service.metrics import Metrics
-
 log = logging.getLogger("app.jobs")
 
 REVOKED = (stripe.AuthenticationError, stripe.PermissionError)
+
+#: Told of every fire that ran (was claimed): `on_outcome(job, outcome)`. The service counts them.
+OutcomeListener = Callable[[str, JobOutcome], None]
+
+
+def _ignore_outcome(job: str, outcome: JobOutcome) -> None:
+    pass
+
+
+def _legacy_counter(metrics: Any) -> OutcomeListener:
+    """Transitional: count in `metrics.job_runs`, for callers still passing `metrics`."""
+    return lambda job, outcome: metrics.job_runs.labels(job, outcome).inc()
 
 
 @dataclass
@@ -63,7 +74,7 @@ class JobContext:
 
     @property
     def livemode(self) -> bool:
-        return self.mode == "live"
+        return self.mode == Mode.LIVE
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a synchronous database function off the event loop."""
@@ -76,44 +87,53 @@ def _short_error(exc: BaseException) -> str:
 
 
 class JobRunner:
+    """Runs fires; `on_outcome(job, outcome)` hears each that ran (a no-op when not given).
+
+    `metrics` is transitional, for callers not yet passing `on_outcome`: an object with a
+    `job_runs` counter (the service's `Metrics`), counted as before. Remove it once every caller
+    passes `on_outcome`.
+    """
+
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, metrics: Metrics, concurrency: int = 10,
-                 replica: str | None = None) -> None:
+                 clients: StripeClients, metrics: Any = None, concurrency: int = 10,
+                 replica: str | None = None, on_outcome: OutcomeListener | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
-        self.metrics = metrics
+        if on_outcome is None and metrics is not None:
+            on_outcome = _legacy_counter(metrics)
+        self.on_outcome: OutcomeListener = on_outcome or _ignore_outcome
         self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
         self._slots = asyncio.Semaphore(concurrency)
         self.running = 0
 
     async def fire(self, job: str, account_id: str, mode: str, fire_time: datetime,
-                   reason: str = "schedule", force: bool = False) -> str:
+                   reason: str = "schedule", force: bool = False) -> JobOutcome:
         """Run one fire; returns the outcome (see the module docstring) or why it did not run."""
         spec = self.registry.jobs.get(job)
         if spec is None:
-            return "unknown_job"
+            return JobOutcome.UNKNOWN_JOB
         view = self.installations.get(account_id, mode)
         if not force and (view is None or not view.active or view.jobs_paused):
-            return "not_active"
+            return JobOutcome.NOT_ACTIVE
         async with self._slots:
             stamp = int(fire_time.timestamp())
             run_id = await self.storage.run(claim_run, spec.name, account_id, mode, stamp,
                                             self.replica)
             if run_id is None:
-                return "not_claimed"
+                return JobOutcome.NOT_CLAIMED
             self.running += 1
             try:
                 outcome = await self._attempts(spec, run_id, account_id, mode, fire_time, reason)
             finally:
                 self.running -= 1
-        self.metrics.job_runs.labels(spec.name, outcome).inc()
+        self.on_outcome(spec.name, outcome)
         return outcome
 
     async def _attempts(self, spec: JobSpec, run_id: int, account_id: str, mode: str,
-                        fire_time: datetime, reason: str) -> str:
-        outcome, error, attempt = "failed", None, 0
+                        fire_time: datetime, reason: str) -> JobOutcome:
+        outcome, error, attempt = JobOutcome.FAILED, None, 0
         try:
             for attempt in range(1, spec.attempts + 1):
                 ctx = JobContext(spec.name, account_id, mode, fire_time, attempt, self.storage,
@@ -122,14 +142,14 @@ class JobRunner:
                     log.info("job %s for %s/%s (%s, attempt %d)", spec.name, account_id, mode,
                              reason, attempt)
                     await spec.func(ctx)
-                    outcome, error = "succeeded", None
+                    outcome, error = JobOutcome.SUCCEEDED, None
                     break
                 except MissingKey as exc:
-                    outcome, error = "not_configured", str(exc)
+                    outcome, error = JobOutcome.NOT_CONFIGURED, str(exc)
                     log.warning("job %s for %s/%s: %s", spec.name, account_id, mode, exc)
                     break
                 except REVOKED as exc:
-                    outcome, error = "revoked", _short_error(exc)
+                    outcome, error = JobOutcome.REVOKED, _short_error(exc)
                     await self._pause(account_id, mode, f"{spec.name}: {type(exc).__name__}")
                     break
                 except Exception as exc:
@@ -138,11 +158,12 @@ class JobRunner:
                                 account_id, mode, attempt, spec.attempts, error)
                     if attempt < spec.attempts:
                         await self.storage.run(update_run, run_id, attempt=attempt, error=error,
-                                               outcome="retrying")
-                        delay = random.uniform(0.5, 1.0) * spec.retry_delay * 2 ** (attempt - 1)
+                                               outcome=JobOutcome.RETRYING)
+                        delay = backoff_delay(attempt - 1, first=spec.retry_delay,
+                                              jitter=Jitter.EQUAL)
                         await asyncio.sleep(delay)
         except asyncio.CancelledError:
-            outcome, error = "interrupted", "the process shut down during the run"
+            outcome, error = JobOutcome.INTERRUPTED, "the process shut down during the run"
             raise
         finally:
             await asyncio.shield(self.storage.run(

@@ -25,9 +25,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from jobs.registry import Registry
 from jobs.runner import JobRunner
+from models.enums import MODES
 from models.installation import InstallationView
 from models.installation_index import InstallationIndex
-from models.jobs import last_runs, runs_since
+from models.jobs import attach_last_runs, runs_since  # noqa: F401 (re-export, see the end)
 
 log = logging.getLogger("app.scheduler")
 
@@ -203,10 +204,11 @@ class JobScheduler:
 
 def describe_jobs(registry: Registry, installations: InstallationIndex,
                   scheduler: JobScheduler | None, account_id: str) -> list[dict[str, Any]]:
-    """The account's jobs in each mode it is installed in, without their last runs."""
+    """The account's jobs in each mode it is installed in, without their last runs (add them
+    with `models.jobs.attach_last_runs`, in a database thread)."""
     now = datetime.now(UTC)
     rows = []
-    for mode in ("live", "test"):
+    for mode in MODES:
         view = installations.get(account_id, mode)
         if view is None or not view.active:
             continue
@@ -223,14 +225,5 @@ def describe_jobs(registry: Registry, installations: InstallationIndex,
     return rows
 
 
-def attach_last_runs(rows: list[dict[str, Any]], account_id: str) -> list[dict[str, Any]]:
-    """Runs in a database thread: add each job's last run to `describe_jobs` rows."""
-    latest = last_runs(account_id)
-    for row in rows:
-        run = latest.get((row["job"], row["mode"]))
-        row["last_run"] = None if run is None else {
-            "fire_time": run.fire_time, "started": int(run.started_at or 0),
-            "finished": int(run.finished_at) if run.finished_at else None,
-            "outcome": run.outcome, "attempt": run.attempt, "error": run.error}
-    return rows
-
+# `attach_last_runs` (imported above) moved to models/jobs.py, being a read-model the API shows;
+# it is re-exported here only for `cli/admin.py`, until that imports it from models.jobs.

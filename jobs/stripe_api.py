@@ -22,6 +22,8 @@ from typing import Any
 
 import stripe
 
+from models.backoff import Jitter, backoff_delay
+
 log = logging.getLogger("app.stripe")
 
 STRIPE_API = "https://api.stripe.com"
@@ -72,13 +74,16 @@ class LimitedHTTPClient(stripe.HTTPXClient):
         self.on_response = on_response
 
     def backoff(self, attempt: int, headers: Mapping[str, str] | None) -> float:
+        """The wait before 429 retry `attempt` (0-based): `Retry-After` (at most `max_delay`)
+        plus up to `base_delay`, or else full jitter below min(max_delay, base_delay * 2 ** n)."""
         retry_after = (headers or {}).get("retry-after")
         if retry_after:
             try:
                 return min(self.max_delay, float(retry_after)) + random.uniform(0, self.base_delay)
             except ValueError:
                 pass
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+        return backoff_delay(attempt, first=self.base_delay, cap=self.max_delay,
+                             jitter=Jitter.FULL)
 
     async def request_async(self, method: str, url: str, headers: Mapping[str, str],
                             post_data: Any = None) -> tuple[bytes, int, Mapping[str, str]]:

@@ -1,10 +1,12 @@
 """Peewee models, database setup and migrations.
 
-Add a table: define a model here (subclass `AccountModel` for per-account app data so that an
-uninstall deletes it), import it below, then `python run.py makemigration <name>`.
+Add a table: define a model in a module of this package (subclass `AccountModel` for
+per-account app data so that an uninstall deletes it), then `python run.py makemigration
+<name>`. Nothing needs to import it: `discover_models()` finds every model of the package, for
+migrations and for the uninstall cleanup. The imports below are only shorthands.
 """
 
-from models.base import AccountModel, BaseModel
+from models.base import AccountModel, BaseModel, discover_models
 from models.db import Storage, database, open_database
 from models.events import WebhookEvent
 from models.install_state import InstallState
@@ -12,9 +14,11 @@ from models.installation import Installation, InstallationView
 from models.jobs import JobRun
 from models.snapshots import BalanceSnapshot
 
-ALL_MODELS = [Installation, InstallState, WebhookEvent, JobRun, BalanceSnapshot]
+#: Every model of the package, as `discover_models()` found them when `models` was imported.
+ALL_MODELS = discover_models()
 
 __all__ = [
     "ALL_MODELS", "AccountModel", "BalanceSnapshot", "BaseModel", "InstallState", "Installation",
-    "InstallationView", "JobRun", "Storage", "WebhookEvent", "database", "open_database",
+    "InstallationView", "JobRun", "Storage", "WebhookEvent", "database", "discover_models",
+    "open_database",
 ]

@@ -1,7 +1,7 @@
 """Webhook events, stored before they are acknowledged and kept as the audit trail.
 
 `status` moves pending -> processing -> processed, or -> failed (retried at `next_attempt_at`
-with backoff, for about six hours) and, after `MAX_ATTEMPTS`, -> dead (kept; `run.py events
+with backoff, for hours: see `retry_delay`) and, after `MAX_ATTEMPTS`, -> dead (kept; `run.py events
 replay` runs it again).
 A claim (`claim_event`) is an UPDATE that only one replica can win, so an event is processed by
 one replica at a time, and a claim whose holder died expires (`locked_until`).
@@ -10,12 +10,16 @@ one replica at a time, and a claim whose holder died expires (`locked_until`).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import peewee as pw
 
+from models.backoff import Jitter, backoff_delay
 from models.base import BaseModel, now
+from models.enums import EventStatus, Mode
 
-MAX_ATTEMPTS = 16  # with the backoff below: about six hours of tries before `dead`
+MAX_ATTEMPTS = 16  # with `retry_delay`: 2.6 to 5.1 hours of tries before `dead`
+RETRY_CAP = 3600.0  # the longest wait between two tries
 LEASE_SECONDS = 120
 
 
@@ -27,7 +31,8 @@ class WebhookEvent(BaseModel):
     created = pw.BigIntegerField()
     payload = pw.TextField()  # the raw body, byte for byte as verified (UTF-8)
     received_at = pw.DoubleField(default=now)
-    status = pw.CharField(max_length=16, default="pending", index=True)
+    status = pw.CharField(max_length=16, default=EventStatus.PENDING.value,
+                         index=True)  # an EventStatus
     attempts = pw.IntegerField(default=0)
     last_error = pw.TextField(null=True)
     next_attempt_at = pw.DoubleField(null=True, index=True)
@@ -35,8 +40,23 @@ class WebhookEvent(BaseModel):
     processed_at = pw.DoubleField(null=True)
 
     @property
-    def mode(self) -> str:
-        return "live" if self.livemode else "test"
+    def mode(self) -> Mode:
+        return Mode.of_livemode(self.livemode)
+
+
+def _claimable(t: float, force: bool = False) -> pw.Expression:
+    """The one definition of an event that may be claimed at time `t`.
+
+    Due: pending or failed, and its (re)try time has come. Stale: claimed by a holder whose
+    lease ran out (it died or hung), so anyone may take it over. `force` (an operator's replay)
+    takes anything not held by a live claim, due or not, processed or dead.
+    """
+    stale = (WebhookEvent.status == EventStatus.PROCESSING) & (WebhookEvent.locked_until < t)
+    if force:
+        return (WebhookEvent.status != EventStatus.PROCESSING) | stale
+    due = (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED))
+           & (WebhookEvent.next_attempt_at <= t))
+    return due | stale
 
 
 def store_event(event_id: str, type_: str, account_id: str | None, livemode: bool,
@@ -47,8 +67,8 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
     event nothing handles is stored as processed straight away (one write instead of three).
     """
     t = now()
-    fields = ({"status": "pending", "next_attempt_at": t} if needs_processing
-              else {"status": "processed", "processed_at": t})
+    fields = ({"status": EventStatus.PENDING, "next_attempt_at": t} if needs_processing
+              else {"status": EventStatus.PROCESSED, "processed_at": t})
     try:
         WebhookEvent.insert(id=event_id, type=type_, account_id=account_id, livemode=livemode,
                             created=created, payload=payload, received_at=t, **fields).execute()
@@ -60,44 +80,47 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
 def claim_event(event_id: str, force: bool = False) -> WebhookEvent | None:
     """Take the event for processing if it is due and nobody holds it; None otherwise."""
     t = now()
-    due = (WebhookEvent.status.in_(("pending", "failed"))) & (WebhookEvent.next_attempt_at <= t)
-    stale = (WebhookEvent.status == "processing") & (WebhookEvent.locked_until < t)
-    cond = (WebhookEvent.status != "processing") | stale if force else due | stale
     won = (
-        WebhookEvent.update(status="processing", locked_until=t + LEASE_SECONDS,
+        WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + LEASE_SECONDS,
                             attempts=WebhookEvent.attempts + 1)
-        .where((WebhookEvent.id == event_id) & cond)
+        .where((WebhookEvent.id == event_id) & _claimable(t, force))
         .execute()
     )
     return WebhookEvent.get_by_id(event_id) if won else None
 
 
 def finish_event(event_id: str, error: str | None, attempts: int,
-                 retry_base: float = 2.0) -> str:
+                 retry_base: float = 2.0) -> EventStatus:
     """Record the outcome of a processing attempt; returns the new status."""
     t = now()
     if error is None:
-        status, fields = "processed", {"processed_at": t, "last_error": None,
-                                       "next_attempt_at": None}
+        status, fields = EventStatus.PROCESSED, {"processed_at": t, "last_error": None,
+                                                 "next_attempt_at": None}
     elif attempts >= MAX_ATTEMPTS:
-        status, fields = "dead", {"last_error": error, "next_attempt_at": None}
+        status, fields = EventStatus.DEAD, {"last_error": error, "next_attempt_at": None}
     else:
-        status, fields = "failed", {"last_error": error,
-                                    "next_attempt_at": t + retry_delay(attempts, retry_base)}
+        status, fields = EventStatus.FAILED, {
+            "last_error": error, "next_attempt_at": t + retry_delay(attempts, retry_base)}
     WebhookEvent.update(status=status, locked_until=None, **fields).where(
         WebhookEvent.id == event_id).execute()
     return status
 
 
-def retry_delay(attempts: int, base: float = 2.0, cap: float = 3600.0) -> float:
-    """Exponential backoff with full jitter: attempt 1 waits up to 2 s, then 4, 8 ... 1 h."""
-    return random.uniform(0.5, 1.0) * min(cap, base ** attempts)
+def retry_delay(attempts: int, base: float = 2.0, cap: float = RETRY_CAP,
+                uniform: Callable[[float, float], float] = random.uniform) -> float:
+    """The wait after failed attempt number `attempts` (1-based): exponential with equal jitter.
+
+    Between half and all of min(cap, base ** attempts): after attempt 1, 1 to 2 s, then 2 to
+    4, 4 to 8 ... up to 30 to 60 min. With `MAX_ATTEMPTS` tries, an event is retried for 2.6 to
+    5.1 hours before it is dead.
+    """
+    return backoff_delay(attempts - 1, first=base, factor=base, cap=cap, jitter=Jitter.EQUAL,
+                         uniform=uniform)
 
 
 def due_event_ids(limit: int = 100) -> list[str]:
+    """Events to claim now (due or stale), oldest first."""
     t = now()
-    due = WebhookEvent.status.in_(("pending", "failed")) & (WebhookEvent.next_attempt_at <= t)
-    stale = (WebhookEvent.status == "processing") & (WebhookEvent.locked_until < t)
-    q = (WebhookEvent.select(WebhookEvent.id).where(due | stale)
+    q = (WebhookEvent.select(WebhookEvent.id).where(_claimable(t))
          .order_by(WebhookEvent.created, WebhookEvent.received_at).limit(limit))
     return [row.id for row in q]

@@ -2,7 +2,9 @@
 
 Lifecycle changes are ordered by the time they describe (`state_at`, the event's `created`,
 or the callback's time) and, on a tie, by arrival (`state_seq`): a late, older event never undoes
-a newer one (DESIGN.md section 2).
+a newer one. Stripe does not deliver events in order, and `created` has one-second resolution,
+so of two changes of one account and mode in the same second the one that arrived later wins
+(https://docs.stripe.com/webhooks; the webhook path is in `jobs/events.py`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import peewee as pw
 
 from models.base import BaseModel, now
 from models.db import is_sqlite, write_transaction
+from models.enums import Mode
 
 
 class Installation(BaseModel):
     account_id = pw.CharField(max_length=255)
-    mode = pw.CharField(max_length=4)
+    mode = pw.CharField(max_length=4)  # a Mode
     active = pw.BooleanField(default=False)
     installed_by = pw.CharField(max_length=255, null=True)
     installed_at = pw.DoubleField(null=True)
@@ -41,7 +44,7 @@ class InstallationView:
     """An immutable copy of a row, safe to share with the event loop."""
 
     account_id: str
-    mode: str
+    mode: Mode
     active: bool
     since: int | None
     installed_by: str | None
@@ -53,7 +56,7 @@ class InstallationView:
     @classmethod
     def of(cls, row: Installation) -> InstallationView:
         since = row.installed_at if row.active else row.uninstalled_at
-        return cls(row.account_id, row.mode, row.active, int(since) if since else None,
+        return cls(row.account_id, Mode(row.mode), row.active, int(since) if since else None,
                    row.installed_by, row.confirmed, row.jobs_paused, row.pause_reason,
                    row.updated_at)
 

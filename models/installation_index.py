@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from models.db import Storage
+from models.enums import Mode
 from models.installation import Installation, InstallationView
 
 log = logging.getLogger("app.installations")
@@ -32,7 +33,7 @@ class InstallationIndex:
         self.storage = storage
         self._rows: dict[tuple[str, str], InstallationView] = {}
         self._active_accounts: dict[str, int] = {}
-        self._active_by_mode: dict[str, int] = {"live": 0, "test": 0}
+        self._active_by_mode: dict[str, int] = {mode: 0 for mode in Mode}
         self._listeners: list[Listener] = []
         self._watermark = 0.0
 

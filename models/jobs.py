@@ -6,21 +6,24 @@ the replica whose INSERT succeeds runs it; the others see the conflict and skip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee as pw
 
 from models.base import BaseModel, now
 from models.db import write_transaction
+from models.enums import JobOutcome
 from models.installation import Installation
 
 
 class JobRun(BaseModel):
     job = pw.CharField(max_length=128)
     account_id = pw.CharField(max_length=255)
-    mode = pw.CharField(max_length=4)
+    mode = pw.CharField(max_length=4)  # a Mode
     fire_time = pw.BigIntegerField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
-    outcome = pw.CharField(max_length=16, default="claimed")  # running/succeeded/failed/...
+    outcome = pw.CharField(max_length=16, default=JobOutcome.CLAIMED.value)  # a JobOutcome
     error = pw.TextField(null=True)
     attempt = pw.IntegerField(default=0)
     replica = pw.CharField(max_length=128, null=True)
@@ -48,7 +51,7 @@ def claim_run(job: str, account_id: str, mode: str, fire_time: int,
                 return None
             return JobRun.insert(job=job, account_id=account_id, mode=mode,
                                  fire_time=fire_time, replica=replica, started_at=now(),
-                                 outcome="running").execute()
+                                 outcome=JobOutcome.RUNNING).execute()
     except pw.IntegrityError:
         return None
 
@@ -61,6 +64,20 @@ def last_runs(account_id: str, limit: int = 500) -> dict[tuple[str, str], JobRun
     for run in query:
         latest.setdefault((run.job, run.mode), run)
     return latest
+
+
+def attach_last_runs(rows: list[dict[str, Any]], account_id: str) -> list[dict[str, Any]]:
+    """Runs in a database thread: add each job's last run to the rows of
+    `jobs.scheduler.describe_jobs` (the job status `POST /api/jobs` and `run.py jobs list` show).
+    """
+    latest = last_runs(account_id)
+    for row in rows:
+        run = latest.get((row["job"], row["mode"]))
+        row["last_run"] = None if run is None else {
+            "fire_time": run.fire_time, "started": int(run.started_at or 0),
+            "finished": int(run.finished_at) if run.finished_at else None,
+            "outcome": run.outcome, "attempt": run.attempt, "error": run.error}
+    return rows
 
 
 def runs_since(job: str, fire_time: int) -> set[tuple[str, str, int]]:

@@ -46,8 +46,7 @@ def pending(db: pw.Database) -> list[str]:
 
 
 def make_migration(db: pw.Database, name: str) -> str | None:
-    import models
-    from models.base import AccountModel, _subclasses
+    """Write a migration for every model `discover_models()` finds; None when nothing changed."""
+    from models.base import discover_models
 
-    concrete = list(dict.fromkeys([*models.ALL_MODELS, *_subclasses(AccountModel)]))
-    return _router(db).create(name, auto=concrete)
+    return _router(db).create(name, auto=discover_models())

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.balance_snapshot import latest_snapshot
-from jobs.scheduler import attach_last_runs, describe_jobs
+from jobs.scheduler import describe_jobs
+from models.jobs import attach_last_runs
+from models.snapshots import latest_snapshot
 from service.signed import SignedHandler, SignedRequest
 
 

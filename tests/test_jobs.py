@@ -15,11 +15,12 @@ from conftest import WH_TEST, base_env, compact, event, running
 from stripe_proxy import StripeProxy
 
 from jobs.events import EventProcessor
-from jobs.registry import Registry, job
+from jobs.registry import Registry, job, on_event
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
-from jobs.stripe_api import StripeClients
+from jobs.stripe_api import LimitedHTTPClient, RateLimiter, StripeClients
 from models.db import Storage, open_database
+from models.events import store_event
 from models.installation import Installation, apply_state
 from models.installation_index import InstallationIndex
 from models.jobs import JobRun
@@ -157,6 +158,15 @@ async def test_429_backs_off_then_succeeds(tmp_path, localstripe):
         assert 'stripe_api_calls_total{mode="test",outcome="429"} 2.0' in metrics
 
 
+
+def test_429_backoff_is_full_jitter_below_a_cap_or_follows_retry_after():
+    client = LimitedHTTPClient(RateLimiter(10), base_delay=0.5, max_delay=30.0, timeout=5)
+    for _ in range(200):
+        assert 0.0 <= client.backoff(2, {}) <= 2.0
+        assert 0.0 <= client.backoff(20, None) <= 30.0
+        assert 3.0 <= client.backoff(0, {"retry-after": "3"}) <= 3.5
+        assert 30.0 <= client.backoff(0, {"retry-after": "600"}) <= 30.5
+
 @pytest.mark.gen_test(timeout=60)
 async def test_5xx_is_retried_by_the_client_with_backoff(tmp_path, localstripe):
     async with proxied(tmp_path, localstripe) as (app, proxy):
@@ -214,6 +224,45 @@ async def test_failing_job_is_retried_and_recorded(tmp_path):
         assert "RuntimeError: always" in broken_run.error
         assert await runner.fire("flaky", "acct_2", "live", fire) == "not_active"
 
+
+@pytest.mark.gen_test(timeout=30)
+async def test_runner_and_processor_report_outcomes_through_callbacks(tmp_path):
+    @job(every=3600)
+    async def fine(ctx):
+        pass
+
+    @on_event("customer.created")
+    async def greet(ctx):
+        raise RuntimeError("not today")
+
+    db = open_database(f"sqlite:///{tmp_path}/callbacks.db")
+    migrate(db)
+    apply_state("acct_1", "live", True, 1, "setup")
+    storage = Storage(db, workers=2)
+    index = InstallationIndex(storage)
+    await index.load()
+    registry = Registry(jobs={"fine": fine.__job_spec__}, handlers={"customer.created": [greet]})
+    clients = StripeClients({}, {"live": 10, "test": 10})
+    outcomes, statuses = [], []
+    runner = JobRunner(registry, storage, index, clients, replica="r",
+                       on_outcome=lambda name, outcome: outcomes.append((name, outcome)))
+    processor = EventProcessor(registry, storage, index, clients,
+                               on_processed=lambda type_, status: statuses.append((type_, status)))
+    try:
+        fire = datetime.fromtimestamp(int(time.time()), UTC)
+        assert await runner.fire("fine", "acct_1", "live", fire) == "succeeded"
+        assert await runner.fire("fine", "acct_1", "live", fire) == "not_claimed"  # not run
+        assert await runner.fire("fine", "acct_2", "live", fire) == "not_active"  # not run
+        await storage.run(store_event, "evt_1", "customer.created", "acct_1", True, 1, "{}")
+        assert await processor.process("evt_1") == "failed"
+        assert outcomes == [("fine", "succeeded")] and statuses == [("customer.created", "failed")]
+        quiet = JobRunner(registry, storage, index, clients, replica="q")  # no callback: no-op
+        later = datetime.fromtimestamp(int(time.time()) + 60, UTC)
+        assert await quiet.fire("fine", "acct_1", "live", later) == "succeeded"
+    finally:
+        await clients.close()
+        storage.close()
+        db.close()
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_run_whose_account_uninstalled_meanwhile_does_not_start(tmp_path):

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 
 import pytest
 
-from models.base import AccountModel
+import models
+from models.backoff import Jitter, backoff_delay
+from models.base import AccountModel, discover_models
 from models.db import Storage, open_database
-from models.events import WebhookEvent, claim_event, finish_event, store_event
+from models.enums import EventStatus, JobOutcome, Mode
+from models.events import (
+    MAX_ATTEMPTS,
+    WebhookEvent,
+    claim_event,
+    due_event_ids,
+    finish_event,
+    retry_delay,
+    store_event,
+)
 from models.install_state import check_state, new_state, use_state
 from models.installation import Installation, apply_state, set_paused
 from models.jobs import JobRun, claim_run
@@ -114,6 +127,23 @@ def test_event_claim_retry_and_dead_letter(db):
     assert finish_event("evt_1", "x", 99) == "dead"
 
 
+
+def test_the_poll_lists_exactly_the_events_a_claim_would_take(db):
+    for event_id in ("evt_due", "evt_later", "evt_held", "evt_stale", "evt_done"):
+        store_event(event_id, "x.y", None, False, 1, "{}")
+    WebhookEvent.update(status="failed", next_attempt_at=time.time() + 600).where(
+        WebhookEvent.id == "evt_later").execute()
+    for event_id in ("evt_held", "evt_stale", "evt_done"):
+        assert claim_event(event_id) is not None
+    WebhookEvent.update(locked_until=time.time() - 1).where(
+        WebhookEvent.id == "evt_stale").execute()
+    finish_event("evt_done", None, 1)
+    listed = set(due_event_ids())
+    assert listed == {"evt_due", "evt_stale"}
+    taken = {e for e in ("evt_due", "evt_later", "evt_held", "evt_stale", "evt_done")
+             if claim_event(e) is not None}
+    assert taken == listed
+
 def test_job_claim_is_unique_and_needs_active_installation(db):
     assert claim_run("snap", "acct_1", "live", 1000, "r1") is None  # not installed
     apply_state("acct_1", "live", True, at=1, source="a")
@@ -145,3 +175,89 @@ def test_uninstall_deletes_only_that_accounts_data_in_that_mode(db):
     assert AccountModel.delete_account_data("acct_1", "live") == 1
     left = {(r.account_id, r.mode) for r in BalanceSnapshot.select()}
     assert left == {("acct_1", "test"), ("acct_2", "live")}
+
+
+def test_states_and_modes_are_their_strings_in_the_database_and_in_json(db):
+    assert Mode.of_livemode(True) is Mode.LIVE and Mode.of_livemode(False) is Mode.TEST
+    assert Mode.LIVE == "live" and {"test": 1}[Mode.TEST] == 1
+    view, _ = apply_state("acct_1", Mode.LIVE, True, at=1, source="a")
+    assert view.mode is Mode.LIVE and view.mode.livemode
+    assert apply_state("acct_1", "live", False, at=2, source="b")[0].mode is Mode.LIVE
+    store_event("evt_1", "x.y", None, False, 1, "{}")
+    row = WebhookEvent.get_by_id("evt_1")
+    assert row.status == EventStatus.PENDING and row.mode is Mode.TEST
+    run_id = claim_run("snap", "acct_1", "live", 1, "r")
+    assert run_id is None  # uninstalled above
+    apply_state("acct_1", "live", True, at=3, source="c")
+    run = JobRun.get_by_id(claim_run("snap", "acct_1", "live", 1, "r"))
+    assert type(run.outcome) is str and run.outcome == JobOutcome.RUNNING
+    assert json.dumps({"mode": Mode.TEST, "outcome": JobOutcome.NOT_CLAIMED}) == (
+        '{"mode": "test", "outcome": "not_claimed"}')
+
+
+def lowest(a: float, b: float) -> float:
+    return a
+
+
+def highest(a: float, b: float) -> float:
+    return b
+
+
+def test_backoff_is_capped_exponential_with_the_stated_jitter():
+    assert [backoff_delay(n, first=0.5, jitter=Jitter.FULL, uniform=highest)
+            for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff_delay(3, first=0.5, jitter=Jitter.FULL, uniform=lowest) == 0.0
+    assert backoff_delay(10, first=0.5, cap=30.0, jitter=Jitter.FULL, uniform=highest) == 30.0
+    assert backoff_delay(2, first=5.0, jitter=Jitter.EQUAL, uniform=lowest) == 10.0
+    assert backoff_delay(2, first=5.0, jitter=Jitter.EQUAL, uniform=highest) == 20.0
+    assert backoff_delay(5000, first=1.0, cap=60.0, jitter=Jitter.EQUAL, uniform=highest) == 60.0
+    for _ in range(200):
+        assert 0.0 <= backoff_delay(3, first=1.0, jitter=Jitter.FULL) <= 8.0
+        assert 4.0 <= backoff_delay(3, first=1.0, jitter=Jitter.EQUAL) <= 8.0
+
+
+def test_event_retries_span_hours_before_the_event_is_dead():
+    waits = range(1, MAX_ATTEMPTS)  # a wait follows every failed attempt but the last
+    assert retry_delay(1, uniform=lowest) == 1.0 and retry_delay(1, uniform=highest) == 2.0
+    assert retry_delay(MAX_ATTEMPTS - 1, uniform=highest) == 3600.0
+    shortest = sum(retry_delay(n, uniform=lowest) for n in waits)
+    longest = sum(retry_delay(n, uniform=highest) for n in waits)
+    assert 2.5 * 3600 < shortest and longest < 5.2 * 3600
+
+
+UNIMPORTED_MODULE = """
+import peewee as pw
+
+from models.base import AccountModel
+
+
+class ScratchNote(AccountModel):
+    text = pw.TextField()
+"""
+
+
+def test_a_model_in_a_module_nothing_imports_is_found_and_cleaned_up_on_uninstall(
+        db, tmp_path, monkeypatch):
+    folder = tmp_path / "more_models"
+    folder.mkdir()
+    (folder / "scratch_notes.py").write_text(UNIMPORTED_MODULE)
+    assert "models.scratch_notes" not in sys.modules
+    try:
+        with monkeypatch.context() as patch:
+            # the folder becomes part of the `models` package, as a new file in models/ would
+            patch.setattr(models, "__path__", [*models.__path__, str(folder)])
+            found = {model.__name__: model for model in discover_models()}
+            assert set(found) == {"Installation", "InstallState", "WebhookEvent", "JobRun",
+                                  "BalanceSnapshot", "ScratchNote"}  # no abstract bases
+            note = found["ScratchNote"]
+            db.create_tables([note])
+            for mode in ("live", "test"):
+                note.create(account_id="acct_1", mode=mode, text="x")
+                BalanceSnapshot.create(account_id="acct_1", mode=mode, available="[]",
+                                       pending="[]")
+            assert AccountModel.delete_account_data("acct_1", "live") == 2
+            assert [r.mode for r in note.select()] == ["test"]
+            db.drop_tables([note])
+    finally:
+        sys.modules.pop("models.scratch_notes", None)
+    assert "ScratchNote" not in {model.__name__ for model in discover_models()}

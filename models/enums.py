@@ -1,0 +1,69 @@
+"""The named states and modes that the database, the API and the logs share.
+
+Each is a `StrEnum`: a member *is* its string (`Mode.LIVE == "live"`, same hash, same JSON, same
+database value), so the columns and the JSON answers are unchanged, and code that still passes
+`"live"` or compares with `"failed"` keeps working. New code names the member.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    """Stripe's two modes. An installation, a job run and an event each belong to one."""
+
+    LIVE = "live"
+    TEST = "test"
+
+    @classmethod
+    def of_livemode(cls, livemode: bool) -> Mode:
+        """The mode of a Stripe object's `livemode` flag."""
+        return cls.LIVE if livemode else cls.TEST
+
+    @property
+    def livemode(self) -> bool:
+        return self is Mode.LIVE
+
+
+#: Both modes, live first (the order the API and the CLI list them in).
+MODES: tuple[Mode, ...] = tuple(Mode)
+
+
+class JobOutcome(StrEnum):
+    """What became of one fire of a job (`JobRunner.fire`), and the `job_run.outcome` column.
+
+    Recorded in `job_run` (see `jobs/runner.py`): `claimed` (the column's default), `running`,
+    `retrying` (an attempt failed, another follows), then one of `succeeded`, `failed`,
+    `revoked` (Stripe refused the platform key for the account: its jobs are paused),
+    `not_configured` (no platform key for the mode) or `interrupted` (shut down mid-run).
+
+    Answered without a run (nothing recorded): `unknown_job`, `not_active` (the account is not
+    installed in the mode, or is paused), `not_claimed` (another replica claimed the fire).
+    """
+
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVOKED = "revoked"
+    NOT_CONFIGURED = "not_configured"
+    INTERRUPTED = "interrupted"
+    UNKNOWN_JOB = "unknown_job"
+    NOT_ACTIVE = "not_active"
+    NOT_CLAIMED = "not_claimed"
+
+
+class EventStatus(StrEnum):
+    """Where a stored webhook event stands (`webhook_event.status`, see `models/events.py`).
+
+    pending -> processing -> processed; or -> failed (retried later) and, after the last
+    attempt, -> dead (kept; `run.py events replay` runs it again).
+    """
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    FAILED = "failed"
+    DEAD = "dead"
