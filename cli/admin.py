@@ -14,8 +14,9 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from models.db import Storage, open_database
+from models.db import open_database
 from models.migrate import make_migration, migrate
+from service.services import Services
 
 
 def _when(ts: float | None) -> str:
@@ -35,13 +36,14 @@ def run(config, command: str, args: argparse.Namespace) -> int:  # noqa: ANN001
         name = make_migration(db, args.name)
         print(f"wrote models/migrations/{name}.py" if name else "no model changes found")
         return 0
-    migrate(db)
     if command == "install-link":
+        migrate(db)
         return install_link(config)
+    db.close()
     if command == "jobs":
-        return asyncio.run(jobs_command(config, db, args))
+        return asyncio.run(jobs_command(config, args))
     if command == "events":
-        return asyncio.run(events_command(config, db, args))
+        return asyncio.run(events_command(config, args))
     print(f"unknown command {command}", file=sys.stderr)
     return 2
 
@@ -61,29 +63,12 @@ def install_link(config) -> int:  # noqa: ANN001
     return 0
 
 
-async def _context(config, db):  # noqa: ANN001, ANN202
-    from jobs.registry import Registry
-    from jobs.runner import JobRunner
-    from jobs.stripe_api import StripeClients
-    from models.installation_index import InstallationIndex
-    from service.metrics import Metrics
-
-    storage = Storage(db, workers=2)
-    index = InstallationIndex(storage)
-    await index.load()
-    registry = Registry.discover()
-    clients = StripeClients(config.secret_keys, config.rate_limits, config.api_base)
-    metrics = Metrics()
-    runner = JobRunner(registry, storage, index, clients, metrics, replica="cli")
-    return storage, index, registry, clients, metrics, runner
-
-
-async def jobs_command(config, db, args: argparse.Namespace) -> int:  # noqa: ANN001
+async def jobs_command(config, args: argparse.Namespace) -> int:  # noqa: ANN001
     from jobs.scheduler import attach_last_runs, describe_jobs
     from models.installation import set_paused
 
-    storage, index, registry, clients, _, runner = await _context(config, db)
-    try:
+    async with Services.opened(config, replica="cli") as services:
+        storage, index, registry = services.storage, services.installations, services.registry
         if args.jobs_command == "list":
             print(f"{'job':24} {'mode':4} {'account':28} {'next run (UTC)':19}  last outcome")
             for name, spec in registry.jobs.items():
@@ -117,22 +102,18 @@ async def jobs_command(config, db, args: argparse.Namespace) -> int:  # noqa: AN
         if not index.is_active(args.account, mode):
             print(f"{args.account} has no active installation in {mode} mode", file=sys.stderr)
             return 1
-        outcome = await runner.fire(args.job, args.account, mode,
-                                    datetime.fromtimestamp(int(time.time()), UTC),
-                                    reason="run.py jobs run")
+        outcome = await services.runner.fire(args.job, args.account, mode,
+                                             datetime.fromtimestamp(int(time.time()), UTC),
+                                             reason="run.py jobs run")
         print(f"{args.job} for {args.account} ({mode}): {outcome}")
         return 0 if outcome == "succeeded" else 1
-    finally:
-        await clients.close()
-        storage.close()
 
 
-async def events_command(config, db, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from jobs.events import EventProcessor
+async def events_command(config, args: argparse.Namespace) -> int:  # noqa: ANN001
     from models.events import WebhookEvent
 
-    storage, index, registry, clients, metrics, _ = await _context(config, db)
-    try:
+    async with Services.opened(config, replica="cli") as services:
+        storage = services.storage
         if args.events_command == "list":
             query = WebhookEvent.select().order_by(WebhookEvent.received_at.desc())
             if args.failed:
@@ -144,12 +125,11 @@ async def events_command(config, db, args: argparse.Namespace) -> int:  # noqa: 
                 print(f"{e.id:32} {e.type:40} {e.account_id or 'platform':24} {e.mode} "
                       f"{e.status:9} {e.attempts:5}  {error[0][:80]}")
             return 0
-        processor = EventProcessor(registry, storage, index, clients, metrics)
         exists = await storage.run(WebhookEvent.get_or_none, WebhookEvent.id == args.event_id)
         if exists is None:
             print(f"no stored event {args.event_id}", file=sys.stderr)
             return 1
-        status = await processor.process(args.event_id, force=True)
+        status = await services.events.process(args.event_id, force=True)
         if status is None:
             print(f"{args.event_id} is being processed elsewhere right now", file=sys.stderr)
             return 1
@@ -157,6 +137,3 @@ async def events_command(config, db, args: argparse.Namespace) -> int:  # noqa: 
         print(json.dumps({"event": row.id, "status": row.status, "attempts": row.attempts,
                           "error": row.last_error}))
         return 0 if status == "processed" else 1
-    finally:
-        await clients.close()
-        storage.close()
