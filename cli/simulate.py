@@ -23,10 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from cli.dev import config_over_dev_env, load_dev_env
 from service.config import Config
 from service.signatures import install_signed_string, sign
-
-DEV_ENV = "var/dev.env"
 
 
 class SimulateError(Exception):
@@ -38,46 +37,36 @@ class SimulateError(Exception):
 def add_parser(sub: Any) -> None:
     sim = sub.add_parser("simulate", help="act as Stripe against a running backend")
     sim.add_argument("--url", help="the backend (default http://HOST:PORT)")
+    sim.set_defaults(func=run_simulate)
     ssub = sim.add_subparsers(dest="sim_command", metavar="action", required=True)
     inst = ssub.add_parser("install", help="install through the install link and callback")
     inst.add_argument("--account", required=True)
     inst.add_argument("--user", default="usr_simulated")
     inst.add_argument("--test", action="store_true")
+    inst.set_defaults(action=_install)
     unin = ssub.add_parser("uninstall", help="send account.application.deauthorized")
     unin.add_argument("--account", required=True)
     unin.add_argument("--test", action="store_true")
+    unin.set_defaults(action=_uninstall)
     ev = ssub.add_parser("event", help="send a webhook event by type or from a JSON file")
     ev.add_argument("type", nargs="?")
     ev.add_argument("--file")
     ev.add_argument("--account")
     ev.add_argument("--test", action="store_true")
+    ev.set_defaults(action=_event)
     req = ssub.add_parser("request", help="send a signed extension request to /api/...")
     req.add_argument("path")
     req.add_argument("--account", required=True)
     req.add_argument("--user", default="usr_simulated")
     req.add_argument("--payload", help="a JSON object of extra signed fields")
-
-
-def load_dev_env(path: str = DEV_ENV) -> dict[str, str]:
-    values: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                if "=" in line and not line.startswith("#"):
-                    key, _, value = line.strip().partition("=")
-                    values[key] = value
-    except FileNotFoundError:
-        pass
-    return values
+    req.set_defaults(action=_request)
 
 
 def _config(config: Config) -> Config:
     if config.app_secrets or config.webhook_secrets["live"] or config.webhook_secrets["test"]:
         return config
-    import os
-
     dev = load_dev_env()
-    return Config.from_env({**dev, **os.environ}) if dev else config
+    return config_over_dev_env(dev) if dev else config
 
 
 def make_event(type_: str, account: str | None, livemode: bool,
@@ -182,25 +171,35 @@ def _event_from_file(path: str) -> dict[str, Any]:
     return event
 
 
+def _install(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    return install(client, config, args.account, args.user, args.test)
+
+
+def _uninstall(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    return send_event(client, config, make_event(
+        "account.application.deauthorized", args.account, not args.test))
+
+
+def _event(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    if args.file:
+        event = _event_from_file(args.file)
+    elif args.type:
+        event = make_event(args.type, args.account, not args.test)
+    else:
+        raise SimulateError("give an event type or --file")
+    return send_event(client, config, event)
+
+
+def _request(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    return request(client, config, args.path, args.account, args.user, args.payload)
+
+
 def run_simulate(config: Config, args: argparse.Namespace) -> int:
     config = _config(config)
     url = args.url or f"http://{config.host}:{config.port}"
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            if args.sim_command == "install":
-                return install(client, config, args.account, args.user, args.test)
-            if args.sim_command == "uninstall":
-                return send_event(client, config, make_event(
-                    "account.application.deauthorized", args.account, not args.test))
-            if args.sim_command == "event":
-                if args.file:
-                    event = _event_from_file(args.file)
-                elif args.type:
-                    event = make_event(args.type, args.account, not args.test)
-                else:
-                    raise SimulateError("give an event type or --file")
-                return send_event(client, config, event)
-            return request(client, config, args.path, args.account, args.user, args.payload)
+            return int(args.action(client, config, args))
     except SimulateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
