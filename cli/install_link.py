@@ -1,4 +1,8 @@
-"""`run.py install-link`: print the install link to put on your site, and what it leads to."""
+"""`run.py install-link`: print the install link to put on your site, and what it leads to.
+
+The Stripe link is shown as `GET /install` builds it (`service.install.install_link`), with
+`STATE` where each browser gets a fresh state. No database is needed.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from models.db import open_database
-from models.migrate import migrate
 from service.config import Config
+from service.install import install_link
 
 
 def add_parser(sub: Any) -> None:
@@ -18,16 +21,14 @@ def add_parser(sub: Any) -> None:
 
 
 def run_install_link(config: Config, args: argparse.Namespace) -> int:
-    migrate(open_database(config.database_url))
     parts = urlsplit(config.install_redirect_uri)
     start = f"{parts.scheme}://{parts.netloc}/install"
     if not config.app_id:
         print("STRIPE_APP_ID is not set: the install link needs the app's id", file=sys.stderr)
         return 1
     print(f"Put this link on your site: {start}")
-    print("It sends the browser to the Stripe install page with a fresh, single-use state:")
-    print(f"  https://marketplace.stripe.com/apps/install/link/{config.app_id}"
-          f"?redirect_uri={config.install_redirect_uri}&state=<fresh state>")
+    print("It sends the browser to the Stripe install page with a fresh, single-use STATE:")
+    print("  " + install_link(config.app_id, config.install_redirect_uri, "STATE"))
     print(f"Stripe sends the browser back to {config.install_redirect_uri}, which must be listed "
           "in your app manifest's allowed_redirect_uris (https in live mode).")
     return 0
