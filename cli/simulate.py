@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 import time
 from typing import Any
@@ -24,8 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from cli.dev import config_over_dev_env, load_dev_env
+from cli.devtools import compact, make_event, new_event_id, sign
 from service.config import Config
-from service.signatures import install_signed_string, sign
+from service.signatures import install_signed_string
 
 
 class SimulateError(Exception):
@@ -67,16 +67,6 @@ def _config(config: Config) -> Config:
         return config
     dev = load_dev_env()
     return config_over_dev_env(dev) if dev else config
-
-
-def make_event(type_: str, account: str | None, livemode: bool,
-               obj: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": "evt_sim" + secrets.token_hex(12), "object": "event", "api_version": "2024-06-20",
-        "account": account, "created": int(time.time()), "livemode": livemode,
-        "data": {"object": obj or {"id": "ca_simulated", "object": "application"}},
-        "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None}, "type": type_,
-    }
 
 
 def _show(label: str, value: Any) -> None:
@@ -146,8 +136,7 @@ def request(client: httpx.Client, config: Config, path: str, account: str, user:
             raise SimulateError(f"--payload is not JSON: {exc}") from None
         if not isinstance(extra, dict):
             raise SimulateError("--payload must be a JSON object")
-    body = json.dumps({**extra, "user_id": user, "account_id": account},
-                      separators=(",", ":"), ensure_ascii=False)
+    body = compact({**extra, "user_id": user, "account_id": account})
     _show(f"-> POST {path}", body)
     resp = client.post(path, content=body.encode(), headers={
         "Stripe-Signature": sign(body, config.app_secrets[0]),
@@ -166,7 +155,7 @@ def _event_from_file(path: str) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(
             event.get("type"), str) or not isinstance(event.get("livemode"), bool):
         raise SimulateError(f"{path} is not a Stripe event (needs object=event, type, livemode)")
-    event.setdefault("id", "evt_sim" + secrets.token_hex(12))
+    event.setdefault("id", new_event_id())
     event.setdefault("created", int(time.time()))
     return event
 
