@@ -21,11 +21,9 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cli.devtools import free_port  # noqa: E402  (the benchmarks' one port helper, re-exported)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ROOT", "Server", "free_port", "load", "loop_lag_p99_ms", "show"]
 
 
 class Server:

@@ -14,10 +14,40 @@ import os
 import secrets
 import socket
 import subprocess
+from typing import Any
 
 from cli import emulator
-from cli.simulate import DEV_ENV, load_dev_env
+from cli.serve import run_server
 from service.config import Config
+
+#: The development environment file: written by `run.py dev`, read by `run.py simulate`.
+DEV_ENV = "var/dev.env"
+
+
+def add_parser(sub: Any) -> None:
+    dev = sub.add_parser("dev", help="run with development secrets and a local Stripe emulator")
+    dev.add_argument("--stripe-port", type=int, default=8420)
+    dev.set_defaults(func=run_dev)
+
+
+def load_dev_env(path: str = DEV_ENV) -> dict[str, str]:
+    """The variables in the development environment file; empty when there is none."""
+    values: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if "=" in line and not line.startswith("#"):
+                    key, _, value = line.strip().partition("=")
+                    values[key] = value
+    except FileNotFoundError:
+        pass
+    return values
+
+
+def config_over_dev_env(values: dict[str, str]) -> Config:
+    """The configuration from the environment, taking `values` (the dev environment file's)
+    for the variables the environment does not set."""
+    return Config.from_env({**values, **os.environ})
 
 
 def _generate() -> dict[str, str]:
@@ -54,7 +84,9 @@ def start_emulator(port: int) -> subprocess.Popen | None:
     return proc
 
 
-def run_dev(args: argparse.Namespace) -> int:
+def run_dev(_config: Config, args: argparse.Namespace) -> int:
+    """The configuration comes from the environment over the dev environment file, not from
+    `_config` (the environment alone)."""
     os.makedirs(os.path.dirname(DEV_ENV), exist_ok=True)
     values = load_dev_env()
     if not values:
@@ -63,16 +95,13 @@ def run_dev(args: argparse.Namespace) -> int:
             f.write("# development secrets written by `run.py dev`; never use in production\n")
             f.writelines(f"{k}={v}\n" for k, v in values.items())
     values["STRIPE_API_BASE"] = f"http://127.0.0.1:{args.stripe_port}"
-    env = {**values, **os.environ}
-    config = Config.from_env(env)
+    config = config_over_dev_env(values)
     emulator = start_emulator(args.stripe_port)
     print("development configuration (also in var/dev.env):")
     for key in sorted(values):
-        print(f"  {key}={env[key]}")
+        print(f"  {key}={os.environ.get(key, values[key])}")
     print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate install "
           "--account acct_demo --test")
-    from cli.main import run_server
-
     try:
         return run_server(config)
     finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 import time
 from typing import Any
@@ -23,10 +22,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from cli.dev import config_over_dev_env, load_dev_env
+from cli.devtools import compact, make_event, new_event_id, sign
 from service.config import Config
-from service.signatures import install_signed_string, sign
-
-DEV_ENV = "var/dev.env"
+from service.signatures import install_signed_string
 
 
 class SimulateError(Exception):
@@ -38,56 +37,36 @@ class SimulateError(Exception):
 def add_parser(sub: Any) -> None:
     sim = sub.add_parser("simulate", help="act as Stripe against a running backend")
     sim.add_argument("--url", help="the backend (default http://HOST:PORT)")
+    sim.set_defaults(func=run_simulate)
     ssub = sim.add_subparsers(dest="sim_command", metavar="action", required=True)
     inst = ssub.add_parser("install", help="install through the install link and callback")
     inst.add_argument("--account", required=True)
     inst.add_argument("--user", default="usr_simulated")
     inst.add_argument("--test", action="store_true")
+    inst.set_defaults(action=_install)
     unin = ssub.add_parser("uninstall", help="send account.application.deauthorized")
     unin.add_argument("--account", required=True)
     unin.add_argument("--test", action="store_true")
+    unin.set_defaults(action=_uninstall)
     ev = ssub.add_parser("event", help="send a webhook event by type or from a JSON file")
     ev.add_argument("type", nargs="?")
     ev.add_argument("--file")
     ev.add_argument("--account")
     ev.add_argument("--test", action="store_true")
+    ev.set_defaults(action=_event)
     req = ssub.add_parser("request", help="send a signed extension request to /api/...")
     req.add_argument("path")
     req.add_argument("--account", required=True)
     req.add_argument("--user", default="usr_simulated")
     req.add_argument("--payload", help="a JSON object of extra signed fields")
-
-
-def load_dev_env(path: str = DEV_ENV) -> dict[str, str]:
-    values: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                if "=" in line and not line.startswith("#"):
-                    key, _, value = line.strip().partition("=")
-                    values[key] = value
-    except FileNotFoundError:
-        pass
-    return values
+    req.set_defaults(action=_request)
 
 
 def _config(config: Config) -> Config:
     if config.app_secrets or config.webhook_secrets["live"] or config.webhook_secrets["test"]:
         return config
-    import os
-
     dev = load_dev_env()
-    return Config.from_env({**dev, **os.environ}) if dev else config
-
-
-def make_event(type_: str, account: str | None, livemode: bool,
-               obj: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": "evt_sim" + secrets.token_hex(12), "object": "event", "api_version": "2024-06-20",
-        "account": account, "created": int(time.time()), "livemode": livemode,
-        "data": {"object": obj or {"id": "ca_simulated", "object": "application"}},
-        "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None}, "type": type_,
-    }
+    return config_over_dev_env(dev) if dev else config
 
 
 def _show(label: str, value: Any) -> None:
@@ -157,8 +136,7 @@ def request(client: httpx.Client, config: Config, path: str, account: str, user:
             raise SimulateError(f"--payload is not JSON: {exc}") from None
         if not isinstance(extra, dict):
             raise SimulateError("--payload must be a JSON object")
-    body = json.dumps({**extra, "user_id": user, "account_id": account},
-                      separators=(",", ":"), ensure_ascii=False)
+    body = compact({**extra, "user_id": user, "account_id": account})
     _show(f"-> POST {path}", body)
     resp = client.post(path, content=body.encode(), headers={
         "Stripe-Signature": sign(body, config.app_secrets[0]),
@@ -177,9 +155,32 @@ def _event_from_file(path: str) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(
             event.get("type"), str) or not isinstance(event.get("livemode"), bool):
         raise SimulateError(f"{path} is not a Stripe event (needs object=event, type, livemode)")
-    event.setdefault("id", "evt_sim" + secrets.token_hex(12))
+    event.setdefault("id", new_event_id())
     event.setdefault("created", int(time.time()))
     return event
+
+
+def _install(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    return install(client, config, args.account, args.user, args.test)
+
+
+def _uninstall(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    return send_event(client, config, make_event(
+        "account.application.deauthorized", args.account, not args.test))
+
+
+def _event(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    if args.file:
+        event = _event_from_file(args.file)
+    elif args.type:
+        event = make_event(args.type, args.account, not args.test)
+    else:
+        raise SimulateError("give an event type or --file")
+    return send_event(client, config, event)
+
+
+def _request(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    return request(client, config, args.path, args.account, args.user, args.payload)
 
 
 def run_simulate(config: Config, args: argparse.Namespace) -> int:
@@ -187,20 +188,7 @@ def run_simulate(config: Config, args: argparse.Namespace) -> int:
     url = args.url or f"http://{config.host}:{config.port}"
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            if args.sim_command == "install":
-                return install(client, config, args.account, args.user, args.test)
-            if args.sim_command == "uninstall":
-                return send_event(client, config, make_event(
-                    "account.application.deauthorized", args.account, not args.test))
-            if args.sim_command == "event":
-                if args.file:
-                    event = _event_from_file(args.file)
-                elif args.type:
-                    event = make_event(args.type, args.account, not args.test)
-                else:
-                    raise SimulateError("give an event type or --file")
-                return send_event(client, config, event)
-            return request(client, config, args.path, args.account, args.user, args.payload)
+            return int(args.action(client, config, args))
     except SimulateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

@@ -49,11 +49,6 @@ def _ignore_processed(type_: str, status: EventStatus) -> None:
     pass
 
 
-def _legacy_counter(metrics: Any) -> ProcessedListener:
-    """Transitional: count in `metrics.event_processing`, for callers still passing `metrics`."""
-    return lambda type_, status: metrics.event_processing.labels(type_, status).inc()
-
-
 @dataclass
 class EventContext:
     """What an event handler receives."""
@@ -98,23 +93,15 @@ def _apply_lifecycle(event: WebhookEvent) -> tuple[InstallationView, bool, int]:
 
 class EventProcessor:
     """Processes stored events; `on_processed(type, status)` hears each attempt (a no-op when
-    not given).
-
-    `metrics` is transitional, for callers not yet passing `on_processed`: an object with an
-    `event_processing` counter (the service's `Metrics`), counted as before. Remove it once
-    every caller passes `on_processed`.
-    """
+    not given)."""
 
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, metrics: Any = None, concurrency: int = 8,
-                 poll_interval: float = 5.0,
+                 clients: StripeClients, concurrency: int = 8, poll_interval: float = 5.0,
                  on_processed: ProcessedListener | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
-        if on_processed is None and metrics is not None:
-            on_processed = _legacy_counter(metrics)
         self.on_processed: ProcessedListener = on_processed or _ignore_processed
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n

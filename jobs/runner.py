@@ -50,11 +50,6 @@ def _ignore_outcome(job: str, outcome: JobOutcome) -> None:
     pass
 
 
-def _legacy_counter(metrics: Any) -> OutcomeListener:
-    """Transitional: count in `metrics.job_runs`, for callers still passing `metrics`."""
-    return lambda job, outcome: metrics.job_runs.labels(job, outcome).inc()
-
-
 @dataclass
 class JobContext:
     """What a job receives: who it runs for, and the tools to do it."""
@@ -87,22 +82,15 @@ def _short_error(exc: BaseException) -> str:
 
 
 class JobRunner:
-    """Runs fires; `on_outcome(job, outcome)` hears each that ran (a no-op when not given).
-
-    `metrics` is transitional, for callers not yet passing `on_outcome`: an object with a
-    `job_runs` counter (the service's `Metrics`), counted as before. Remove it once every caller
-    passes `on_outcome`.
-    """
+    """Runs fires; `on_outcome(job, outcome)` hears each that ran (a no-op when not given)."""
 
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, metrics: Any = None, concurrency: int = 10,
-                 replica: str | None = None, on_outcome: OutcomeListener | None = None) -> None:
+                 clients: StripeClients, concurrency: int = 10, replica: str | None = None,
+                 on_outcome: OutcomeListener | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
-        if on_outcome is None and metrics is not None:
-            on_outcome = _legacy_counter(metrics)
         self.on_outcome: OutcomeListener = on_outcome or _ignore_outcome
         self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
         self._slots = asyncio.Semaphore(concurrency)

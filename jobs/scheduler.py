@@ -28,7 +28,7 @@ from jobs.runner import JobRunner
 from models.enums import MODES
 from models.installation import InstallationView
 from models.installation_index import InstallationIndex
-from models.jobs import attach_last_runs, runs_since  # noqa: F401 (re-export, see the end)
+from models.jobs import runs_since
 
 log = logging.getLogger("app.scheduler")
 
@@ -224,6 +224,3 @@ def describe_jobs(registry: Registry, installations: InstallationIndex,
                          else int(nxt.timestamp())})
     return rows
 
-
-# `attach_last_runs` (imported above) moved to models/jobs.py, being a read-model the API shows;
-# it is re-exported here only for `cli/admin.py`, until that imports it from models.jobs.

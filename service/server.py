@@ -7,7 +7,8 @@
 Shutdown (SIGTERM/SIGINT in `serve`): the listening socket closes at once; requests in flight
 (counted from their headers, so half-received bodies too) get up to `SHUTDOWN_TIMEOUT` seconds;
 then idle connections are closed, the scheduler stops (running jobs get the same grace), the
-Stripe clients and the database close.
+Stripe clients and the database close. The database, installations, jobs and Stripe clients
+are `service.services.Services`, the graph the CLI and tests build the same way.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
-from models.db import UNAVAILABLE, Storage, open_database
+from models.db import UNAVAILABLE, Storage
 from models.installation_index import InstallationIndex
-from models.migrate import migrate
 from service.app import make_app
 from service.config import Config
-from service.metrics import Metrics
+from service.services import Services
 from service.tracker import RequestTracker
 
 log = logging.getLogger("app.server")
@@ -48,14 +48,39 @@ class Backend:
     def __init__(self, config: Config, registry: Registry | None = None,
                  extra_routes: list[tuple[str, type]] | None = None) -> None:
         self.config = config
-        self.registry = registry or Registry.discover()
+        self.services = Services(config, registry=registry)
+        self.registry = self.services.registry
+        self.metrics = self.services.metrics
         self.extra_routes = extra_routes
-        self.metrics = Metrics()
         self.tracker = RequestTracker()
-        self.scheduler: JobScheduler | None = None
         self.server: HTTPServer | None = None
         self.port: int | None = None
         self._background: list[asyncio.Task] = []
+
+    # The parts of the graph that handlers, tests and shutdown reach through the backend.
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def installations(self) -> InstallationIndex:
+        return self.services.installations
+
+    @property
+    def clients(self) -> StripeClients:
+        return self.services.clients
+
+    @property
+    def runner(self) -> JobRunner:
+        return self.services.runner
+
+    @property
+    def events(self) -> EventProcessor:
+        return self.services.events
+
+    @property
+    def scheduler(self) -> JobScheduler | None:
+        return self.services.scheduler
 
     # ---- start-up -------------------------------------------------------------------------
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -79,30 +104,16 @@ class Backend:
         log.info("listening on http://%s:%s", self.config.host, self.port)
 
     async def init_database(self) -> None:
-        db = open_database(self.config.database_url)
-        self.storage = Storage(db, workers=self.config.db_workers)
-        applied = await self.storage.run(migrate, db)
+        applied = await self.services.open_storage()
         if applied:
             log.info("database brought up to date: %s", ", ".join(applied))
 
     async def init_installations(self) -> None:
-        self.installations = InstallationIndex(self.storage)
-        active = await self.installations.load()
+        active = await self.services.load_installations()
         log.info("%d accounts have the app installed", active)
 
     def init_jobs(self) -> None:
-        cfg = self.config
-        self.clients = StripeClients(
-            cfg.secret_keys, cfg.rate_limits, cfg.api_base,
-            on_response=lambda mode, status: self.metrics.stripe_calls.labels(
-                mode, str(status)).inc())
-        self.events = EventProcessor(self.registry, self.storage, self.installations,
-                                     self.clients, self.metrics)
-        self.runner = JobRunner(self.registry, self.storage, self.installations, self.clients,
-                                self.metrics, concurrency=cfg.job_concurrency)
-        if cfg.scheduler:
-            self.scheduler = JobScheduler(self.registry, self.runner, self.installations)
-            self.scheduler.start()
+        self.services.start_jobs(scheduler=self.config.scheduler)
 
     def init_app(self) -> None:
         self.app: tornado.web.Application = make_app(
@@ -152,14 +163,7 @@ class Backend:
                 await asyncio.wait_for(self.server.close_all_connections(), 5)
         for task in self._background:
             task.cancel()
-        if self.scheduler is not None:
-            await self.scheduler.stop(timeout)
-        if hasattr(self, "events"):
-            await self.events.stop(timeout)
-        if hasattr(self, "clients"):
-            await self.clients.close()
-        if hasattr(self, "storage"):
-            self.storage.close()
+        await self.services.close(timeout)
         log.info("stopped")
 
 

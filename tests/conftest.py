@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -18,8 +17,8 @@ from typing import Any
 import httpx
 import peewee as pw
 import pytest
-import stripe
 
+from cli.devtools import compact, free_port, make_event, sign  # noqa: F401 (for the tests)
 from service.config import Config
 from service.server import Backend
 
@@ -33,19 +32,6 @@ WH_LIVE_2 = "whsec_live" + "d" * 24
 WH_TEST = "whsec_test" + "e" * 24
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sign(payload: str | bytes, secret: str, timestamp: int | None = None) -> str:
-    """A Stripe-Signature header made by the stripe library."""
-    if isinstance(payload, bytes):
-        payload = payload.decode("utf-8")
-    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
-
-
 def sign_many(payload: str, secrets: list[str], timestamp: int | None = None) -> str:
     """One header with a v1 per secret (as Stripe sends while a secret is rolled)."""
     timestamp = timestamp or int(time.time())
@@ -53,18 +39,10 @@ def sign_many(payload: str, secrets: list[str], timestamp: int | None = None) ->
     return ",".join([headers[0]] + [h.split(",", 1)[1] for h in headers[1:]])
 
 
-def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def event(type_: str, account: str | None = "acct_1", livemode: bool = True,
-          created: int | None = None, event_id: str | None = None,
-          obj: dict | None = None) -> dict[str, Any]:
-    return {"id": event_id or "evt_" + uuid.uuid4().hex, "object": "event",
-            "api_version": "2024-06-20", "account": account,
-            "created": created or int(time.time()), "livemode": livemode,
-            "data": {"object": obj or {"id": "ca_1", "object": "application"}},
-            "pending_webhooks": 1, "type": type_}
+          **kwargs: Any) -> dict[str, Any]:
+    """`make_event`, for account acct_1 in live mode unless told otherwise."""
+    return make_event(type_, account, livemode, **kwargs)
 
 
 def base_env(tmp_path: Any, **extra: str) -> dict[str, str]:

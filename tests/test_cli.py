@@ -86,5 +86,7 @@ def test_install_link_command(db_env):
     assert out.returncode == 0
     assert "https://app.example.com/install" in out.stdout
     assert "marketplace.stripe.com/apps/install/link/com.example.app" in out.stdout
+    # the link as GET /install builds it: the redirect URI encoded
+    assert "?redirect_uri=https%3A%2F%2Fapp.example.com%2Fcallback%2Fstripe&state=" in out.stdout
     out = cli(ROOT, "install-link", DATABASE_URL=url)
     assert out.returncode == 1 and "STRIPE_APP_ID" in out.stderr

@@ -17,7 +17,6 @@ from stripe_proxy import StripeProxy
 from jobs.events import EventProcessor
 from jobs.registry import Registry, job, on_event
 from jobs.runner import JobRunner
-from jobs.scheduler import JobScheduler
 from jobs.stripe_api import LimitedHTTPClient, RateLimiter, StripeClients
 from models.db import Storage, open_database
 from models.events import store_event
@@ -25,7 +24,8 @@ from models.installation import Installation, apply_state
 from models.installation_index import InstallationIndex
 from models.jobs import JobRun
 from models.migrate import migrate
-from service.metrics import Metrics
+from service.config import Config
+from service.services import Services
 
 AUTH, DEAUTH = "account.application.authorized", "account.application.deauthorized"
 KEYS = {"STRIPE_SECRET_KEY_TEST": "sk_test_platformkey", "STRIPE_SECRET_KEY_LIVE":
@@ -340,22 +340,15 @@ def test_three_schedulers_on_postgresql_run_each_fire_once(pg_url):
     for account in accounts:
         apply_state(account, "live", True, 1, "setup")
 
+    config = Config(database_url=pg_url, db_workers=4, job_concurrency=50)
+
     async def replica(name: str, stop_at: float) -> None:
-        storage = Storage(db, workers=4)
-        index = InstallationIndex(storage)
-        await index.load()
         registry = Registry()
         registry.jobs["tick"] = tick.__job_spec__
-        clients = StripeClients({}, {"live": 80, "test": 20})
-        runner = JobRunner(registry, storage, index, clients, Metrics(), concurrency=50,
-                           replica=name)
-        scheduler = JobScheduler(registry, runner, index)
-        scheduler.start()
-        EventProcessor(registry, storage, index, clients, Metrics())
+        services = await Services.open(config, registry=registry, replica=name, scheduler=True,
+                                       database=db)
         await asyncio.sleep(stop_at - time.time())
-        await scheduler.stop(5)
-        await clients.close()
-        storage.close()
+        await services.close(5)
 
     async def main() -> None:
         stop_at = time.time() + 3.5

@@ -1,0 +1,51 @@
+"""Playing Stripe's part, for `run.py simulate`, the tests and the benchmarks (one copy of each).
+
+- `sign(payload, secret)`: a `Stripe-Signature` header, made by the stripe library;
+- `make_event(type, account, livemode)`: a webhook event shaped as Stripe sends it;
+- `compact(value)`: JSON without spaces, as the UI extension's signed requests send it;
+- `free_port()`: a free TCP port on the loopback interface.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+from typing import Any
+
+import stripe
+
+
+def sign(payload: str | bytes, secret: str, timestamp: int | None = None) -> str:
+    """A Stripe-Signature header for `payload` (at `timestamp`, now by default)."""
+    if isinstance(payload, bytes):
+        payload = payload.decode("utf-8")
+    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def new_event_id() -> str:
+    return "evt_sim" + secrets.token_hex(12)
+
+
+def make_event(type_: str, account: str | None = None, livemode: bool = True, *,
+               created: int | None = None, event_id: str | None = None,
+               obj: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An event of `type_` for `account` (None: the platform's own), created now unless
+    `created`, about `obj` (by default the app itself)."""
+    return {
+        "id": event_id or new_event_id(), "object": "event", "api_version": "2024-06-20",
+        "account": account, "created": created or int(time.time()), "livemode": livemode,
+        "data": {"object": obj or {"id": "ca_simulated", "object": "application"}},
+        "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None}, "type": type_,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,84 @@
+"""`run.py jobs list|run|pause|resume`: per-account jobs, on the database directly (no server).
+
+`jobs run` runs the job in this process, recorded exactly like a scheduled run (replica `cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from cli.offline import when, with_services
+from jobs.scheduler import describe_jobs
+from models.installation import set_paused
+from models.jobs import attach_last_runs
+from service.services import Services
+
+
+def add_parser(sub: Any) -> None:
+    jobs = sub.add_parser("jobs", help="list, run, pause or resume per-account jobs")
+    jsub = jobs.add_subparsers(dest="jobs_command", metavar="action", required=True)
+    jsub.add_parser("list", help="jobs, next fire per account, last outcome").set_defaults(
+        func=with_services(list_jobs))
+    jrun = jsub.add_parser("run", help="run a job for one account now (recorded like any run)")
+    jrun.add_argument("job")
+    jrun.add_argument("--account", required=True)
+    jrun.add_argument("--test", action="store_true", help="test mode (default: live)")
+    jrun.set_defaults(func=with_services(run_job))
+    for name, text in (("pause", "pause an account's jobs"), ("resume", "resume them")):
+        p = jsub.add_parser(name, help=text)
+        p.add_argument("--account", required=True)
+        p.add_argument("--test", action="store_true")
+        p.set_defaults(func=with_services(pause_or_resume))
+
+
+def _mode(args: argparse.Namespace) -> str:
+    return "test" if args.test else "live"
+
+
+async def list_jobs(services: Services, args: argparse.Namespace) -> int:
+    storage, index, registry = services.storage, services.installations, services.registry
+    print(f"{'job':24} {'mode':4} {'account':28} {'next run (UTC)':19}  last outcome")
+    for name, spec in registry.jobs.items():
+        schedule = f"every {spec.every:.0f}s" if spec.every else f"cron {spec.cron}"
+        print(f"# {name}: {spec.description} ({schedule})")
+    for view in sorted(index.active(), key=lambda v: (v.account_id, v.mode)):
+        rows = describe_jobs(registry, index, None, view.account_id)
+        rows = await storage.run(attach_last_runs, rows, view.account_id)
+        for row in rows:
+            if row["mode"] != view.mode:
+                continue
+            last = row["last_run"]
+            outcome = f"{last['outcome']} at {when(last['started'])}" if last else "-"
+            nxt = "paused" if row["paused"] else when(row["next_run"])
+            print(f"{row['job']:24} {row['mode']:4} {view.account_id:28} {nxt:19}  {outcome}")
+    return 0
+
+
+async def pause_or_resume(services: Services, args: argparse.Namespace) -> int:
+    mode, pause = _mode(args), args.jobs_command == "pause"
+    view = await services.storage.run(set_paused, args.account, mode, pause,
+                                      "paused by an operator")
+    if view is None:
+        print(f"no installation for {args.account} in {mode} mode", file=sys.stderr)
+        return 1
+    print(f"{args.account} {mode}: jobs {args.jobs_command}d")
+    return 0
+
+
+async def run_job(services: Services, args: argparse.Namespace) -> int:
+    mode, registry = _mode(args), services.registry
+    if args.job not in registry.jobs:
+        print(f"unknown job {args.job!r}; known: {', '.join(registry.jobs)}", file=sys.stderr)
+        return 1
+    if not services.installations.is_active(args.account, mode):
+        print(f"{args.account} has no active installation in {mode} mode", file=sys.stderr)
+        return 1
+    outcome = await services.runner.fire(args.job, args.account, mode,
+                                         datetime.fromtimestamp(int(time.time()), UTC),
+                                         reason="run.py jobs run")
+    print(f"{args.job} for {args.account} ({mode}): {outcome}")
+    return 0 if outcome == "succeeded" else 1
