@@ -72,7 +72,7 @@ def _port_open(port: int) -> bool:
 EMULATOR_STATE = "var/dev-localstripe.pickle"
 
 
-def start_emulator(port: int) -> subprocess.Popen | None:
+def start_emulator(port: int) -> subprocess.Popen[str] | None:
     if _port_open(port):
         print(f"localstripe: already answering on port {port}")
         return None

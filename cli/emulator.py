@@ -48,8 +48,8 @@ def _use_state_file(path: str | None) -> None:
             pickle.dump(dict(self), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
 
-    Store.try_load_from_disk = load  # type: ignore[method-assign]
-    Store.dump_to_disk = dump  # type: ignore[method-assign]
+    Store.try_load_from_disk = load
+    Store.dump_to_disk = dump
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import stripe
 
-from jobs.registry import Registry
+from jobs.registry import JobFunc, Registry
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel
 from models.db import Storage, write_transaction
@@ -106,14 +106,14 @@ class EventProcessor:
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n
         self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task] = set()
-        self._poller: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._poller: asyncio.Task[None] | None = None
 
     @staticmethod
     def _is_lifecycle(type_: str, account_id: str | None) -> bool:
         return type_ in (AUTHORIZED, DEAUTHORIZED) and bool(account_id)
 
-    def _handlers(self, type_: str) -> list:
+    def _handlers(self, type_: str) -> list[JobFunc]:
         return self.registry.handlers.get(type_, []) + self.registry.handlers.get("*", [])
 
     def needs_processing(self, type_: str, account_id: str | None) -> bool:

@@ -25,7 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from jobs.registry import Registry
 from jobs.runner import JobRunner
-from models.enums import MODES
+from models.enums import MODES, JobOutcome
 from models.installation import InstallationView
 from models.installation_index import InstallationIndex
 from models.jobs import runs_since
@@ -48,7 +48,7 @@ class RunnerExecutor(BaseExecutor):
     def __init__(self, runner: JobRunner) -> None:
         super().__init__()
         self.runner = runner
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[JobOutcome]] = set()
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         fire_time = run_times[-1]
@@ -57,10 +57,12 @@ class RunnerExecutor(BaseExecutor):
             self._run_job_success(job.id, [JobExecutionEvent(
                 EVENT_JOB_MISSED, job.id, job._jobstore_alias, fire_time)])
             return
-        task = asyncio.get_running_loop().create_task(self.runner.fire(*job.args, fire_time))
+        name, account_id, mode = job.args
+        task = asyncio.get_running_loop().create_task(
+            self.runner.fire(name, account_id, mode, fire_time))
         self.tasks.add(task)
 
-        def done(t: asyncio.Task) -> None:
+        def done(t: asyncio.Task[JobOutcome]) -> None:
             self.tasks.discard(t)
             if t.cancelled():
                 self._run_job_success(job.id, [])
@@ -84,7 +86,7 @@ class JobScheduler:
         self.installations = installations
         self._aps: AsyncIOScheduler | None = None
         self._executor: RunnerExecutor | None = None
-        self._extra: set[asyncio.Task] = set()
+        self._extra: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> int:

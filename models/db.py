@@ -89,7 +89,7 @@ class Storage:
         finally:
             self.pending -= 1
 
-    def _call(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self.db.is_closed():
             self.db.connect()
             with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import peewee as pw
 
@@ -93,6 +94,7 @@ def finish_event(event_id: str, error: str | None, attempts: int,
                  retry_base: float = 2.0) -> EventStatus:
     """Record the outcome of a processing attempt; returns the new status."""
     t = now()
+    fields: dict[str, Any]
     if error is None:
         status, fields = EventStatus.PROCESSED, {"processed_at": t, "last_error": None,
                                                  "next_attempt_at": None}

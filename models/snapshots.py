@@ -22,7 +22,8 @@ class BalanceSnapshot(AccountModel):
     pending = pw.TextField()
 
 
-def save_snapshot(account_id: str, mode: str, available: list, pending: list) -> int:
+def save_snapshot(account_id: str, mode: str, available: list[dict[str, Any]],
+                  pending: list[dict[str, Any]]) -> int:
     """Store a snapshot and drop those beyond the newest `KEEP`; returns the new row's id."""
     row = BalanceSnapshot.create(account_id=account_id, mode=mode,
                                  available=json.dumps(available), pending=json.dumps(pending))

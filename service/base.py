@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from http.client import responses
 from typing import TYPE_CHECKING, Any
 
-from tornado import httputil
 from tornado.web import HTTPError, RequestHandler
 
 from models.db import UNAVAILABLE
@@ -169,7 +169,7 @@ class BaseHandler(RequestHandler):
             code, message = "database_unavailable", "the database is not available"
         else:
             code = ERROR_CODES.get(status_code, "error")
-            message = httputil.responses.get(status_code, "Error")
+            message = responses.get(status_code, "Error")
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
         self.finish(error_body(code, message))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from models.db import UNAVAILABLE
 from service.base import BaseHandler
@@ -22,7 +23,8 @@ class HealthHandler(BaseHandler):
         started = time.perf_counter()
         try:
             await asyncio.wait_for(self.storage.ping(), PING_TIMEOUT)
-            database = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1e3, 2)}
+            latency = round((time.perf_counter() - started) * 1e3, 2)
+            database: dict[str, Any] = {"ok": True, "latency_ms": latency}
         except (TimeoutError, *UNAVAILABLE) as exc:
             database = {"ok": False, "error": type(exc).__name__}
         scheduler = self.scheduler.state() if self.scheduler else {"running": False,

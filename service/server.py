@@ -55,7 +55,7 @@ class Backend:
         self.tracker = RequestTracker()
         self.server: HTTPServer | None = None
         self.port: int | None = None
-        self._background: list[asyncio.Task] = []
+        self._background: list[asyncio.Task[Any]] = []
 
     # The parts of the graph that handlers, tests and shutdown reach through the backend.
     @property
