@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     erep = esub.add_parser("replay", help="process a stored event again now")
     erep.add_argument("event_id")
 
+    from cli.installs import add_parser as add_installs
     from cli.simulate import add_parser as add_simulate
 
     add_simulate(sub)
+    add_installs(sub)
     dev = sub.add_parser("dev", help="run with development secrets and a local Stripe emulator")
     dev.add_argument("--stripe-port", type=int, default=8420)
     return parser
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         from cli.dev import run_dev
 
         return run_dev(args)
+    if getattr(args, "func", None) is not None:
+        return args.func(config, args)
     if command == "simulate":
         from cli.simulate import run_simulate
 

@@ -11,7 +11,8 @@
    backoff between tries;
 5. records the outcome: succeeded, failed, revoked (Stripe said the key may no longer act for
    the account: the installation's jobs are paused and reported, not retried), or
-   not_configured (no platform key for the mode).
+   not_configured (no platform key for the mode); or, instead of 4., missing_permission: the
+   install has not granted a permission the job declares, and Stripe is not called.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import stripe
 
+from jobs.installs import missing_permissions
 from jobs.registry import JobSpec, Registry
 from jobs.stripe_api import MissingKey, StripeClients
 from models.base import now
@@ -103,6 +105,16 @@ class JobRunner:
                                             self.replica)
             if run_id is None:
                 return "not_claimed"
+            missing = missing_permissions(spec.permissions,
+                                          self.installations.get(account_id, mode))
+            if missing:
+                log.warning("job %s for %s/%s not run: the install lacks %s", spec.name,
+                            account_id, mode, ", ".join(missing))
+                await self.storage.run(update_run, run_id, outcome="missing_permission",
+                                       error="not granted: " + ", ".join(missing),
+                                       finished_at=now())
+                self.metrics.job_runs.labels(spec.name, "missing_permission").inc()
+                return "missing_permission"
             self.running += 1
             try:
                 outcome = await self._attempts(spec, run_id, account_id, mode, fire_time, reason)

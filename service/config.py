@@ -93,6 +93,7 @@ class Config:
     install_success_url: str | None = None
     signature_tolerance: int = 300
     scheduler: bool = True
+    install_sync: bool = True
     max_body_size: int = 1024 * 1024
     shutdown_timeout: float = 10.0
     db_workers: int = 4
@@ -175,6 +176,7 @@ class Config:
             install_success_url=_url(env, "INSTALL_SUCCESS_URL", None),
             signature_tolerance=_int(env, "SIGNATURE_TOLERANCE", 300, 1, 86400),
             scheduler=_choice(env, "SCHEDULER", "on", ("on", "off")) == "on",
+            install_sync=_choice(env, "INSTALL_SYNC", "on", ("on", "off")) == "on",
             max_body_size=_int(env, "MAX_BODY_SIZE", 1024 * 1024, 1024, 64 * 1024 * 1024),
             shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 10.0, 0.0, 600.0),
             db_workers=_int(env, "DB_WORKERS", 4, 1, 64),
@@ -204,6 +206,8 @@ VARIABLES = [
     ("INSTALL_SUCCESS_URL", "where to send the browser after an install", "a plain page"),
     ("SIGNATURE_TOLERANCE", "seconds a signature stays valid", "300"),
     ("SCHEDULER", "on or off for this process", "on"),
+    ("INSTALL_SYNC", "reconcile installs with Stripe's Install API at start-up and daily",
+     "on"),
     ("MAX_BODY_SIZE", "largest request body in bytes (413 above)", "1048576"),
     ("SHUTDOWN_TIMEOUT", "seconds to let in-flight requests finish", "10"),
     ("DB_WORKERS", "database threads (the event loop never blocks on the database)", "4"),

@@ -25,6 +25,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from jobs.events import EventProcessor
+from jobs.installs import InstallSync
 from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
@@ -100,6 +101,9 @@ class Backend:
                                      self.clients, self.metrics)
         self.runner = JobRunner(self.registry, self.storage, self.installations, self.clients,
                                 self.metrics, concurrency=cfg.job_concurrency)
+        self.install_sync = (InstallSync(cfg.app_id, self.clients, self.storage,
+                                         self.installations, self.metrics)
+                             if cfg.app_id else None)
         if cfg.scheduler:
             self.scheduler = JobScheduler(self.registry, self.runner, self.installations)
             self.scheduler.start()
@@ -131,6 +135,8 @@ class Backend:
         self.events.start()
         if self.scheduler:
             self._background.append(loop.create_task(self.scheduler.catch_up()))
+        if self.scheduler and self.install_sync and self.config.install_sync:
+            self._background.append(loop.create_task(self.install_sync.run_forever()))
 
     async def _follow_replicas(self) -> None:
         while True:
