@@ -3,7 +3,9 @@
 Secrets are generated once and kept in `var/dev.env` (so `run.py simulate` in another shell
 signs with the same ones, and a restart keeps them); variables already set in the environment
 win. The emulator is started on `--stripe-port` unless something already answers there; it keeps
-its data in `var/dev-localstripe.pickle` (its own file, see `cli/emulator.py`). Never use this
+its data in `var/dev-localstripe.pickle` (its own file, see `cli/emulator.py`). In front of it,
+on `--installs-port`, runs the Install API fake (`cli/fake_installs.py`, installs kept in memory),
+which is the backend's `STRIPE_API_BASE`. Never use this
 mode with real Stripe keys.
 """
 
@@ -15,7 +17,7 @@ import secrets
 import socket
 import subprocess
 
-from cli import emulator
+from cli import emulator, fake_installs
 from cli.simulate import DEV_ENV, load_dev_env
 from service.config import Config
 
@@ -54,6 +56,17 @@ def start_emulator(port: int) -> subprocess.Popen | None:
     return proc
 
 
+def start_fake_installs(port: int, upstream: str) -> tuple[subprocess.Popen, str]:
+    """The Install API fake (cli/fake_installs.py) in front of the emulator: the backend's
+    `STRIPE_API_BASE`, answering `/v1/apps/installs` and forwarding the rest."""
+    try:
+        proc, url = fake_installs.start(port, upstream)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"Install API fake: started at {url} (pid {proc.pid}), forwarding to {upstream}")
+    return proc, url
+
+
 def run_dev(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(DEV_ENV), exist_ok=True)
     values = load_dev_env()
@@ -62,20 +75,24 @@ def run_dev(args: argparse.Namespace) -> int:
         with open(DEV_ENV, "w") as f:
             f.write("# development secrets written by `run.py dev`; never use in production\n")
             f.writelines(f"{k}={v}\n" for k, v in values.items())
-    values["STRIPE_API_BASE"] = f"http://127.0.0.1:{args.stripe_port}"
-    env = {**values, **os.environ}
-    config = Config.from_env(env)
     emulator = start_emulator(args.stripe_port)
-    print("development configuration (also in var/dev.env):")
-    for key in sorted(values):
-        print(f"  {key}={env[key]}")
-    print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate install "
-          "--account acct_demo --test")
-    from cli.main import run_server
-
+    installs = None
     try:
+        installs, installs_url = start_fake_installs(args.installs_port,
+                                                     f"http://127.0.0.1:{args.stripe_port}")
+        values["STRIPE_API_BASE"] = installs_url
+        env = {**values, **os.environ}
+        config = Config.from_env(env)
+        print("development configuration (also in var/dev.env):")
+        for key in sorted(values):
+            print(f"  {key}={env[key]}")
+        print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate "
+              "install --account acct_demo --test")
+        from cli.main import run_server
+
         return run_server(config)
     finally:
-        if emulator is not None:
-            emulator.terminate()
-            emulator.wait(5)
+        for proc in (installs, emulator):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(5)

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_installs(sub)
     dev = sub.add_parser("dev", help="run with development secrets and a local Stripe emulator")
     dev.add_argument("--stripe-port", type=int, default=8420)
+    dev.add_argument("--installs-port", type=int, default=0,
+                     help="the Install API fake's port (default: any free port, printed)")
     return parser
 
 

@@ -242,3 +242,28 @@ def test_cli_sync_and_uninstall(tmp_path, localstripe):
         assert (row.mode, row.active, row.install_status) == ("test", False, "uninstalling")
     finally:
         db.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_simulate_sends_install_events(tmp_path, localstripe):
+    async with with_fake(tmp_path, localstripe) as (app, _):
+        env = {"STRIPE_WEBHOOK_SECRETS_TEST": WH_TEST, "STRIPE_APP_ID": APP}
+        loop = asyncio.get_running_loop()
+
+        def simulate(*args: str):
+            return cli(ROOT, "simulate", "--url", app.url, "event", *args, **env)
+
+        out = await loop.run_in_executor(None, lambda: simulate(
+            "apps.install.created", "--account", "acct_sim", "--test", "--granted",
+            "balance_read", "--pending", "customer_read"))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert '"object": "apps.install"' in out.stdout and '"account": null' in out.stdout
+        await app.settle()
+        state = await installation(app, "acct_sim")
+        assert state["active"] is True and state["permissions_granted"] == ["balance_read"]
+        assert state["permissions_pending"] == ["customer_read"]
+        out = await loop.run_in_executor(None, lambda: simulate(
+            "apps.install.deleted", "--account", "acct_sim", "--test"))
+        assert out.returncode == 0, out.stdout + out.stderr
+        await app.settle()
+        assert (await installation(app, "acct_sim"))["active"] is False
