@@ -284,20 +284,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cli.fake_installs")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--upstream", default=None, help="forward other requests here")
+    parser.add_argument("--seed", type=int, default=0, help="start with this many installs")
+    parser.add_argument("--seed-app", default="com.example.app")
+    parser.add_argument("--seed-live", action="store_true", help="seed live installs")
     args = parser.parse_args(argv)
 
     async def serve() -> None:
         fake = FakeInstalls(args.upstream, args.port)
+        for i in range(args.seed):
+            fake.add(f"acct_seed{i:07d}", args.seed_app, args.seed_live, created=1_700_000_000,
+                     install_id=f"apinst_seed{i:07d}")
         print(fake.port, flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(serve())
 
 
-def start(port: int = 0, upstream: str | None = None,
-          timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
+def start(port: int = 0, upstream: str | None = None, timeout: float = 20.0,
+          extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """Start the fake as a child process; returns it and its base URL once it answers."""
-    cmd = [sys.executable, "-m", "cli.fake_installs", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli.fake_installs", "--port", str(port), *(extra or [])]
     if upstream:
         cmd += ["--upstream", upstream]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
