@@ -16,7 +16,7 @@ import socket
 import subprocess
 from typing import Any
 
-from cli import emulator
+from cli import emulator, fake_installs
 from cli.serve import run_server
 from service.config import Config
 
@@ -27,6 +27,8 @@ DEV_ENV = "var/dev.env"
 def add_parser(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run with development secrets and a local Stripe emulator")
     dev.add_argument("--stripe-port", type=int, default=8420)
+    dev.add_argument("--installs-port", type=int, default=0,
+                     help="port of the Install API fake (default: any free port)")
     dev.set_defaults(func=run_dev)
 
 
@@ -84,6 +86,17 @@ def start_emulator(port: int) -> subprocess.Popen[str] | None:
     return proc
 
 
+def start_fake_installs(port: int, upstream: str) -> tuple[subprocess.Popen[str], str]:
+    """The Install API fake (cli/fake_installs.py) in front of the emulator: the backend's
+    `STRIPE_API_BASE`, answering `/v1/apps/installs` and forwarding the rest."""
+    try:
+        proc, url = fake_installs.start(port, upstream)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"Install API fake: started at {url} (pid {proc.pid}), forwarding to {upstream}")
+    return proc, url
+
+
 def run_dev(_config: Config, args: argparse.Namespace) -> int:
     """The configuration comes from the environment over the dev environment file, not from
     `_config` (the environment alone)."""
@@ -94,17 +107,21 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
         with open(DEV_ENV, "w") as f:
             f.write("# development secrets written by `run.py dev`; never use in production\n")
             f.writelines(f"{k}={v}\n" for k, v in values.items())
-    values["STRIPE_API_BASE"] = f"http://127.0.0.1:{args.stripe_port}"
-    config = config_over_dev_env(values)
     emulator = start_emulator(args.stripe_port)
-    print("development configuration (also in var/dev.env):")
-    for key in sorted(values):
-        print(f"  {key}={os.environ.get(key, values[key])}")
-    print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate install "
-          "--account acct_demo --test")
+    installs = None
     try:
+        installs, installs_url = start_fake_installs(args.installs_port,
+                                                     f"http://127.0.0.1:{args.stripe_port}")
+        values["STRIPE_API_BASE"] = installs_url
+        config = config_over_dev_env(values)
+        print("development configuration (also in var/dev.env):")
+        for key in sorted(values):
+            print(f"  {key}={os.environ.get(key, values[key])}")
+        print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate "
+              "install --account acct_demo --test")
         return run_server(config)
     finally:
-        if emulator is not None:
-            emulator.terminate()
-            emulator.wait(5)
+        for proc in (installs, emulator):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(5)

@@ -4,6 +4,8 @@
     simulate uninstall --account acct_X [--test]                   deauthorized webhook
     simulate event TYPE --account acct_X [--test]                  any event by type
     simulate event --file event.json                               an event from a file
+    simulate event apps.install.created --account acct_X [--test] [--granted a,b] [--pending c]
+                                        a platform event with the install in data.object
     simulate request /api/installation --account acct_X [--payload '{"k": 1}']
 
 Secrets come from the environment (or, when unset, from `var/dev.env` written by `run.py dev`).
@@ -53,6 +55,8 @@ def add_parser(sub: Any) -> None:
     ev.add_argument("--file")
     ev.add_argument("--account")
     ev.add_argument("--test", action="store_true")
+    ev.add_argument("--granted", default="", help="apps.install.*: permissions granted, a,b")
+    ev.add_argument("--pending", default="", help="apps.install.*: permissions pending, a,b")
     ev.set_defaults(action=_event)
     req = ssub.add_parser("request", help="send a signed extension request to /api/...")
     req.add_argument("path")
@@ -160,6 +164,21 @@ def _event_from_file(path: str) -> dict[str, Any]:
     return event
 
 
+def install_event(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """An `apps.install.*` event as Stripe sends it to the app developer: no top-level
+    `account`; the install (with its `account`) in `data.object`."""
+    from cli.fake_installs import install_object
+
+    if not args.account:
+        raise SimulateError("apps.install.* events need --account")
+    status = "uninstalling" if args.type == "apps.install.deleted" else "installed"
+    obj = install_object(args.account, config.app_id or "com.example.app", not args.test,
+                         status=status,
+                         permissions_granted=[p for p in args.granted.split(",") if p],
+                         permissions_pending=[p for p in args.pending.split(",") if p])
+    return make_event(args.type, None, not args.test, obj=obj)
+
+
 def _install(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
     return install(client, config, args.account, args.user, args.test)
 
@@ -172,6 +191,8 @@ def _uninstall(client: httpx.Client, config: Config, args: argparse.Namespace) -
 def _event(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
     if args.file:
         event = _event_from_file(args.file)
+    elif args.type and args.type.startswith("apps.install."):
+        event = install_event(config, args)
     elif args.type:
         event = make_event(args.type, args.account, not args.test)
     else:

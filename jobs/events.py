@@ -27,6 +27,7 @@ from typing import Any
 
 import stripe
 
+from jobs import installs
 from jobs.registry import JobFunc, Registry
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel
@@ -118,7 +119,8 @@ class EventProcessor:
 
     def needs_processing(self, type_: str, account_id: str | None) -> bool:
         """False for an event nothing here acts on: it is stored as processed at once."""
-        return self._is_lifecycle(type_, account_id) or bool(self._handlers(type_))
+        return (self._is_lifecycle(type_, account_id) or installs.handles(type_)
+                or bool(self._handlers(type_)))
 
     def submit(self, event_id: str) -> None:
         """Process a just-stored event soon, without making the caller wait."""
@@ -151,6 +153,8 @@ class EventProcessor:
             log.info("%s %s/%s: %s%s", event.type, event.account_id, event.mode,
                      "applied" if applied else "older than the current state, ignored",
                      f", {deleted} app rows deleted" if deleted else "")
+        if installs.handles(event.type):
+            await installs.process_event(event, self.storage, self.installations)
         handlers = self._handlers(event.type)
         if not handlers:
             return

@@ -54,6 +54,7 @@ class JobSpec:
     misfire_grace: float = 3600.0  # a fire missed while down runs late if within this
     run_on_install: bool = False  # also run once as soon as an account installs
     description: str = ""
+    permissions: tuple[str, ...] = ()  # Stripe permissions the job needs (jobs/installs.py)
 
     def offset(self, account_id: str, mode: str) -> float:
         if not self.spread:
@@ -111,7 +112,8 @@ class OffsetTrigger(BaseTrigger):
 def job(name: str | None = None, *, every: float | timedelta | None = None,
         cron: str | None = None, spread: float = 0.0, modes: tuple[str, ...] = MODES,
         attempts: int = 3, retry_delay: float = 5.0, misfire_grace: float = 3600.0,
-        run_on_install: bool = False) -> Callable[[JobFunc], JobFunc]:
+        run_on_install: bool = False,
+        permissions: tuple[str, ...] | list[str] = ()) -> Callable[[JobFunc], JobFunc]:
     """Mark `async def f(ctx: JobContext)` as a per-account job (give `every` or `cron`)."""
     if (every is None) == (cron is None):
         raise ValueError("give exactly one of every= or cron=")
@@ -127,7 +129,8 @@ def job(name: str | None = None, *, every: float | timedelta | None = None,
             name=name or func.__name__, func=func, every=every, cron=cron, spread=spread,
             modes=tuple(modes), attempts=attempts, retry_delay=retry_delay,
             misfire_grace=misfire_grace, run_on_install=run_on_install,
-            description=(inspect.getdoc(func) or "").split("\n")[0])
+            description=(inspect.getdoc(func) or "").split("\n")[0],
+            permissions=tuple(permissions))
         return func
 
     return mark

@@ -11,7 +11,8 @@
    between tries (equal jitter: after try n, half to all of `spec.retry_delay * 2 ** (n - 1)`);
 5. records the outcome: succeeded, failed, revoked (Stripe said the key may no longer act for
    the account: the installation's jobs are paused and reported, not retried), or
-   not_configured (no platform key for the mode).
+   not_configured (no platform key for the mode); or, instead of 4., missing_permission: the
+   install has not granted a permission the job declares, and Stripe is not called.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import stripe
 
+from jobs.installs import missing_permissions
 from jobs.registry import JobSpec, Registry
 from jobs.stripe_api import MissingKey, StripeClients
 from models.backoff import Jitter, backoff_delay
@@ -111,6 +113,17 @@ class JobRunner:
                                             self.replica)
             if run_id is None:
                 return JobOutcome.NOT_CLAIMED
+            missing = missing_permissions(spec.permissions,
+                                          self.installations.get(account_id, mode))
+            if missing:
+                log.warning("job %s for %s/%s not run: the install lacks %s", spec.name,
+                            account_id, mode, ", ".join(missing))
+                await self.storage.run(update_run, run_id,
+                                       outcome=JobOutcome.MISSING_PERMISSION,
+                                       error="not granted: " + ", ".join(missing),
+                                       finished_at=now())
+                self.on_outcome(spec.name, JobOutcome.MISSING_PERMISSION)
+                return JobOutcome.MISSING_PERMISSION
             self.running += 1
             try:
                 outcome = await self._attempts(spec, run_id, account_id, mode, fire_time, reason)

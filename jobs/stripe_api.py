@@ -116,7 +116,11 @@ class StripeClients:
             self._http[mode] = LimitedHTTPClient(RateLimiter(rate), on_response=callback,
                                                  base_delay=base_delay, timeout=30)
 
-    def for_account(self, account_id: str, mode: str) -> stripe.StripeClient:
+    def for_platform(self, mode: str) -> stripe.StripeClient:
+        """A client for the platform's own account (no `Stripe-Account`): the Install API."""
+        return self.for_account(None, mode)
+
+    def for_account(self, account_id: str | None, mode: str) -> stripe.StripeClient:
         key = self.secret_keys.get(mode)
         if not key:
             raise MissingKey(f"STRIPE_SECRET_KEY_{mode.upper()} is not configured")

@@ -36,7 +36,9 @@ class JobOutcome(StrEnum):
     Recorded in `job_run` (see `jobs/runner.py`): `claimed` (the column's default), `running`,
     `retrying` (an attempt failed, another follows), then one of `succeeded`, `failed`,
     `revoked` (Stripe refused the platform key for the account: its jobs are paused),
-    `not_configured` (no platform key for the mode) or `interrupted` (shut down mid-run).
+    `not_configured` (no platform key for the mode), `missing_permission` (the install has not
+    granted a permission the job declares; Stripe was not called) or `interrupted` (shut down
+    mid-run).
 
     Answered without a run (nothing recorded): `unknown_job`, `not_active` (the account is not
     installed in the mode, or is paused), `not_claimed` (another replica claimed the fire).
@@ -49,6 +51,7 @@ class JobOutcome(StrEnum):
     FAILED = "failed"
     REVOKED = "revoked"
     NOT_CONFIGURED = "not_configured"
+    MISSING_PERMISSION = "missing_permission"
     INTERRUPTED = "interrupted"
     UNKNOWN_JOB = "unknown_job"
     NOT_ACTIVE = "not_active"

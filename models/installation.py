@@ -9,6 +9,7 @@ so of two changes of one account and mode in the same second the one that arrive
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,13 @@ class Installation(BaseModel):
     pause_reason = pw.TextField(null=True)
     created_at = pw.DoubleField(default=now)
     updated_at = pw.DoubleField(default=now, index=True)
+    # What Stripe's Install API last said (`apps.install.*` events, sync); see jobs/installs.py.
+    install_id = pw.CharField(max_length=255, null=True)
+    install_status = pw.CharField(max_length=32, null=True)
+    permissions_granted = pw.TextField(null=True)  # JSON list; null: not heard of yet
+    permissions_pending = pw.TextField(null=True)  # JSON list
+    approval_required = pw.BooleanField(default=False)
+    details_at = pw.BigIntegerField(default=0)  # `created` of the change that set them
 
     class Meta:
         indexes = ((("account_id", "mode"), True),)
@@ -52,13 +60,24 @@ class InstallationView:
     jobs_paused: bool
     pause_reason: str | None
     updated_at: float
+    install_id: str | None = None
+    install_status: str | None = None
+    permissions_granted: tuple[str, ...] | None = None  # None: the Install API never said
+    permissions_pending: tuple[str, ...] = ()
+    approval_required: bool = False
 
     @classmethod
     def of(cls, row: Installation) -> InstallationView:
         since = row.installed_at if row.active else row.uninstalled_at
         return cls(row.account_id, Mode(row.mode), row.active, int(since) if since else None,
                    row.installed_by, row.confirmed, row.jobs_paused, row.pause_reason,
-                   row.updated_at)
+                   row.updated_at, row.install_id, row.install_status,
+                   _names(row.permissions_granted), _names(row.permissions_pending) or (),
+                   bool(row.approval_required))
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))
 
 
 def apply_state(account_id: str, mode: str, active: bool, at: int, source: str,

@@ -23,7 +23,7 @@ class JobRun(BaseModel):
     fire_time = pw.BigIntegerField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
-    outcome = pw.CharField(max_length=16, default=JobOutcome.CLAIMED.value)  # a JobOutcome
+    outcome = pw.CharField(max_length=32, default=JobOutcome.CLAIMED.value)  # a JobOutcome
     error = pw.TextField(null=True)
     attempt = pw.IntegerField(default=0)
     replica = pw.CharField(max_length=128, null=True)

@@ -239,6 +239,9 @@ class Config:
         "seconds a signature stays valid (both directions)")
     scheduler: bool = setting(
         "SCHEDULER", True, _switch, "`on`/`off`: whether this process runs scheduled jobs")
+    install_sync: bool = setting(
+        "INSTALL_SYNC", True, _switch,
+        "`on`/`off`: reconcile installs with Stripe's Install API at start-up and daily")
     max_body_size: int = setting(
         "MAX_BODY_SIZE", 1024 * 1024, _Int(1024, 64 * 1024 * 1024),
         "request body limit in bytes (413 above)")

@@ -1,7 +1,9 @@
 """The signed endpoints that ship with the product (see `service/signed.py` for the checks).
 
     POST /api/installation -> {"account_id", "live": {"active", "since", ...}, "test": {...}}
-        200 whether installed or not.
+        200 whether installed or not. Each mode with a record also says
+        `permissions_granted` (null until the Install API has said), `permissions_pending`
+        and `approval_required`, so the extension can ask the user to reauthorize.
     POST /api/jobs         -> {"account_id", "jobs": [{"job", "mode", "paused", "next_run",
                                                        "last_run": {"started", "outcome", ...}}]}
         403 when the account is not installed in any mode.
@@ -33,8 +35,12 @@ class InstallationStatusHandler(SignedHandler):
             if view is None:
                 answer[mode] = {"active": False, "since": None}
             else:
+                granted = view.permissions_granted
                 answer[mode] = {"active": view.active, "since": view.since,
-                                "confirmed": view.confirmed, "jobs_paused": view.jobs_paused}
+                                "confirmed": view.confirmed, "jobs_paused": view.jobs_paused,
+                                "permissions_granted": None if granted is None else list(granted),
+                                "permissions_pending": list(view.permissions_pending),
+                                "approval_required": view.approval_required}
         return answer
 
 

@@ -8,8 +8,9 @@ SameSite=Lax cookie (Secure when the callback is https). 503 without `STRIPE_APP
 
 `GET <callback path>` (from `STRIPE_INSTALL_REDIRECT_URI`, `/callback/stripe` by default):
 - `error`/`error_description` (the user cancelled): 400 page, nothing recorded, state unused;
-- 400 for a missing, repeated or malformed parameter (`state`, `user_id`, `account_id`,
-  `install_signature`, optional `livemode=true|false`);
+- 400 for a missing, repeated or malformed parameter (`user_id`, `account_id`,
+  `install_signature`, optional `state` and `livemode=true|false`);
+- without `state`, an install started from the App Marketplace: see service/marketplace.py;
 - 401 when `install_signature` does not verify over `{"state","user_id","account_id"}` with an
   app secret (rotation as for signed requests) within the tolerance;
 - 403 when the state is unknown, expired, used, or was issued to another browser;
@@ -34,6 +35,7 @@ from models.install_state import STATE_TTL, check_state, new_state, use_state
 from models.installation import InstallationView, apply_state
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, USER_ID
+from service.marketplace import record_marketplace_install, verify_marketplace
 from service.signatures import SignatureError, install_signed_string, verify
 
 log = logging.getLogger("app.install")
@@ -144,25 +146,31 @@ class CallbackHandler(PageMixin):
                       {"error": {"code": "install_cancelled", "message": description[:300]
                                  or error[:100]}})
             return
-        state, user_id = self.one("state"), self.one("user_id")
+        state, user_id = self.one("state", required=False), self.one("user_id")
         account_id, signature = self.one("account_id"), self.one("install_signature")
         livemode = self.one("livemode", required=False)
         if livemode not in (None, "true", "false"):
             raise APIError(400, "the parameter livemode must be true or false")
         mode = "test" if livemode == "false" else "live"
-        assert state and user_id and account_id and signature
-        try:
-            verify(install_signed_string(state, user_id, account_id), signature,
-                   self.config.app_secrets, self.config.signature_tolerance)
-        except SignatureError as exc:
-            raise APIError(401, "the install signature is not valid", code="bad_signature",
-                           reason_for_log=f"install signature for {account_id}: {exc}") from None
-        reason, view = await self.storage.run(_complete, state, self.get_cookie(COOKIE),
-                                              account_id, user_id, mode)
-        if reason is not None or view is None:
-            raise APIError(403, "this install link has expired or was not started in this "
-                           "browser; please start the installation again",
-                           code="bad_state", reason_for_log=f"{reason} ({account_id})")
+        assert user_id and account_id and signature
+        if state is None:  # started from the App Marketplace (service/marketplace.py)
+            verify_marketplace(self.config, user_id, account_id, signature)
+            view = await self.storage.run(record_marketplace_install, account_id, user_id, mode)
+        else:
+            try:
+                verify(install_signed_string(state, user_id, account_id), signature,
+                       self.config.app_secrets, self.config.signature_tolerance)
+            except SignatureError as exc:
+                raise APIError(401, "the install signature is not valid", code="bad_signature",
+                               reason_for_log=f"install signature for {account_id}: {exc}"
+                               ) from None
+            reason, completed = await self.storage.run(
+                _complete, state, self.get_cookie(COOKIE), account_id, user_id, mode)
+            if reason is not None or completed is None:
+                raise APIError(403, "this install link has expired or was not started in this "
+                               "browser; please start the installation again",
+                               code="bad_state", reason_for_log=f"{reason} ({account_id})")
+            view = completed
         self.installations.put(view)
         self.clear_cookie(COOKIE, path="/")
         log.info("installed for %s in %s mode by %s", account_id, mode, user_id)

@@ -36,6 +36,9 @@ class Metrics:
                                 ["job", "outcome"], registry=r)
         self.stripe_calls = Counter("stripe_api_calls_total", "Stripe API calls by mode",
                                     ["mode", "outcome"], registry=r)
+        self.install_sync = Counter("install_sync_changes_total", "Differences between Stripe's "
+                                    "install list and the table, set right by reconciliation",
+                                    ["mode", "change"], registry=r)
         self.installations = Gauge("installations_active", "Active installations by mode",
                                    ["mode"], registry=r)
         self.db_pending = Gauge("db_calls_pending", "Database calls queued or running in the "

@@ -26,6 +26,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from jobs.events import EventProcessor
+from jobs.installs import InstallSync
 from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
@@ -81,6 +82,10 @@ class Backend:
     @property
     def scheduler(self) -> JobScheduler | None:
         return self.services.scheduler
+
+    @property
+    def install_sync(self) -> InstallSync | None:
+        return self.services.install_sync
 
     # ---- start-up -------------------------------------------------------------------------
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -142,6 +147,8 @@ class Backend:
         self.events.start()
         if self.scheduler:
             self._background.append(loop.create_task(self.scheduler.catch_up()))
+        if self.scheduler and self.install_sync and self.config.install_sync:
+            self._background.append(loop.create_task(self.install_sync.run_forever()))
 
     async def _follow_replicas(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from typing import Any
 import peewee as pw
 
 from jobs.events import EventProcessor
+from jobs.installs import InstallSync
 from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
@@ -50,6 +51,7 @@ class Services:
         self.metrics = Metrics()
         self.replica = replica
         self.scheduler: JobScheduler | None = None
+        self.install_sync: InstallSync | None = None
 
     @classmethod
     async def open(cls, config: Config, *, registry: Registry | None = None,
@@ -110,6 +112,9 @@ class Services:
             self.registry, self.storage, self.installations, self.clients,
             concurrency=cfg.job_concurrency, replica=self.replica,
             on_outcome=lambda job, outcome: metrics.job_runs.labels(job, outcome).inc())
+        self.install_sync = None if not cfg.app_id else InstallSync(
+            cfg.app_id, self.clients, self.storage, self.installations, replica=self.replica,
+            on_change=lambda mode, kind: metrics.install_sync.labels(mode, kind).inc())
         if scheduler:
             self.scheduler = JobScheduler(self.registry, self.runner, self.installations)
             self.scheduler.start()

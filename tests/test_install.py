@@ -134,10 +134,14 @@ async def test_failures(tmp_path):
         # unknown state (validly signed)
         await check(callback_params("u" * 43), 403, "bad_state")
         # missing, duplicated and malformed parameters
-        for drop in ("state", "user_id", "account_id", "install_signature"):
+        for drop in ("user_id", "account_id", "install_signature"):
             params = callback_params(state)
             del params[drop]
             await check(params, 400, "bad_request")
+        # without state it is a Marketplace install, whose signature must not cover a state
+        params = callback_params(state)
+        del params["state"]
+        await check(params, 401, "bad_signature")
         dup = list(callback_params(state).items()) + [("account_id", "acct_2")]
         resp = await c.get("/callback/stripe", params=dup, headers=json_hdr)
         assert resp.status_code == 400 and "more than once" in resp.json()["error"]["message"]
@@ -206,3 +210,31 @@ async def test_install_uninstall_reinstall_one_record_per_mode(tmp_path):
         installs = await app.backend.storage.run(lambda: list(Installation.select()))
         assert len(installs) == 1
         assert installs[0].active and installs[0].uninstalled_at is not None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_marketplace_install_without_state(tmp_path):
+    """Issue 14: the callback without `state` verifies the signature over
+    {"user_id","account_id"}, records the install in its mode and shows the success page."""
+    async with running(base_env(tmp_path)) as app:
+        signed = compact({"user_id": "usr_m", "account_id": "acct_market"})
+        params = {"user_id": "usr_m", "account_id": "acct_market", "livemode": "false",
+                  "install_signature": sign(signed, APP_SECRET)}
+        resp = await app.client.get("/callback/stripe", params=params, headers=BROWSER)
+        assert resp.status_code == 200 and "The app is installed" in resp.text
+        rows = await app.backend.storage.run(lambda: [
+            (r.account_id, r.mode, r.active, r.installed_by, r.state_source)
+            for r in Installation.select()])
+        assert rows == [("acct_market", "test", True, "usr_m", "marketplace")]
+        assert app.backend.installations.is_active("acct_market", "test")
+        # a wrong signature: 401 and nothing recorded
+        for bad in (sign(signed, APP_SECRET_2),
+                    sign(compact({"account_id": "acct_other", "user_id": "usr_m"}), APP_SECRET),
+                    install_signature("s" * 43, "usr_m", "acct_other")):
+            resp = await app.client.get("/callback/stripe", params={
+                "user_id": "usr_m", "account_id": "acct_other", "install_signature": bad},
+                headers={"Accept": "application/json"})
+            assert resp.status_code == 401
+            assert resp.json()["error"]["code"] == "bad_signature"
+        count = await app.backend.storage.run(Installation.select().count)
+        assert count == 1

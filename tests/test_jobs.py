@@ -29,7 +29,7 @@ from service.services import Services
 
 AUTH, DEAUTH = "account.application.authorized", "account.application.deauthorized"
 KEYS = {"STRIPE_SECRET_KEY_TEST": "sk_test_platformkey", "STRIPE_SECRET_KEY_LIVE":
-        "sk_live_platformkey"}
+        "sk_live_platformkey", "INSTALL_SYNC": "off"}  # localstripe has no Install API
 
 
 def registry_with(*funcs) -> Registry:

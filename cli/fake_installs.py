@@ -1,0 +1,331 @@
+"""A small fake of Stripe's Install API (`/v1/apps/installs`), for tests and `run.py dev`.
+
+localstripe has no Install API, so this server answers it and forwards every other request to
+an upstream (localstripe) unchanged, or answers 404 without one. It follows the shapes that
+stripe-python 16's `stripe.apps.Install` and `client.v1.apps.installs` use:
+
+    GET  /v1/apps/installs                  list: app, account, status, limit (1..100, default
+                                            10), starting_after, ending_before; newest first;
+                                            {"object": "list", "url", "has_more", "data"}
+    POST /v1/apps/installs                  create: `app`, for the `Stripe-Account` account
+    GET  /v1/apps/installs/{id}             retrieve (404 resource_missing)
+    POST /v1/apps/installs/{id}/uninstall   uninstall: the install, `status: "uninstalling"`,
+                                            gone from later lists
+
+The mode is the key's: `Authorization: Bearer sk_test_...`/`rk_test_...` sees test installs,
+`sk_live_...`/`rk_live_...` live ones; any other key is 401. With `Stripe-Account`, a list only
+shows that account's installs (as Stripe does for an app developer acting on an account).
+
+Tests drive it in process (`FakeInstalls.add`, `.remove`, `.fail_list_after`); run alone:
+
+    python -m cli.fake_installs --port 0 [--upstream http://127.0.0.1:8420]
+
+prints the port it bound as its first line. `start(...)` runs it as a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+PATH = "/v1/apps/installs"
+INSTALLED_STATUSES = ("installed", "uninstall_failed")
+
+
+def install_object(account: str, app: str, livemode: bool, *, install_id: str | None = None,
+                   status: str = "installed", permissions_granted: list[str] | None = None,
+                   permissions_pending: list[str] | None = None,
+                   created: int | None = None) -> dict[str, Any]:
+    """An `apps.install` object with every field stripe-python 16 declares."""
+    pending = list(permissions_pending or [])
+    return {
+        "id": install_id or "apinst_" + secrets.token_hex(12),
+        "object": "apps.install",
+        "account": account,
+        "app": app,
+        "approval_required": bool(pending),
+        "auth_code": None,
+        "channel": "public",
+        "content_security_policy_granted": {"connect_src": [], "image_src": []},
+        "content_security_policy_pending": {"connect_src": [], "image_src": []},
+        "created": created or int(time.time()),
+        "created_by": None,
+        "endpoints_granted": [],
+        "endpoints_pending": [],
+        "livemode": livemode,
+        "permissions_granted": list(permissions_granted or []),
+        "permissions_pending": pending,
+        "status": status,
+    }
+
+
+@dataclass
+class FakeState:
+    upstream: str | None = None
+    installs: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> object
+    list_pages: int = 0  # list requests answered
+    fail_after: int | None = None  # list pages served before every later one fails
+    fail_status: int = 500
+
+    def ordered(self, livemode: bool) -> list[dict[str, Any]]:
+        """Newest first, then by id (Stripe's order for lists)."""
+        rows = [o for o in self.installs.values() if o["livemode"] == livemode]
+        return sorted(rows, key=lambda o: (-o["created"], o["id"]))
+
+
+def _error(handler: tornado.web.RequestHandler, status: int, type_: str, message: str,
+           code: str | None = None, param: str | None = None) -> None:
+    handler.set_status(status)
+    error: dict[str, Any] = {"type": type_, "message": message}
+    if code:
+        error["code"] = code
+    if param:
+        error["param"] = param
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps({"error": error}))
+
+
+class _Base(tornado.web.RequestHandler):
+    def initialize(self, state: FakeState, client: httpx.AsyncClient) -> None:
+        self.state, self.client = state, client
+
+    def check_xsrf_cookie(self) -> None:
+        pass
+
+    def livemode(self) -> bool | None:
+        """The key's mode; None (401 sent) for a missing or unknown key."""
+        auth = self.request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else ""
+        if key.startswith(("sk_test_", "rk_test_")):
+            return False
+        if key.startswith(("sk_live_", "rk_live_")):
+            return True
+        _error(self, 401, "invalid_request_error", "Invalid API Key provided.")
+        return None
+
+    def params(self) -> dict[str, str]:
+        """Query and form parameters (the library sends GET params in the query, POST in the
+        body), last value wins."""
+        found = {k: v[-1].decode() for k, v in self.request.query_arguments.items()}
+        if self.request.body:
+            found.update({k: v[-1] for k, v in parse_qs(self.request.body.decode()).items()})
+        return found
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+
+class InstallsHandler(_Base):
+    def get(self) -> None:
+        livemode = self.livemode()
+        if livemode is None:
+            return
+        state, p = self.state, self.params()
+        if state.fail_after is not None and state.list_pages >= state.fail_after:
+            _error(self, state.fail_status, "api_error", "forced failure of the fake")
+            return
+        try:
+            limit = int(p.get("limit", "10"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            _error(self, 400, "invalid_request_error", "limit must be between 1 and 100",
+                   code="parameter_invalid_integer", param="limit")
+            return
+        rows = state.ordered(livemode)
+        account = self.request.headers.get("Stripe-Account") or p.get("account")
+        for name, value in (("app", p.get("app")), ("account", account),
+                            ("status", p.get("status"))):
+            if value:
+                rows = [o for o in rows if o[name] == value]
+        after, before = p.get("starting_after"), p.get("ending_before")
+        for cursor, name in ((after, "starting_after"), (before, "ending_before")):
+            if cursor and cursor not in state.installs:
+                _error(self, 400, "invalid_request_error", f"No such apps.install: '{cursor}'",
+                       code="resource_missing", param=name)
+                return
+        ids = [o["id"] for o in rows]
+        if after:
+            rows = rows[ids.index(after) + 1:] if after in ids else []
+            page, has_more = rows[:limit], len(rows) > limit
+        elif before:
+            rows = rows[:ids.index(before)] if before in ids else []
+            page, has_more = rows[-limit:], len(rows) > limit
+        else:
+            page, has_more = rows[:limit], len(rows) > limit
+        state.list_pages += 1
+        self.send({"object": "list", "url": PATH, "has_more": has_more, "data": page})
+
+    def post(self) -> None:
+        livemode = self.livemode()
+        if livemode is None:
+            return
+        p = self.params()
+        account = self.request.headers.get("Stripe-Account")
+        if not account:
+            _error(self, 400, "invalid_request_error", "creating an install for an account "
+                   "needs the Stripe-Account header")
+            return
+        app = p.get("app", "")
+        for obj in self.state.ordered(livemode):
+            if obj["account"] == account and obj["app"] == app:
+                self.send(obj)
+                return
+        obj = install_object(account, app, livemode)
+        self.state.installs[obj["id"]] = obj
+        self.send(obj)
+
+
+class InstallHandler(_Base):
+    def _find(self, install_id: str) -> dict[str, Any] | None:
+        livemode = self.livemode()
+        if livemode is None:
+            return None
+        obj = self.state.installs.get(install_id)
+        if obj is None or obj["livemode"] != livemode:
+            _error(self, 404, "invalid_request_error", f"No such apps.install: '{install_id}'",
+                   code="resource_missing", param="id")
+            return None
+        return obj
+
+    def get(self, install_id: str) -> None:
+        obj = self._find(install_id)
+        if obj is not None:
+            self.send(obj)
+
+
+class UninstallHandler(InstallHandler):
+    def post(self, install_id: str) -> None:
+        obj = self._find(install_id)
+        if obj is None:
+            return
+        del self.state.installs[install_id]
+        self.send({**obj, "status": "uninstalling"})
+
+
+class ForwardHandler(_Base):
+    SUPPORTED_METHODS = ("GET", "POST", "DELETE")
+
+    async def _any(self) -> None:
+        if not self.state.upstream:
+            _error(self, 404, "invalid_request_error",
+                   f"Unrecognized request URL ({self.request.method}: {self.request.path}).")
+            return
+        resp = await self.client.request(
+            self.request.method, self.state.upstream + self.request.uri,
+            content=self.request.body or None,
+            headers={k: v for k, v in self.request.headers.items()
+                     if k.lower() in ("authorization", "content-type", "stripe-account",
+                                      "idempotency-key", "stripe-version")})
+        self.set_status(resp.status_code)
+        self.set_header("Content-Type", resp.headers.get("content-type", "application/json"))
+        self.finish(resp.content)
+
+    get = post = delete = _any
+
+
+class FakeInstalls:
+    """The fake as a real HTTP server in this process's event loop."""
+
+    def __init__(self, upstream: str | None = None, port: int = 0) -> None:
+        self.state = FakeState(upstream=upstream)
+        self.client = httpx.AsyncClient(timeout=30)
+        args = {"state": self.state, "client": self.client}
+        app = tornado.web.Application([
+            (PATH, InstallsHandler, args),
+            (PATH + r"/([A-Za-z0-9_]+)", InstallHandler, args),
+            (PATH + r"/([A-Za-z0-9_]+)/uninstall", UninstallHandler, args),
+            (r"/.*", ForwardHandler, args),
+        ])
+        sockets = bind_sockets(port, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        self.server = HTTPServer(app)
+        self.server.add_sockets(sockets)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def add(self, account: str, app: str, livemode: bool = False, **fields: Any) -> dict[str, Any]:
+        """Install `app` on `account` (no webhook is sent: that is the caller's business)."""
+        obj = install_object(account, app, livemode, **fields)
+        self.state.installs[obj["id"]] = obj
+        return obj
+
+    def remove(self, account: str, livemode: bool = False) -> None:
+        for key, obj in list(self.state.installs.items()):
+            if obj["account"] == account and obj["livemode"] == livemode:
+                del self.state.installs[key]
+
+    def fail_list_after(self, pages: int | None, status: int = 500) -> None:
+        """Serve `pages` more list pages, then fail every later one with `status`."""
+        self.state.fail_after = None if pages is None else self.state.list_pages + pages
+        self.state.fail_status = status
+
+    async def close(self) -> None:
+        self.server.stop()
+        await self.client.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cli.fake_installs")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--upstream", default=None, help="forward other requests here")
+    parser.add_argument("--seed", type=int, default=0, help="start with this many installs")
+    parser.add_argument("--seed-app", default="com.example.app")
+    parser.add_argument("--seed-live", action="store_true", help="seed live installs")
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        fake = FakeInstalls(args.upstream, args.port)
+        for i in range(args.seed):
+            fake.add(f"acct_seed{i:07d}", args.seed_app, args.seed_live, created=1_700_000_000,
+                     install_id=f"apinst_seed{i:07d}")
+        print(fake.port, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def start(port: int = 0, upstream: str | None = None, timeout: float = 20.0,
+          extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Start the fake as a child process; returns it and its base URL once it answers."""
+    cmd = [sys.executable, "-m", "cli.fake_installs", "--port", str(port), *(extra or [])]
+    if upstream:
+        cmd += ["--upstream", upstream]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.isdigit():
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError("the Install API fake did not start")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.3)
+            if s.connect_ex(("127.0.0.1", int(line))) == 0:
+                return proc, f"http://127.0.0.1:{line}"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError("the Install API fake did not answer")
+
+
+if __name__ == "__main__":
+    main()
