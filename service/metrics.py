@@ -42,6 +42,11 @@ class Metrics:
                                 "database threads", registry=r)
         self.scheduled_jobs = Gauge("scheduled_jobs", "Jobs in this process's scheduler",
                                     registry=r)
+        self.tasks = Gauge("tasks", "Tasks in the database by status", ["status"], registry=r)
+        self.task_runs = Counter("task_runs_total", "Task attempts by task and outcome",
+                                 ["task", "outcome"], registry=r)
+        self.task_wait = Gauge("task_queue_wait_seconds", "How long the oldest due queued task "
+                               "has waited for a free slot", registry=r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, handler: str, method: str, status: int, seconds: float) -> None:

@@ -29,6 +29,7 @@ from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
+from jobs.task_worker import TaskWorker
 from models.db import UNAVAILABLE, Storage, open_database
 from models.installation_index import InstallationIndex
 from models.migrate import migrate
@@ -100,6 +101,9 @@ class Backend:
                                      self.clients, self.metrics)
         self.runner = JobRunner(self.registry, self.storage, self.installations, self.clients,
                                 self.metrics, concurrency=cfg.job_concurrency)
+        self.task_worker = TaskWorker(self.registry, self.storage, self.installations,
+                                      self.clients, self.metrics, slots=cfg.task_concurrency,
+                                      lease=cfg.task_lease_seconds)
         if cfg.scheduler:
             self.scheduler = JobScheduler(self.registry, self.runner, self.installations)
             self.scheduler.start()
@@ -108,7 +112,7 @@ class Backend:
         self.app: tornado.web.Application = make_app(
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,
-            tracker=self.tracker, extra_routes=self.extra_routes)
+            tracker=self.tracker, extra_routes=self.extra_routes, task_worker=self.task_worker)
 
     def init_http(self, sockets: list[socket.socket] | None = None) -> None:
         # Bodies are limited per request by service/guard.py (413 before reading);
@@ -129,6 +133,7 @@ class Backend:
         self._background.append(loop.create_task(self.metrics.measure_loop_lag()))
         self._background.append(loop.create_task(self._follow_replicas()))
         self.events.start()
+        self.task_worker.start()
         if self.scheduler:
             self._background.append(loop.create_task(self.scheduler.catch_up()))
 
@@ -154,6 +159,8 @@ class Backend:
             task.cancel()
         if self.scheduler is not None:
             await self.scheduler.stop(timeout)
+        if hasattr(self, "task_worker"):
+            await self.task_worker.stop(timeout)
         if hasattr(self, "events"):
             await self.events.stop(timeout)
         if hasattr(self, "clients"):
