@@ -143,10 +143,12 @@ def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
     return TaskView.of(row)
 
 
-def _claimable(t: float, names: Iterable[str]) -> pw.Expression:
-    due = (Task.status == TaskStatus.QUEUED) & (Task.next_attempt_at <= t)
-    lapsed = (Task.status == TaskStatus.RUNNING) & (Task.lease_until < t)
-    return (due | lapsed) & Task.name.in_(list(names))
+def _claimable(t: float, names: Iterable[str]) -> list[pw.Expression]:
+    """Two conditions, each served by the (status, next_attempt_at) index: due queued tasks,
+    and running tasks whose lease lapsed (their process died)."""
+    named = Task.name.in_(list(names))
+    return [(Task.status == TaskStatus.RUNNING) & (Task.lease_until < t) & named,
+            (Task.status == TaskStatus.QUEUED) & (Task.next_attempt_at <= t) & named]
 
 
 def _running_counts(groups: set[tuple[str, str]], t: float) -> dict[tuple[str, str], int]:
@@ -179,22 +181,32 @@ def claim_tasks(limits: Mapping[str, int], slots: int, holder: str,
     installed = Installation.select(Installation.id).where(
         (Installation.account_id == Task.account_id) & (Installation.mode == Task.mode)
         & Installation.active)
+    # Skip the groups already at their limit while choosing candidates (else a window full of
+    # one busy account's tasks would starve the others); the count after the lock decides.
+    other = Task.alias("other")
+    busy = other.select(pw.fn.COUNT(other.id)).where(
+        (other.account_id == Task.account_id) & (other.name == Task.name)
+        & (other.status == TaskStatus.RUNNING) & (other.lease_until >= t))
+    limit = pw.Case(Task.name, list(limits.items()), 1)
     with write_transaction():
-        query = (Task.select(Task.id, Task.account_id, Task.name)
-                 .where(_claimable(t, limits) & pw.fn.EXISTS(installed))
-                 .order_by(Task.next_attempt_at).limit(slots * 4))
-        if pg:
-            query = query.for_update(skip_locked=True, of=Task)
-        candidates = list(query.tuples())
+        candidates: list[tuple[str, str, str]] = []
+        for cond in _claimable(t, limits):
+            query = (Task.select(Task.id, Task.account_id, Task.name)
+                     .where(cond & pw.fn.EXISTS(installed) & (busy < limit))
+                     .order_by(Task.next_attempt_at).limit(slots * 4 - len(candidates)))
+            if pg:
+                query = query.for_update(skip_locked=True, of=Task)
+            candidates.extend(query.tuples())
+            if len(candidates) >= slots * 4:
+                break
         groups = {(account, name) for _, account, name in candidates}
-        if pg:
-            held = set()
-            for account, name in sorted(groups):
-                got = db.execute_sql("SELECT pg_try_advisory_xact_lock(%s, %s)",
-                                     (CLAIM_LOCK_CLASS, _lock_key(f"{account}:{name}")))
-                if got.fetchone()[0]:
-                    held.add((account, name))
-            groups = held
+        if pg and groups:
+            keys = {_lock_key(f"{account}:{name}"): (account, name) for account, name in groups}
+            got = db.execute_sql(
+                "SELECT k FROM unnest(%s::int[]) AS k WHERE pg_try_advisory_xact_lock(%s, k)",
+                (sorted(keys), CLAIM_LOCK_CLASS))
+            held = {row[0] for row in got.fetchall()}
+            groups = {group for key, group in keys.items() if key in held}
         running = _running_counts(groups, t)
         chosen: list[str] = []
         for task_id, account, name in candidates:
