@@ -34,6 +34,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from jobs.tasks import TaskSpec
 from models.enums import MODES
 
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
@@ -152,6 +153,7 @@ def on_event(*types: str) -> Callable[[JobFunc], JobFunc]:
 class Registry:
     jobs: dict[str, JobSpec] = field(default_factory=dict)
     handlers: dict[str, list[JobFunc]] = field(default_factory=dict)
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
 
     def add_module(self, module: Any) -> None:
         for _, value in inspect.getmembers(module):
@@ -161,6 +163,12 @@ class Registry:
                 if existing is not None and existing.func is not spec.func:
                     raise ValueError(f"two jobs are named {spec.name!r}")
                 self.jobs[spec.name] = spec
+            task_spec = getattr(value, "__task_spec__", None)
+            if isinstance(task_spec, TaskSpec):
+                known = self.tasks.get(task_spec.name)
+                if known is not None and known.func is not task_spec.func:
+                    raise ValueError(f"two tasks are named {task_spec.name!r}")
+                self.tasks[task_spec.name] = task_spec
             for type_ in getattr(value, "__event_types__", ()):
                 funcs = self.handlers.setdefault(type_, [])
                 if value not in funcs:

@@ -13,12 +13,13 @@ from models.install_state import InstallState
 from models.installation import Installation, InstallationView
 from models.jobs import JobRun
 from models.snapshots import BalanceSnapshot
+from models.tasks import Task
 
 #: Every model of the package, as `discover_models()` found them when `models` was imported.
 ALL_MODELS = discover_models()
 
 __all__ = [
     "ALL_MODELS", "AccountModel", "BalanceSnapshot", "BaseModel", "InstallState", "Installation",
-    "InstallationView", "JobRun", "Storage", "WebhookEvent", "database", "discover_models",
-    "open_database",
+    "InstallationView", "JobRun", "Storage", "Task", "WebhookEvent", "database",
+    "discover_models", "open_database",
 ]

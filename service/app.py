@@ -20,6 +20,7 @@ from models.db import Storage
 from models.installation_index import InstallationIndex
 from service.base import NotFoundHandler
 from service.config import Config
+from service.customers import CustomerSummaryHandler
 from service.extension import (
     BalanceHandler,
     InstallationStatusHandler,
@@ -30,6 +31,7 @@ from service.guard import GuardedApplication
 from service.health import HealthHandler, MetricsHandler
 from service.install import CallbackHandler, InstallHandler
 from service.metrics import Metrics
+from service.tasks import TaskStartHandler, TaskStatusHandler
 from service.tracker import RequestTracker
 from service.webhooks import WebhookHandler
 
@@ -39,6 +41,9 @@ API_ROUTES: list[tuple[str, type]] = [
     (r"/api/jobs", JobsHandler),
     (r"/api/balance", BalanceHandler),
     (r"/api/whoami", WhoAmIHandler),
+    (r"/api/tasks/status", TaskStatusHandler),  # before the task names: "status" is reserved
+    (r"/api/tasks/([a-z][a-z0-9_]{0,63})", TaskStartHandler),
+    (r"/api/customers/summary", CustomerSummaryHandler),
 ]
 
 

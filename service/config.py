@@ -253,6 +253,15 @@ class Config:
         "database threads (the event loop never blocks on the database)")
     job_concurrency: int = setting(
         "JOB_CONCURRENCY", 10, _Int(1, 1000), "job runs at once per process")
+    task_concurrency: int = setting(
+        "TASK_CONCURRENCY", 10, _Int(0, 1000),
+        "long-running task runs at once per process (`0`: this process runs none)")
+    task_lease_seconds: float = setting(
+        "TASK_LEASE_SECONDS", 10.0, _Float(1.0, 600.0),
+        "lease of a running task: a task whose process died is taken up again after this")
+    task_max_pending: int = setting(
+        "TASK_MAX_PENDING", 20, _Int(1, 100000),
+        "unfinished tasks an account may have; more starts answer 429")
     rate_limits: Mapping[str, float] = per_mode(
         "STRIPE_RATE_LIMIT", {"live": 80.0, "test": 20.0},
         {"live": _Float(0.1, 100.0), "test": _Float(0.1, 25.0)},

@@ -45,7 +45,19 @@ class Metrics:
                                 "database threads", registry=r)
         self.scheduled_jobs = Gauge("scheduled_jobs", "Jobs in this process's scheduler",
                                     registry=r)
+        self.tasks = Gauge("tasks", "Tasks in the database by status", ["status"], registry=r)
+        self.task_runs = Counter("task_runs_total", "Task attempts by task and outcome",
+                                 ["task", "outcome"], registry=r)
+        self.task_wait = Gauge("task_queue_wait_seconds", "How long the oldest due queued task "
+                               "has waited for a free slot", registry=r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_task_queue(self, counts: dict[str, int], oldest_wait: float) -> None:
+        """The task queue as the worker last counted it: tasks by status, and how long the
+        oldest due queued task has waited."""
+        for status, n in counts.items():
+            self.tasks.labels(status).set(n)
+        self.task_wait.set(oldest_wait)
 
     def observe_request(self, handler: str, method: str, status: int, seconds: float) -> None:
         key = (handler, method, status)

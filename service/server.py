@@ -31,6 +31,7 @@ from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
+from jobs.task_worker import TaskWorker
 from models.db import UNAVAILABLE, Storage
 from models.installation_index import InstallationIndex
 from service.app import make_app
@@ -87,6 +88,10 @@ class Backend:
     def install_sync(self) -> InstallSync | None:
         return self.services.install_sync
 
+    @property
+    def task_worker(self) -> TaskWorker:
+        return self.services.task_worker
+
     # ---- start-up -------------------------------------------------------------------------
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         for line in self.config.disabled_features():
@@ -124,7 +129,7 @@ class Backend:
         self.app: tornado.web.Application = make_app(
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,
-            tracker=self.tracker, extra_routes=self.extra_routes)
+            tracker=self.tracker, extra_routes=self.extra_routes, task_worker=self.task_worker)
 
     def init_http(self, sockets: list[socket.socket] | None = None) -> None:
         # Bodies are limited per request by service/guard.py (413 before reading);
@@ -145,6 +150,7 @@ class Backend:
         self._background.append(loop.create_task(self.metrics.measure_loop_lag()))
         self._background.append(loop.create_task(self._follow_replicas()))
         self.events.start()
+        self.task_worker.start()
         if self.scheduler:
             self._background.append(loop.create_task(self.scheduler.catch_up()))
         if self.scheduler and self.install_sync and self.config.install_sync:

@@ -9,7 +9,9 @@
 
 What it holds: `registry` (the jobs and event handlers), `metrics`, `storage` (the database,
 migrated), `installations` (the in-memory index, loaded), `clients` (Stripe, per mode),
-`runner` (job runs), `events` (webhook processing, not started: the server starts it) and
+`runner` (job runs), `events` (webhook processing, not started: the server starts it),
+`task_worker` (long-running tasks, likewise not started), `install_sync` (when
+`STRIPE_APP_ID` is set) and
 `scheduler` (only when asked for, started). The server opens it step by step
 (`open_storage`, `load_installations`, `start_jobs`) so that each step logs and fails on its
 own; `close()` undoes whichever steps were done. It lives in `service/` because it wires
@@ -30,6 +32,7 @@ from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
+from jobs.task_worker import TaskWorker
 from models.db import Storage, open_database
 from models.installation_index import InstallationIndex
 from models.migrate import migrate
@@ -43,6 +46,7 @@ class Services:
     clients: StripeClients
     runner: JobRunner
     events: EventProcessor
+    task_worker: TaskWorker
 
     def __init__(self, config: Config, *, registry: Registry | None = None,
                  replica: str | None = None) -> None:
@@ -112,6 +116,11 @@ class Services:
             self.registry, self.storage, self.installations, self.clients,
             concurrency=cfg.job_concurrency, replica=self.replica,
             on_outcome=lambda job, outcome: metrics.job_runs.labels(job, outcome).inc())
+        self.task_worker = TaskWorker(
+            self.registry, self.storage, self.installations, self.clients,
+            slots=cfg.task_concurrency, lease=cfg.task_lease_seconds, replica=self.replica,
+            on_outcome=lambda task, outcome: metrics.task_runs.labels(task, outcome).inc(),
+            on_stats=metrics.observe_task_queue)
         self.install_sync = None if not cfg.app_id else InstallSync(
             cfg.app_id, self.clients, self.storage, self.installations, replica=self.replica,
             on_change=lambda mode, kind: metrics.install_sync.labels(mode, kind).inc())
@@ -127,6 +136,8 @@ class Services:
             timeout = self.config.shutdown_timeout
         if self.scheduler is not None:
             await self.scheduler.stop(timeout)
+        if hasattr(self, "task_worker"):
+            await self.task_worker.stop(timeout)
         if hasattr(self, "events"):
             await self.events.stop(timeout)
         if hasattr(self, "clients"):

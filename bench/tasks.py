@@ -1,0 +1,184 @@
+"""Long-running tasks at scale: 10,000 queued tasks across 1,000 accounts, 2 worker processes
+sharing one PostgreSQL.
+
+Each process runs the real `TaskWorker` (claims with `FOR UPDATE SKIP LOCKED` and advisory
+locks, leases renewed) with `--slots` slots; each task sleeps `--duration` seconds and records
+when it ran and where. `concurrency_per_account` is 1. Checked afterwards:
+
+- none lost: every task succeeded; none doubled: each ran exactly once, with one attempt;
+- per-account concurrency held: no two runs of one account overlap in time (both processes
+  write wall-clock times of one machine);
+- throughput, from the first start to the last end, against the bound the slots set,
+  processes x slots / duration. Target: >= 0.9 of the bound.
+
+    python bench/tasks.py [--tasks 10000 --accounts 1000 --slots 50 --duration 0.2]
+
+Needs a PostgreSQL at TEST_PG_ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
+a throw-away database is created and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def prepare(url: str, tasks: int, accounts: int) -> None:
+    from models.db import open_database
+    from models.installation import Installation
+    from models.migrate import migrate
+    from models.tasks import Task
+
+    db = open_database(url)
+    migrate(db)
+    t = time.time()
+    names = [f"acct_bench{i:05d}" for i in range(accounts)]
+    with db.atomic():
+        Installation.insert_many([
+            {"account_id": a, "mode": "test", "active": True, "installed_at": t,
+             "confirmed": True, "state_at": 1, "created_at": t, "updated_at": t}
+            for a in names]).execute()
+        rows = [{"id": f"task_{uuid.uuid4().hex}", "account_id": names[i % accounts],
+                 "mode": "test", "name": "bench_sleep", "input": "{}", "status": "queued",
+                 "max_attempts": 3, "created_at": t, "next_attempt_at": t}
+                for i in range(tasks)]
+        for start in range(0, len(rows), 1000):
+            Task.insert_many(rows[start:start + 1000]).execute()
+    db.execute_sql("ANALYZE")  # the statistics autovacuum would gather on a live system
+    db.close()
+
+
+async def work(url: str, name: str, slots: int, duration: float, out: str) -> None:
+    from jobs.registry import Registry
+    from jobs.stripe_api import StripeClients
+    from jobs.task_worker import TaskWorker
+    from jobs.tasks import task
+    from models.db import Storage, open_database
+    from models.installation_index import InstallationIndex
+    from models.tasks import count_by_status
+    from service.metrics import Metrics
+
+    log: list[tuple[str, str, float, float]] = []
+
+    @task(concurrency_per_account=1)
+    async def bench_sleep(ctx):  # noqa: ANN001, ANN202
+        start = time.time()
+        await asyncio.sleep(duration)
+        log.append((ctx.task_id, ctx.account_id, start, time.time()))
+
+    registry = Registry()
+    registry.tasks["bench_sleep"] = bench_sleep.__task_spec__
+    db = open_database(url)
+    storage = Storage(db, workers=4)
+    index = InstallationIndex(storage)
+    await index.load()
+    clients = StripeClients({}, {"live": 80, "test": 20})
+    worker = TaskWorker(registry, storage, index, clients, Metrics(), slots=slots, lease=10,
+                        replica=name)
+    worker.start()
+    while True:
+        await asyncio.sleep(0.5)
+        counts = await storage.run(count_by_status)
+        if counts["queued"] == 0 and counts["running"] == 0:
+            break
+    await worker.stop(5)
+    await clients.close()
+    storage.close()
+    with open(out, "w") as f:
+        json.dump(log, f)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--slots", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=0.2)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--worker", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="w", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(work(args.worker[0], args.name, args.slots, args.duration, args.worker[1]))
+        return 0
+
+    from playhouse.db_url import connect
+
+    dbname = "bench_tasks_" + uuid.uuid4().hex[:10]
+    admin = connect(PG_ADMIN)
+    admin.execute_sql(f"CREATE DATABASE {dbname}")
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
+    try:
+        prepare(url, args.tasks, args.accounts)
+        with tempfile.TemporaryDirectory() as tmp:
+            outs = [os.path.join(tmp, f"w{i}.json") for i in range(args.processes)]
+            procs = [subprocess.Popen([sys.executable, __file__, "--worker", url, out,
+                                       "--name", f"worker{i}", "--slots", str(args.slots),
+                                       "--duration", str(args.duration)])
+                     for i, out in enumerate(outs)]
+            for p in procs:
+                p.wait()
+            runs = []
+            for out in outs:
+                with open(out) as f:
+                    runs.append(json.load(f))
+        from models.db import open_database
+        from models.tasks import Task
+
+        db = open_database(url)
+        rows = list(Task.select(Task.id, Task.status, Task.attempts, Task.claimed_by).tuples())
+        db.close()
+    finally:
+        admin.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (dbname,))
+        admin.execute_sql(f"DROP DATABASE IF EXISTS {dbname}")
+        admin.close()
+
+    executions = [r for log in runs for r in log]
+    per_task = defaultdict(int)
+    for task_id, *_ in executions:
+        per_task[task_id] += 1
+    lost = [r for r in rows if r[1] != "succeeded"]
+    doubled = [t for t, n in per_task.items() if n > 1] + [r[0] for r in rows if r[2] != 1]
+    by_account = defaultdict(list)
+    for _, account, start, end in executions:
+        by_account[account].append((start, end))
+    overlaps = 0
+    for spans in by_account.values():
+        spans.sort()
+        overlaps += sum(1 for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1])
+    first = min(s for _, _, s, _ in executions)
+    last = max(e for _, _, _, e in executions)
+    throughput = len(executions) / (last - first)
+    bound = args.processes * args.slots / args.duration
+    result = {
+        "tasks": args.tasks, "accounts": args.accounts, "processes": args.processes,
+        "slots": args.slots, "duration": args.duration,
+        "ran": len(executions), "lost": len(lost), "doubled": len(doubled),
+        "account_overlaps": overlaps,
+        "per_process": [len(log) for log in runs],
+        "seconds": round(last - first, 2), "throughput": round(throughput, 1),
+        "bound": round(bound, 1), "ratio": round(throughput / bound, 3),
+    }
+    print(json.dumps(result, indent=2))
+    ok = (not lost and not doubled and overlaps == 0 and len(executions) == args.tasks
+          and throughput >= 0.9 * bound)
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

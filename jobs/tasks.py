@@ -1,0 +1,129 @@
+"""Declaring long-running tasks, started by the extension and run by `jobs/task_worker.py`.
+
+    from jobs.tasks import TaskContext, task
+
+    @task(attempts=3, timeout=3600, concurrency_per_account=1)
+    async def export_invoices(ctx: TaskContext) -> dict:
+        since = ctx.input.get("since")                    # a field the extension signed
+        async for invoice in (await ctx.stripe.v1.invoices.list_async()).auto_paging_iter():
+            ...
+            await ctx.progress(0.5, note="halfway")
+        return {"exported": 42}                           # the task's result (JSON)
+
+Like `@job`, the decorator only marks the function; `Registry.discover()` collects it from any
+module of the `jobs` package. The name `status` is reserved (`POST /api/tasks/status`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import stripe
+
+from jobs.stripe_api import StripeClients
+from models.db import Storage
+from models.tasks import renew_lease
+
+TaskFunc = Callable[..., Awaitable[Any]]
+
+NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+RESERVED = frozenset({"status"})
+
+
+class BadInput(ValueError):
+    """Raise it when the task's input cannot work: the task fails at once, without retries."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    func: TaskFunc
+    attempts: int = 3  # runs before the task is failed (a crash counts as one)
+    timeout: float = 3600.0  # seconds an attempt may take
+    concurrency_per_account: int = 1  # runs of this task at once for one account
+    retry_delay: float = 5.0  # base of the exponential backoff between attempts
+    permissions: tuple[str, ...] = ()  # Stripe permissions it needs (for the manifest)
+    description: str = ""
+
+
+def task(name: str | None = None, *, attempts: int = 3, timeout: float = 3600.0,
+         concurrency_per_account: int = 1, retry_delay: float = 5.0,
+         permissions: list[str] | tuple[str, ...] = ()) -> Callable[[TaskFunc], TaskFunc]:
+    """Mark `async def f(ctx: TaskContext)` as a task the extension can start."""
+    if attempts < 1 or concurrency_per_account < 1 or timeout <= 0:
+        raise ValueError("attempts and concurrency_per_account must be >= 1, timeout > 0")
+
+    def mark(func: TaskFunc) -> TaskFunc:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"task {func.__name__} must be an async function")
+        task_name = name or func.__name__
+        if not NAME.fullmatch(task_name) or task_name in RESERVED:
+            raise ValueError(f"task name {task_name!r} must match {NAME.pattern} and not be "
+                             f"one of {sorted(RESERVED)}")
+        func.__task_spec__ = TaskSpec(  # type: ignore[attr-defined]
+            name=task_name, func=func, attempts=attempts, timeout=timeout,
+            concurrency_per_account=concurrency_per_account, retry_delay=retry_delay,
+            permissions=tuple(permissions),
+            description=(inspect.getdoc(func) or "").split("\n")[0])
+        return func
+
+    return mark
+
+
+@dataclass
+class TaskContext:
+    """What a task receives: whose it is, its input, and the tools to do it."""
+
+    task_id: str
+    name: str
+    account_id: str
+    mode: str
+    input: dict[str, Any]
+    attempt: int
+    storage: Storage = field(repr=False)
+    clients: StripeClients = field(repr=False)
+    holder: str = field(repr=False, default="")
+    lease: float = field(repr=False, default=10.0)
+    progress_value: float | None = None
+    progress_note: str | None = None
+    _reported_at: float = field(repr=False, default=0.0)
+
+    @cached_property
+    def stripe(self) -> stripe.StripeClient:
+        """A client bound to this account (`Stripe-Account`) with the mode's platform key."""
+        return self.clients.for_account(self.account_id, self.mode)
+
+    @property
+    def livemode(self) -> bool:
+        return self.mode == "live"
+
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a synchronous database function off the event loop."""
+        return await self.storage.run(fn, *args, **kwargs)
+
+    def idempotency_key(self, label: str) -> str:
+        """The same key for this task and label on every attempt: pass it as Stripe's
+        `idempotency_key` so that a retried attempt does not repeat a write."""
+        digest = hashlib.sha256(f"{self.task_id}:{label}".encode()).hexdigest()
+        return f"{self.name}-{digest[:40]}"
+
+    async def progress(self, fraction: float | None, note: str | None = None) -> None:
+        """Report progress (0..1) and a short note; the extension sees it in the task's status.
+        Written at most every quarter second (the last value is kept and written with the next
+        lease renewal)."""
+        if fraction is not None:
+            fraction = min(1.0, max(0.0, float(fraction)))
+        self.progress_value = fraction
+        self.progress_note = None if note is None else str(note)[:500]
+        t = time.monotonic()
+        if t - self._reported_at >= 0.25 and self.holder:
+            self._reported_at = t
+            await self.storage.run(renew_lease, self.task_id, self.holder, self.attempt,
+                                   self.lease, self.progress_value, self.progress_note, True)

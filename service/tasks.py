@@ -1,0 +1,113 @@
+"""Starting and following long-running tasks from the extension (DESIGN.md section 5).
+
+    POST /api/tasks/status  {"task_id"} -> {"task_id", "name", "mode", "status", "progress",
+                                            "note", "result", "error", "attempts", "created",
+                                            "started", "finished"}
+        404 when the task does not exist or belongs to another account.
+    POST /api/tasks/<name>  {...input} -> 202 {"task_id", "name", "mode", "status": "queued"}
+        404 for an unknown task; 429 when the account already has `TASK_MAX_PENDING` unfinished
+        tasks. Only the fields the signature covers reach the task as its input (never
+        `user_id`, `account_id`, `stripe_roles` or `mode`): with the two-key fallback signature
+        the input is empty.
+
+Mode: the installation's. An account installed in both modes runs in live mode unless the
+signed field `mode` says "test".
+
+While a task is queued, `note` says why it waits (retry backoff, the account's concurrency
+limit, or no free slot).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.registry import Registry
+from jobs.task_worker import TaskWorker
+from models.base import now
+from models.tasks import TaskStatus, TaskView, TooManyTasks, enqueue, get_task, running_count
+from service.base import APIError
+from service.signed import SignedHandler, SignedRequest
+
+#: Body fields that are never task input: identity, roles, and the mode selector.
+NOT_INPUT = frozenset({"user_id", "account_id", "stripe_roles", "mode"})
+
+
+def _ts(value: float | None) -> int | None:
+    return int(value) if value else None
+
+
+def describe(view: TaskView) -> dict[str, Any]:
+    return {"task_id": view.id, "name": view.name, "mode": view.mode, "status": view.status,
+            "progress": view.progress, "note": view.note, "result": view.result,
+            "error": view.error, "attempts": view.attempts, "created": _ts(view.created_at),
+            "started": _ts(view.started_at), "finished": _ts(view.finished_at)}
+
+
+class TaskStartHandler(SignedHandler):
+    @property
+    def registry(self) -> Registry:
+        return self.settings["registry"]
+
+    async def handle(self, req: SignedRequest) -> Any:
+        name = self.path_args[0]
+        spec = self.registry.tasks.get(name)
+        if spec is None:
+            raise APIError(404, f"no task named {name!r}", code="unknown_task")
+        mode = self._mode(req)
+        fields = {k: req.body[k] for k in req.signed_fields - NOT_INPUT}
+        try:
+            view = await self.storage.run(enqueue, req.account_id, mode, name, fields,
+                                          spec.attempts, self.config.task_max_pending)
+        except TooManyTasks as exc:
+            raise APIError(429, "too many unfinished tasks for this account; try again when "
+                           "some have finished", reason_for_log=str(exc)) from None
+        worker: TaskWorker | None = self.settings.get("task_worker")
+        if worker is not None:
+            worker.wake()
+        self.write_json({"task_id": view.id, "name": name, "mode": mode,
+                         "status": view.status}, status=202)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 429:  # set here: an error answer starts from cleared headers
+            self.set_header("Retry-After", "10")
+        super().write_error(status_code, **kwargs)
+
+    def _mode(self, req: SignedRequest) -> str:
+        installed = [m for m in ("live", "test")
+                     if self.installations.is_active(req.account_id, m)]
+        wanted = req.body.get("mode") if "mode" in req.signed_fields else None
+        if wanted is None:
+            return installed[0]
+        if wanted not in ("live", "test"):
+            raise APIError(400, 'mode must be "live" or "test"')
+        if wanted not in installed:
+            raise APIError(403, f"the app is not installed on this account in {wanted} mode",
+                           code="not_installed")
+        return wanted
+
+
+class TaskStatusHandler(SignedHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        task_id = req.body.get("task_id")
+        if not isinstance(task_id, str) or not task_id.startswith("task_") or len(task_id) > 40:
+            raise APIError(400, "body needs a task_id (task_...)")
+        view = await self.storage.run(get_task, task_id, req.account_id)
+        if view is None:
+            raise APIError(404, "no such task", reason_for_log=f"{task_id} not found for "
+                           f"{req.account_id}")
+        answer = describe(view)
+        if view.status == TaskStatus.QUEUED:
+            answer["note"] = await self._waiting(view)
+        return answer
+
+    async def _waiting(self, view: TaskView) -> str:
+        if view.next_attempt_at > now():
+            return f"waiting to retry (attempt {view.attempts + 1} of {view.max_attempts})"
+        spec = self.settings["registry"].tasks.get(view.name)
+        if spec is not None:
+            busy = await self.storage.run(running_count, view.account_id, view.name)
+            if busy >= spec.concurrency_per_account:
+                return (f"waiting: {busy} {view.name} task(s) of this account running "
+                        f"(limit {spec.concurrency_per_account})")
+        waited = max(0, int(now() - view.next_attempt_at))
+        return f"waiting for a free worker slot ({waited}s so far)"
