@@ -62,6 +62,9 @@ def install_link(config) -> int:  # noqa: ANN001
 
 
 async def _context(config, db):  # noqa: ANN001, ANN202
+    from jobs.credentials import Vault
+    from jobs.http import make_http_client
+    from jobs.oauth import OAuthProviders
     from jobs.registry import Registry
     from jobs.runner import JobRunner
     from jobs.stripe_api import StripeClients
@@ -74,7 +77,9 @@ async def _context(config, db):  # noqa: ANN001, ANN202
     registry = Registry.discover()
     clients = StripeClients(config.secret_keys, config.rate_limits, config.api_base)
     metrics = Metrics()
-    runner = JobRunner(registry, storage, index, clients, metrics, replica="cli")
+    vault = Vault(storage, config.credentials_keys, OAuthProviders.discover())
+    runner = JobRunner(registry, storage, index, clients, metrics, replica="cli", vault=vault,
+                       http=make_http_client())
     return storage, index, registry, clients, metrics, runner
 
 
@@ -124,6 +129,8 @@ async def jobs_command(config, db, args: argparse.Namespace) -> int:  # noqa: AN
         return 0 if outcome == "succeeded" else 1
     finally:
         await clients.close()
+        if runner.http is not None:
+            await runner.http.aclose()
         storage.close()
 
 
@@ -131,7 +138,7 @@ async def events_command(config, db, args: argparse.Namespace) -> int:  # noqa: 
     from jobs.events import EventProcessor
     from models.events import WebhookEvent
 
-    storage, index, registry, clients, metrics, _ = await _context(config, db)
+    storage, index, registry, clients, metrics, runner = await _context(config, db)
     try:
         if args.events_command == "list":
             query = WebhookEvent.select().order_by(WebhookEvent.received_at.desc())
@@ -144,7 +151,8 @@ async def events_command(config, db, args: argparse.Namespace) -> int:  # noqa: 
                 print(f"{e.id:32} {e.type:40} {e.account_id or 'platform':24} {e.mode} "
                       f"{e.status:9} {e.attempts:5}  {error[0][:80]}")
             return 0
-        processor = EventProcessor(registry, storage, index, clients, metrics)
+        processor = EventProcessor(registry, storage, index, clients, metrics,
+                                   vault=runner.vault, http=runner.http)
         exists = await storage.run(WebhookEvent.get_or_none, WebhookEvent.id == args.event_id)
         if exists is None:
             print(f"no stored event {args.event_id}", file=sys.stderr)
@@ -159,4 +167,6 @@ async def events_command(config, db, args: argparse.Namespace) -> int:  # noqa: 
         return 0 if status == "processed" else 1
     finally:
         await clients.close()
+        if runner.http is not None:
+            await runner.http.aclose()
         storage.close()

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.simulate import add_parser as add_simulate
 
     add_simulate(sub)
+    from cli.credentials import add_parser as add_credentials
+
+    add_credentials(sub)
     dev = sub.add_parser("dev", help="run with development secrets and a local Stripe emulator")
     dev.add_argument("--stripe-port", type=int, default=8420)
     return parser
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         from cli.dev import run_dev
 
         return run_dev(args)
+    if getattr(args, "func", None) is not None:
+        return int(args.func(config, args))
     if command == "simulate":
         from cli.simulate import run_simulate
 

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import stripe
 
+from jobs.credentials import AccountCredentials, Vault
 from jobs.registry import Registry
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel
@@ -53,6 +55,8 @@ class EventContext:
     attempt: int
     storage: Storage
     clients: StripeClients = field(repr=False)
+    vault: Vault | None = field(default=None, repr=False)
+    http: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @property
     def type(self) -> str:
@@ -67,6 +71,12 @@ class EventContext:
         if not self.account_id:
             raise RuntimeError("this event is about the platform account; it has no account")
         return self.clients.for_account(self.account_id, self.mode)
+
+    @cached_property
+    def credentials(self) -> AccountCredentials:
+        if not self.account_id:
+            raise RuntimeError("this event is about the platform account; it has no account")
+        return AccountCredentials(self.vault, self.account_id, self.mode)
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.storage.run(fn, *args, **kwargs)
@@ -88,12 +98,14 @@ def _apply_lifecycle(event: WebhookEvent) -> tuple[InstallationView, bool, int]:
 class EventProcessor:
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
                  clients: StripeClients, metrics: Metrics, concurrency: int = 8,
-                 poll_interval: float = 5.0) -> None:
+                 poll_interval: float = 5.0, vault: Vault | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
         self.metrics = metrics
+        self.vault, self.http = vault, http
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n
         self._slots = asyncio.Semaphore(concurrency)
@@ -148,7 +160,7 @@ class EventProcessor:
         body = json.loads(event.payload)
         for handler in handlers:
             ctx = EventContext(body, event.account_id, event.mode, event.attempts, self.storage,
-                               self.clients)
+                               self.clients, self.vault, self.http)
             await handler(ctx)
 
     async def poll(self) -> int:

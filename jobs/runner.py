@@ -11,7 +11,8 @@
    backoff between tries;
 5. records the outcome: succeeded, failed, revoked (Stripe said the key may no longer act for
    the account: the installation's jobs are paused and reported, not retried), or
-   not_configured (no platform key for the mode).
+   not_configured (no platform key for the mode, or a credential the job reads with
+   `ctx.credentials.get(name)` is not set: not retried).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import stripe
 
+from jobs.credentials import AccountCredentials, CredentialMissing, CredentialUnreadable, Vault
 from jobs.registry import JobSpec, Registry
 from jobs.stripe_api import MissingKey, StripeClients
 from models.base import now
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.jobs")
 
 REVOKED = (stripe.AuthenticationError, stripe.PermissionError)
+NOT_CONFIGURED = (MissingKey, CredentialMissing, CredentialUnreadable)
 
 
 @dataclass
@@ -55,11 +59,19 @@ class JobContext:
     attempt: int
     storage: Storage
     clients: StripeClients = field(repr=False)
+    vault: Vault | None = field(default=None, repr=False)
+    #: The process's client for third-party calls (jobs/http.py): timeouts, retries, User-Agent.
+    http: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @cached_property
     def stripe(self) -> stripe.StripeClient:
         """A client bound to this account (`Stripe-Account`) with the mode's platform key."""
         return self.clients.for_account(self.account_id, self.mode)
+
+    @cached_property
+    def credentials(self) -> AccountCredentials:
+        """`await ctx.credentials.get(name)`: this account's credential in this mode."""
+        return AccountCredentials(self.vault, self.account_id, self.mode)
 
     @property
     def livemode(self) -> bool:
@@ -78,12 +90,14 @@ def _short_error(exc: BaseException) -> str:
 class JobRunner:
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
                  clients: StripeClients, metrics: Metrics, concurrency: int = 10,
-                 replica: str | None = None) -> None:
+                 replica: str | None = None, vault: Vault | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
         self.metrics = metrics
+        self.vault, self.http = vault, http
         self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
         self._slots = asyncio.Semaphore(concurrency)
         self.running = 0
@@ -117,14 +131,14 @@ class JobRunner:
         try:
             for attempt in range(1, spec.attempts + 1):
                 ctx = JobContext(spec.name, account_id, mode, fire_time, attempt, self.storage,
-                                 self.clients)
+                                 self.clients, self.vault, self.http)
                 try:
                     log.info("job %s for %s/%s (%s, attempt %d)", spec.name, account_id, mode,
                              reason, attempt)
                     await spec.func(ctx)
                     outcome, error = "succeeded", None
                     break
-                except MissingKey as exc:
+                except NOT_CONFIGURED as exc:
                     outcome, error = "not_configured", str(exc)
                     log.warning("job %s for %s/%s: %s", spec.name, account_id, mode, exc)
                     break

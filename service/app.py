@@ -20,6 +20,12 @@ from models.db import Storage
 from models.installation_index import InstallationIndex
 from service.base import NotFoundHandler
 from service.config import Config
+from service.credentials import (
+    DeleteCredentialHandler,
+    ListCredentialsHandler,
+    OAuthExchangeHandler,
+    SetCredentialHandler,
+)
 from service.extension import (
     BalanceHandler,
     InstallationStatusHandler,
@@ -39,6 +45,10 @@ API_ROUTES: list[tuple[str, type]] = [
     (r"/api/jobs", JobsHandler),
     (r"/api/balance", BalanceHandler),
     (r"/api/whoami", WhoAmIHandler),
+    (r"/api/credentials/set", SetCredentialHandler),
+    (r"/api/credentials/list", ListCredentialsHandler),
+    (r"/api/credentials/delete", DeleteCredentialHandler),
+    (r"/api/oauth/([a-z0-9_]{1,64})/exchange", OAuthExchangeHandler),
 ]
 
 

@@ -24,7 +24,10 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from jobs.credentials import Vault
 from jobs.events import EventProcessor
+from jobs.http import make_http_client
+from jobs.oauth import OAuthProviders
 from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
@@ -46,8 +49,10 @@ class StartupError(RuntimeError):
 
 class Backend:
     def __init__(self, config: Config, registry: Registry | None = None,
-                 extra_routes: list[tuple[str, type]] | None = None) -> None:
+                 extra_routes: list[tuple[str, type]] | None = None,
+                 oauth: OAuthProviders | None = None) -> None:
         self.config = config
+        self.oauth = oauth
         self.registry = registry or Registry.discover()
         self.extra_routes = extra_routes
         self.metrics = Metrics()
@@ -67,6 +72,7 @@ class Backend:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StartupError(f"the database (DATABASE_URL) is not reachable: {first}") from None
         await self.init_installations()
+        self.init_integrations()
         self.init_jobs()
         self.init_app()
         self.init_http(sockets)
@@ -90,6 +96,14 @@ class Backend:
         active = await self.installations.load()
         log.info("%d accounts have the app installed", active)
 
+    def init_integrations(self) -> None:
+        """The credentials vault and `ctx.http`, the shared client for third-party calls."""
+        self.oauth = self.oauth or OAuthProviders.discover()
+        for line in self.oauth.disabled():
+            log.info("%s", line)
+        self.vault = Vault(self.storage, self.config.credentials_keys, self.oauth)
+        self.http = make_http_client()
+
     def init_jobs(self) -> None:
         cfg = self.config
         self.clients = StripeClients(
@@ -97,9 +111,11 @@ class Backend:
             on_response=lambda mode, status: self.metrics.stripe_calls.labels(
                 mode, str(status)).inc())
         self.events = EventProcessor(self.registry, self.storage, self.installations,
-                                     self.clients, self.metrics)
+                                     self.clients, self.metrics, vault=self.vault,
+                                     http=self.http)
         self.runner = JobRunner(self.registry, self.storage, self.installations, self.clients,
-                                self.metrics, concurrency=cfg.job_concurrency)
+                                self.metrics, concurrency=cfg.job_concurrency,
+                                vault=self.vault, http=self.http)
         if cfg.scheduler:
             self.scheduler = JobScheduler(self.registry, self.runner, self.installations)
             self.scheduler.start()
@@ -108,7 +124,7 @@ class Backend:
         self.app: tornado.web.Application = make_app(
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,
-            tracker=self.tracker, extra_routes=self.extra_routes)
+            tracker=self.tracker, extra_routes=self.extra_routes, vault=self.vault)
 
     def init_http(self, sockets: list[socket.socket] | None = None) -> None:
         # Bodies are limited per request by service/guard.py (413 before reading);
@@ -158,6 +174,8 @@ class Backend:
             await self.events.stop(timeout)
         if hasattr(self, "clients"):
             await self.clients.close()
+        if hasattr(self, "http"):
+            await self.http.aclose()
         if hasattr(self, "storage"):
             self.storage.close()
         log.info("stopped")
