@@ -556,3 +556,18 @@ async def test_oauth_expired_token_that_cannot_refresh_is_not_configured(tmp_pat
             (run,) = await app.backend.storage.run(lambda: list(JobRun.select()))
             assert run.attempt == 1 and "invalid_grant" in run.error
             assert tokens == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_vault_on_sqlite_and_postgresql(tmp_path, db_url, monkeypatch):
+    async with running(env(tmp_path, DATABASE_URL=db_url)) as app:
+        await install(app)
+        assert (await set_credential(app, value="first")).status_code == 200
+        assert (await set_credential(app, value="second")).status_code == 200  # an upsert
+        assert [c["name"] for c in await listed(app)] == ["acme_key"]
+        assert await app.backend.vault.get("acct_1", "live", "acme_key") == "second"
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("CREDENTIALS_KEYS", f"{KEY_2},{KEY_1}")
+    assert cli_main(["credentials", "rotate"]) == 0
+    async with running(env(tmp_path, DATABASE_URL=db_url, CREDENTIALS_KEYS=KEY_2)) as app:
+        assert await app.backend.vault.get("acct_1", "live", "acme_key") == "second"
