@@ -60,7 +60,14 @@ def _generate() -> dict[str, str]:
         "STRIPE_SECRET_KEY_LIVE": "sk_live_dev" + secrets.token_hex(8),
         "STRIPE_SECRET_KEY_TEST": "sk_test_dev" + secrets.token_hex(8),
         "STRIPE_APP_ID": "com.example.devapp",
+        "CREDENTIALS_KEYS": _fernet_key(),
     }
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
 
 
 def _port_open(port: int) -> bool:
@@ -107,6 +114,10 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
         with open(DEV_ENV, "w") as f:
             f.write("# development secrets written by `run.py dev`; never use in production\n")
             f.writelines(f"{k}={v}\n" for k, v in values.items())
+    if "CREDENTIALS_KEYS" not in values:  # a dev.env from before the credentials vault
+        values["CREDENTIALS_KEYS"] = _fernet_key()
+        with open(DEV_ENV, "a") as f:
+            f.write(f"CREDENTIALS_KEYS={values['CREDENTIALS_KEYS']}\n")
     emulator = start_emulator(args.stripe_port)
     installs = None
     try:

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from cli import (
+    credentials,
     dev,
     events,
     install_link,
@@ -28,7 +29,8 @@ from service.logs import setup_logging
 log = logging.getLogger("app.cli")
 
 #: The command modules, in the order `--help` lists their commands.
-COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, simulate, dev)
+COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, credentials, simulate,
+            dev)
 
 
 def _epilog() -> str:

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import httpx
 import stripe
 
 from jobs import installs
+from jobs.credentials import AccountCredentials, Vault
 from jobs.registry import JobFunc, Registry
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel
@@ -60,6 +62,8 @@ class EventContext:
     attempt: int
     storage: Storage
     clients: StripeClients = field(repr=False)
+    vault: Vault | None = field(default=None, repr=False)
+    http: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @property
     def type(self) -> str:
@@ -74,6 +78,12 @@ class EventContext:
         if not self.account_id:
             raise RuntimeError("this event is about the platform account; it has no account")
         return self.clients.for_account(self.account_id, self.mode)
+
+    @cached_property
+    def credentials(self) -> AccountCredentials:
+        if not self.account_id:
+            raise RuntimeError("this event is about the platform account; it has no account")
+        return AccountCredentials(self.vault, self.account_id, self.mode)
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.storage.run(fn, *args, **kwargs)
@@ -98,12 +108,14 @@ class EventProcessor:
 
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
                  clients: StripeClients, concurrency: int = 8, poll_interval: float = 5.0,
-                 on_processed: ProcessedListener | None = None) -> None:
+                 on_processed: ProcessedListener | None = None, vault: Vault | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
         self.on_processed: ProcessedListener = on_processed or _ignore_processed
+        self.vault, self.http = vault, http
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n
         self._slots = asyncio.Semaphore(concurrency)
@@ -161,7 +173,7 @@ class EventProcessor:
         body = json.loads(event.payload)
         for handler in handlers:
             ctx = EventContext(body, event.account_id, event.mode, event.attempts, self.storage,
-                               self.clients)
+                               self.clients, self.vault, self.http)
             await handler(ctx)
 
     async def poll(self) -> int:

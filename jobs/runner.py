@@ -11,7 +11,8 @@
    between tries (equal jitter: after try n, half to all of `spec.retry_delay * 2 ** (n - 1)`);
 5. records the outcome: succeeded, failed, revoked (Stripe said the key may no longer act for
    the account: the installation's jobs are paused and reported, not retried), or
-   not_configured (no platform key for the mode); or, instead of 4., missing_permission: the
+   not_configured (no platform key for the mode, or a credential the job reads with
+   `ctx.credentials.get(name)` is not set: not retried); or, instead of 4., missing_permission: the
    install has not granted a permission the job declares, and Stripe is not called.
 """
 
@@ -27,11 +28,13 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+import httpx
 import stripe
 
+from jobs.credentials import NOT_CONFIGURED, AccountCredentials, Vault
 from jobs.installs import missing_permissions
 from jobs.registry import JobSpec, Registry
-from jobs.stripe_api import MissingKey, StripeClients
+from jobs.stripe_api import StripeClients
 from models.backoff import Jitter, backoff_delay
 from models.base import now
 from models.db import Storage
@@ -43,7 +46,6 @@ from models.jobs import claim_run, update_run
 log = logging.getLogger("app.jobs")
 
 REVOKED = (stripe.AuthenticationError, stripe.PermissionError)
-
 #: Told of every fire that ran (was claimed): `on_outcome(job, outcome)`. The service counts them.
 OutcomeListener = Callable[[str, JobOutcome], None]
 
@@ -63,11 +65,19 @@ class JobContext:
     attempt: int
     storage: Storage
     clients: StripeClients = field(repr=False)
+    vault: Vault | None = field(default=None, repr=False)
+    #: The process's client for third-party calls (jobs/http.py): timeouts, retries, User-Agent.
+    http: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @cached_property
     def stripe(self) -> stripe.StripeClient:
         """A client bound to this account (`Stripe-Account`) with the mode's platform key."""
         return self.clients.for_account(self.account_id, self.mode)
+
+    @cached_property
+    def credentials(self) -> AccountCredentials:
+        """`await ctx.credentials.get(name)`: this account's credential in this mode."""
+        return AccountCredentials(self.vault, self.account_id, self.mode)
 
     @property
     def livemode(self) -> bool:
@@ -88,12 +98,14 @@ class JobRunner:
 
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
                  clients: StripeClients, concurrency: int = 10, replica: str | None = None,
-                 on_outcome: OutcomeListener | None = None) -> None:
+                 on_outcome: OutcomeListener | None = None, vault: Vault | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
         self.on_outcome: OutcomeListener = on_outcome or _ignore_outcome
+        self.vault, self.http = vault, http
         self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
         self._slots = asyncio.Semaphore(concurrency)
         self.running = 0
@@ -138,14 +150,14 @@ class JobRunner:
         try:
             for attempt in range(1, spec.attempts + 1):
                 ctx = JobContext(spec.name, account_id, mode, fire_time, attempt, self.storage,
-                                 self.clients)
+                                 self.clients, self.vault, self.http)
                 try:
                     log.info("job %s for %s/%s (%s, attempt %d)", spec.name, account_id, mode,
                              reason, attempt)
                     await spec.func(ctx)
                     outcome, error = JobOutcome.SUCCEEDED, None
                     break
-                except MissingKey as exc:
+                except NOT_CONFIGURED as exc:
                     outcome, error = JobOutcome.NOT_CONFIGURED, str(exc)
                     log.warning("job %s for %s/%s: %s", spec.name, account_id, mode, exc)
                     break

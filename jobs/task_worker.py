@@ -28,8 +28,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
+from jobs.credentials import NOT_CONFIGURED, Vault
 from jobs.registry import Registry
-from jobs.stripe_api import MissingKey, StripeClients
+from jobs.stripe_api import StripeClients
 from jobs.tasks import BadInput, TaskContext, TaskSpec
 from models.backoff import Jitter, backoff_delay
 from models.base import now
@@ -81,13 +84,14 @@ class TaskWorker:
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
                  clients: StripeClients, slots: int = 10, lease: float = 10.0,
                  poll_interval: float = 1.0, replica: str | None = None,
-                 on_outcome: OutcomeListener = _ignore, on_stats: StatsListener = _ignore
-                 ) -> None:
+                 on_outcome: OutcomeListener = _ignore, on_stats: StatsListener = _ignore,
+                 vault: Vault | None = None, http: httpx.AsyncClient | None = None) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
         self.clients = clients
         self.on_outcome, self.on_stats = on_outcome, on_stats
+        self.vault, self.http = vault, http
         self.slots = slots
         self.lease = lease
         self.poll_interval = poll_interval
@@ -180,7 +184,8 @@ class TaskWorker:
         spec = self.registry.tasks[view.name]
         ctx = TaskContext(view.id, view.name, view.account_id, view.mode, view.input,
                           view.attempts, self.storage, self.clients, self.replica, self.lease,
-                          progress_value=view.progress, progress_note=view.note)
+                          progress_value=view.progress, progress_note=view.note,
+                          vault=self.vault, http=self.http)
         log.info("task %s %s for %s/%s (attempt %d/%d)", view.name, view.id, view.account_id,
                  view.mode, view.attempts, view.max_attempts)
         work = asyncio.get_running_loop().create_task(self._call(spec, ctx))
@@ -205,7 +210,7 @@ class TaskWorker:
                                                       view.attempts))
                 return
             raise
-        except MissingKey as exc:
+        except NOT_CONFIGURED as exc:
             outcome = "not_configured"
             await self._finish(ctx, TaskStatus.FAILED, error=str(exc))
         except BadInput as exc:

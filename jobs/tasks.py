@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import httpx
 import stripe
 
+from jobs.credentials import AccountCredentials, Vault
 from jobs.stripe_api import StripeClients
 from models.db import Storage
 from models.tasks import renew_lease
@@ -91,6 +93,9 @@ class TaskContext:
     clients: StripeClients = field(repr=False)
     holder: str = field(repr=False, default="")
     lease: float = field(repr=False, default=10.0)
+    vault: Vault | None = field(repr=False, default=None)
+    #: The process's client for third-party calls (jobs/http.py): timeouts, retries, User-Agent.
+    http: httpx.AsyncClient | None = field(repr=False, default=None)
     progress_value: float | None = None
     progress_note: str | None = None
     _reported_at: float = field(repr=False, default=0.0)
@@ -99,6 +104,11 @@ class TaskContext:
     def stripe(self) -> stripe.StripeClient:
         """A client bound to this account (`Stripe-Account`) with the mode's platform key."""
         return self.clients.for_account(self.account_id, self.mode)
+
+    @cached_property
+    def credentials(self) -> AccountCredentials:
+        """`await ctx.credentials.get(name)`: this account's credential in this mode."""
+        return AccountCredentials(self.vault, self.account_id, self.mode)
 
     @property
     def livemode(self) -> bool:

@@ -7,6 +7,7 @@ migrations and for the uninstall cleanup. The imports below are only shorthands.
 """
 
 from models.base import AccountModel, BaseModel, discover_models
+from models.credentials import Credential
 from models.db import Storage, database, open_database
 from models.events import WebhookEvent
 from models.install_state import InstallState
@@ -19,7 +20,8 @@ from models.tasks import Task
 ALL_MODELS = discover_models()
 
 __all__ = [
-    "ALL_MODELS", "AccountModel", "BalanceSnapshot", "BaseModel", "InstallState", "Installation",
+    "ALL_MODELS", "AccountModel", "BalanceSnapshot", "BaseModel", "Credential",
+    "InstallState", "Installation",
     "InstallationView", "JobRun", "Storage", "Task", "WebhookEvent", "database",
     "discover_models", "open_database",
 ]

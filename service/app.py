@@ -20,6 +20,12 @@ from models.db import Storage
 from models.installation_index import InstallationIndex
 from service.base import NotFoundHandler
 from service.config import Config
+from service.credentials import (
+    DeleteCredentialHandler,
+    ListCredentialsHandler,
+    OAuthExchangeHandler,
+    SetCredentialHandler,
+)
 from service.customers import CustomerSummaryHandler
 from service.extension import (
     BalanceHandler,
@@ -44,6 +50,10 @@ API_ROUTES: list[tuple[str, type]] = [
     (r"/api/tasks/status", TaskStatusHandler),  # before the task names: "status" is reserved
     (r"/api/tasks/([a-z][a-z0-9_]{0,63})", TaskStartHandler),
     (r"/api/customers/summary", CustomerSummaryHandler),
+    (r"/api/credentials/set", SetCredentialHandler),
+    (r"/api/credentials/list", ListCredentialsHandler),
+    (r"/api/credentials/delete", DeleteCredentialHandler),
+    (r"/api/oauth/([a-z0-9_]{1,64})/exchange", OAuthExchangeHandler),
 ]
 
 

@@ -98,6 +98,28 @@ class _Choice:
         return value
 
 
+def _fernet_keys(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated Fernet keys (32 url-safe base64 bytes each); the first encrypts."""
+    from cryptography.fernet import Fernet
+
+    keys = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for i, key in enumerate(keys, 1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{name}: key {i} is not a Fernet key (32 url-safe base64-encoded "
+                              "bytes, as Fernet.generate_key() makes)") from None
+    return keys
+
+
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for value in values:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", value):
+            raise ConfigError(f"{name}: {value!r} is not a role id")
+    return values
+
+
 def _switch(name: str, raw: str) -> bool:
     return _Choice(("on", "off"))(name, raw) == "on"
 
@@ -275,6 +297,13 @@ class Config:
         "LOG_LEVEL", "info", _Choice(("debug", "info", "warning", "error")),
         "lowest level logged: `debug`, `info`, `warning` or `error`")
 
+    credentials_keys: tuple[str, ...] = setting(
+        "CREDENTIALS_KEYS", (), _fernet_keys,
+        "Fernet keys for the credentials vault, comma-separated: the first encrypts, all decrypt")
+    credential_roles: tuple[str, ...] = setting(
+        "CREDENTIAL_ROLES", ("admin", "super_admin"), _names,
+        "role ids allowed to set or delete an account's credentials", "`admin,super_admin`")
+
     def __post_init__(self) -> None:
         if not self.install_redirect_uri:
             object.__setattr__(
@@ -305,6 +334,8 @@ class Config:
                              "cannot call the Stripe API")
         if not self.app_id:
             lines.append("STRIPE_APP_ID unset: GET /install answers 503")
+        if not self.credentials_keys:
+            lines.append("CREDENTIALS_KEYS unset: /api/credentials and /api/oauth answer 503")
         if not self.scheduler:
             lines.append("SCHEDULER=off: this process runs no scheduled jobs")
         if self.app_id and not self.install_redirect_uri.startswith("https://"):

@@ -21,12 +21,15 @@ import signal
 import socket
 from typing import Any
 
+import httpx
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from jobs.credentials import Vault
 from jobs.events import EventProcessor
 from jobs.installs import InstallSync
+from jobs.oauth import OAuthProviders
 from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
@@ -48,9 +51,10 @@ class StartupError(RuntimeError):
 
 class Backend:
     def __init__(self, config: Config, registry: Registry | None = None,
-                 extra_routes: list[tuple[str, type]] | None = None) -> None:
+                 extra_routes: list[tuple[str, type]] | None = None,
+                 oauth: OAuthProviders | None = None) -> None:
         self.config = config
-        self.services = Services(config, registry=registry)
+        self.services = Services(config, registry=registry, oauth=oauth)
         self.registry = self.services.registry
         self.metrics = self.services.metrics
         self.extra_routes = extra_routes
@@ -92,6 +96,14 @@ class Backend:
     def task_worker(self) -> TaskWorker:
         return self.services.task_worker
 
+    @property
+    def vault(self) -> Vault:
+        return self.services.vault
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.services.http
+
     # ---- start-up -------------------------------------------------------------------------
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         for line in self.config.disabled_features():
@@ -102,6 +114,7 @@ class Backend:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StartupError(f"the database (DATABASE_URL) is not reachable: {first}") from None
         await self.init_installations()
+        self.init_integrations()
         self.init_jobs()
         self.init_app()
         self.init_http(sockets)
@@ -122,6 +135,12 @@ class Backend:
         active = await self.services.load_installations()
         log.info("%d accounts have the app installed", active)
 
+    def init_integrations(self) -> None:
+        """The credentials vault and `ctx.http`, the shared client for third-party calls."""
+        for line in self.services.oauth.disabled():
+            log.info("%s", line)
+        self.services.open_integrations()
+
     def init_jobs(self) -> None:
         self.services.start_jobs(scheduler=self.config.scheduler)
 
@@ -129,7 +148,8 @@ class Backend:
         self.app: tornado.web.Application = make_app(
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,
-            tracker=self.tracker, extra_routes=self.extra_routes, task_worker=self.task_worker)
+            tracker=self.tracker, extra_routes=self.extra_routes, task_worker=self.task_worker,
+            vault=self.vault)
 
     def init_http(self, sockets: list[socket.socket] | None = None) -> None:
         # Bodies are limited per request by service/guard.py (413 before reading);

@@ -24,10 +24,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import peewee as pw
 
+from jobs.credentials import Vault
 from jobs.events import EventProcessor
+from jobs.http import make_http_client
 from jobs.installs import InstallSync
+from jobs.oauth import OAuthProviders
 from jobs.registry import Registry
 from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
@@ -46,12 +50,15 @@ class Services:
     clients: StripeClients
     runner: JobRunner
     events: EventProcessor
+    vault: Vault
+    http: httpx.AsyncClient
     task_worker: TaskWorker
 
     def __init__(self, config: Config, *, registry: Registry | None = None,
-                 replica: str | None = None) -> None:
+                 replica: str | None = None, oauth: OAuthProviders | None = None) -> None:
         self.config = config
         self.registry = registry or Registry.discover()
+        self.oauth = oauth or OAuthProviders.discover()
         self.metrics = Metrics()
         self.replica = replica
         self.scheduler: JobScheduler | None = None
@@ -60,16 +67,18 @@ class Services:
     @classmethod
     async def open(cls, config: Config, *, registry: Registry | None = None,
                    replica: str | None = None, scheduler: bool = False,
-                   database: pw.Database | None = None) -> Services:
+                   database: pw.Database | None = None,
+                   oauth: OAuthProviders | None = None) -> Services:
         """Every step in order; on a failure, what was opened is closed and the error raised.
 
         `database` shares an open database (replicas in one process); by default
         `config.database_url` is opened. `replica` names this process in job run records.
         """
-        services = cls(config, registry=registry, replica=replica)
+        services = cls(config, registry=registry, replica=replica, oauth=oauth)
         try:
             await services.open_storage(database)
             await services.load_installations()
+            services.open_integrations()
             services.start_jobs(scheduler=scheduler)
         except BaseException:
             await services.close()
@@ -100,6 +109,11 @@ class Services:
         self.installations = InstallationIndex(self.storage)
         return await self.installations.load()
 
+    def open_integrations(self) -> None:
+        """The credentials vault and `ctx.http`, the shared client for third-party calls."""
+        self.vault = Vault(self.storage, self.config.credentials_keys, self.oauth)
+        self.http = make_http_client()
+
     def start_jobs(self, scheduler: bool = False) -> None:
         """The Stripe clients, the job runner and event processing; and, when `scheduler`,
         the job scheduler, started."""
@@ -110,15 +124,18 @@ class Services:
                 mode, str(status)).inc())
         self.events = EventProcessor(
             self.registry, self.storage, self.installations, self.clients,
+            vault=self.vault, http=self.http,
             on_processed=lambda type_, status: metrics.event_processing.labels(
                 type_, status).inc())
         self.runner = JobRunner(
             self.registry, self.storage, self.installations, self.clients,
-            concurrency=cfg.job_concurrency, replica=self.replica,
+            concurrency=cfg.job_concurrency, replica=self.replica, vault=self.vault,
+            http=self.http,
             on_outcome=lambda job, outcome: metrics.job_runs.labels(job, outcome).inc())
         self.task_worker = TaskWorker(
             self.registry, self.storage, self.installations, self.clients,
             slots=cfg.task_concurrency, lease=cfg.task_lease_seconds, replica=self.replica,
+            vault=self.vault, http=self.http,
             on_outcome=lambda task, outcome: metrics.task_runs.labels(task, outcome).inc(),
             on_stats=metrics.observe_task_queue)
         self.install_sync = None if not cfg.app_id else InstallSync(
@@ -142,5 +159,7 @@ class Services:
             await self.events.stop(timeout)
         if hasattr(self, "clients"):
             await self.clients.close()
+        if hasattr(self, "http"):
+            await self.http.aclose()
         if hasattr(self, "storage"):
             self.storage.close()

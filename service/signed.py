@@ -49,9 +49,14 @@ class SignedRequest:
     #: The body fields the signature covers: all of them when the raw body was signed,
     #: only `user_id` and `account_id` when the canonical two-key string was.
     signed_fields: frozenset[str]
-    #: The `stripe_roles` the extension sent (Stripe checks them against the user), or None.
+    #: The role ids in the `stripe_roles` the extension sent (Stripe checks them against the
+    #: user), or None when it sent none or the signature does not cover them.
     roles: list[str] | None
     timestamp: int
+
+    def has_role(self, *ids: str) -> bool:
+        """Whether the signed `stripe_roles` hold one of these role ids."""
+        return any(role in ids for role in self.roles or ())
 
     def signed(self, field: str) -> Any:
         """The value of a body field that must be covered by the signature (else 401)."""
@@ -110,7 +115,7 @@ class SignedHandler(BaseHandler):
             except SignatureError as exc:
                 error = error or exc
                 continue
-            roles = body.get("stripe_roles") if "stripe_roles" in fields else None
+            roles = role_ids(body.get("stripe_roles")) if "stripe_roles" in fields else None
             return SignedRequest(user_id, account_id, body, fields, roles, timestamp)
         raise APIError(401, "signature verification failed", code="bad_signature",
                        reason_for_log=f"{error} (account {account_id})")
@@ -143,7 +148,22 @@ class SignedHandler(BaseHandler):
             raise APIError(400, "body needs a string account_id (acct_...)")
         roles = body.get("stripe_roles")
         if roles is not None and not (
-            isinstance(roles, list) and all(isinstance(r, str) for r in roles)
+            isinstance(roles, list) and all(isinstance(r, str) or _is_role_definition(r)
+                                            for r in roles)
         ):
-            raise APIError(400, "stripe_roles must be a list of strings")
+            raise APIError(400, "stripe_roles must be a list of role definitions or role ids")
         return body, user_id, account_id
+
+
+def _is_role_definition(value: Any) -> bool:
+    """The SDK's `RoleDefinition`: `{"id"?: str, "name": str, "type": "builtIn"|"custom"}`."""
+    return isinstance(value, dict) and isinstance(value.get("id", ""), str)
+
+
+def role_ids(roles: list[Any] | None) -> list[str] | None:
+    """The ids of `stripe_roles` entries: plain strings as they are, definitions by their `id`
+    (one without an id, as on some older accounts, names no role and is left out)."""
+    if roles is None:
+        return None
+    return [r if isinstance(r, str) else r["id"] for r in roles
+            if isinstance(r, str) or r.get("id")]

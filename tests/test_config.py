@@ -90,6 +90,7 @@ def test_derived_redirect_and_disabled_features():
     assert [line.split(" ")[0] for line in Config().disabled_features()] == [
         "STRIPE_APP_SECRETS", "STRIPE_WEBHOOK_SECRETS_LIVE", "STRIPE_SECRET_KEY_LIVE",
         "STRIPE_WEBHOOK_SECRETS_TEST", "STRIPE_SECRET_KEY_TEST", "STRIPE_APP_ID",
+        "CREDENTIALS_KEYS",
     ]
 
 

@@ -1,0 +1,182 @@
+"""OAuth 2 providers of third-party systems, declared in code; tokens kept in the vault.
+
+Declare a provider in any module of `jobs/` (discovered like jobs):
+
+    from jobs.oauth import OAuthProvider
+
+    ACME = OAuthProvider(
+        name="acme",                                   # also the credential's name in the vault
+        token_url="https://auth.acme.example/oauth/token",
+        client_id_env="ACME_CLIENT_ID",                # read from the environment at start-up
+        client_secret_env="ACME_CLIENT_SECRET",
+        redirect_uri="https://dashboard.stripe.com/apps-oauth/com.example.app",
+    )
+
+The UI extension runs the authorization step itself (the SDK's `createOAuthState` gives it a
+`state` and a PKCE `challenge`/`verifier`) and sends the `code` and `verifier` it got back to the
+signed `POST /api/oauth/<provider>/exchange`; `OAuthProviders.exchange` trades them at the token
+URL (RFC 6749 section 4.1.3, with PKCE's `code_verifier`), `OAuthProviders.refresh` uses the
+refresh token before the access token expires (section 6). Both go through Authlib's httpx
+client (`AsyncOAuth2Client`): no hand-written token code. A provider whose client id or secret
+variable is unset is "not configured" (the endpoint answers 503).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+# Recent Authlib prefers httpx2 and, on httpx (the one stripe-python uses), warns once at import,
+# through a filter of its own that no setting silences: record it here instead of printing it
+# at every start. Its client works the same on either.
+with warnings.catch_warnings(record=True):
+    from authlib.integrations.base_client import OAuthError
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+    from authlib.oauth2.rfc6749 import OAuth2Token
+
+from jobs.http import TIMEOUT, USER_AGENT
+
+NAME = re.compile(r"[a-z0-9_]{1,64}")
+#: A token is refreshed when it expires within this many seconds.
+LEEWAY = 60
+
+
+class OAuthFailure(RuntimeError):
+    """The token endpoint could not be used; `refused` when it answered with an OAuth error
+    (`error` holds its code, e.g. `invalid_grant`), otherwise it was unreachable or failed."""
+
+    def __init__(self, message: str, *, refused: bool, error: str | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.error = error
+
+
+class OAuthNotConfigured(RuntimeError):
+    """The provider's client id or secret variable is not set."""
+
+
+@dataclass(frozen=True)
+class OAuthProvider:
+    name: str
+    token_url: str
+    client_id_env: str
+    client_secret_env: str
+    redirect_uri: str | None = None
+    #: How the client authenticates at the token URL (RFC 6749 section 2.3.1):
+    #: `client_secret_basic` (HTTP Basic, the default) or `client_secret_post` (form fields).
+    auth_method: str = "client_secret_basic"
+    scope: str | None = None
+
+    def __post_init__(self) -> None:
+        if not NAME.fullmatch(self.name):
+            raise ValueError(f"OAuth provider name {self.name!r} must match [a-z0-9_]{{1,64}}")
+
+
+def expired(token: Mapping[str, Any], leeway: float = LEEWAY) -> bool:
+    """True when the token expires within `leeway` seconds (never, without `expires_at`)."""
+    return bool(OAuth2Token(dict(token)).is_expired(leeway=leeway))
+
+
+class OAuthProviders:
+    """The declared providers and their client credentials, read once from `env`."""
+
+    def __init__(self, providers: Iterable[OAuthProvider] = (),
+                 env: Mapping[str, str] | None = None, *,
+                 timeout: httpx.Timeout = TIMEOUT) -> None:
+        env = os.environ if env is None else env
+        self.providers = {p.name: p for p in providers}
+        self._clients = {p.name: (env.get(p.client_id_env, "").strip(),
+                                  env.get(p.client_secret_env, "").strip())
+                         for p in self.providers.values()}
+        self.timeout = timeout
+
+    @classmethod
+    def discover(cls, package: str = "jobs", env: Mapping[str, str] | None = None
+                 ) -> OAuthProviders:
+        """Every `OAuthProvider` declared at the top level of a module of `package`."""
+        found: dict[str, OAuthProvider] = {}
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
+            for value in vars(importlib.import_module(info.name)).values():
+                if isinstance(value, OAuthProvider):
+                    if found.get(value.name, value) != value:
+                        raise ValueError(f"two OAuth providers are named {value.name!r}")
+                    found[value.name] = value
+        return cls(found.values(), env)
+
+    def get(self, name: str) -> OAuthProvider | None:
+        return self.providers.get(name)
+
+    def disabled(self) -> list[str]:
+        """One log line per provider whose client variables are unset."""
+        return [f"{p.client_id_env}/{p.client_secret_env} unset: OAuth provider {p.name!r} "
+                "answers 503" for p in self.providers.values() if not all(self._clients[p.name])]
+
+    def _client(self, provider: OAuthProvider, **kwargs: Any) -> AsyncOAuth2Client:
+        client_id, secret = self._clients[provider.name]
+        if not client_id or not secret:
+            raise OAuthNotConfigured(f"{provider.client_id_env} and {provider.client_secret_env}"
+                                     f" must be set for OAuth provider {provider.name!r}")
+        return AsyncOAuth2Client(
+            client_id, secret, token_endpoint_auth_method=provider.auth_method,
+            scope=provider.scope, token_endpoint=provider.token_url, timeout=self.timeout,
+            headers={"User-Agent": USER_AGENT}, leeway=LEEWAY, **kwargs)
+
+    async def exchange(self, provider: OAuthProvider, code: str, verifier: str,
+                       redirect_uri: str | None = None) -> dict[str, Any]:
+        """Trade an authorization code and its PKCE verifier for a token (RFC 6749 4.1.3)."""
+        redirect = redirect_uri or provider.redirect_uri
+        async with self._client(provider, redirect_uri=redirect) as client:
+            try:
+                token = await client.fetch_token(
+                    provider.token_url, grant_type="authorization_code", code=code,
+                    code_verifier=verifier)
+            except Exception as exc:
+                raise _failure(provider, exc) from None
+        return dict(token)
+
+    async def refresh(self, provider: OAuthProvider, token: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+        """The token, refreshed (RFC 6749 section 6) if it expires within `LEEWAY` seconds.
+
+        Authlib decides (`ensure_active_token`) and keeps the old refresh token when the
+        provider does not send a new one.
+        """
+        fresh: dict[str, Any] = dict(token)
+
+        async def keep(new: Mapping[str, Any], **_: Any) -> None:
+            fresh.clear()
+            fresh.update(new)
+
+        async with self._client(provider, token=dict(token), update_token=keep) as client:
+            try:
+                await client.ensure_active_token(client.token)
+            except Exception as exc:
+                raise _failure(provider, exc) from None
+        return fresh
+
+
+def _failure(provider: OAuthProvider, exc: Exception) -> OAuthFailure:
+    """What went wrong at the token endpoint, without the token or the client secret."""
+    if isinstance(exc, OAuthError):
+        return OAuthFailure(f"{provider.name} refused the token request: {exc.error}",
+                            refused=True, error=str(exc.error or "invalid_request"))
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return OAuthFailure(f"{provider.name} token endpoint answered {status}",
+                            refused=False)
+    if isinstance(exc, ValueError | KeyError):
+        return OAuthFailure(f"{provider.name} token endpoint answered something that is not a "
+                            "token", refused=False)
+    # Authlib's client is httpx's or httpx2's: any other error is the transport's.
+    return OAuthFailure(f"{provider.name} token endpoint unreachable: {type(exc).__name__}",
+                        refused=False)

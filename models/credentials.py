@@ -1,0 +1,107 @@
+"""The credentials vault's table: one encrypted value per (account, mode, name).
+
+`Credential` is an `AccountModel`, so an uninstall in a mode deletes the account's credentials
+in that mode with the rest of its app data. `value` holds a Fernet token, never plain text: the
+encryption lives in `jobs/credentials.py` (`Vault`), these functions only move tokens.
+
+`kind` says what the value is: `secret` (a string the extension stored) or `oauth` (a JSON token
+set from `/api/oauth/<provider>/exchange`, refreshed by the vault).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import peewee as pw
+
+from models.base import AccountModel, now
+from models.db import write_transaction
+
+SECRET, OAUTH = "secret", "oauth"
+
+
+class Credential(AccountModel):
+    name = pw.CharField(max_length=64)
+    kind = pw.CharField(max_length=8, default=SECRET)
+    value = pw.TextField()  # a Fernet token
+    updated_by = pw.CharField(max_length=255, null=True)  # the Dashboard user, or "oauth"
+    created_at = pw.DoubleField(default=now)
+    updated_at = pw.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("account_id", "mode", "name"), True),)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCredential:
+    """A row without its value: what `list` shows."""
+
+    name: str
+    mode: str
+    kind: str
+    updated: int
+    updated_by: str | None
+
+
+def _where(account_id: str, mode: str, name: str) -> pw.Expression:
+    return ((Credential.account_id == account_id) & (Credential.mode == mode)
+            & (Credential.name == name))
+
+
+def put_credential(account_id: str, mode: str, name: str, token: str, kind: str = SECRET,
+                   updated_by: str | None = None) -> int:
+    """Insert or replace the encrypted value of (account, mode, name); returns the time."""
+    t = now()
+    (Credential.insert(account_id=account_id, mode=mode, name=name, kind=kind, value=token,
+                       updated_by=updated_by, created_at=t, updated_at=t)
+     .on_conflict(conflict_target=[Credential.account_id, Credential.mode, Credential.name],
+                  update={Credential.value: token, Credential.kind: kind,
+                          Credential.updated_by: updated_by, Credential.updated_at: t})
+     .execute())
+    return int(t)
+
+
+def fetch_credential(account_id: str, mode: str, name: str) -> tuple[str, str] | None:
+    """`(kind, token)` of (account, mode, name), or None."""
+    row = (Credential.select(Credential.kind, Credential.value)
+           .where(_where(account_id, mode, name)).first())
+    return (row.kind, row.value) if row else None
+
+
+def list_credentials(account_id: str, modes: tuple[str, ...] = ("live", "test")
+                     ) -> list[StoredCredential]:
+    query = (Credential.select(Credential.name, Credential.mode, Credential.kind,
+                               Credential.updated_at, Credential.updated_by)
+             .where((Credential.account_id == account_id) & Credential.mode.in_(modes))
+             .order_by(Credential.mode, Credential.name))
+    return [StoredCredential(r.name, r.mode, r.kind, int(r.updated_at), r.updated_by)
+            for r in query]
+
+
+def delete_credential(account_id: str, mode: str, name: str) -> bool:
+    return Credential.delete().where(_where(account_id, mode, name)).execute() > 0
+
+
+def rotate_all(rotate: Callable[[str], str], batch: int = 500) -> tuple[int, list[str]]:
+    """Re-encrypt every stored value with `rotate(token) -> token`, a batch per transaction.
+
+    Returns how many rows were rewritten and the `account/mode/name` of those `rotate` could not
+    read (it raised ValueError): they are left as they were.
+    """
+    done, unreadable, last = 0, [], 0
+    while True:
+        with write_transaction():
+            rows = list(Credential.select().where(Credential.id > last)
+                        .order_by(Credential.id).limit(batch))
+            for row in rows:
+                try:
+                    token = rotate(row.value)
+                except ValueError:
+                    unreadable.append(f"{row.account_id}/{row.mode}/{row.name}")
+                    continue
+                Credential.update(value=token).where(Credential.id == row.id).execute()
+                done += 1
+        if len(rows) < batch:
+            return done, unreadable
+        last = rows[-1].id

@@ -1,0 +1,132 @@
+"""The extension's credentials endpoints, and the OAuth code exchange (issue 15).
+
+    POST /api/credentials/set     {"mode", "name", "value"} -> {"name", "mode", "updated"}
+    POST /api/credentials/list    {}                        -> {"credentials": [{"name", "mode",
+                                                                "kind", "updated"}]}
+    POST /api/credentials/delete  {"mode", "name"}          -> {"name", "mode", "deleted"}
+    POST /api/oauth/<provider>/exchange  {"mode", "code", "verifier", "redirect_uri"?}
+                                  -> {"provider", "mode", "connected": true, "expires_at", "scope"}
+
+All are signed and need the app installed. Beyond `SignedHandler`'s checks, in this order:
+- 503 when `CREDENTIALS_KEYS` is not set (`not_configured`);
+- 401 when a field they read is not covered by the signature: the value must come in the
+  raw body the extension signed, never beside the two-key `{"user_id","account_id"}` fallback;
+- 400 for a malformed field: `mode` is `live` or `test`, `name` matches `[a-z0-9_]{1,64}`,
+  `value` is a string of at most 4096 characters;
+- 403 `role_required` unless the signed `stripe_roles` hold a role id in `CREDENTIAL_ROLES`
+  (set, delete and exchange; list needs none), 403 `not_installed` for a mode the account
+  has not installed the app in.
+A value or token is never in an answer or a log line: answers carry names, modes and times.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from jobs.credentials import Vault
+from jobs.oauth import OAuthFailure, OAuthNotConfigured
+from service.base import APIError
+from service.signed import SignedHandler, SignedRequest
+
+MODES = ("live", "test")
+NAME = re.compile(r"[a-z0-9_]{1,64}")
+MAX_VALUE = 4096
+
+
+class VaultHandler(SignedHandler):
+    """A signed endpoint on the credentials vault."""
+
+    @property
+    def vault(self) -> Vault:
+        vault: Vault | None = self.settings.get("vault")
+        if vault is None or not vault.enabled:
+            raise APIError(503, "credentials are not configured on this server",
+                           code="not_configured", reason_for_log="CREDENTIALS_KEYS unset")
+        return vault
+
+    def mode(self, req: SignedRequest) -> str:
+        mode = req.signed("mode")
+        if mode not in MODES:
+            raise APIError(400, "mode must be \"live\" or \"test\"")
+        if not self.installations.is_active(req.account_id, mode):
+            raise APIError(403, f"the app is not installed on this account in {mode} mode",
+                           code="not_installed",
+                           reason_for_log=f"{req.account_id} not installed in {mode} mode")
+        return mode
+
+    def name(self, req: SignedRequest) -> str:
+        name = req.signed("name")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise APIError(400, "name must be 1 to 64 characters of a-z, 0-9 and _")
+        return name
+
+    def require_role(self, req: SignedRequest) -> None:
+        allowed = self.config.credential_roles
+        if not req.has_role(*allowed):
+            raise APIError(403, "changing credentials needs one of these roles in the signed "
+                           f"stripe_roles: {', '.join(allowed)}", code="role_required",
+                           reason_for_log=f"{req.user_id} of {req.account_id} has roles "
+                           f"{req.roles} (needs one of {', '.join(allowed)})")
+
+
+class SetCredentialHandler(VaultHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        vault = self.vault
+        mode, name = self.mode(req), self.name(req)
+        value = req.signed("value")
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_VALUE:
+            raise APIError(400, f"value must be a string of 1 to {MAX_VALUE} characters")
+        self.require_role(req)
+        updated = await vault.set(req.account_id, mode, name, value, req.user_id)
+        return {"name": name, "mode": mode, "updated": updated}
+
+
+class ListCredentialsHandler(VaultHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        rows = await self.vault.list(req.account_id)
+        return {"credentials": [{"name": c.name, "mode": c.mode, "kind": c.kind,
+                                 "updated": c.updated} for c in rows]}
+
+
+class DeleteCredentialHandler(VaultHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        vault = self.vault
+        mode, name = self.mode(req), self.name(req)
+        self.require_role(req)
+        deleted = await vault.delete(req.account_id, mode, name)
+        return {"name": name, "mode": mode, "deleted": deleted}
+
+
+class OAuthExchangeHandler(VaultHandler):
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        vault = self.vault
+        provider = vault.oauth.get(self.path_args[0])
+        if provider is None:
+            raise APIError(404, "no such OAuth provider")
+        mode = self.mode(req)
+        code, verifier = req.signed("code"), req.signed("verifier")
+        for field, value in (("code", code), ("verifier", verifier)):
+            if not isinstance(value, str) or not 0 < len(value) <= 2048:
+                raise APIError(400, f"{field} must be a non-empty string")
+        redirect_uri = req.signed("redirect_uri") if "redirect_uri" in req.body else None
+        if redirect_uri is not None and not isinstance(redirect_uri, str):
+            raise APIError(400, "redirect_uri must be a string")
+        self.require_role(req)
+        try:
+            token = await vault.oauth.exchange(provider, code, verifier, redirect_uri)
+        except OAuthNotConfigured as exc:
+            raise APIError(503, f"OAuth provider {provider.name!r} is not configured on this "
+                           "server", code="not_configured", reason_for_log=str(exc)) from None
+        except OAuthFailure as exc:
+            if exc.refused:
+                raise APIError(400, f"{provider.name} refused the code: {exc.error}",
+                               code="oauth_refused", reason_for_log=str(exc)) from None
+            raise APIError(502, f"{provider.name} could not be reached", code="bad_gateway",
+                           reason_for_log=str(exc)) from None
+        if not token.get("access_token"):
+            raise APIError(502, f"{provider.name} answered without an access token",
+                           code="bad_gateway")
+        await vault.set_oauth(req.account_id, mode, provider.name, token, req.user_id)
+        return {"provider": provider.name, "mode": mode, "connected": True,
+                "expires_at": token.get("expires_at"), "scope": token.get("scope")}
