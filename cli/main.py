@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.simulate import add_parser as add_simulate
 
     add_simulate(sub)
+    from cli.doctor import add_parser as add_doctor
+
+    add_doctor(sub)
     dev = sub.add_parser("dev", help="run with development secrets and a local Stripe emulator")
     dev.add_argument("--stripe-port", type=int, default=8420)
     return parser
@@ -79,11 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = Config.from_env()
     except ConfigError as exc:
+        if command == "doctor":  # the doctor explains a configuration that does not load
+            return args.func(None, args)
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
     if command == "serve":
         return run_server(config)
+    if command == "doctor":
+        return args.func(config, args)
     if command == "dev":
         from cli.dev import run_dev
 

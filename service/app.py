@@ -9,6 +9,7 @@ callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import tornado.web
@@ -20,6 +21,7 @@ from models.db import Storage
 from models.installation_index import InstallationIndex
 from service.base import NotFoundHandler
 from service.config import Config
+from service.doctor import DoctorReport
 from service.extension import (
     BalanceHandler,
     InstallationStatusHandler,
@@ -75,5 +77,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         compress_response=False,
         log_function=_log_server_errors,
         xheaders=False,
+        doctor=settings.pop("doctor", None) or DoctorReport(),
+        started_at=time.time(),
         **settings,
     )

@@ -101,11 +101,15 @@ class Config:
     replica_poll_seconds: float = 30.0
     log_format: str = "text"
     log_level: str = "info"
+    public_url: str = ""
+    operator_token: str | None = None
 
     def __post_init__(self) -> None:
+        if not self.public_url:
+            object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
         if not self.install_redirect_uri:
             object.__setattr__(
-                self, "install_redirect_uri", f"http://{self.host}:{self.port}/callback/stripe"
+                self, "install_redirect_uri", f"{self.public_url}/callback/stripe"
             )
 
     @property
@@ -132,6 +136,8 @@ class Config:
                              "cannot call the Stripe API")
         if not self.app_id:
             lines.append("STRIPE_APP_ID unset: GET /install answers 503")
+        if not self.operator_token:
+            lines.append("OPERATOR_TOKEN unset: GET /status answers 503")
         if not self.scheduler:
             lines.append("SCHEDULER=off: this process runs no scheduled jobs")
         if self.app_id and not self.install_redirect_uri.startswith("https://"):
@@ -154,6 +160,19 @@ class Config:
             if len(found) > 1:
                 raise ConfigError(f"{name}: takes one key, not a list")
             keys[mode] = found[0] if found else None
+        public_url = _url(env, "PUBLIC_URL", None)
+        if public_url:
+            parts = urlsplit(public_url)
+            if parts.path.strip("/") or parts.query or parts.fragment:
+                raise ConfigError("PUBLIC_URL: must be an origin such as https://app.example.com"
+                                  f" (no path), got {public_url!r}")
+            public_url = f"{parts.scheme}://{parts.netloc}"
+        else:
+            public_url = f"http://{host}:{port}"
+        token = env.get("OPERATOR_TOKEN", "").strip() or None
+        if token is not None and len(token) < 16:
+            raise ConfigError("OPERATOR_TOKEN: must be at least 16 characters (make one with "
+                              "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         redirect = _url(env, "STRIPE_INSTALL_REDIRECT_URI", None)
         app_id = env.get("STRIPE_APP_ID", "").strip() or None
         if app_id and not re.fullmatch(r"[A-Za-z0-9._-]+", app_id):
@@ -171,7 +190,7 @@ class Config:
             secret_keys=keys,
             api_base=_url(env, "STRIPE_API_BASE", None),
             app_id=app_id,
-            install_redirect_uri=redirect or f"http://{host}:{port}/callback/stripe",
+            install_redirect_uri=redirect or f"{public_url}/callback/stripe",
             install_success_url=_url(env, "INSTALL_SUCCESS_URL", None),
             signature_tolerance=_int(env, "SIGNATURE_TOLERANCE", 300, 1, 86400),
             scheduler=_choice(env, "SCHEDULER", "on", ("on", "off")) == "on",
@@ -186,6 +205,8 @@ class Config:
             replica_poll_seconds=_float(env, "REPLICA_POLL_SECONDS", 30.0, 0.1, 60.0),
             log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
             log_level=log_level,
+            public_url=public_url,
+            operator_token=token,
         )
 
 
@@ -200,7 +221,8 @@ VARIABLES = [
     ("STRIPE_SECRET_KEY_TEST", "platform key for test per-account calls", "none"),
     ("STRIPE_API_BASE", "Stripe API address, for a local emulator", "Stripe's"),
     ("STRIPE_APP_ID", "the app's id, for install links", "none"),
-    ("STRIPE_INSTALL_REDIRECT_URI", "the install callback URL", "http://HOST:PORT/callback/stripe"),
+    ("PUBLIC_URL", "the backend's public origin (https in production)", "http://HOST:PORT"),
+    ("STRIPE_INSTALL_REDIRECT_URI", "the install callback URL", "PUBLIC_URL/callback/stripe"),
     ("INSTALL_SUCCESS_URL", "where to send the browser after an install", "a plain page"),
     ("SIGNATURE_TOLERANCE", "seconds a signature stays valid", "300"),
     ("SCHEDULER", "on or off for this process", "on"),
@@ -210,5 +232,6 @@ VARIABLES = [
     ("JOB_CONCURRENCY", "job runs at once in this process", "10"),
     ("STRIPE_RATE_LIMIT_LIVE, _TEST", "Stripe calls per second per mode", "80, 20"),
     ("REPLICA_POLL_SECONDS", "how often installs made by other replicas are read", "30"),
+    ("OPERATOR_TOKEN", "the operator's secret for /status (16+ characters)", "none: 503"),
     ("LOG_FORMAT, LOG_LEVEL", "text or json; debug, info, warning, error", "text, info"),
 ]

@@ -34,6 +34,7 @@ from models.installation_index import InstallationIndex
 from models.migrate import migrate
 from service.app import make_app
 from service.config import Config
+from service.doctor import log_findings
 from service.metrics import Metrics
 from service.tracker import RequestTracker
 
@@ -175,6 +176,10 @@ async def serve(config: Config, **kwargs: Any) -> None:
     except StartupError:
         await backend.stop()
         raise
+    # The configuration doctor, as log lines, after readiness (service/doctor.py).
+    doctor = loop.create_task(log_findings(backend.app.settings["doctor"], config,
+                                           backend.storage, backend.registry))
     await stop.wait()
+    doctor.cancel()
     log.info("shutting down")
     await backend.stop()
