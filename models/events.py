@@ -26,13 +26,16 @@ class WebhookEvent(BaseModel):
     livemode = pw.BooleanField()
     created = pw.BigIntegerField()
     payload = pw.TextField()  # the raw body, byte for byte as verified (UTF-8)
-    received_at = pw.DoubleField(default=now)
+    received_at = pw.DoubleField(default=now, index=True)
     status = pw.CharField(max_length=16, default="pending", index=True)
     attempts = pw.IntegerField(default=0)
     last_error = pw.TextField(null=True)
     next_attempt_at = pw.DoubleField(null=True, index=True)
     locked_until = pw.DoubleField(null=True)
     processed_at = pw.DoubleField(null=True)
+
+    class Meta:
+        indexes = ((("status", "received_at"), False),)  # the status page (003)
 
     @property
     def mode(self) -> str:

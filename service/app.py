@@ -32,6 +32,7 @@ from service.guard import GuardedApplication
 from service.health import HealthHandler, MetricsHandler
 from service.install import CallbackHandler, InstallHandler
 from service.metrics import Metrics
+from service.status import status_routes
 from service.tracker import RequestTracker
 from service.webhooks import WebhookHandler
 
@@ -62,6 +63,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         (r"/webhooks", WebhookHandler),
         (r"/healthz", HealthHandler),
         (r"/metrics", MetricsHandler),
+        *status_routes(),
     ]
     return GuardedApplication(
         routes,
