@@ -26,7 +26,7 @@ class WebhookEvent(BaseModel):
     livemode = pw.BooleanField()
     created = pw.BigIntegerField()
     payload = pw.TextField()  # the raw body, byte for byte as verified (UTF-8)
-    received_at = pw.DoubleField(default=now, index=True)
+    received_at = pw.DoubleField(default=now)
     status = pw.CharField(max_length=16, default="pending", index=True)
     attempts = pw.IntegerField(default=0)
     last_error = pw.TextField(null=True)
@@ -35,7 +35,8 @@ class WebhookEvent(BaseModel):
     processed_at = pw.DoubleField(null=True)
 
     class Meta:
-        indexes = ((("status", "received_at"), False),)  # the status page (003)
+        indexes = ((("status", "received_at"), False),  # the status page (003)
+                   (("received_at", "status"), False))
 
     @property
     def mode(self) -> str:

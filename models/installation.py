@@ -35,7 +35,7 @@ class Installation(BaseModel):
     class Meta:
         indexes = ((("account_id", "mode"), True),
                    (("active", "mode"), False),  # the status page (003)
-                   (("jobs_paused", "updated_at"), False))
+                   (("jobs_paused", "active", "mode", "updated_at"), False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ class JobRun(BaseModel):
     account_id = pw.CharField(max_length=255)
     mode = pw.CharField(max_length=4)
     fire_time = pw.BigIntegerField()
-    started_at = pw.DoubleField(null=True, index=True)
+    started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
     outcome = pw.CharField(max_length=16, default="claimed")  # running/succeeded/failed/...
     error = pw.TextField(null=True)
@@ -30,6 +30,7 @@ class JobRun(BaseModel):
             (("job", "account_id", "mode", "fire_time"), True),
             (("account_id", "mode", "started_at"), False),
             (("outcome", "started_at"), False),  # the status page (003)
+            (("started_at", "job", "outcome"), False),
         )
 
 

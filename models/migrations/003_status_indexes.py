@@ -14,19 +14,19 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
     migrator.add_index("installation", "active", "mode")
     migrator.add_index("installation", "installed_at")
     migrator.add_index("installation", "uninstalled_at")
-    migrator.add_index("installation", "jobs_paused", "updated_at")
-    migrator.add_index("webhook_event", "received_at")
+    migrator.add_index("installation", "jobs_paused", "active", "mode", "updated_at")
+    migrator.add_index("webhook_event", "received_at", "status")  # covers the hourly chart
     migrator.add_index("webhook_event", "status", "received_at")
-    migrator.add_index("job_run", "started_at")
+    migrator.add_index("job_run", "started_at", "job", "outcome")  # covers runs by outcome
     migrator.add_index("job_run", "outcome", "started_at")
 
 
 def rollback(migrator: Migrator, database: pw.Database, *, fake=False):
     migrator.drop_index("job_run", "outcome", "started_at")
-    migrator.drop_index("job_run", "started_at")
+    migrator.drop_index("job_run", "started_at", "job", "outcome")
     migrator.drop_index("webhook_event", "status", "received_at")
-    migrator.drop_index("webhook_event", "received_at")
-    migrator.drop_index("installation", "jobs_paused", "updated_at")
+    migrator.drop_index("webhook_event", "received_at", "status")
+    migrator.drop_index("installation", "jobs_paused", "active", "mode", "updated_at")
     migrator.drop_index("installation", "uninstalled_at")
     migrator.drop_index("installation", "installed_at")
     migrator.drop_index("installation", "active", "mode")
