@@ -203,6 +203,25 @@ class JobScheduler:
             return aps_job.next_run_time if aps_job else None
         return None
 
+    def upcoming(self, per_job: int = 3) -> dict[str, list[tuple[str, str, datetime]]]:
+        """The next fires of each job, soonest first: `{job: [(account, mode, when)]}`.
+
+        APScheduler keeps its jobs sorted by next fire, so this stops as soon as every job
+        has `per_job` entries (the status page)."""
+        found: dict[str, list[tuple[str, str, datetime]]] = {n: [] for n in self.registry.jobs}
+        if self._aps is None:
+            return found
+        wanted = len(found) * per_job
+        for aps_job in self._aps.get_jobs():
+            name, account_id, mode = aps_job.args
+            rows = found.setdefault(name, [])
+            if len(rows) < per_job and aps_job.next_run_time is not None:
+                rows.append((account_id, mode, aps_job.next_run_time))
+                wanted -= 1
+                if wanted <= 0:
+                    break
+        return found
+
 
 def describe_jobs(registry: Registry, installations: InstallationIndex,
                   scheduler: JobScheduler | None, account_id: str) -> list[dict[str, Any]]:

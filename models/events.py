@@ -40,6 +40,10 @@ class WebhookEvent(BaseModel):
     locked_until = pw.DoubleField(null=True)
     processed_at = pw.DoubleField(null=True)
 
+    class Meta:
+        indexes = ((("status", "received_at"), False),  # the status page (003)
+                   (("received_at", "status"), False))
+
     @property
     def mode(self) -> Mode:
         return Mode.of_livemode(self.livemode)

@@ -25,8 +25,8 @@ class Installation(BaseModel):
     mode = pw.CharField(max_length=4)  # a Mode
     active = pw.BooleanField(default=False)
     installed_by = pw.CharField(max_length=255, null=True)
-    installed_at = pw.DoubleField(null=True)
-    uninstalled_at = pw.DoubleField(null=True)
+    installed_at = pw.DoubleField(null=True, index=True)
+    uninstalled_at = pw.DoubleField(null=True, index=True)
     confirmed = pw.BooleanField(default=False)  # an authorized webhook agreed
     state_at = pw.BigIntegerField(default=0)
     state_seq = pw.DoubleField(default=0)
@@ -44,7 +44,9 @@ class Installation(BaseModel):
     details_at = pw.BigIntegerField(default=0)  # `created` of the change that set them
 
     class Meta:
-        indexes = ((("account_id", "mode"), True),)
+        indexes = ((("account_id", "mode"), True),
+                   (("active", "mode"), False),  # the status page (003)
+                   (("jobs_paused", "active", "mode", "updated_at"), False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,8 @@ class JobRun(BaseModel):
         indexes = (
             (("job", "account_id", "mode", "fire_time"), True),
             (("account_id", "mode", "started_at"), False),
+            (("outcome", "started_at"), False),  # the status page (003)
+            (("started_at", "job", "outcome"), False),
         )
 
 

@@ -9,6 +9,7 @@ callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import tornado.web
@@ -27,6 +28,7 @@ from service.credentials import (
     SetCredentialHandler,
 )
 from service.customers import CustomerSummaryHandler
+from service.doctor import DoctorReport
 from service.extension import (
     BalanceHandler,
     InstallationStatusHandler,
@@ -37,6 +39,7 @@ from service.guard import GuardedApplication
 from service.health import HealthHandler, MetricsHandler
 from service.install import CallbackHandler, InstallHandler
 from service.metrics import Metrics
+from service.status import status_routes
 from service.tasks import TaskStartHandler, TaskStatusHandler
 from service.tracker import RequestTracker
 from service.webhooks import WebhookHandler
@@ -70,6 +73,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         (r"/webhooks", WebhookHandler),
         (r"/healthz", HealthHandler),
         (r"/metrics", MetricsHandler),
+        *status_routes(),
     ]
     return GuardedApplication(
         routes,
@@ -84,5 +88,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         tracker=tracker,
         compress_response=False,
         xheaders=False,
+        doctor=settings.pop("doctor", None) or DoctorReport(),
+        started_at=time.time(),
         **settings,
     )

@@ -131,6 +131,22 @@ def _url(name: str, raw: str) -> str:
     return raw
 
 
+def _origin(name: str, raw: str) -> str:
+    """An http(s) origin with no path: `https://app.example.com` (a trailing / is dropped)."""
+    parts = urlsplit(_url(name, raw))
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigError(f"{name}: must be an origin such as https://app.example.com"
+                          f" (no path), got {raw!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _operator_token(name: str, raw: str) -> str:
+    if len(raw) < 16:  # never echoed: it is a secret
+        raise ConfigError(f"{name}: must be at least 16 characters (make one with "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return raw
+
+
 @dataclass(frozen=True)
 class _Secrets:
     """Comma-separated secrets, each starting with one of `prefixes`."""
@@ -250,9 +266,14 @@ class Config:
         _Pattern(r"[A-Za-z0-9._-]+", "must look like com.example.app", full=True),
         "the app's id, for install links")
     # Empty means derived from host and port, in __post_init__.
+    public_url: str = setting(
+        "PUBLIC_URL", "", _origin,
+        "the backend's public origin (https in production): install links, the redirect "
+        "default, `doctor`, `manifest`", "`http://HOST:PORT`")
+    # Empty means derived from the public URL, in __post_init__.
     install_redirect_uri: str = setting(
         "STRIPE_INSTALL_REDIRECT_URI", "", _url,
-        "the install callback, as in `allowed_redirect_uris`", "`http://HOST:PORT/callback/stripe`")
+        "the install callback, as in `allowed_redirect_uris`", "`PUBLIC_URL/callback/stripe`")
     install_success_url: str | None = setting(
         "INSTALL_SUCCESS_URL", None, _url, "where the browser goes after an install",
         "a plain page")
@@ -297,6 +318,9 @@ class Config:
         "LOG_LEVEL", "info", _Choice(("debug", "info", "warning", "error")),
         "lowest level logged: `debug`, `info`, `warning` or `error`")
 
+    operator_token: str | None = setting(
+        "OPERATOR_TOKEN", None, _operator_token,
+        "the operator's secret for `/status` (16+ characters); unset: `/status` answers 503")
     credentials_keys: tuple[str, ...] = setting(
         "CREDENTIALS_KEYS", (), _fernet_keys,
         "Fernet keys for the credentials vault, comma-separated: the first encrypts, all decrypt")
@@ -305,10 +329,10 @@ class Config:
         "role ids allowed to set or delete an account's credentials", "`admin,super_admin`")
 
     def __post_init__(self) -> None:
+        if not self.public_url:
+            object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
         if not self.install_redirect_uri:
-            object.__setattr__(
-                self, "install_redirect_uri", f"http://{self.host}:{self.port}/callback/stripe"
-            )
+            object.__setattr__(self, "install_redirect_uri", f"{self.public_url}/callback/stripe")
 
     @property
     def callback_path(self) -> str:
@@ -334,6 +358,8 @@ class Config:
                              "cannot call the Stripe API")
         if not self.app_id:
             lines.append("STRIPE_APP_ID unset: GET /install answers 503")
+        if not self.operator_token:
+            lines.append("OPERATOR_TOKEN unset: GET /status answers 503")
         if not self.credentials_keys:
             lines.append("CREDENTIALS_KEYS unset: /api/credentials and /api/oauth answer 503")
         if not self.scheduler:

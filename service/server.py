@@ -39,6 +39,7 @@ from models.db import UNAVAILABLE, Storage
 from models.installation_index import InstallationIndex
 from service.app import make_app
 from service.config import Config
+from service.doctor import log_findings
 from service.services import Services
 from service.tracker import RequestTracker
 
@@ -212,6 +213,10 @@ async def serve(config: Config, **kwargs: Any) -> None:
     except StartupError:
         await backend.stop()
         raise
+    # The configuration doctor, as log lines, after readiness (service/doctor.py).
+    doctor = loop.create_task(log_findings(backend.app.settings["doctor"], config,
+                                           backend.storage, backend.registry))
     await stop.wait()
+    doctor.cancel()
     log.info("shutting down")
     await backend.stop()

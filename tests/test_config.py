@@ -90,8 +90,11 @@ def test_derived_redirect_and_disabled_features():
     assert [line.split(" ")[0] for line in Config().disabled_features()] == [
         "STRIPE_APP_SECRETS", "STRIPE_WEBHOOK_SECRETS_LIVE", "STRIPE_SECRET_KEY_LIVE",
         "STRIPE_WEBHOOK_SECRETS_TEST", "STRIPE_SECRET_KEY_TEST", "STRIPE_APP_ID",
-        "CREDENTIALS_KEYS",
+        "OPERATOR_TOKEN", "CREDENTIALS_KEYS",
     ]
+    public = Config.from_env({"PUBLIC_URL": "https://app.example.com/"})
+    assert public.public_url == "https://app.example.com"  # an origin: the slash is dropped
+    assert public.install_redirect_uri == "https://app.example.com/callback/stripe"
 
 
 def test_values_are_parsed_per_mode():

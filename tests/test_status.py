@@ -1,0 +1,252 @@
+"""The operator's status page as a black box over HTTP (issue 16): 503 without a token, the
+log-in cookie, bearer tokens, CSRF on every action, figures from the database, replay and
+resume; and its queries stay on indexes (100,000 installations, a million events)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+from conftest import WH_LIVE, base_env, event, running
+from tornado.web import create_signed_value
+
+from jobs.registry import Registry, on_event
+from models.db import open_database
+from models.installation import Installation, apply_state, set_paused
+from models.migrate import migrate
+from service.status import COOKIE, _derive
+
+TOKEN = "operator-token-" + "x" * 20
+
+
+class Flaky:
+    """An app's event handler that fails until told otherwise."""
+
+    fail = True
+
+    @staticmethod
+    @on_event("customer.created")
+    async def on_customer(ctx):
+        if Flaky.fail:
+            raise RuntimeError("downstream <b>unavailable</b>")
+
+
+def registry() -> Registry:
+    reg = Registry.discover()
+    reg.add_module(Flaky)
+    return reg
+
+
+def env(tmp_path, **extra):
+    return base_env(tmp_path, OPERATOR_TOKEN=TOKEN, **extra)
+
+
+async def login(app) -> httpx.AsyncClient:
+    client = httpx.AsyncClient(base_url=app.url, timeout=20)
+    resp = await client.post("/status/login", data={"token": TOKEN})
+    assert resp.status_code == 303 and resp.headers["location"] == "/status"
+    return client
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="_csrf" value="([0-9a-f]{64})"', html).group(1)
+
+
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_off_without_token(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        for path in ("/status", "/status.json", "/status/login"):
+            resp = await app.client.get(path, headers=BEARER)
+            assert resp.status_code == 503, path
+            assert resp.json()["error"]["code"] == "not_configured"
+        resp = await app.client.post("/status/login", data={"token": TOKEN})
+        assert resp.status_code == 503
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_authentication(tmp_path):
+    async with running(env(tmp_path)) as app:
+        c = app.client
+        # no credentials: the page sends a browser to the form, the rest answers 401
+        resp = await c.get("/status")
+        assert resp.status_code == 303 and resp.headers["location"] == "/status/login"
+        assert (await c.get("/status.json")).status_code == 401
+        assert (await c.post("/status/replay", data={"event_id": "evt_1"})).status_code == 401
+        form = await c.get("/status/login")
+        assert form.status_code == 200 and 'name="token"' in form.text
+        assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
+        # bearer: right and wrong
+        resp = await c.get("/status.json", headers=BEARER)
+        assert resp.status_code == 200 and resp.json()["installations"]["active"] == {
+            "live": 0, "test": 0}
+        for bad in ("Bearer nope", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):
+            resp = await c.get("/status.json", headers={"Authorization": bad})
+            assert resp.status_code == 401, bad
+            assert TOKEN not in resp.text
+        # the form: a wrong token is refused, the right one sets the cookie
+        resp = await c.post("/status/login", data={"token": "wrong-token-wrong-token"})
+        assert resp.status_code == 401 and "not the operator token" in resp.text
+        assert COOKIE not in resp.headers.get("set-cookie", "")
+        resp = await c.post("/status/login", data={"token": TOKEN})
+        assert resp.status_code == 303
+        cookie = resp.headers["set-cookie"]
+        assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert TOKEN not in cookie
+        browser = await login(app)
+        page = await browser.get("/status")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "<script" not in page.text  # nothing to run: server-rendered
+        assert (await browser.get("/status.json")).status_code == 200
+        # a cookie signed with another token's key is not a session
+        forged = create_signed_value(_derive("another-operator-token", "cookie"), COOKIE,
+                                     "x").decode()
+        async with httpx.AsyncClient(base_url=app.url, cookies={COOKIE: forged}) as other:
+            assert (await other.get("/status.json")).status_code == 401
+        # a bad page number is a 400, not a traceback
+        resp = await c.get("/status.json?events=-1", headers=BEARER)
+        assert resp.status_code == 400
+        await browser.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_figures_replay_and_resume(tmp_path):
+    async with running(env(tmp_path), registry=registry()) as app:
+        Flaky.fail = True
+        # an install through the API: the signed authorized webhook
+        resp = await app.webhook(event("account.application.authorized", account="acct_status"))
+        assert resp.status_code == 200
+        failing = event("customer.created", account="acct_status", event_id="evt_fails")
+        assert (await app.webhook(failing, WH_LIVE)).status_code == 200
+        await app.settle()
+        data = (await app.client.get("/status.json", headers=BEARER)).json()
+        assert data["installations"]["active"] == {"live": 1, "test": 0}
+        assert [r["account_id"] for r in data["installations"]["latest_installs"]] == [
+            "acct_status"]
+        assert data["webhooks"]["open"]["failed"] == 1
+        (problem,) = data["webhooks"]["problems"]
+        assert problem["id"] == "evt_fails" and "unavailable" in problem["last_error"]
+        current = data["webhooks"]["hourly"][-1]
+        assert current["processed"] == 1 and current["failed"] == 1
+        assert len(data["webhooks"]["hourly"]) == 24
+        assert data["jobs"]["jobs"][0]["job"] == "balance_snapshot"
+        assert data["health"]["version"] and data["health"]["uptime_seconds"] >= 0
+
+        browser = await login(app)
+        page = (await browser.get("/status")).text
+        assert "acct_status" in page and "evt_fails" in page and "<svg" in page
+        assert "downstream &lt;b&gt;unavailable&lt;/b&gt;" in page  # escaped, not markup
+        token = csrf_of(page)
+        # an action without (or with a wrong) CSRF token is refused
+        for data_ in ({"event_id": "evt_fails"}, {"event_id": "evt_fails", "_csrf": "0" * 64}):
+            resp = await browser.post("/status/replay", data=data_)
+            assert resp.status_code == 403
+        # replay, now that the handler works
+        Flaky.fail = False
+        resp = await browser.post("/status/replay", data={"event_id": "evt_fails",
+                                                          "_csrf": token})
+        assert resp.status_code == 303 and "done=processed" in resp.headers["location"]
+        page = (await browser.get(resp.headers["location"])).text
+        assert "Event evt_fails replayed: processed." in page
+        assert "No failed or dead events." in page
+
+        # pause (as the runner does when Stripe revokes access), then resume from the page
+        view = await app.backend.storage.run(set_paused, "acct_status", "live", True,
+                                             "Stripe revoked access")
+        app.backend.installations.put(view)
+        assert app.backend.scheduler.job_count() == 0
+        page = (await browser.get("/status")).text
+        assert "Stripe revoked access" in page and 'aria-label="resume acct_status live"' in page
+        resp = await browser.post("/status/resume", data={"account_id": "acct_status",
+                                                          "mode": "live", "_csrf": token})
+        assert resp.status_code == 303 and "done=resumed" in resp.headers["location"]
+        assert not (await app.backend.storage.run(Installation.get)).jobs_paused
+        assert app.backend.scheduler.job_count() == 1  # this process resumed at once
+        # scripts: bearer actions need no CSRF and answer JSON
+        resp = await app.client.post("/status/replay", data={"event_id": "evt_none"},
+                                     headers=BEARER)
+        assert resp.status_code == 200 and resp.json()["done"] == "no_event"
+        resp = await app.client.post("/status/resume", data={"account_id": "acct_status",
+                                                             "mode": "sideways"},
+                                     headers=BEARER)
+        assert resp.status_code == 400
+        resp = await app.client.post("/status/doctor", headers=BEARER)
+        assert resp.status_code == 200 and resp.json()["done"] == "doctor"
+        data = (await app.client.get("/status.json", headers=BEARER)).json()
+        assert data["health"]["doctor"]["findings"]
+        # log out ends the session
+        resp = await browser.post("/status/logout", data={"_csrf": token})
+        assert resp.status_code == 303
+        assert (await browser.get("/status.json")).status_code == 401
+        await browser.aclose()
+
+
+def test_status_queries_use_indexes(tmp_path):
+    """SQLite's plan for every status query is an index search, never a table scan, so the
+    page costs the same with 100,000 installations and a million events."""
+    from models.status import Pages, snapshot
+
+    db = open_database(f"sqlite:///{tmp_path}/plan.db")
+    migrate(db)
+    apply_state("acct_1", "live", True, int(time.time()), "setup")
+    plans: list[tuple[str, str]] = []
+    original = db.execute_sql
+
+    def explain(sql, params=None, *args, **kw):
+        if sql.lstrip().upper().startswith("SELECT"):
+            rows = original("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            plans.extend((sql, row[-1]) for row in rows)
+        return original(sql, params, *args, **kw)
+
+    db.execute_sql = explain
+    try:
+        snapshot(time.time(), Pages(paused=1, events=2, failures=3))
+    finally:
+        del db.execute_sql
+    assert len({sql for sql, _ in plans}) >= 9
+    scans = [(sql, p) for sql, p in plans if p.startswith("SCAN")]  # a table or whole index
+    assert not scans, scans
+
+
+def test_snapshot_on_both_databases(db_url):
+    """Hourly buckets and pages agree on SQLite and PostgreSQL (whose casts round)."""
+    from models.events import WebhookEvent
+    from models.jobs import JobRun
+    from models.status import PAGE_SIZE, Pages, snapshot
+
+    db = open_database(db_url)
+    migrate(db)
+    now = time.time()
+    rows = []
+    for k, status in [(0, "processed"), (0, "failed"), (5, "dead"), (23, "processed"),
+                      (24, "processed")]:  # 24 hours ago: outside the chart
+        for i in range(2):
+            rows.append({"id": f"evt_{k}_{status}_{i}", "type": "customer.created",
+                         "account_id": "acct_1", "livemode": True, "created": int(now),
+                         "payload": "{}", "received_at": now - k * 3600 - 0.4 * i,
+                         "status": status, "last_error": "boom" if status != "processed"
+                         else None})
+    WebhookEvent.insert_many(rows).execute()
+    for i in range(PAGE_SIZE + 3):
+        apply_state(f"acct_{i:03d}", "test", True, int(now), "setup")
+        set_paused(f"acct_{i:03d}", "test", True, "revoked")
+    JobRun.insert(job="j", account_id="acct_1", mode="live", fire_time=int(now),
+                  started_at=now, outcome="failed", error="x").execute()
+    data = snapshot(now, Pages())
+    hourly = data["webhooks"]["hourly"]
+    assert (hourly[23].get("processed"), hourly[23].get("failed")) == (2, 2)
+    assert hourly[18].get("dead") == 2 and hourly[0].get("processed") == 2
+    assert sum(sum(v for k, v in h.items() if k != "hour") for h in hourly) == 8
+    assert data["webhooks"]["open"] == {"pending": 0, "processing": 0, "failed": 2, "dead": 2}
+    assert len(data["webhooks"]["problems"]) == 4
+    assert data["installations"]["active"] == {"live": 0, "test": PAGE_SIZE + 3}
+    assert data["installations"]["paused_count"]["test"] == PAGE_SIZE + 3
+    assert len(data["installations"]["paused"]) == PAGE_SIZE
+    assert len(snapshot(now, Pages(paused=1))["installations"]["paused"]) == 3
+    assert data["jobs"]["by_job"] == {"j": {"failed": 1}}
+    db.close()
