@@ -72,7 +72,10 @@ class APIError(HTTPError):
 
 
 def json_dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # A lone surrogate (a request may carry one as a `\ud800` escape) becomes that escape again
+    # instead of failing to encode: it can only occur inside a JSON string.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "backslashreplace")
 
 
 def error_body(code: str, message: str) -> bytes:
