@@ -207,3 +207,26 @@ def test_log_lines_are_one_bounded_line(capsys):
         assert len(lines) == 2, (fmt, lines[:3])
         assert all(len(line) <= MAX_LINE for line in lines)
         assert "ValueError" in lines[1]  # the traceback's end survives the cut
+
+
+# ---- 3. bounded metrics -----------------------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=120)
+async def test_invented_methods_do_not_grow_metrics(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        for method in ("GET", "FOO"):
+            await app.client.request(method, "/healthz")
+            await app.client.request(method, "/no/such/path")
+        await app.client.get("/metrics")
+        before = (await app.client.get("/metrics")).text
+        for start in range(0, 2000, 50):
+            batch = [app.client.request(f"M{i}", "/healthz" if i % 2 else f"/x{i}")
+                     for i in range(start, start + 50)]
+            for resp in await asyncio.gather(*batch):
+                assert resp.status_code in (404, 405)
+        after = (await app.client.get("/metrics")).text
+        series = [line for line in after.splitlines() if line.startswith("http_requests_total")]
+        assert len(series) == len([line for line in before.splitlines()
+                                   if line.startswith("http_requests_total")])
+        assert any('method="other"' in line for line in series)
+        assert len(after) < len(before) + 2000
