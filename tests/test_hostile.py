@@ -230,3 +230,24 @@ async def test_invented_methods_do_not_grow_metrics(tmp_path):
                                    if line.startswith("http_requests_total")])
         assert any('method="other"' in line for line in series)
         assert len(after) < len(before) + 2000
+
+
+# ---- 5. unknown /api paths keep CORS ----------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unknown_api_path_answers_404_with_cors(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        for method in ("POST", "GET", "DELETE"):
+            resp = await app.client.request(method, "/api/nope", content=compact(IDS).encode())
+            assert_json_error(resp, 404)
+            assert resp.headers["access-control-allow-origin"] == "*"
+        resp = await app.client.options("/api/nope/deeper", headers={
+            "Origin": "null", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "stripe-signature, content-type"})
+        assert resp.status_code == 204
+        assert resp.headers["access-control-allow-origin"] == "*"
+        assert "POST" in resp.headers["access-control-allow-methods"]
+        # outside /api, still a plain 404 without CORS
+        resp = await app.client.post("/nope")
+        assert_json_error(resp, 404)
+        assert "access-control-allow-origin" not in resp.headers
