@@ -112,6 +112,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+#: Built once (`json.loads` with hooks builds a decoder per call): immutable, thread-safe.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_float,
+                            object_pairs_hook=_unique_keys)
+
+
 def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """The JSON value in `raw`, or a `MalformedJSON` subclass (see the module docstring)."""
     # Cheap bound first: fewer brackets than the limit cannot nest deeper than it.
@@ -121,8 +126,7 @@ def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except UnicodeDecodeError:
         raise NotUTF8("the body is not UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_no_constants, parse_float=_finite_float,
-                          object_pairs_hook=_unique_keys)
+        return _DECODER.decode(text)
     except MalformedJSON:
         raise
     except RecursionError:  # cannot happen below the depth limit; never a 500 if it does
