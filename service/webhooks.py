@@ -9,8 +9,9 @@ Answers:
   with a test-mode secret (test secrets must never vouch for live data), or when the verified
   body is not a Stripe event: strict JSON (`service/jsonbody.py`, at most `MAX_EVENT_DEPTH`
   levels) with an `evt_` id, a printable-ASCII type of at most 255 characters, a boolean
-  livemode, a `created` between 0 and 2**63-1 and an `acct_` account or none, so that what is
-  refused is never what the database would refuse on every retry;
+  livemode, a `created` between 0 and 2**63-1, an `acct_` account or none, and `data` an
+  object (event handlers read `data.object`): an event the database could never store answers
+  400, not 503 on every retry;
 - 503 when no webhook secret is configured for either mode, or the event cannot be stored (so
   that Stripe retries it).
 
@@ -80,6 +81,7 @@ class WebhookHandler(BaseHandler):
                 or not isinstance(livemode, bool)
                 or not isinstance(created, int) or isinstance(created, bool)
                 or not 0 <= created <= MAX_CREATED
+                or not isinstance(event.get("data", {}), dict)
                 or (account is not None and not (isinstance(account, str)
                                                  and ACCOUNT_ID.fullmatch(account)))):
             raise APIError(400, "the event lacks a valid id, type, livemode or created")

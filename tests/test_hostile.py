@@ -156,7 +156,8 @@ async def test_webhook_fields_the_database_cannot_hold_answer_400(tmp_path, crea
 async def test_webhook_strings_the_database_cannot_hold_answer_400(tmp_path):
     async with running(base_env(tmp_path)) as app:
         for field, value in (("type", "a\u0000b"), ("type", "x" * 256),
-                             ("account", "acct_" + "1" * 300), ("account", "acct_1\u0000")):
+                             ("account", "acct_" + "1" * 300), ("account", "acct_1\u0000"),
+                             ("data", [None])):
             ev = event("customer.created")
             ev[field] = value
             assert_json_error(await app.webhook(ev), 400)
@@ -251,3 +252,18 @@ async def test_unknown_api_path_answers_404_with_cors(tmp_path):
         resp = await app.client.post("/nope")
         assert_json_error(resp, 404)
         assert "access-control-allow-origin" not in resp.headers
+
+
+# ---- found by schemathesis (tests/test_openapi.py) ---------------------------------------------
+
+@pytest.mark.gen_test(timeout=30)
+async def test_405_lists_the_allowed_methods_and_healthz_answers_head(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        for method, path, allow in (("TRACE", "/healthz", "GET, HEAD"),
+                                    ("GET", "/webhooks", "POST"),
+                                    ("PUT", "/api/whoami", "POST, OPTIONS")):
+            resp = await app.client.request(method, path)
+            assert_json_error(resp, 405)
+            assert resp.headers["allow"] == allow
+        resp = await app.client.head("/healthz")
+        assert resp.status_code == 200 and resp.content == b""
