@@ -4,7 +4,8 @@
              tracker) -> tornado.web.Application
 
 Routes (README, "Endpoints"): `/api/...` signed extension endpoints, `/install` and the install
-callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404.
+callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404 (with CORS, and a
+preflight, under `/api/`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jobs.registry import Registry
 from jobs.scheduler import JobScheduler
 from models.db import Storage
 from models.installation_index import InstallationIndex
+from service.api_fallback import ApiNotFoundHandler
 from service.base import NotFoundHandler
 from service.config import Config
 from service.credentials import (
@@ -68,6 +70,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
     routes: list[Any] = [
         *API_ROUTES,
         *(extra_routes or []),
+        (r"/api/.*", ApiNotFoundHandler),
         (r"/install", InstallHandler),
         (config.callback_path, CallbackHandler),
         (r"/webhooks", WebhookHandler),

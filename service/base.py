@@ -5,7 +5,7 @@ What it guarantees, so that no handler repeats it:
 - errors are JSON `{"error": {"code", "message"}}` with the statuses the README lists under
   "Endpoints";
   an unexpected exception is logged with its traceback and answered as a bare 500, a database
-  outage as 503, and a caller never sees a traceback or a secret;
+  outage as 503, and a caller never sees a traceback or a secret; a 405 carries `Allow`;
 - a request body larger than `MAX_BODY_SIZE` never reaches a handler: `service/guard.py`
   answers 413 from the headers, and counts requests in flight from their headers on;
 - every request is counted and timed in the metrics, by handler class (by the application in
@@ -72,7 +72,10 @@ class APIError(HTTPError):
 
 
 def json_dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # A lone surrogate (a request may carry one as a `\ud800` escape) becomes that escape again
+    # instead of failing to encode: it can only occur inside a JSON string.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "backslashreplace")
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -170,6 +173,8 @@ class BaseHandler(RequestHandler):
         else:
             code = ERROR_CODES.get(status_code, "error")
             message = responses.get(status_code, "Error")
+        if status_code == 405:  # RFC 9110: a 405 lists the methods the resource has
+            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
         self.finish(error_body(code, message))
 

@@ -1,7 +1,7 @@
 """Operations endpoints: `GET /healthz` and `GET /metrics`. No CORS, no signature.
 
-`/healthz` answers 200 when the database answers and 503 when it does not, with the state of
-each part: `{"status": "ok"|"unavailable", "database": {...}, "scheduler": {...}, ...}`.
+`/healthz` (GET or HEAD) answers 200 when the database answers and 503 when it does not, with the
+state of each part: `{"status": "ok"|"unavailable", "database": {...}, "scheduler": {...}, ...}`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class HealthHandler(BaseHandler):
             "installations": {m: self.installations.count_active(m) for m in ("live", "test")},
             "in_flight": self.tracker.in_flight,
         }, status=200 if ok else 503)
+
+    async def head(self) -> None:  # the same status, without the body (Tornado drops it)
+        await self.get()
 
 
 class MetricsHandler(BaseHandler):

@@ -1,4 +1,10 @@
-"""Prometheus metrics, one registry per app (no global state), and the event-loop lag probe."""
+"""Prometheus metrics, one registry per app (no global state), and the event-loop lag probe.
+
+Every label takes values from a fixed set, whatever requests arrive: `handler` is a handler
+class (any unrouted path is `NotFoundHandler`), `method` one of `METHODS`, `other`, or empty
+(answered before routing), `code` an HTTP status the service answers. So `/metrics` stays the
+same size under invented methods or paths.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,10 @@ from prometheus_client.exposition import generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
+
+
+#: The methods counted by name; any other (an invented one, say) is counted as `other`.
+METHODS = frozenset(("GET", "HEAD", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"))
 
 
 class Metrics:
@@ -60,6 +70,8 @@ class Metrics:
         self.task_wait.set(oldest_wait)
 
     def observe_request(self, handler: str, method: str, status: int, seconds: float) -> None:
+        if method not in METHODS and method:  # "": answered before routing (the body limit)
+            method = "other"
         key = (handler, method, status)
         pair = self._children.get(key)
         if pair is None:  # label lookups are the slow part; cache the children

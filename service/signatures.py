@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +37,8 @@ class MissingHeader(SignatureError):
 
 
 class MalformedHeader(SignatureError):
-    """The header lacks a `t=` (digits) or a `v1=`."""
+    """The header lacks a `t=` (digits) or a `v1=`, is not ASCII, or is longer than
+    `MAX_HEADER`."""
 
 
 class TimestampInFuture(SignatureError):
@@ -60,9 +62,23 @@ SECRET_INDEPENDENT: tuple[type[SignatureError], ...] = (MissingHeader, Malformed
                                                        TimestampInFuture, BodyNotUTF8)
 
 
+#: The longest Stripe-Signature header read (Stripe's own hold a `t=`, a `v1` per active secret
+#: and perhaps a `v0`: a few hundred characters).
+MAX_HEADER = 4096
+
+
+def _check_text(header: str) -> None:
+    if len(header) > MAX_HEADER or not header.isascii():
+        raise MalformedHeader("malformed Stripe-Signature header (not ASCII, or too long)")
+
+
 def header_timestamp(header: str) -> int:
     """The header's `t=`: the value of its first item named exactly `t`, as the stripe library
-    reads it (so that the timestamp checked is the one the signature covers)."""
+    reads it (so that the timestamp checked is the one the signature covers).
+
+    A header that is not ASCII is malformed: Stripe writes hex digests, and the stripe library
+    would fail comparing non-ASCII text (`hmac.compare_digest` raises `TypeError`)."""
+    _check_text(header)
     if "v1=" in header:
         for item in header.split(","):
             key, _, value = item.partition("=")
@@ -84,6 +100,8 @@ def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tol
         raise MissingHeader("missing Stripe-Signature header")
     if timestamp is None:
         timestamp = header_timestamp(header)
+    else:
+        _check_text(header)
     now = time.time() if now is None else now
     if timestamp > now + tolerance:
         raise TimestampInFuture(f"timestamp {timestamp} is more than {tolerance}s in the future")
@@ -127,6 +145,21 @@ def _js_number(value: int | float) -> str:
     return f"{mantissa}e{'-' if exp < 0 else '+'}{abs(exp)}"
 
 
+#: A UTF-16 surrogate on its own: in a Python string decoded from JSON, any surrogate is lone
+#: (a pair becomes one character).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _js_string(text: str) -> str:
+    """A JSON string literal as `JSON.stringify` writes it: like `json.dumps` without ASCII
+    escaping, and a lone surrogate as a lowercase `\\udxxx` escape (ES2019 well-formed
+    `JSON.stringify`), so that the result is always encodable as UTF-8."""
+    literal = json.dumps(text, ensure_ascii=False)
+    if _SURROGATE.search(literal):
+        literal = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", literal)
+    return literal
+
+
 def js_stringify(value: Any) -> str:
     """`JSON.stringify(value)` for the JSON values a signed payload can hold."""
     if value is None:
@@ -134,11 +167,11 @@ def js_stringify(value: Any) -> str:
     if isinstance(value, bool | int | float):
         return _js_number(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _js_string(value)
     if isinstance(value, list | tuple):
         return "[" + ",".join(js_stringify(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{js_stringify(v)}"
+        return "{" + ",".join(f"{_js_string(str(k))}:{js_stringify(v)}"
                               for k, v in value.items()) + "}"
     raise TypeError(f"cannot stringify {type(value).__name__}")
 

@@ -5,7 +5,9 @@ the request has passed every check, in this order:
 
 - 503 when `STRIPE_APP_SECRETS` is not configured;
 - 401 when `Stripe-Signature` is missing or malformed;
-- 400 when the body is not a JSON object with string `user_id` and `account_id`;
+- 400 when the body is not a JSON object with string `user_id` and `account_id`, or is JSON
+  that `JSON.stringify` could not have written (`NaN`, `Infinity`, a duplicate key), or nests
+  deeper than `MAX_JSON_DEPTH` (see `service/jsonbody.py`);
 - 401 when no `v1` in the header matches, under any app secret, either the raw body (the
   extension's `{...payload, user_id, account_id}`) or, failing that, the payload re-written as
   JavaScript writes it, or the canonical `{"user_id":...,"account_id":...}` (then only those two
@@ -19,7 +21,6 @@ origin is `null`), and `OPTIONS` answers the preflight.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, USER_ID
+from service.jsonbody import MalformedJSON, parse_json
 from service.signatures import (
     MissingHeader,
     SignatureError,
@@ -71,7 +73,7 @@ class SignedHandler(BaseHandler):
     #: 403 unless the calling account has an active installation in some mode.
     requires_installation = True
 
-    SUPPORTED_METHODS = ("POST", "OPTIONS")
+    SUPPORTED_METHODS: tuple[str, ...] = ("POST", "OPTIONS")
 
     def options(self, *args: Any) -> None:
         self.set_status(204)
@@ -136,9 +138,9 @@ class SignedHandler(BaseHandler):
 
     def _parse_body(self) -> tuple[dict[str, Any], str, str]:
         try:
-            body = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            raise APIError(400, "body must be a JSON object") from None
+            body = parse_json(self.body)
+        except MalformedJSON as exc:
+            raise APIError(400, f"body must be a JSON object: {exc}") from None
         if not isinstance(body, dict):
             raise APIError(400, "body must be a JSON object")
         user_id, account_id = body.get("user_id"), body.get("account_id")

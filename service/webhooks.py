@@ -7,7 +7,11 @@ Answers:
 - 400 when the signature does not verify against the raw body with any webhook secret within
   the tolerance (missing, malformed, tampered, expired or future), when a live event is signed
   with a test-mode secret (test secrets must never vouch for live data), or when the verified
-  body is not a Stripe event;
+  body is not a Stripe event: strict JSON (`service/jsonbody.py`, at most `MAX_EVENT_DEPTH`
+  levels) with an `evt_` id, a printable-ASCII type of at most 255 characters, a boolean
+  livemode, a `created` between 0 and 2**63-1, an `acct_` account or none, and `data` an
+  object (event handlers read `data.object`): an event the database could never store answers
+  400, not 503 on every retry;
 - 503 when no webhook secret is configured for either mode, or the event cannot be stored (so
   that Stripe retries it).
 
@@ -17,15 +21,21 @@ modes gets its test events at both endpoints): its mode is still `livemode=false
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 
 from models.events import store_event
 from service.base import APIError, BaseHandler
-from service.ids import EVENT_ID
+from service.ids import ACCOUNT_ID, EVENT_ID
+from service.jsonbody import MAX_EVENT_DEPTH, MalformedJSON, parse_json
 from service.signatures import SECRET_INDEPENDENT, SignatureError, verify
 
 log = logging.getLogger("app.webhooks")
+
+#: What the event columns hold (models/events.py): a value outside these would fail to store
+#: on every retry, so it is refused (400) instead of answered 503 forever.
+MAX_CREATED = 2**63 - 1  # BigIntegerField
+EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,255}")  # CharField(255); Stripe's types are ASCII
 
 
 class WebhookHandler(BaseHandler):
@@ -58,19 +68,22 @@ class WebhookHandler(BaseHandler):
     async def post(self) -> None:
         secret_mode = self._verify()
         try:
-            event = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            raise APIError(400, "the body is not JSON") from None
+            event = parse_json(self.body, MAX_EVENT_DEPTH)
+        except MalformedJSON as exc:
+            raise APIError(400, f"the body is not JSON: {exc}") from None
         if not isinstance(event, dict) or event.get("object") != "event":
             raise APIError(400, "the body is not a Stripe event")
         event_id, type_ = event.get("id"), event.get("type")
         livemode, created = event.get("livemode"), event.get("created")
         account = event.get("account")
         if (not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id)
-                or not isinstance(type_, str) or not type_ or len(type_) > 255
+                or not isinstance(type_, str) or not EVENT_TYPE.fullmatch(type_)
                 or not isinstance(livemode, bool)
                 or not isinstance(created, int) or isinstance(created, bool)
-                or (account is not None and not isinstance(account, str))):
+                or not 0 <= created <= MAX_CREATED
+                or not isinstance(event.get("data", {}), dict)
+                or (account is not None and not (isinstance(account, str)
+                                                 and ACCOUNT_ID.fullmatch(account)))):
             raise APIError(400, "the event lacks a valid id, type, livemode or created")
         if livemode and secret_mode != "live":
             self.metrics.webhooks.labels("rejected").inc()

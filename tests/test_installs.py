@@ -163,7 +163,7 @@ async def test_a_listing_that_fails_midway_changes_nothing(tmp_path, localstripe
     async with with_fake(tmp_path, localstripe) as (app, fake):
         for i in range(250):
             fake.add(f"acct_{i:03d}", APP, livemode=False)
-        await app.webhook(event(AUTH, "acct_only_here", livemode=False,
+        await app.webhook(event(AUTH, "acct_onlyhere", livemode=False,
                                 created=int(time.time()) - 10), secret=WH_TEST)
         await app.settle()
         before = await app.backend.storage.run(
@@ -173,7 +173,7 @@ async def test_a_listing_that_fails_midway_changes_nothing(tmp_path, localstripe
             await app.backend.install_sync.sync("test")
         after = await app.backend.storage.run(
             lambda: [(r.account_id, r.active) for r in Installation.select()])
-        assert after == before == [("acct_only_here", True)]
+        assert after == before == [("acct_onlyhere", True)]
         fake.fail_list_after(None)
         result = await app.backend.install_sync.sync("test")
         assert (result.listed, result.activated, result.deactivated) == (250, 250, 1)
