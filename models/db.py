@@ -42,7 +42,11 @@ def open_database(url: str) -> pw.Database:
         path = url[len("sqlite:///"):].split("?", 1)[0]
         folder = os.path.dirname(path)
         if folder:
-            os.makedirs(folder, exist_ok=True)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:  # reported like any other unreachable database
+                raise pw.OperationalError(
+                    f"cannot create the folder {folder}: {exc.strerror}") from None
         db = connect(url, pragmas=SQLITE_PRAGMAS, timeout=10, check_same_thread=False)
     elif url.startswith("sqlite"):
         db = connect(url, pragmas=SQLITE_PRAGMAS)
