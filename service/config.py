@@ -255,6 +255,9 @@ class Config:
     max_body_size: int = setting(
         "MAX_BODY_SIZE", 1024 * 1024, _Int(1024, 64 * 1024 * 1024),
         "request body limit in bytes (413 above)")
+    max_connections: int = setting(
+        "MAX_CONNECTIONS", 10000, _Int(1, 1_000_000),
+        "open client connections per process; more are refused at once")
     shutdown_timeout: float = setting(
         "SHUTDOWN_TIMEOUT", 10.0, _Float(0.0, 600.0),
         "seconds in-flight requests and jobs get on SIGTERM")

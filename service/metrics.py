@@ -42,6 +42,12 @@ class Metrics:
                                 "database threads", registry=r)
         self.scheduled_jobs = Gauge("scheduled_jobs", "Jobs in this process's scheduler",
                                     registry=r)
+        self.connections_open = Gauge("http_connections_open", "Client connections open",
+                                      registry=r)
+        self.connections_refused = Counter(
+            "http_connections_refused_total", "Connections closed at once: above "
+            "MAX_CONNECTIONS, or not accepted for want of file descriptors", ["reason"],
+            registry=r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, handler: str, method: str, status: int, seconds: float) -> None:
