@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import subprocess
+from collections.abc import Mapping
 from typing import Any
 
 from cli import emulator, fake_installs
@@ -50,6 +51,21 @@ def config_over_dev_env(values: dict[str, str]) -> Config:
     """The configuration from the environment, taking `values` (the dev environment file's)
     for the variables the environment does not set."""
     return Config.from_env({**values, **os.environ})
+
+
+def write_private(path: str, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only (0600) from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def shown_configuration(values: dict[str, str], env: Mapping[str, str]) -> list[str]:
+    """The lines `run.py dev` prints: the development values it generated; a variable the
+    environment sets instead is named, never shown (it may be a real key)."""
+    return [f"  {key}: set in the environment (not shown)" if env.get(key, values[key])
+            != values[key] else f"  {key}={values[key]}" for key in sorted(values)]
 
 
 def _generate() -> dict[str, str]:
@@ -111,9 +127,10 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
     values = load_dev_env()
     if not values:
         values = _generate()
-        with open(DEV_ENV, "w") as f:
-            f.write("# development secrets written by `run.py dev`; never use in production\n")
-            f.writelines(f"{k}={v}\n" for k, v in values.items())
+        write_private(DEV_ENV, "# development secrets written by `run.py dev`; never use in "
+                      "production\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
+    else:
+        os.chmod(DEV_ENV, 0o600)  # a file written by an older version was world-readable
     if "CREDENTIALS_KEYS" not in values:  # a dev.env from before the credentials vault
         values["CREDENTIALS_KEYS"] = _fernet_key()
         with open(DEV_ENV, "a") as f:
@@ -126,8 +143,8 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
         values["STRIPE_API_BASE"] = installs_url
         config = config_over_dev_env(values)
         print("development configuration (also in var/dev.env):")
-        for key in sorted(values):
-            print(f"  {key}={os.environ.get(key, values[key])}")
+        for line in shown_configuration(values, os.environ):
+            print(line)
         print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate "
               "install --account acct_demo --test")
         return run_server(config)

@@ -24,6 +24,7 @@ from cli import (
     simulate,
     tasks,
 )
+from models.db import UNAVAILABLE
 from service.config import VARIABLES, Config, ConfigError
 from service.logs import setup_logging
 
@@ -63,4 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
-    return int(args.func(config, args))
+    try:
+        return int(args.func(config, args))
+    except UNAVAILABLE as exc:  # the one place a command meets an unreachable database
+        print(database_unavailable(exc), file=sys.stderr)
+        return 1
+
+
+def database_unavailable(exc: BaseException) -> str:
+    """One line for a person: what failed, which variable, what to do (never a traceback)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return (f"cannot use the database (DATABASE_URL): {first}; check that the database is "
+            "running and reachable, and that DATABASE_URL points at it")

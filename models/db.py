@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import peewee as pw
 from playhouse.db_url import connect
 
+from models.writability import WriteHealth, refuses_writes
+
 #: The one piece of module-level state: models bind to this proxy, `open_database` fills it.
 database = pw.DatabaseProxy()
 
@@ -42,7 +44,11 @@ def open_database(url: str) -> pw.Database:
         path = url[len("sqlite:///"):].split("?", 1)[0]
         folder = os.path.dirname(path)
         if folder:
-            os.makedirs(folder, exist_ok=True)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:  # reported like any other unreachable database
+                raise pw.OperationalError(
+                    f"cannot create the folder {folder}: {exc.strerror}") from None
         db = connect(url, pragmas=SQLITE_PRAGMAS, timeout=10, check_same_thread=False)
     elif url.startswith("sqlite"):
         db = connect(url, pragmas=SQLITE_PRAGMAS)
@@ -68,7 +74,8 @@ class Storage:
     """The database plus the bounded thread pool that keeps the event loop from blocking on it.
 
     `await storage.run(fn, *args)` runs `fn` in a database thread. A connection that failed
-    (server gone, network cut) is dropped so that the next call reconnects.
+    (server gone, network cut) is dropped so that the next call reconnects. `writes` learns
+    from every call whether the database takes writes (models/writability.py).
     """
 
     def __init__(self, db: pw.Database, workers: int = 4) -> None:
@@ -78,6 +85,8 @@ class Storage:
         self._connections: set[Any] = set()
         self._lock = threading.Lock()
         self.pending = 0
+        self.writes = WriteHealth()
+        self._sqlite = is_sqlite(db)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -94,11 +103,30 @@ class Storage:
             self.db.connect()
             with self._lock:
                 self._connections.add(self.db.connection())
+        watch = not self.writes.writable  # is this the call that shows writes work again?
+        mark = self._write_mark() if watch else None
         try:
-            return fn(*args, **kwargs)
-        except UNAVAILABLE:
-            self._drop_connection()
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if refuses_writes(exc):
+                self.writes.failed(exc)
+            if isinstance(exc, UNAVAILABLE):
+                self._drop_connection()
             raise
+        if watch and mark is not None and self._write_mark() not in (None, mark):
+            self.writes.succeeded()
+        return result
+
+    def _write_mark(self) -> object:
+        """Something that changes when this database accepts a write (None: unknown)."""
+        if self.db.is_closed():  # `fn` closed it: a new connection would prove nothing
+            return None
+        try:
+            if self._sqlite:
+                return self.db.connection().total_changes
+            return self.db.execute_sql("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+        except Exception:  # a closed connection, a replica in recovery
+            return None
 
     def _drop_connection(self) -> None:
         with contextlib.suppress(Exception):
@@ -111,6 +139,22 @@ class Storage:
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
         await self.run(lambda: self.db.execute_sql("SELECT 1").fetchone())
+
+    async def probe_write(self) -> None:
+        """One cheap write that changes nothing (SQLite: `user_version` set to itself;
+        PostgreSQL: whether the session may write), reported to `writes`; raises when refused."""
+        def probe() -> None:
+            if self._sqlite:
+                version = self.db.execute_sql("PRAGMA user_version").fetchone()[0]
+                self.db.execute_sql(f"PRAGMA user_version = {int(version)}")
+            else:
+                read_only = self.db.execute_sql("SHOW transaction_read_only").fetchone()[0]
+                if read_only != "off":
+                    raise pw.OperationalError("the database is read-only "
+                                              "(transaction_read_only is on)")
+            self.writes.succeeded()
+
+        await self.run(probe)
 
     def close(self) -> None:
         """Stop the pool and close every connection its threads opened."""

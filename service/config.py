@@ -124,6 +124,20 @@ def _switch(name: str, raw: str) -> bool:
     return _Choice(("on", "off"))(name, raw) == "on"
 
 
+def _database_url(name: str, raw: str) -> str:
+    """A Peewee URL that `open_database` can open; the common slips get a message with the fix
+    (a PostgreSQL URL may hold a password, so only SQLite values are echoed)."""
+    if not re.match(r"(sqlite|postgres|postgresql|postgresext)(\+\w+)?://", raw):
+        raise ConfigError(f"{name}: must start with sqlite:// or postgresql://")
+    if raw.startswith("sqlite") and urlsplit(raw).netloc:
+        path = raw.split("://", 1)[1]
+        raise ConfigError(
+            f"{name}: {raw!r} has two slashes, so {path.split('/')[0]!r} would be read as a "
+            f"host; write sqlite:///{path} for a path relative to the working directory, or "
+            "sqlite:////absolute/path/app.db for an absolute one")
+    return raw
+
+
 def _url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -247,8 +261,7 @@ class Config:
     port: int = setting("PORT", 8000, _Int(0, 65535), "port to listen on")
     database_url: str = setting(
         "DATABASE_URL", "sqlite:///var/app.db",
-        _Pattern(r"^(sqlite|postgres|postgresql|postgresext)(\+\w+)?://",
-                 "must start with sqlite:// or postgresql://"),
+        _database_url,
         "Peewee database URL: `sqlite:///path` or `postgresql://user@host/db`")
     app_secrets: tuple[str, ...] = setting(
         "STRIPE_APP_SECRETS", (), _Secrets(("absec_",)), "app signing secrets (`absec_...`)")
@@ -288,6 +301,9 @@ class Config:
     max_body_size: int = setting(
         "MAX_BODY_SIZE", 1024 * 1024, _Int(1024, 64 * 1024 * 1024),
         "request body limit in bytes (413 above)")
+    max_connections: int = setting(
+        "MAX_CONNECTIONS", 10000, _Int(1, 1_000_000),
+        "open client connections per process; more are refused at once")
     shutdown_timeout: float = setting(
         "SHUTDOWN_TIMEOUT", 10.0, _Float(0.0, 600.0),
         "seconds in-flight requests and jobs get on SIGTERM")

@@ -1,14 +1,22 @@
 """Operations endpoints: `GET /healthz` and `GET /metrics`. No CORS, no signature.
 
-`/healthz` (GET or HEAD) answers 200 when the database answers and 503 when it does not, with the
-state of each part: `{"status": "ok"|"unavailable", "database": {...}, "scheduler": {...}, ...}`.
+`/healthz` (GET or HEAD) answers 200 when the database answers and takes writes, with the state
+of each part: `{"status": "ok"|"degraded"|"unavailable", "database": {...}, ...}`.
+503 and `unavailable` when the database does not answer; 503 and `degraded` when it answers
+but refuses writes (`"database": {"ok": true, "writable": false, "write_error": ...,
+"refusing_writes_since": ...}`: read-only file, full disk), as webhooks then answer 503 too.
+Writability is learned from real writes (models/writability.py): a health check writes
+nothing, except one cheap probe per 30 s while writes are known to fail, to see a recovery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
+
+import peewee as pw
 
 from models.db import UNAVAILABLE
 from service.base import BaseHandler
@@ -27,11 +35,17 @@ class HealthHandler(BaseHandler):
             database: dict[str, Any] = {"ok": True, "latency_ms": latency}
         except (TimeoutError, *UNAVAILABLE) as exc:
             database = {"ok": False, "error": type(exc).__name__}
+        writes = self.storage.writes
+        if database["ok"] and writes.probe_due():
+            with contextlib.suppress(TimeoutError, pw.PeeweeException):
+                await asyncio.wait_for(self.storage.probe_write(), PING_TIMEOUT)
+        if database["ok"]:
+            database.update(writes.state())
         scheduler = self.scheduler.state() if self.scheduler else {"running": False,
                                                                   "enabled": False}
-        ok = database["ok"]
+        ok = database["ok"] and database["writable"]
         self.write_json({
-            "status": "ok" if ok else "unavailable",
+            "status": "ok" if ok else "degraded" if database["ok"] else "unavailable",
             "database": database,
             "scheduler": scheduler,
             "installations": {m: self.installations.count_active(m) for m in ("live", "test")},

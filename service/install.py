@@ -1,9 +1,10 @@
 """Install links: `GET /install` and the callback Stripe redirects back to.
 
 `GET /install` -> 302 to `https://marketplace.stripe.com/apps/install/link/<STRIPE_APP_ID>`
-with `redirect_uri=<STRIPE_INSTALL_REDIRECT_URI>` and a fresh `state`: random, single-use,
-expiring after 10 minutes, stored server-side and bound to this browser by an HttpOnly,
-SameSite=Lax cookie (Secure when the callback is https). 503 without `STRIPE_APP_ID` or
+with `redirect_uri=<STRIPE_INSTALL_REDIRECT_URI>` and a fresh `state`: a signed token
+(service/state_token.py), expiring after 10 minutes, bound to this browser by an HttpOnly,
+SameSite=Lax cookie (Secure when the callback is https), and written nowhere: an
+unauthenticated request writes nothing to the database. 503 without `STRIPE_APP_ID` or
 `STRIPE_APP_SECRETS`.
 
 `GET <callback path>` (from `STRIPE_INSTALL_REDIRECT_URI`, `/callback/stripe` by default):
@@ -14,7 +15,8 @@ SameSite=Lax cookie (Secure when the callback is https). 503 without `STRIPE_APP
 - 401 when `install_signature` does not verify over `{"state","user_id","account_id"}` with an
   app secret (rotation as for signed requests) within the tolerance;
 - 403 when the state is unknown, expired, used, or was issued to another browser;
-- otherwise the state is used up and the installation for (account, mode) recorded: mode is
+- otherwise the state is used up (its nonce recorded, so a second use is refused) and the
+  installation for (account, mode) recorded: mode is
   test when `livemode=false`, live otherwise; the `authorized` webhook confirms it. Then a
   redirect to `INSTALL_SUCCESS_URL` (configuration, never the request) or a success page.
 Answers are HTML pages for browsers (`Accept: text/html`) and JSON for everything else.
@@ -31,12 +33,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from models.db import write_transaction
-from models.install_state import STATE_TTL, check_state, new_state, use_state
+from models.install_state import use_state
 from models.installation import InstallationView, apply_state
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, USER_ID
 from service.marketplace import record_marketplace_install, verify_marketplace
 from service.signatures import SignatureError, install_signed_string, verify
+from service.state_token import STATE_TTL, CheckedState, StateTokens
 
 log = logging.getLogger("app.install")
 
@@ -92,18 +95,20 @@ class InstallHandler(PageMixin):
         token = self.get_cookie(COOKIE)
         if not token or not re.fullmatch(r"[A-Za-z0-9_\-]{32,64}", token):
             token = secrets.token_urlsafe(32)
-        state = await self.storage.run(new_state, token)
+        state = StateTokens(self.config.app_secrets).issue(token)  # nothing written
         self.set_cookie(COOKIE, token, path="/", httponly=True, samesite="Lax",
                         secure=self.config.cookie_secure, max_age=STATE_TTL)
         self.redirect(install_link(self.config.app_id, self.config.install_redirect_uri, state))
 
 
-def _complete(state: str, browser: str | None, account_id: str, user_id: str,
+def _complete(checked: CheckedState, account_id: str, user_id: str,
               mode: str) -> tuple[str | None, InstallationView | None]:
     """Runs in a database thread: use the state and record the installation, atomically."""
+    if checked.reason is not None:
+        return checked.reason, None
     with write_transaction():
-        reason = check_state(state, browser)
-        if reason is None and not use_state(state, account_id):
+        reason = None
+        if not use_state(checked.nonce, checked.expires_at, account_id):
             reason = "state already used"
         if reason is not None:
             return reason, None
@@ -164,8 +169,9 @@ class CallbackHandler(PageMixin):
                 raise APIError(401, "the install signature is not valid", code="bad_signature",
                                reason_for_log=f"install signature for {account_id}: {exc}"
                                ) from None
+            checked = StateTokens(self.config.app_secrets).check(state, self.get_cookie(COOKIE))
             reason, completed = await self.storage.run(
-                _complete, state, self.get_cookie(COOKIE), account_id, user_id, mode)
+                _complete, checked, account_id, user_id, mode)
             if reason is not None or completed is None:
                 raise APIError(403, "this install link has expired or was not started in this "
                                "browser; please start the installation again",

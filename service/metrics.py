@@ -60,6 +60,12 @@ class Metrics:
                                  ["task", "outcome"], registry=r)
         self.task_wait = Gauge("task_queue_wait_seconds", "How long the oldest due queued task "
                                "has waited for a free slot", registry=r)
+        self.connections_open = Gauge("http_connections_open", "Client connections open",
+                                      registry=r)
+        self.connections_refused = Counter(
+            "http_connections_refused_total", "Connections closed at once: above "
+            "MAX_CONNECTIONS, or not accepted for want of file descriptors", ["reason"],
+            registry=r)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_task_queue(self, counts: dict[str, int], oldest_wait: float) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import socket
 from typing import Any
@@ -39,6 +40,12 @@ from models.db import UNAVAILABLE, Storage
 from models.installation_index import InstallationIndex
 from service.app import make_app
 from service.config import Config
+from service.connections import (
+    HEADER_TIMEOUT,
+    RESERVED_FILES,
+    BoundedHTTPServer,
+    raise_file_limit,
+)
 from service.doctor import log_findings
 from service.services import Services
 from service.tracker import RequestTracker
@@ -53,8 +60,10 @@ class StartupError(RuntimeError):
 class Backend:
     def __init__(self, config: Config, registry: Registry | None = None,
                  extra_routes: list[tuple[str, type]] | None = None,
-                 oauth: OAuthProviders | None = None) -> None:
+                 oauth: OAuthProviders | None = None,
+                 header_timeout: float = HEADER_TIMEOUT) -> None:
         self.config = config
+        self.header_timeout = header_timeout
         self.services = Services(config, registry=registry, oauth=oauth)
         self.registry = self.services.registry
         self.metrics = self.services.metrics
@@ -155,8 +164,15 @@ class Backend:
     def init_http(self, sockets: list[socket.socket] | None = None) -> None:
         # Bodies are limited per request by service/guard.py (413 before reading);
         # Tornado's own limit would answer 400 and drop the connection, so it is set out of
-        # the way.
-        self.server = HTTPServer(self.app, max_body_size=1 << 40, idle_connection_timeout=75)
+        # the way. Tornado's idle_connection_timeout is its header timeout (connections.py).
+        files = raise_file_limit()
+        if files != resource.RLIM_INFINITY and self.config.max_connections > files - RESERVED_FILES:
+            log.warning("MAX_CONNECTIONS=%d is more than the open-file limit (%d) allows; past "
+                        "about %d connections, new ones wait", self.config.max_connections,
+                        files, files - RESERVED_FILES)
+        self.server = BoundedHTTPServer(
+            self.app, max_body_size=1 << 40, idle_connection_timeout=self.header_timeout,
+            max_connections=self.config.max_connections, metrics=self.metrics)
         if sockets is None:
             try:
                 sockets = bind_sockets(self.config.port, self.config.host, backlog=1024)

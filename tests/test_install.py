@@ -10,8 +10,11 @@ import httpx
 import pytest
 from conftest import APP_SECRET, APP_SECRET_2, base_env, compact, event, running, sign
 
+from models import ALL_MODELS
 from models.install_state import InstallState
 from models.installation import Installation
+from service.install import COOKIE
+from service.state_token import STATE_TTL, StateTokens
 
 DEAUTH = "account.application.deauthorized"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -81,8 +84,8 @@ async def test_whole_flow_records_the_installation(tmp_path, livemode, mode):
         assert [(i.account_id, i.mode, i.active, i.installed_by) for i in installs] == [
             ("acct_1", mode, True, "usr_1")]
         assert app.backend.installations.is_active("acct_1", mode)
-        used = await app.backend.storage.run(InstallState.get_by_id, state)
-        assert used.used_at is not None and used.account_id == "acct_1"
+        used = await app.backend.storage.run(lambda: list(InstallState.select()))
+        assert [(u.account_id, u.used_at is not None) for u in used] == [("acct_1", True)]
         # the state is single-use
         again = await app.client.get("/callback/stripe", params=params,
                                      headers={"Accept": "application/json"})
@@ -160,9 +163,9 @@ async def test_failures(tmp_path):
 @pytest.mark.gen_test(timeout=30)
 async def test_expired_state(tmp_path):
     async with running(base_env(tmp_path)) as app:
-        state, _ = await start(app.client)
-        await app.backend.storage.run(lambda: InstallState.update(
-            expires_at=time.time() - 1).where(InstallState.state == state).execute())
+        _, resp = await start(app.client)  # the browser's cookie
+        cookie = app.client.cookies[COOKIE]
+        state = StateTokens([APP_SECRET]).issue(cookie, now=time.time() - STATE_TTL - 1)
         resp = await app.client.get("/callback/stripe", params=callback_params(state),
                                     headers=BROWSER)
         assert resp.status_code == 403
@@ -180,8 +183,8 @@ async def test_user_cancelled(tmp_path):
         assert "cancelled" in resp.text
         assert "<b>" not in resp.text and "&lt;b&gt;" in resp.text  # escaped
         assert await app.backend.storage.run(lambda: Installation.select().count()) == 0
-        row = await app.backend.storage.run(InstallState.get_by_id, state)
-        assert row.used_at is None  # still usable until it expires
+        # nothing recorded: the state is still usable until it expires
+        assert await app.backend.storage.run(lambda: InstallState.select().count()) == 0
         assert (await app.client.get("/callback/stripe",
                                      params=callback_params(state))).status_code == 200
 
@@ -238,3 +241,27 @@ async def test_marketplace_install_without_state(tmp_path):
             assert resp.json()["error"]["code"] == "bad_signature"
         count = await app.backend.storage.run(Installation.select().count)
         assert count == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unauthenticated_install_requests_write_nothing(tmp_path):
+    """Issue 13, section 3: `GET /install` issues a signed state and writes no row; the state is
+    recorded only when a valid callback uses it, once."""
+    async with running(base_env(tmp_path)) as app:
+
+        def rows() -> dict[str, int]:
+            return {m.__name__: m.select().count() for m in ALL_MODELS}
+
+        before = await app.backend.storage.run(rows)
+        states = [(await start(app.client))[0] for _ in range(50)]
+        async with httpx.AsyncClient(base_url=app.url) as stranger:  # no cookie, bad states
+            for state in states[:5]:
+                resp = await stranger.get("/callback/stripe", params=callback_params(state))
+                assert resp.status_code == 403
+        assert await app.backend.storage.run(rows) == before
+        assert len(set(states)) == 50
+        resp = await app.client.get("/callback/stripe", params=callback_params(states[-1]))
+        assert resp.status_code == 200
+        assert await app.backend.storage.run(lambda: InstallState.select().count()) == 1
+        again = await app.client.get("/callback/stripe", params=callback_params(states[-1]))
+        assert again.status_code == 403 and again.json()["error"]["code"] == "bad_state"

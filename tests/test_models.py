@@ -8,11 +8,12 @@ import threading
 import time
 
 import pytest
+from conftest import APP_SECRET
 
 import models
 from models.backoff import Jitter, backoff_delay
 from models.base import AccountModel, discover_models
-from models.db import Storage, open_database
+from models.db import Storage, open_database, write_transaction
 from models.enums import EventStatus, JobOutcome, Mode
 from models.events import (
     MAX_ATTEMPTS,
@@ -23,11 +24,12 @@ from models.events import (
     retry_delay,
     store_event,
 )
-from models.install_state import check_state, new_state, use_state
+from models.install_state import InstallState, use_state
 from models.installation import Installation, apply_state, set_paused
 from models.jobs import JobRun, claim_run
 from models.migrate import migrate, pending
 from models.snapshots import BalanceSnapshot
+from service.state_token import STATE_TTL, StateTokens
 
 
 @pytest.fixture
@@ -156,17 +158,27 @@ def test_job_claim_is_unique_and_needs_active_installation(db):
 
 
 def test_install_state_single_use_expiry_and_browser(db):
-    state = new_state("browser-a")
-    assert check_state(state, "browser-b") == "state belongs to another browser"
-    assert check_state(state, None) == "state belongs to another browser"
-    assert check_state("nope" * 5, "browser-a") == "unknown state"
-    assert check_state(state, "browser-a") is None
-    assert use_state(state, "acct_1")
-    assert not use_state(state, "acct_1")
-    assert check_state(state, "browser-a") == "state already used"
-    expired = new_state("browser-a", ttl=-1)
-    assert check_state(expired, "browser-a") == "state expired"
-    assert not use_state(expired, "acct_1")
+    """The state is a signed token (checked without the database); its single use is a row."""
+    tokens = StateTokens([APP_SECRET])
+    state = tokens.issue("browser-a")
+    assert tokens.check(state, "browser-b").reason == "state belongs to another browser"
+    assert tokens.check(state, None).reason == "state belongs to another browser"
+    assert tokens.check("nope" * 5, "browser-a").reason == "malformed state"
+    forged = StateTokens(["absec_other" + "x" * 20]).issue("browser-a")
+    assert tokens.check(forged, "browser-a").reason == "state not issued by this server"
+    checked = tokens.check(state, "browser-a")
+    assert checked.reason is None
+    assert InstallState.select().count() == 0  # issuing and checking wrote nothing
+    with write_transaction(db):
+        assert use_state(checked.nonce, checked.expires_at, "acct_1")
+    with write_transaction(db):
+        assert not use_state(checked.nonce, checked.expires_at, "acct_1")
+        assert InstallState.select().count() == 1  # the transaction lives on after a refusal
+    expired = tokens.issue("browser-a", now=time.time() - STATE_TTL - 1)
+    assert tokens.check(expired, "browser-a").reason == "state expired"
+    # rotation: a state signed with the old first secret still verifies while it is listed
+    rotated = StateTokens(["absec_new" + "n" * 24, APP_SECRET])
+    assert rotated.check(state, "browser-a").reason is None
 
 
 def test_uninstall_deletes_only_that_accounts_data_in_that_mode(db):
