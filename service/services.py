@@ -122,6 +122,8 @@ class Services:
             timeout = self.config.shutdown_timeout
         if self.scheduler is not None:
             await self.scheduler.stop(timeout)
+        elif hasattr(self, "runner"):
+            await self.runner.stop()
         if hasattr(self, "events"):
             await self.events.stop(timeout)
         if hasattr(self, "clients"):
