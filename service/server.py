@@ -32,6 +32,7 @@ from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
 from models.db import UNAVAILABLE, Storage
 from models.installation_index import InstallationIndex
+from models.retention import prune_forever
 from service.app import make_app
 from service.config import Config
 from service.services import Services
@@ -139,6 +140,8 @@ class Backend:
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self.metrics.measure_loop_lag()))
         self._background.append(loop.create_task(self._follow_replicas()))
+        self._background.append(loop.create_task(
+            prune_forever(self.storage, self.config.retention_days)))
         self.events.start()
         if self.scheduler:
             self._background.append(loop.create_task(self.scheduler.catch_up()))
