@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import processes  # noqa: E402
+import prune  # noqa: E402
 import scheduled_runs  # noqa: E402
 import signed_requests  # noqa: E402
 import webhook_ingest  # noqa: E402
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "webhooks": webhook_ingest.run,
     "scheduled": scheduled_runs.run,
     "processes": processes.run,
+    "prune": prune.run,
 }
 
 

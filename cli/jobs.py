@@ -1,14 +1,14 @@
 """`run.py jobs list|run|pause|resume`: per-account jobs, on the database directly (no server).
 
-`jobs run` runs the job in this process, recorded exactly like a scheduled run (replica `cli`).
+`jobs run` runs the job in this process, recorded like a scheduled run (replica `cli`) but as
+its own run (kind `manual`): it never collides with a fire or another manual run in the same
+second, and is refused, in words, only while a run of the same job and account is under way.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 from cli.offline import when, with_services
@@ -53,6 +53,8 @@ async def list_jobs(services: Services, args: argparse.Namespace) -> int:
                 continue
             last = row["last_run"]
             outcome = f"{last['outcome']} at {when(last['started'])}" if last else "-"
+            if last and last["outcome"] in ("skipped", "interrupted") and last["error"]:
+                outcome += f" ({last['error']})"
             nxt = "paused" if row["paused"] else when(row["next_run"])
             print(f"{row['job']:24} {row['mode']:4} {view.account_id:28} {nxt:19}  {outcome}")
     return 0
@@ -77,8 +79,11 @@ async def run_job(services: Services, args: argparse.Namespace) -> int:
     if not services.installations.is_active(args.account, mode):
         print(f"{args.account} has no active installation in {mode} mode", file=sys.stderr)
         return 1
-    outcome = await services.runner.fire(args.job, args.account, mode,
-                                         datetime.fromtimestamp(int(time.time()), UTC),
-                                         reason="run.py jobs run")
+    outcome, busy = await services.runner.run_now(args.job, args.account, mode)
+    if busy is not None:
+        print(f"{args.job} for {args.account} ({mode}) is running right now (started "
+              f"{when(busy.started_at)} UTC by {busy.replica}); not started again",
+              file=sys.stderr)
+        return 1
     print(f"{args.job} for {args.account} ({mode}): {outcome}")
     return 0 if outcome == "succeeded" else 1

@@ -20,6 +20,7 @@ from cli import (
     installs,
     jobs,
     migrate,
+    prune,
     serve,
     simulate,
     tasks,
@@ -31,8 +32,8 @@ from service.logs import setup_logging
 log = logging.getLogger("app.cli")
 
 #: The command modules, in the order `--help` lists their commands.
-COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, credentials, simulate,
-            doctor, dev)
+COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, credentials, prune,
+            simulate, doctor, dev)
 
 
 def _epilog() -> str:

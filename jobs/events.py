@@ -2,8 +2,12 @@
 
 The webhook endpoint stores an event and calls `submit(event_id)`; processing happens after the
 answer. An event is processed by whoever wins its claim (`models/events.claim_event`), so a
-redelivery, a second replica or a restart never runs it twice at once. A failed attempt is
-retried with backoff by `poll()`, which also picks up events a crashed process left behind.
+redelivery, a second replica or a restart never runs it twice at once. The claim is a short
+lease (`models/leases.py`), renewed every few seconds while the event is processed: when the
+process dies, the lease runs out within `LEASE_SECONDS` and the next `poll()` of any replica
+(a restarted one included) takes the event up again. `poll_forever` sleeps exactly until the
+next lease or retry falls due (at most `poll_interval`), so nothing waits longer than needed. A
+failed attempt is retried with backoff by `poll()`.
 
 Built in:
 - `account.application.authorized` activates the installation for (`account`, mode);
@@ -19,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,12 +38,20 @@ from jobs import installs
 from jobs.credentials import AccountCredentials, Vault
 from jobs.registry import JobFunc, Registry
 from jobs.stripe_api import StripeClients
-from models.base import AccountModel
+from models.base import AccountModel, now
 from models.db import Storage, write_transaction
 from models.enums import EventStatus, Mode
-from models.events import WebhookEvent, claim_event, due_event_ids, finish_event
+from models.events import (
+    WebhookEvent,
+    claim_event,
+    due_event_ids,
+    finish_event,
+    next_claimable_at,
+    renew_events,
+)
 from models.installation import InstallationView, apply_state
 from models.installation_index import InstallationIndex
+from models.leases import LEASE_SECONDS, LeaseKeeper
 
 log = logging.getLogger("app.events")
 
@@ -109,7 +123,7 @@ class EventProcessor:
     def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
                  clients: StripeClients, concurrency: int = 8, poll_interval: float = 5.0,
                  on_processed: ProcessedListener | None = None, vault: Vault | None = None,
-                 http: httpx.AsyncClient | None = None) -> None:
+                 http: httpx.AsyncClient | None = None, lease: float = LEASE_SECONDS) -> None:
         self.registry = registry
         self.storage = storage
         self.installations = installations
@@ -121,6 +135,12 @@ class EventProcessor:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
+        #: Who holds this process's claims: unique per process, so a claim that lapsed and was
+        #: taken over is never renewed or finished by its former holder.
+        self.holder = f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
+        self.leases: LeaseKeeper[str] = LeaseKeeper(
+            storage, lambda ids, until: renew_events(ids, until, self.holder), clock=now,
+            lease=lease, name="event lease")
 
     @staticmethod
     def _is_lifecycle(type_: str, account_id: str | None) -> bool:
@@ -142,19 +162,27 @@ class EventProcessor:
 
     async def process(self, event_id: str, force: bool = False) -> EventStatus | None:
         """Claim and process one event; returns its new status, or None if not claimed."""
+        if event_id in self.leases.held:  # this process is on it (its lease may look stale)
+            return None
         async with self._slots:
-            event = await self.storage.run(claim_event, event_id, force)
+            event = await self.storage.run(claim_event, event_id, force, self.holder,
+                                           self.leases.lease)
             if event is None:
                 return None
-            error = None
+            self.leases.hold(event.id)
             try:
-                await self._dispatch(event)
-            except Exception as exc:
-                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
-                log.warning("event %s (%s) failed, attempt %d: %s", event.id, event.type,
-                            event.attempts, error)
-            status = await asyncio.shield(
-                self.storage.run(finish_event, event.id, error, event.attempts, self.retry_base))
+                error = None
+                try:
+                    await self._dispatch(event)
+                except Exception as exc:
+                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                    error = error[:2000]
+                    log.warning("event %s (%s) failed, attempt %d: %s", event.id, event.type,
+                                event.attempts, error)
+                status = await asyncio.shield(self.storage.run(
+                    finish_event, event.id, error, event.attempts, self.retry_base, self.holder))
+            finally:
+                self.leases.release(event.id)
             self.on_processed(event.type, status)
             return status
 
@@ -184,11 +212,15 @@ class EventProcessor:
 
     async def poll_forever(self) -> None:
         while True:
+            delay = self.poll_interval
             try:
                 await self.poll()
+                due = await self.storage.run(next_claimable_at)
+                if due is not None:  # wake when the next lease runs out or retry falls due
+                    delay = min(delay, max(0.25, due - now() + 0.05))
             except Exception as exc:  # the database may be down; try again later
                 log.warning("event poll failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(delay)
 
     def start(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self.poll_forever())
@@ -198,3 +230,4 @@ class EventProcessor:
             self._poller.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        await self.leases.stop()

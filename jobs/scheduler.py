@@ -9,6 +9,13 @@
   `misfire_grace`; `max_instances=1` per (job, account, mode).
 - Missed while the process was down: `catch_up()` runs, once per (job, account, mode), the most
   recent fire within `misfire_grace` that no replica recorded (coalesced into one run).
+- Skipped: a fire APScheduler does not run because the previous one is still running
+  (`EVENT_JOB_MAX_INSTANCES`) or that came later than its grace (`EVENT_JOB_MISSED`) is
+  recorded as a run with outcome `skipped` and the reason (`JobRunner.record_skip`).
+- Left behind by a dead process: `sweep_forever()` marks every run whose lease ran out
+  `interrupted` (`models.jobs.interrupt_expired_runs`, one replica wins each) and retries it
+  once (a `retry` claim: one per fire across replicas) if its fire is still within the job's
+  `misfire_grace`.
 """
 
 from __future__ import annotations
@@ -18,17 +25,24 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from jobs.registry import Registry
 from jobs.runner import JobRunner
-from models.enums import MODES, JobOutcome
+from models.enums import MODES, JobOutcome, RunKind
 from models.installation import InstallationView
 from models.installation_index import InstallationIndex
-from models.jobs import runs_since
+from models.jobs import JobRun, interrupt_expired_runs, runs_since
+from models.leases import LEASE_SECONDS
 
 log = logging.getLogger("app.scheduler")
 
@@ -87,6 +101,8 @@ class JobScheduler:
         self._aps: AsyncIOScheduler | None = None
         self._executor: RunnerExecutor | None = None
         self._extra: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.sweep_interval = LEASE_SECONDS
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> int:
@@ -99,7 +115,9 @@ class JobScheduler:
         count = 0
         for view in self.installations.active():
             count += self._add(view)
+        self._aps.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self._aps.resume()
+        self._sweeper = asyncio.get_running_loop().create_task(self.sweep_forever())
         self.installations.subscribe(self._on_change)
         log.info("scheduler started: %d jobs for %d job types", count, len(self.registry.jobs))
         return count
@@ -109,6 +127,8 @@ class JobScheduler:
         if self._aps is None:
             return
         self._aps.pause()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         pending = [*self._executor.tasks, *self._extra] if self._executor else list(self._extra)
         if pending:
             log.info("waiting up to %.0fs for %d running jobs", timeout, len(pending))
@@ -119,6 +139,7 @@ class JobScheduler:
                 await asyncio.wait(still, timeout=5)
         self._aps.shutdown(wait=False)
         self._aps = None
+        await self.runner.stop()
 
     def state(self) -> dict[str, Any]:
         return {"enabled": True, "running": bool(self._aps and self._aps.running),
@@ -170,6 +191,51 @@ class JobScheduler:
         task = asyncio.get_running_loop().create_task(coro)
         self._extra.add(task)
         task.add_done_callback(self._extra.discard)
+
+    # ---- skipped fires and runs left behind -----------------------------------------------
+    def _on_skipped(self, event: JobEvent) -> None:
+        """APScheduler's listener (called in the loop): record the fire it did not run."""
+        aps_job = self._aps.get_job(event.job_id) if self._aps else None
+        if aps_job is None:
+            return
+        name, account_id, mode = aps_job.args
+        if isinstance(event, JobSubmissionEvent):
+            fire = event.scheduled_run_times[-1]
+            reason = "the previous fire was still running"
+        elif isinstance(event, JobExecutionEvent):
+            fire = event.scheduled_run_time
+            reason = "missed by more than the job's misfire grace"
+        else:
+            return
+        self._spawn(self.runner.record_skip(name, account_id, mode, fire, reason))
+
+    async def sweep(self) -> int:
+        """Mark runs whose lease ran out `interrupted`, retry each once within its grace;
+        returns how many were marked."""
+        found: list[JobRun] = await self.runner.storage.run(interrupt_expired_runs)
+        now = datetime.now(UTC)
+        for run in found:
+            self.runner.on_outcome(run.job, JobOutcome.INTERRUPTED)
+            spec = self.registry.jobs.get(run.job)
+            fire = datetime.fromtimestamp(run.fire_time, UTC)
+            retry = (spec is not None and run.kind == RunKind.FIRE
+                     and (now - fire).total_seconds() <= spec.misfire_grace)
+            log.warning("job %s for %s/%s (fire %s) was left running by %s; marked interrupted"
+                        "%s", run.job, run.account_id, run.mode, fire.isoformat(), run.replica,
+                        ", retrying it once" if retry else "")
+            if retry:
+                self._spawn(self.runner.fire(run.job, run.account_id, run.mode, fire,
+                                             reason="retry after interruption",
+                                             kind=RunKind.RETRY))
+        return len(found)
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database may be down; try again later
+                log.warning("job run sweep failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.sweep_interval)
 
     # ---- missed fires ---------------------------------------------------------------------
     async def catch_up(self) -> int:

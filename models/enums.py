@@ -38,10 +38,13 @@ class JobOutcome(StrEnum):
     `revoked` (Stripe refused the platform key for the account: its jobs are paused),
     `not_configured` (no platform key for the mode), `missing_permission` (the install has not
     granted a permission the job declares; Stripe was not called) or `interrupted` (shut down
-    mid-run).
+    mid-run, or its process died: its lease ran out). `skipped`: a fire the scheduler did not
+    run (the previous fire was still running, or it was missed past its grace), recorded with
+    the reason.
 
     Answered without a run (nothing recorded): `unknown_job`, `not_active` (the account is not
-    installed in the mode, or is paused), `not_claimed` (another replica claimed the fire).
+    installed in the mode, or is paused), `not_claimed` (another replica claimed the fire),
+    `already_running` (a manual run refused: one of the same job and account runs right now).
     """
 
     CLAIMED = "claimed"
@@ -53,9 +56,26 @@ class JobOutcome(StrEnum):
     NOT_CONFIGURED = "not_configured"
     MISSING_PERMISSION = "missing_permission"
     INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"
     UNKNOWN_JOB = "unknown_job"
     NOT_ACTIVE = "not_active"
     NOT_CLAIMED = "not_claimed"
+    ALREADY_RUNNING = "already_running"
+
+
+class RunKind(StrEnum):
+    """Which claim a `job_run` row is (`job_run.kind`): part of its unique key with the fire.
+
+    `fire`: a scheduled fire (also the install run and a caught-up fire), one per fire time
+    across replicas. `retry`: the one retry of a fire whose run was interrupted. `manual`:
+    `run.py jobs run`, numbered by `seq`, so it never collides with a fire or another manual
+    run. `skip`: the record of a fire this replica skipped; it does not block a claim.
+    """
+
+    FIRE = "fire"
+    RETRY = "retry"
+    MANUAL = "manual"
+    SKIP = "skip"
 
 
 class EventStatus(StrEnum):

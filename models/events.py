@@ -4,7 +4,9 @@
 with backoff, for hours: see `retry_delay`) and, after `MAX_ATTEMPTS`, -> dead (kept; `run.py events
 replay` runs it again).
 A claim (`claim_event`) is an UPDATE that only one replica can win, so an event is processed by
-one replica at a time, and a claim whose holder died expires (`locked_until`).
+one replica at a time. The claim is a short lease (`locked_until`, `models/leases.py`) that the
+holder renews while it works (`renew_events`): a claim whose holder died expires within
+`LEASE_SECONDS`, and `next_claimable_at` tells a poller when to look again.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import peewee as pw
 from models.backoff import Jitter, backoff_delay
 from models.base import BaseModel, now
 from models.enums import EventStatus, Mode
+from models.leases import LEASE_SECONDS, expired, renew_rows
 
 MAX_ATTEMPTS = 16  # with `retry_delay`: 2.6 to 5.1 hours of tries before `dead`
 RETRY_CAP = 3600.0  # the longest wait between two tries
-LEASE_SECONDS = 120
 
 
 class WebhookEvent(BaseModel):
@@ -37,12 +39,14 @@ class WebhookEvent(BaseModel):
     attempts = pw.IntegerField(default=0)
     last_error = pw.TextField(null=True)
     next_attempt_at = pw.DoubleField(null=True, index=True)
-    locked_until = pw.DoubleField(null=True)
+    locked_until = pw.DoubleField(null=True)  # the lease of the claim (`models/leases.py`)
+    claimed_by = pw.CharField(max_length=128, null=True)  # who holds or last held the claim
     processed_at = pw.DoubleField(null=True)
 
     class Meta:
         indexes = ((("status", "received_at"), False),  # the status page (003)
-                   (("received_at", "status"), False))
+                   (("received_at", "status"), False),
+                   (("status", "processed_at"), False))  # retention deletes by these (006)
 
     @property
     def mode(self) -> Mode:
@@ -56,7 +60,8 @@ def _claimable(t: float, force: bool = False) -> pw.Expression:
     lease ran out (it died or hung), so anyone may take it over. `force` (an operator's replay)
     takes anything not held by a live claim, due or not, processed or dead.
     """
-    stale = (WebhookEvent.status == EventStatus.PROCESSING) & (WebhookEvent.locked_until < t)
+    stale = ((WebhookEvent.status == EventStatus.PROCESSING)
+             & expired(WebhookEvent.locked_until, t))
     if force:
         return (WebhookEvent.status != EventStatus.PROCESSING) | stale
     due = (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED))
@@ -82,21 +87,34 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
         return False
 
 
-def claim_event(event_id: str, force: bool = False) -> WebhookEvent | None:
-    """Take the event for processing if it is due and nobody holds it; None otherwise."""
+def claim_event(event_id: str, force: bool = False, holder: str | None = None,
+                lease: float = LEASE_SECONDS) -> WebhookEvent | None:
+    """Take the event for processing if it is due and nobody holds it; None otherwise.
+
+    The claim lasts `lease` seconds unless `holder` renews it (`renew_events`)."""
     t = now()
     won = (
-        WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + LEASE_SECONDS,
-                            attempts=WebhookEvent.attempts + 1)
+        WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + lease,
+                            claimed_by=holder, attempts=WebhookEvent.attempts + 1)
         .where((WebhookEvent.id == event_id) & _claimable(t, force))
         .execute()
     )
     return WebhookEvent.get_by_id(event_id) if won else None
 
 
+def renew_events(event_ids: list[str], until: float, holder: str | None) -> int:
+    """Push the lease of the events `holder` still holds to `until` (one UPDATE)."""
+    return renew_rows(WebhookEvent, WebhookEvent.locked_until, event_ids, until,
+                      WebhookEvent.claimed_by, holder,
+                      still=WebhookEvent.status == EventStatus.PROCESSING)
+
+
 def finish_event(event_id: str, error: str | None, attempts: int,
-                 retry_base: float = 2.0) -> EventStatus:
-    """Record the outcome of a processing attempt; returns the new status."""
+                 retry_base: float = 2.0, holder: str | None = None) -> EventStatus:
+    """Record the outcome of a processing attempt; returns the new status.
+
+    With `holder`, only while the claim is still `holder`'s: if its lease lapsed and another
+    replica took the event over, that replica records the outcome."""
     t = now()
     fields: dict[str, Any]
     if error is None:
@@ -107,8 +125,10 @@ def finish_event(event_id: str, error: str | None, attempts: int,
     else:
         status, fields = EventStatus.FAILED, {
             "last_error": error, "next_attempt_at": t + retry_delay(attempts, retry_base)}
-    WebhookEvent.update(status=status, locked_until=None, **fields).where(
-        WebhookEvent.id == event_id).execute()
+    cond = WebhookEvent.id == event_id
+    if holder is not None:
+        cond &= WebhookEvent.claimed_by == holder
+    WebhookEvent.update(status=status, locked_until=None, **fields).where(cond).execute()
     return status
 
 
@@ -130,3 +150,19 @@ def due_event_ids(limit: int = 100) -> list[str]:
     q = (WebhookEvent.select(WebhookEvent.id).where(_claimable(t))
          .order_by(WebhookEvent.created, WebhookEvent.received_at).limit(limit))
     return [row.id for row in q]
+
+
+def next_claimable_at() -> float | None:
+    """The earliest time an event not claimable now becomes so: a retry falling due or a
+    lease running out (None when there is none). A poller sleeps until then, not longer."""
+    times = []
+    for cond, column in (
+        (WebhookEvent.status == EventStatus.PROCESSING, WebhookEvent.locked_until),
+        (WebhookEvent.status.in_((EventStatus.PENDING, EventStatus.FAILED)),
+         WebhookEvent.next_attempt_at),
+    ):
+        value = (WebhookEvent.select(pw.fn.MIN(column)).where(cond & column.is_null(False))
+                 .scalar())
+        if value is not None:
+            times.append(float(value))
+    return min(times) if times else None

@@ -38,6 +38,7 @@ from jobs.stripe_api import StripeClients
 from jobs.task_worker import TaskWorker
 from models.db import UNAVAILABLE, Storage
 from models.installation_index import InstallationIndex
+from models.retention import prune_forever
 from service.app import make_app
 from service.config import Config
 from service.connections import (
@@ -186,6 +187,8 @@ class Backend:
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self.metrics.measure_loop_lag()))
         self._background.append(loop.create_task(self._follow_replicas()))
+        self._background.append(loop.create_task(
+            prune_forever(self.storage, self.config.retention_days)))
         self.events.start()
         self.task_worker.start()
         if self.scheduler:

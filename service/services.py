@@ -153,6 +153,8 @@ class Services:
             timeout = self.config.shutdown_timeout
         if self.scheduler is not None:
             await self.scheduler.stop(timeout)
+        elif hasattr(self, "runner"):
+            await self.runner.stop()  # the scheduler stops it; without one, its lease renewal
         if hasattr(self, "task_worker"):
             await self.task_worker.stop(timeout)
         if hasattr(self, "events"):

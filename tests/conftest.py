@@ -143,7 +143,7 @@ def fresh_pg_database(admin_url: str) -> Any:
     finally:
         admin.execute_sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        admin.execute_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
 
 
