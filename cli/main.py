@@ -11,14 +11,14 @@ import argparse
 import logging
 import sys
 
-from cli import dev, events, install_link, installs, jobs, migrate, serve, simulate
+from cli import dev, events, install_link, installs, jobs, manifest, migrate, serve, simulate
 from service.config import VARIABLES, Config, ConfigError
 from service.logs import setup_logging
 
 log = logging.getLogger("app.cli")
 
 #: The command modules, in the order `--help` lists their commands.
-COMMANDS = (serve, migrate, install_link, jobs, events, installs, simulate, dev)
+COMMANDS = (serve, migrate, install_link, jobs, events, installs, manifest, simulate, dev)
 
 
 def _epilog() -> str:

@@ -228,9 +228,14 @@ class Config:
         _Pattern(r"[A-Za-z0-9._-]+", "must look like com.example.app", full=True),
         "the app's id, for install links")
     # Empty means derived from host and port, in __post_init__.
+    public_url: str = setting(
+        "PUBLIC_URL", "", _url,
+        "the backend's public base URL (https in production): install links, the redirect "
+        "default, `doctor`, `manifest`", "`http://HOST:PORT`")
+    # Empty means derived from the public URL, in __post_init__.
     install_redirect_uri: str = setting(
         "STRIPE_INSTALL_REDIRECT_URI", "", _url,
-        "the install callback, as in `allowed_redirect_uris`", "`http://HOST:PORT/callback/stripe`")
+        "the install callback, as in `allowed_redirect_uris`", "`PUBLIC_URL/callback/stripe`")
     install_success_url: str | None = setting(
         "INSTALL_SUCCESS_URL", None, _url, "where the browser goes after an install",
         "a plain page")
@@ -267,10 +272,10 @@ class Config:
         "lowest level logged: `debug`, `info`, `warning` or `error`")
 
     def __post_init__(self) -> None:
+        public = (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        object.__setattr__(self, "public_url", public)
         if not self.install_redirect_uri:
-            object.__setattr__(
-                self, "install_redirect_uri", f"http://{self.host}:{self.port}/callback/stripe"
-            )
+            object.__setattr__(self, "install_redirect_uri", f"{public}/callback/stripe")
 
     @property
     def callback_path(self) -> str:
