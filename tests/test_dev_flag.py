@@ -103,3 +103,21 @@ def test_jobs_list_by_account_and_pause_resume_say_the_mode(tmp_path):
         assert "--live" in help_text and "default: live" in help_text
     finally:
         db.close()
+
+
+def test_every_readme_command_parses_as_written():
+    """Each `.venv/bin/python run.py ...` line of the README's walkthroughs is a valid command
+    (the e2e walkthrough runs them; this catches a renamed flag in the text)."""
+    import os
+    import shlex
+
+    from cli.main import _take_dev_flag, build_parser
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        lines = [line.split("#", 1)[0].strip() for line in f]
+    commands = [line for line in lines if line.startswith(".venv/bin/python run.py")]
+    assert len(commands) >= 10
+    for line in commands:
+        argv = shlex.split(line)[2:]
+        _, argv = _take_dev_flag(argv)
+        build_parser().parse_args(argv)  # exits (a failure) on an unknown command or flag
