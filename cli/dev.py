@@ -5,6 +5,12 @@ signs with the same ones, and a restart keeps them); variables already set in th
 win. The emulator is started on `--stripe-port` unless something already answers there; it keeps
 its data in `var/dev-localstripe.pickle` (its own file, see `cli/emulator.py`). Never use this
 mode with real Stripe keys.
+
+Dev keeps its own database, `var/dev.db` (unless `DATABASE_URL` is set), so a fake `acct_demo`
+never lands in the real server's `var/app.db`. Each start writes the database and the address
+of the Stripe stand-in (`STRIPE_API_BASE`, the Install API fake in front of the emulator) into
+`var/dev.env` too, so that `run.py <command> --dev` (`dev_config()`) or a shell that sources
+the file talks to the same database and the same fake Stripe as the running `run.py dev`.
 """
 
 from __future__ import annotations
@@ -14,15 +20,25 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from cli import emulator, fake_installs
 from cli.serve import run_server
 from service.config import Config
 
-#: The development environment file: written by `run.py dev`, read by `run.py simulate`.
+#: The development environment file: written by `run.py dev`, read by `run.py simulate` and
+#: by every command given `--dev`.
 DEV_ENV = "var/dev.env"
+
+#: The development database, apart from the real server's default `var/app.db`.
+DEV_DATABASE_URL = "sqlite:///var/dev.db"
+
+
+class DevEnvError(Exception):
+    """`--dev` was given but the development environment is not usable; the message says why."""
 
 
 def add_parser(sub: Any) -> None:
@@ -45,6 +61,31 @@ def load_dev_env(path: str = DEV_ENV) -> dict[str, str]:
     except FileNotFoundError:
         pass
     return values
+
+
+def write_dev_env(values: dict[str, str], path: str = DEV_ENV) -> None:
+    """Write the development environment file, readable by its owner only (0600), also when
+    an older version left it world-readable."""
+    write_private(path, "# development secrets written by `run.py dev`; never use in "
+                  "production\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
+
+
+def dev_config(path: str = DEV_ENV) -> Config:
+    """The configuration `run.py <command> --dev` runs with: the environment over the dev
+    environment file, on the dev database, against the dev Stripe stand-in."""
+    values = load_dev_env(path)
+    if not values:
+        raise DevEnvError(f"--dev: no {path} here; run `run.py dev` once first (in this folder)")
+    values.setdefault("DATABASE_URL", DEV_DATABASE_URL)
+    if "STRIPE_API_BASE" not in values and "STRIPE_API_BASE" not in os.environ:
+        raise DevEnvError(f"--dev: {path} has no STRIPE_API_BASE (written by an older "
+                          "`run.py dev`); start `run.py dev` once to add it")
+    config = config_over_dev_env(values)
+    base = urlsplit(config.api_base or "")
+    if base.hostname in ("127.0.0.1", "localhost") and base.port and not _port_open(base.port):
+        print(f"--dev: nothing answers at {config.api_base} (is `run.py dev` running?)",
+              file=sys.stderr)
+    return config
 
 
 def config_over_dev_env(values: dict[str, str]) -> Config:
@@ -124,29 +165,23 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
     """The configuration comes from the environment over the dev environment file, not from
     `_config` (the environment alone)."""
     os.makedirs(os.path.dirname(DEV_ENV), exist_ok=True)
-    values = load_dev_env()
-    if not values:
-        values = _generate()
-        write_private(DEV_ENV, "# development secrets written by `run.py dev`; never use in "
-                      "production\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
-    else:
-        os.chmod(DEV_ENV, 0o600)  # a file written by an older version was world-readable
-    if "CREDENTIALS_KEYS" not in values:  # a dev.env from before the credentials vault
-        values["CREDENTIALS_KEYS"] = _fernet_key()
-        with open(DEV_ENV, "a") as f:
-            f.write(f"CREDENTIALS_KEYS={values['CREDENTIALS_KEYS']}\n")
+    values = load_dev_env() or _generate()
+    values.setdefault("CREDENTIALS_KEYS", _fernet_key())  # a dev.env from before the vault
+    values.setdefault("DATABASE_URL", DEV_DATABASE_URL)
+    write_dev_env(values)
     emulator = start_emulator(args.stripe_port)
     installs = None
     try:
         installs, installs_url = start_fake_installs(args.installs_port,
                                                      f"http://127.0.0.1:{args.stripe_port}")
         values["STRIPE_API_BASE"] = installs_url
+        write_dev_env(values)  # so `--dev` commands and sourced shells reach this fake
         config = config_over_dev_env(values)
         print("development configuration (also in var/dev.env):")
         for line in shown_configuration(values, os.environ):
             print(line)
-        print(f"backend: http://{config.host}:{config.port}  try: python run.py simulate "
-              "install --account acct_demo --test")
+        print(f"backend: http://{config.host}:{config.port}  try: .venv/bin/python run.py "
+              "simulate install --account acct_demo --test; other commands take --dev")
         return run_server(config)
     finally:
         for proc in (installs, emulator):

@@ -3,6 +3,8 @@
 `jobs run` runs the job in this process, recorded like a scheduled run (replica `cli`) but as
 its own run (kind `manual`): it never collides with a fire or another manual run in the same
 second, and is refused, in words, only while a run of the same job and account is under way.
+`run`, `pause` and `resume` act in live mode unless given `--test` (`--live` says it outright);
+they print the mode they acted in. `list --account acct_...` shows one account's jobs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from cli.offline import when, with_services
 from jobs.scheduler import describe_jobs
+from models.enums import Mode
 from models.installation import set_paused
 from models.jobs import attach_last_runs
 from service.services import Services
@@ -21,22 +24,39 @@ from service.services import Services
 def add_parser(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="list, run, pause or resume per-account jobs")
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="action", required=True)
-    jsub.add_parser("list", help="jobs, next fire per account, last outcome").set_defaults(
-        func=with_services(list_jobs))
+    jlist = jsub.add_parser("list", help="jobs, next fire per account, last outcome")
+    jlist.add_argument("--account", help="only this account (acct_...)")
+    jlist.set_defaults(func=with_services(list_jobs))
     jrun = jsub.add_parser("run", help="run a job for one account now (recorded like any run)")
     jrun.add_argument("job")
     jrun.add_argument("--account", required=True)
-    jrun.add_argument("--test", action="store_true", help="test mode (default: live)")
+    _add_mode(jrun)
     jrun.set_defaults(func=with_services(run_job))
-    for name, text in (("pause", "pause an account's jobs"), ("resume", "resume them")):
+    for name, text in (("pause", "pause an account's jobs (live mode unless --test)"),
+                       ("resume", "resume them (live mode unless --test)")):
         p = jsub.add_parser(name, help=text)
         p.add_argument("--account", required=True)
-        p.add_argument("--test", action="store_true")
+        _add_mode(p)
         p.set_defaults(func=with_services(pause_or_resume))
 
 
-def _mode(args: argparse.Namespace) -> str:
-    return "test" if args.test else "live"
+def _add_mode(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--live", dest="test", action="store_const", const=False, default=None,
+                       help="live mode (the default)")
+    group.add_argument("--test", dest="test", action="store_const", const=True,
+                       help="test mode (default: live)")
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    return Mode.TEST if args.test else Mode.LIVE
+
+
+def _mode_note(args: argparse.Namespace) -> str:
+    """The mode acted in, saying so when it was the default."""
+    if args.test is None:
+        return "live mode (the default; --test for test mode)"
+    return f"{_mode(args)} mode"
 
 
 async def list_jobs(services: Services, args: argparse.Namespace) -> int:
@@ -45,7 +65,10 @@ async def list_jobs(services: Services, args: argparse.Namespace) -> int:
     for name, spec in registry.jobs.items():
         schedule = f"every {spec.every:.0f}s" if spec.every else f"cron {spec.cron}"
         print(f"# {name}: {spec.description} ({schedule})")
-    for view in sorted(index.active(), key=lambda v: (v.account_id, v.mode)):
+    views = [v for v in index.active() if args.account in (None, v.account_id)]
+    if args.account and not views:
+        print(f"# {args.account} has no active installation")
+    for view in sorted(views, key=lambda v: (v.account_id, v.mode)):
         rows = describe_jobs(registry, index, None, view.account_id)
         rows = await storage.run(attach_last_runs, rows, view.account_id)
         for row in rows:
@@ -65,9 +88,9 @@ async def pause_or_resume(services: Services, args: argparse.Namespace) -> int:
     view = await services.storage.run(set_paused, args.account, mode, pause,
                                       "paused by an operator")
     if view is None:
-        print(f"no installation for {args.account} in {mode} mode", file=sys.stderr)
+        print(f"no installation for {args.account} in {_mode_note(args)}", file=sys.stderr)
         return 1
-    print(f"{args.account} {mode}: jobs {args.jobs_command}d")
+    print(f"{args.account}: jobs {args.jobs_command}d in {_mode_note(args)}")
     return 0
 
 
@@ -77,7 +100,8 @@ async def run_job(services: Services, args: argparse.Namespace) -> int:
         print(f"unknown job {args.job!r}; known: {', '.join(registry.jobs)}", file=sys.stderr)
         return 1
     if not services.installations.is_active(args.account, mode):
-        print(f"{args.account} has no active installation in {mode} mode", file=sys.stderr)
+        print(f"{args.account} has no active installation in {_mode_note(args)}",
+              file=sys.stderr)
         return 1
     outcome, busy = await services.runner.run_now(args.job, args.account, mode)
     if busy is not None:

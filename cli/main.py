@@ -19,6 +19,7 @@ from cli import (
     install_link,
     installs,
     jobs,
+    manifest,
     migrate,
     prune,
     serve,
@@ -33,7 +34,7 @@ log = logging.getLogger("app.cli")
 
 #: The command modules, in the order `--help` lists their commands.
 COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, credentials, prune,
-            simulate, doctor, dev)
+            manifest, simulate, doctor, dev)
 
 
 def _epilog() -> str:
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py", description="A self-hosted backend for Stripe Apps.",
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--dev", action="store_true",
+        help="give any command the development configuration of `run.py dev` (var/dev.env, "
+             "its database and Stripe stand-in); may also follow the command")
     parser.set_defaults(func=serve.run_server)
     sub = parser.add_subparsers(dest="command", metavar="command")
     for module in COMMANDS:
@@ -55,14 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_dev_flag(argv: list[str]) -> tuple[bool, list[str]]:
+    """`--dev` wherever it stands before a `--`, and the arguments without it."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    found = "--dev" in argv[:end]
+    return found, [a for a in argv[:end] if a != "--dev"] + argv[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
+    use_dev, argv = _take_dev_flag(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     try:
-        config = Config.from_env()
+        config = dev.dev_config() if use_dev else Config.from_env()
     except ConfigError as exc:
         if getattr(args, "takes_bad_config", False):
             return int(args.func(None, args))
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except dev.DevEnvError as exc:
+        print(exc, file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
     try:

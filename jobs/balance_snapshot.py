@@ -21,7 +21,8 @@ def _amounts(value: Any) -> list[dict[str, Any]]:
     return [{"amount": int(i["amount"]), "currency": str(i["currency"])} for i in items]
 
 
-@job(every=86400, spread=86400, run_on_install=True)  # each account at its own time of day
+@job(every=86400, spread=86400, run_on_install=True,  # each account at its own time of day
+     permissions=["balance_read"])
 async def balance_snapshot(ctx: JobContext) -> None:
     """Store the account's Stripe balance once a day (and right after it installs)."""
     balance = (await ctx.stripe.v1.balance.retrieve_async()).to_dict()

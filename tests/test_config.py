@@ -150,3 +150,16 @@ def test_malformed_value_names_the_variable_and_hides_secrets(name, value, messa
     assert text.startswith(f"{name}: ")
     assert text.startswith(message)
     assert SECRET not in text
+
+
+def test_public_url_is_the_base_of_the_redirect():
+    assert Config.from_env({}).public_url == "http://127.0.0.1:8000"
+    config = Config.from_env({"PUBLIC_URL": "https://app.example.com/"})
+    assert config.public_url == "https://app.example.com"  # one form, without the last slash
+    assert config.install_redirect_uri == "https://app.example.com/callback/stripe"
+    assert config.cookie_secure
+    explicit = Config.from_env({"PUBLIC_URL": "https://app.example.com",
+                                "STRIPE_INSTALL_REDIRECT_URI": "https://other.example.com/cb"})
+    assert explicit.install_redirect_uri == "https://other.example.com/cb"
+    with pytest.raises(ConfigError, match="PUBLIC_URL"):
+        Config.from_env({"PUBLIC_URL": "app.example.com"})

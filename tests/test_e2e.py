@@ -45,7 +45,7 @@ def test_walkthrough(tmp_path):
     dev = subprocess.Popen([sys.executable, RUN, "dev", "--stripe-port", str(stripe_port)],
                            cwd=tmp_path, env=clean_env(PORT=str(port)),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    db_path = tmp_path / "var" / "app.db"
+    db_path = tmp_path / "var" / "dev.db"  # dev's own database, never the server's app.db
     try:
         def healthy():
             try:
@@ -56,6 +56,9 @@ def test_walkthrough(tmp_path):
         assert wait_until(healthy, 40) == 200
         dev_env = (tmp_path / "var" / "dev.env").read_text()
         assert "STRIPE_APP_SECRETS=absec_" in dev_env
+        # the file names the running Stripe stand-in and the dev database, for --dev commands
+        assert "STRIPE_API_BASE=http://127.0.0.1:" in dev_env
+        assert "DATABASE_URL=sqlite:///var/dev.db" in dev_env
 
         def db(sql: str):
             con = sqlite3.connect(db_path, timeout=10)
@@ -86,7 +89,7 @@ def test_walkthrough(tmp_path):
         assert out.returncode == 0
         balance = json.loads(out.stdout.split("<- 200:\n", 1)[1])
         assert balance["test"]["available"][0]["amount"] > 0
-        out = cli(tmp_path, "jobs", "list", DATABASE_URL=f"sqlite:///{db_path}")
+        out = cli(tmp_path, "jobs", "list", "--dev")
         assert out.returncode == 0, out.stderr
         assert "balance_snapshot" in out.stdout and "acct_demo" in out.stdout
         assert "succeeded" in out.stdout
@@ -114,7 +117,7 @@ def test_walkthrough(tmp_path):
         out = cli(tmp_path, "simulate", "event", "--file", str(event_file), PORT=str(port))
         assert out.returncode == 0
         assert db("SELECT count(*) FROM webhook_event") == [(4,)]
-        out = cli(tmp_path, "events", "list", DATABASE_URL=f"sqlite:///{db_path}")
+        out = cli(tmp_path, "events", "list", "--dev")
         assert "invoice.paid" in out.stdout and "customer.created" in out.stdout
     finally:
         dev.send_signal(signal.SIGTERM)
@@ -122,6 +125,7 @@ def test_walkthrough(tmp_path):
     output = dev.stdout.read()
     assert code == 0, output
     assert "STRIPE_APP_SECRETS=absec_" in output  # dev mode prints what it configured
+    assert not (tmp_path / "var" / "app.db").exists()
     with socket.socket() as s:  # and it stopped the emulator it started
         assert s.connect_ex(("127.0.0.1", stripe_port)) != 0
 
