@@ -35,6 +35,9 @@ def binary(tmp_path_factory):
     return folder, str(target)
 
 
+OPERATOR_TOKEN = "operator-token-" + "x" * 16
+
+
 def _env(**extra: str) -> dict[str, str]:
     # Nothing of this checkout's Python: no virtual environment, no PYTHONPATH.
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
@@ -60,7 +63,8 @@ def test_binary_migrates_serves_and_verifies(binary):
     server = subprocess.Popen([exe, "serve"], cwd=folder, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env=_env(PORT=str(port), STRIPE_APP_SECRETS=APP_SECRET,
-                                       STRIPE_WEBHOOK_SECRETS_LIVE=WH_LIVE))
+                                       STRIPE_WEBHOOK_SECRETS_LIVE=WH_LIVE,
+                                       OPERATOR_TOKEN=OPERATOR_TOKEN))
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60
@@ -93,6 +97,9 @@ def test_binary_migrates_serves_and_verifies(binary):
         bad = httpx.post(f"{url}/api/whoami", content=body, headers={
             "Stripe-Signature": sign(body, "absec_wrong"), "Content-Type": "application/json"})
         assert bad.status_code == 401
+        # the status page's templates travel in the bundle
+        page = httpx.get(f"{url}/status", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+        assert page.status_code == 200 and "acct_bin" in page.text, page.text[:500]
     finally:
         server.terminate()
         assert server.wait(30) == 0, server.stdout.read() if server.stdout else ""
