@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -49,3 +52,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_child(module: str, args: list[str], what: str,
+                timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
+    """Run `python -m <module> <args>` (a loopback server of this project that prints the port
+    it bound as its first line) and wait until it answers; returns it and its base URL.
+
+    Raises RuntimeError naming `what` when it does not start or does not answer in time."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line.isdigit():
+        url = f"http://127.0.0.1:{line}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                s.settimeout(0.3)
+                if s.connect_ex(("127.0.0.1", int(line))) == 0:
+                    return proc, url
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait(5)
+    raise RuntimeError(f"{what} did not start" if not line.isdigit()
+                       else f"{what} did not answer at http://127.0.0.1:{line}")

@@ -23,8 +23,8 @@ import os
 import pickle
 import socket
 import subprocess
-import sys
-import time
+
+from cli.devtools import start_child
 
 
 def _use_state_file(path: str | None) -> None:
@@ -74,30 +74,9 @@ def main(argv: list[str] | None = None) -> None:
 def start(port: int = 0, state: str | None = None,
           timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
     """Start the emulator as a child process; returns it and its base URL once it answers."""
-    cmd = [sys.executable, "-m", "cli.emulator", "--port", str(port)]
-    if state is not None:
-        cmd += ["--state", state]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.isdigit():
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError("the localstripe emulator did not start (is localstripe installed? "
-                           "pip install localstripe)")
-    url = f"http://127.0.0.1:{line}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.3)
-            if s.connect_ex(("127.0.0.1", int(line))) == 0:
-                return proc, url
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(5)
-    raise RuntimeError(f"the localstripe emulator did not answer at {url}")
+    args = ["--port", str(port), *(["--state", state] if state is not None else [])]
+    return start_child("cli.emulator", args, "the localstripe emulator (is localstripe "
+                       "installed? pip install localstripe)", timeout)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +39,8 @@ import httpx
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+
+from cli.devtools import start_child
 
 PATH = "/v1/apps/installs"
 INSTALLED_STATUSES = ("installed", "uninstall_failed")
@@ -303,28 +302,8 @@ def main(argv: list[str] | None = None) -> None:
 def start(port: int = 0, upstream: str | None = None, timeout: float = 20.0,
           extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """Start the fake as a child process; returns it and its base URL once it answers."""
-    cmd = [sys.executable, "-m", "cli.fake_installs", "--port", str(port), *(extra or [])]
-    if upstream:
-        cmd += ["--upstream", upstream]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.isdigit():
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError("the Install API fake did not start")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.3)
-            if s.connect_ex(("127.0.0.1", int(line))) == 0:
-                return proc, f"http://127.0.0.1:{line}"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(5)
-    raise RuntimeError("the Install API fake did not answer")
+    args = ["--port", str(port), *(extra or []), *(["--upstream", upstream] if upstream else [])]
+    return start_child("cli.fake_installs", args, "the Install API fake", timeout)
 
 
 if __name__ == "__main__":

@@ -23,28 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import socket
 import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import Any
 
 import httpx
 import stripe
 
-from jobs.credentials import NOT_CONFIGURED, AccountCredentials, Vault
+from jobs.context import AccountTools, idempotency_key
+from jobs.credentials import NOT_CONFIGURED, Vault
 from jobs.installs import missing_permissions
 from jobs.registry import JobSpec, Registry
 from jobs.stripe_api import StripeClients
 from models.backoff import Jitter, backoff_delay
 from models.base import now
 from models.db import Storage
-from models.enums import JobOutcome, Mode, RunKind
+from models.enums import JobOutcome, RunKind
 from models.installation import set_paused
 from models.installation_index import InstallationIndex
 from models.jobs import (
@@ -69,7 +66,7 @@ def _ignore_outcome(job: str, outcome: JobOutcome) -> None:
 
 
 @dataclass
-class JobContext:
+class JobContext(AccountTools):
     """What a job receives: who it runs for, and the tools to do it."""
 
     job: str
@@ -94,31 +91,6 @@ class JobContext:
                                int(self.fire_time.timestamp()),
                                f"manual:{self.seq}" if self.kind == RunKind.MANUAL else "",
                                label)
-
-    @cached_property
-    def stripe(self) -> stripe.StripeClient:
-        """A client bound to this account (`Stripe-Account`) with the mode's platform key."""
-        return self.clients.for_account(self.account_id, self.mode)
-
-    @cached_property
-    def credentials(self) -> AccountCredentials:
-        """`await ctx.credentials.get(name)`: this account's credential in this mode."""
-        return AccountCredentials(self.vault, self.account_id, self.mode)
-
-    @property
-    def livemode(self) -> bool:
-        return self.mode == Mode.LIVE
-
-    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a synchronous database function off the event loop."""
-        return await self.storage.run(fn, *args, **kwargs)
-
-
-def idempotency_key(*parts: object) -> str:
-    """A Stripe idempotency key (at most 255 characters) determined by `parts` alone: job fires
-    and tasks derive theirs here."""
-    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
-    return f"{parts[0]}_{digest[:48]}"
 
 
 class Slot:

@@ -16,19 +16,17 @@ module of the `jobs` package. The name `status` is reserved (`POST /api/tasks/st
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import httpx
-import stripe
 
-from jobs.credentials import AccountCredentials, Vault
+from jobs.context import AccountTools, idempotency_key
+from jobs.credentials import Vault
 from jobs.stripe_api import StripeClients
 from models.db import Storage
 from models.tasks import renew_lease
@@ -80,7 +78,7 @@ def task(name: str | None = None, *, attempts: int = 3, timeout: float = 3600.0,
 
 
 @dataclass
-class TaskContext:
+class TaskContext(AccountTools):
     """What a task receives: whose it is, its input, and the tools to do it."""
 
     task_id: str
@@ -100,29 +98,10 @@ class TaskContext:
     progress_note: str | None = None
     _reported_at: float = field(repr=False, default=0.0)
 
-    @cached_property
-    def stripe(self) -> stripe.StripeClient:
-        """A client bound to this account (`Stripe-Account`) with the mode's platform key."""
-        return self.clients.for_account(self.account_id, self.mode)
-
-    @cached_property
-    def credentials(self) -> AccountCredentials:
-        """`await ctx.credentials.get(name)`: this account's credential in this mode."""
-        return AccountCredentials(self.vault, self.account_id, self.mode)
-
-    @property
-    def livemode(self) -> bool:
-        return self.mode == "live"
-
-    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a synchronous database function off the event loop."""
-        return await self.storage.run(fn, *args, **kwargs)
-
     def idempotency_key(self, label: str) -> str:
         """The same key for this task and label on every attempt: pass it as Stripe's
         `idempotency_key` so that a retried attempt does not repeat a write."""
-        digest = hashlib.sha256(f"{self.task_id}:{label}".encode()).hexdigest()
-        return f"{self.name}-{digest[:40]}"
+        return idempotency_key("task", self.task_id, label)
 
     async def progress(self, fraction: float | None, note: str | None = None) -> None:
         """Report progress (0..1) and a short note; the extension sees it in the task's status.

@@ -92,6 +92,21 @@ class Running:
             await asyncio.sleep(0.01)
 
 
+async def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Await `predicate()` every 50 ms until it returns something true, and return that; fail
+    after `timeout` seconds (a ceiling, measured on the monotonic clock, which injected test
+    clocks do not move)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await predicate()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not met in {timeout}s")
+
+
 @contextlib.asynccontextmanager
 async def running(env: dict[str, str], **kwargs: Any) -> AsyncIterator[Running]:
     config = Config.from_env(env)

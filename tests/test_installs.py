@@ -9,7 +9,7 @@ import contextlib
 import time
 
 import pytest
-from conftest import ROOT, WH_TEST, base_env, event, running
+from conftest import ROOT, WH_TEST, base_env, event, running, wait_for
 from test_e2e import cli
 
 from cli.fake_installs import FakeInstalls, install_object
@@ -35,15 +35,6 @@ async def with_fake(tmp_path, localstripe, sync: str = "off", **kwargs):
     finally:
         await fake.close()
 
-
-async def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def runs(app, *where):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from conftest import WH_TEST, base_env, compact, event, running
+from conftest import WH_TEST, base_env, compact, event, running, wait_for
 from stripe_proxy import StripeProxy
 
 from jobs.events import EventProcessor
@@ -89,15 +89,6 @@ async def proxied(tmp_path, localstripe):
     finally:
         await proxy.close()
 
-
-async def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @at_every_moment

@@ -17,7 +17,18 @@ from collections import Counter
 import httpx
 import pytest
 import tornado.web
-from conftest import APP_SECRET, ROOT, WH_TEST, base_env, compact, event, free_port, running, sign
+from conftest import (
+    APP_SECRET,
+    ROOT,
+    WH_TEST,
+    base_env,
+    compact,
+    event,
+    free_port,
+    running,
+    sign,
+    wait_for,
+)
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -41,15 +52,6 @@ def registry_of(*funcs) -> Registry:
 def ident(account: str = "acct_1", **fields) -> dict:
     return {**fields, "user_id": "usr_1", "account_id": account}
 
-
-async def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 async def install(app, account: str = "acct_1") -> None:
