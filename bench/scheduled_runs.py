@@ -113,7 +113,9 @@ def run(quick: bool = False) -> dict[str, float]:
     assert scheduled == n, f"only {scheduled} of {n} jobs scheduled"
     assert runs > 0 and succeeded == runs == accounts
     assert total == snapshots == stats["calls"], "a run without its Stripe call or snapshot"
-    assert stats["max_in_any_second"] <= rate + 1, "the rate limit was exceeded"
+    # held on the 0.9 s window: arrivals lag sends by up to 100 ms on a busy machine (see
+    # fake_stripe.py); without the limiter this burst would arrive at ~concurrency/latency = 200/s
+    assert stats["max_in_any_0_9s"] <= rate, "the rate limit was exceeded"
     assert code == 0
     return {"startup_s": startup, "rss_mb": rss, "runs_per_s": throughput,
             "ratio": throughput / bound, "max_calls_in_second": stats["max_in_any_second"]}
