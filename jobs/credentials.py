@@ -39,6 +39,7 @@ from models.credentials import (
     rotate_all,
 )
 from models.db import Storage
+from models.enums import MODES
 
 log = logging.getLogger("app.credentials")
 
@@ -123,7 +124,7 @@ class Vault:
         return await self.storage.run(put_credential, account_id, mode, name, token, kind,
                                       updated_by)
 
-    async def list(self, account_id: str, modes: tuple[str, ...] = ("live", "test")
+    async def list(self, account_id: str, modes: tuple[str, ...] = MODES
                    ) -> list[StoredCredential]:
         return await self.storage.run(list_credentials, account_id, modes)
 

@@ -43,6 +43,7 @@ import peewee as pw
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel, now
 from models.db import Storage, write_transaction
+from models.enums import MODES
 from models.events import WebhookEvent
 from models.installation import Installation, InstallationView, apply_state
 from models.installation_index import InstallationIndex
@@ -256,7 +257,7 @@ class InstallSync:
         self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
 
     def modes(self) -> list[str]:
-        return [m for m in ("live", "test") if self.clients.secret_keys.get(m)]
+        return [m for m in MODES if self.clients.secret_keys.get(m)]
 
     async def list_installs(self, mode: str) -> dict[str, InstallFacts]:
         """Every install of the app in `mode`, by account; raises `SyncFailed` on any error."""

@@ -17,6 +17,7 @@ import peewee as pw
 
 from models.base import AccountModel, now
 from models.db import write_transaction
+from models.enums import MODES
 
 SECRET, OAUTH = "secret", "oauth"
 
@@ -69,7 +70,7 @@ def fetch_credential(account_id: str, mode: str, name: str) -> tuple[str, str] |
     return (row.kind, row.value) if row else None
 
 
-def list_credentials(account_id: str, modes: tuple[str, ...] = ("live", "test")
+def list_credentials(account_id: str, modes: tuple[str, ...] = MODES
                      ) -> list[StoredCredential]:
     query = (Credential.select(Credential.name, Credential.mode, Credential.kind,
                                Credential.updated_at, Credential.updated_by)

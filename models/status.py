@@ -14,6 +14,7 @@ from typing import Any
 import peewee as pw
 
 from models.db import is_sqlite
+from models.enums import MODES
 from models.events import WebhookEvent
 from models.installation import Installation
 from models.jobs import JobRun
@@ -61,8 +62,8 @@ def installations(pages: Pages) -> dict[str, Any]:
     fields = (I.account_id, I.mode, I.active, I.installed_by, I.installed_at, I.uninstalled_at,
               I.confirmed, I.pause_reason, I.updated_at)
     return {
-        "active": {m: active.get(m, 0) for m in ("live", "test")},
-        "paused_count": {m: paused_count.get(m, 0) for m in ("live", "test")},
+        "active": {m: active.get(m, 0) for m in MODES},
+        "paused_count": {m: paused_count.get(m, 0) for m in MODES},
         # Latest first whatever happened since (`active` says): an ORDER BY ... LIMIT on
         # the time's own index, which a filter on `active` would make the planner abandon.
         "latest_installs": _rows(I.select(*fields).where(I.installed_at.is_null(False))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
-MODES = ("live", "test")
+from models.enums import MODES
 
 T = TypeVar("T")
 

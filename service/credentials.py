@@ -26,10 +26,10 @@ from typing import Any
 
 from jobs.credentials import Vault
 from jobs.oauth import OAuthFailure, OAuthNotConfigured
+from models.enums import MODES
 from service.base import APIError
 from service.signed import SignedHandler, SignedRequest
 
-MODES = ("live", "test")
 NAME = re.compile(r"[a-z0-9_]{1,64}")
 MAX_VALUE = 4096
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.sync_customers import summary
+from models.enums import MODES
 from service.signed import SignedHandler, SignedRequest
 
 
 class CustomerSummaryHandler(SignedHandler):
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
         answer: dict[str, Any] = {"account_id": req.account_id}
-        for mode in ("live", "test"):
+        for mode in MODES:
             if self.installations.is_active(req.account_id, mode):
                 answer[mode] = await self.storage.run(summary, req.account_id, mode)
             else:

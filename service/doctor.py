@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 import stripe
 
+from models.enums import MODES
 from models.migrate import pending
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ LIFECYCLE_EVENTS = ("account.application.authorized", "account.application.deaut
 #: Stripe's `Date` header has one-second resolution; more than this is a clock to fix.
 MAX_CLOCK_SKEW = 5.0
 TIMEOUT = 10.0
-MODES = ("live", "test")
 
 
 class Status(StrEnum):

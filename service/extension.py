@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.scheduler import describe_jobs
+from models.enums import MODES
 from models.jobs import attach_last_runs
 from models.snapshots import latest_snapshot
 from service.signed import SignedHandler, SignedRequest
@@ -30,7 +31,7 @@ class InstallationStatusHandler(SignedHandler):
 
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
         answer: dict[str, Any] = {"account_id": req.account_id}
-        for mode in ("live", "test"):
+        for mode in MODES:
             view = self.installations.get(req.account_id, mode)
             if view is None:
                 answer[mode] = {"active": False, "since": None}
@@ -55,7 +56,7 @@ class JobsHandler(SignedHandler):
 class BalanceHandler(SignedHandler):
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
         answer: dict[str, Any] = {"account_id": req.account_id}
-        for mode in ("live", "test"):
+        for mode in MODES:
             if self.installations.is_active(req.account_id, mode):
                 answer[mode] = await self.storage.run(latest_snapshot, req.account_id, mode)
             else:
@@ -67,5 +68,5 @@ class WhoAmIHandler(SignedHandler):
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
         return {"user_id": req.user_id, "account_id": req.account_id,
                 "signed_fields": sorted(req.signed_fields), "roles": req.roles,
-                "modes": [m for m in ("live", "test")
+                "modes": [m for m in MODES
                           if self.installations.is_active(req.account_id, m)]}

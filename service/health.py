@@ -19,6 +19,7 @@ from typing import Any
 import peewee as pw
 
 from models.db import UNAVAILABLE
+from models.enums import MODES
 from service.base import BaseHandler
 
 PING_TIMEOUT = 2.0
@@ -48,7 +49,7 @@ class HealthHandler(BaseHandler):
             "status": "ok" if ok else "degraded" if database["ok"] else "unavailable",
             "database": database,
             "scheduler": scheduler,
-            "installations": {m: self.installations.count_active(m) for m in ("live", "test")},
+            "installations": {m: self.installations.count_active(m) for m in MODES},
             "in_flight": self.tracker.in_flight,
         }, status=200 if ok else 503)
 
@@ -63,7 +64,7 @@ class MetricsHandler(BaseHandler):
         metrics = self.metrics
         metrics.in_flight.set(self.tracker.in_flight)
         metrics.db_pending.set(self.storage.pending)
-        for mode in ("live", "test"):
+        for mode in MODES:
             metrics.installations.labels(mode).set(self.installations.count_active(mode))
         if self.scheduler:
             metrics.scheduled_jobs.set(self.scheduler.job_count())

@@ -35,6 +35,7 @@ from urllib.parse import urlencode
 
 from tornado.web import create_signed_value, decode_signed_value
 
+from models.enums import MODES
 from models.events import WebhookEvent
 from models.installation import set_paused
 from models.status import HOURS, PAGE_SIZE, Pages, snapshot
@@ -46,7 +47,6 @@ log = logging.getLogger("app.status")
 COOKIE = "status_session"
 SESSION_HOURS = 12
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
-MODES = ("live", "test")
 #: Flash messages after an action (a code in the redirect, never text from the request).
 DONE = {
     "resumed": "Jobs resumed for {item}.",

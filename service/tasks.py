@@ -1,4 +1,4 @@
-"""Starting and following long-running tasks from the extension (DESIGN.md section 5).
+"""Starting and following long-running tasks from the extension (README, "Long-running tasks").
 
     POST /api/tasks/status  {"task_id"} -> {"task_id", "name", "mode", "status", "progress",
                                             "note", "result", "error", "attempts", "created",
@@ -24,6 +24,7 @@ from typing import Any
 from jobs.registry import Registry
 from jobs.task_worker import TaskWorker
 from models.base import now
+from models.enums import MODES
 from models.tasks import TaskStatus, TaskView, TooManyTasks, enqueue, get_task, running_count
 from service.base import APIError
 from service.signed import SignedHandler, SignedRequest
@@ -73,12 +74,12 @@ class TaskStartHandler(SignedHandler):
         super().write_error(status_code, **kwargs)
 
     def _mode(self, req: SignedRequest) -> str:
-        installed = [m for m in ("live", "test")
+        installed = [m for m in MODES
                      if self.installations.is_active(req.account_id, m)]
         wanted = req.body.get("mode") if "mode" in req.signed_fields else None
         if wanted is None:
             return installed[0]
-        if wanted not in ("live", "test"):
+        if wanted not in MODES:
             raise APIError(400, 'mode must be "live" or "test"')
         if wanted not in installed:
             raise APIError(403, f"the app is not installed on this account in {wanted} mode",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 
+from models.enums import MODES
 from models.events import store_event
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, EVENT_ID
@@ -50,7 +51,7 @@ class WebhookHandler(BaseHandler):
                            reason_for_log="no STRIPE_WEBHOOK_SECRETS_LIVE or _TEST")
         header = self.request.headers.get("Stripe-Signature")
         errors = []
-        for mode in ("live", "test"):
+        for mode in MODES:
             if not secrets[mode]:
                 continue
             try:
