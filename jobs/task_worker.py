@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from jobs.credentials import NOT_CONFIGURED, Vault
+from jobs.installs import missing_permissions
 from jobs.registry import Registry
 from jobs.stripe_api import StripeClients
 from jobs.tasks import BadInput, TaskContext, TaskSpec
@@ -186,6 +187,15 @@ class TaskWorker:
                           view.attempts, self.storage, self.clients, self.replica, self.lease,
                           progress_value=view.progress, progress_note=view.note,
                           vault=self.vault, http=self.http)
+        missing = missing_permissions(spec.permissions,
+                                      self.installations.get(view.account_id, view.mode))
+        if missing:  # as for a job fire: not sent to Stripe, and not retried
+            log.warning("task %s %s for %s/%s not run: the install lacks %s", view.name,
+                        view.id, view.account_id, view.mode, ", ".join(missing))
+            await self._finish(ctx, TaskStatus.FAILED,
+                               error="missing_permission: not granted: " + ", ".join(missing))
+            self.on_outcome(view.name, "missing_permission")
+            return
         log.info("task %s %s for %s/%s (attempt %d/%d)", view.name, view.id, view.account_id,
                  view.mode, view.attempts, view.max_attempts)
         work = asyncio.get_running_loop().create_task(self._call(spec, ctx))

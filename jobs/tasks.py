@@ -49,7 +49,8 @@ class TaskSpec:
     timeout: float = 3600.0  # seconds an attempt may take
     concurrency_per_account: int = 1  # runs of this task at once for one account
     retry_delay: float = 5.0  # base of the exponential backoff between attempts
-    permissions: tuple[str, ...] = ()  # Stripe permissions it needs (for the manifest)
+    permissions: tuple[str, ...] = ()  # Stripe permissions it needs: `manifest` lists them;
+    # a run whose install has not granted one fails as `missing_permission`, Stripe uncalled
     description: str = ""
 
 

@@ -475,3 +475,33 @@ async def test_kill_9_midway_then_resume_from_the_cursor(tmp_path, db_url, local
         assert row.status == TaskStatus.SUCCEEDED and row.lease_until is None
     finally:
         db.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_task_whose_install_lacks_a_declared_permission_fails_without_running(tmp_path):
+    """Issue 14 for tasks: a declared permission the install has not granted fails the run as
+    `missing_permission`; the task (and so Stripe) is not called, and it is not retried."""
+    from cli.devtools import make_event
+    from cli.fake_installs import install_object
+
+    called: list[str] = []
+
+    @task(permissions=["customer_write"])
+    async def tag_customers(ctx):
+        called.append(ctx.account_id)
+        return {}
+
+    async with running(base_env(tmp_path, **KEYS), registry=registry_of(tag_customers)) as app:
+        obj = install_object("acct_1", "com.example.testapp", False, install_id="apinst_1",
+                             permissions_granted=["customer_read"])
+        created = make_event("apps.install.created", None, False, obj=obj)
+        assert (await app.webhook(created, secret=WH_TEST)).status_code == 200
+        await app.settle()
+        resp = await app.signed("/api/tasks/tag_customers", ident())
+        assert resp.status_code == 202, resp.text
+        body = await finished(app, resp.json()["task_id"])
+        assert body["status"] == "failed" and body["attempts"] == 1
+        assert "missing_permission" in body["error"] and "customer_write" in body["error"]
+        assert called == []
+        metrics = (await app.client.get("/metrics")).text
+        assert 'task_runs_total{outcome="missing_permission",task="tag_customers"} 1.0' in metrics
