@@ -35,7 +35,7 @@ import httpx
 import stripe
 
 from jobs import installs
-from jobs.credentials import AccountCredentials, Vault
+from jobs.credentials import NOT_CONFIGURED, AccountCredentials, Vault
 from jobs.registry import JobFunc, Registry
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel, now
@@ -171,16 +171,21 @@ class EventProcessor:
                 return None
             self.leases.hold(event.id)
             try:
-                error = None
+                error, final = None, False
                 try:
                     await self._dispatch(event)
+                except NOT_CONFIGURED as exc:  # a retry cannot mend it: dead, replay later
+                    error, final = f"not_configured: {exc}"[:2000], True
+                    log.warning("event %s (%s) not processed: %s; replay it once configured",
+                                event.id, event.type, exc)
                 except Exception as exc:
                     error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                     error = error[:2000]
                     log.warning("event %s (%s) failed, attempt %d: %s", event.id, event.type,
                                 event.attempts, error)
                 status = await asyncio.shield(self.storage.run(
-                    finish_event, event.id, error, event.attempts, self.retry_base, self.holder))
+                    finish_event, event.id, error, event.attempts, self.retry_base, self.holder,
+                    final))
             finally:
                 self.leases.release(event.id)
             self.on_processed(event.type, status)

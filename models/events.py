@@ -110,8 +110,12 @@ def renew_events(event_ids: list[str], until: float, holder: str | None) -> int:
 
 
 def finish_event(event_id: str, error: str | None, attempts: int,
-                 retry_base: float = 2.0, holder: str | None = None) -> EventStatus:
+                 retry_base: float = 2.0, holder: str | None = None,
+                 final: bool = False) -> EventStatus:
     """Record the outcome of a processing attempt; returns the new status.
+
+    `final`: the error is one a retry cannot mend (something is not configured): `dead` at
+    once, to be replayed (`run.py events replay`) once it is set up.
 
     With `holder`, only while the claim is still `holder`'s: if its lease lapsed and another
     replica took the event over, that replica records the outcome."""
@@ -120,7 +124,7 @@ def finish_event(event_id: str, error: str | None, attempts: int,
     if error is None:
         status, fields = EventStatus.PROCESSED, {"processed_at": t, "last_error": None,
                                                  "next_attempt_at": None}
-    elif attempts >= MAX_ATTEMPTS:
+    elif final or attempts >= MAX_ATTEMPTS:
         status, fields = EventStatus.DEAD, {"last_error": error, "next_attempt_at": None}
     else:
         status, fields = EventStatus.FAILED, {

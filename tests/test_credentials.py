@@ -25,6 +25,7 @@ from cli.main import main as cli_main
 from jobs.oauth import OAuthProvider, OAuthProviders
 from jobs.registry import Registry, job, on_event
 from models.credentials import Credential
+from models.events import WebhookEvent
 from models.installation import apply_state
 from models.jobs import JobRun
 from service.config import Config, ConfigError
@@ -292,6 +293,29 @@ async def test_an_event_handler_reads_the_accounts_credential(tmp_path):
         await app.webhook(event("customer.created", "acct_1", livemode=False), secret=WH_TEST)
         await app.settle()
         assert seen == [("acct_1", "test", SECRET_VALUE)]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_event_whose_credential_is_missing_is_dead_at_once_and_replays_later(tmp_path):
+    """A missing credential is not mended by a retry: the event is `dead` after one attempt
+    (not retried for hours), and a replay once the credential is set processes it."""
+    seen = []
+
+    @on_event("customer.created")
+    async def on_customer(ctx):
+        seen.append(await ctx.credentials.get("acme_key"))
+
+    async with running(env(tmp_path), registry=registry_of(on_customer)) as app:
+        await install(app, mode="test")
+        ev = event("customer.created", "acct_1", livemode=False)
+        await app.webhook(ev, secret=WH_TEST)
+        await app.settle()
+        row = await app.backend.storage.run(WebhookEvent.get_by_id, ev["id"])
+        assert (row.status, row.attempts, row.next_attempt_at) == ("dead", 1, None)
+        assert row.last_error.startswith("not_configured: ") and seen == []
+        assert (await set_credential(app, mode="test")).status_code == 200
+        assert await app.backend.events.process(ev["id"], force=True) == "processed"
+        assert seen == [SECRET_VALUE]
 
 
 @pytest.mark.gen_test(timeout=60)
