@@ -7,7 +7,9 @@
 - failed and dead events received more than three times as long ago (`FAILED_FACTOR`): kept
   longer for the operator to look at and replay;
 - job runs finished more than `RETENTION_DAYS` ago (runs under way are never touched);
-- install states past their expiry.
+- install states past their expiry;
+- tasks that succeeded or were cancelled more than `RETENTION_DAYS` ago, failed ones three times
+  as long ago (queued and running tasks are never touched).
 
 `prune(storage, days)` deletes them `BATCH` rows per short transaction (one `Storage.run` each,
 so the event loop never waits on it and no write lock is held for long), yielding to the loop
@@ -30,6 +32,7 @@ from models.enums import EventStatus
 from models.events import WebhookEvent
 from models.install_state import InstallState
 from models.jobs import ACTIVE, JobRun
+from models.tasks import Task, TaskStatus
 
 log = logging.getLogger("app.retention")
 
@@ -52,6 +55,10 @@ def targets(retention_days: float, t: float) -> list[Target]:
          & (WebhookEvent.received_at < t - FAILED_FACTOR * keep)),
         ("job_runs", JobRun, (JobRun.finished_at < t - keep) & JobRun.outcome.not_in(ACTIVE)),
         ("install_states", InstallState, InstallState.expires_at < t),
+        ("tasks", Task, Task.status.in_((TaskStatus.SUCCEEDED, TaskStatus.CANCELLED))
+         & (Task.finished_at < t - keep)),
+        ("failed_tasks", Task, (Task.status == TaskStatus.FAILED)
+         & (Task.finished_at < t - FAILED_FACTOR * keep)),
     ]
 
 

@@ -18,6 +18,7 @@ from models.enums import MODES
 from models.events import WebhookEvent
 from models.installation import Installation
 from models.jobs import JobRun
+from models.tasks import Task, TaskStatus
 
 PAGE_SIZE = 20
 HOURS = 24
@@ -32,6 +33,7 @@ class Pages:
     paused: int = 0
     events: int = 0
     failures: int = 0
+    tasks: int = 0
 
 
 def _rows(query: pw.Query) -> list[dict[str, Any]]:
@@ -114,7 +116,30 @@ def jobs(now: float, pages: Pages) -> dict[str, Any]:
     return {"since": since, "by_job": by_job, "failures": _page(failures, pages.failures)}
 
 
+def tasks(now: float, pages: Pages) -> dict[str, Any]:
+    """Queued and running tasks now, tasks finished in the last `HOURS` by status, and the
+    failed ones, newest first, a page at a time."""
+    T = Task  # noqa: N806
+    count = pw.fn.COUNT(pw.SQL("*"))
+    open_now = dict(T.select(T.status, count)
+                    .where(T.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING)))
+                    .group_by(T.status).tuples())
+    since = now - HOURS * 3600
+    finished = dict(T.select(T.status, count)
+                    .where(T.status.in_((TaskStatus.SUCCEEDED, TaskStatus.FAILED,
+                                         TaskStatus.CANCELLED))
+                           & (T.finished_at >= since) & (T.finished_at < now + 86400))
+                    .group_by(T.status).tuples())
+    failed = (T.select(T.id, T.name, T.account_id, T.mode, T.finished_at, T.attempts, T.error)
+              .where(T.status == TaskStatus.FAILED).order_by(T.finished_at.desc()))
+    return {"open": {s: open_now.get(s, 0) for s in (TaskStatus.QUEUED, TaskStatus.RUNNING)},
+            "finished": {s: finished.get(s, 0) for s in (TaskStatus.SUCCEEDED,
+                                                          TaskStatus.FAILED,
+                                                          TaskStatus.CANCELLED)},
+            "failed": _page(failed, pages.tasks)}
+
+
 def snapshot(now: float, pages: Pages) -> dict[str, Any]:
     """Every figure of the page, read in one database thread call."""
     return {"installations": installations(pages), "webhooks": webhooks(now, pages),
-            "jobs": jobs(now, pages)}
+            "jobs": jobs(now, pages), "tasks": tasks(now, pages)}

@@ -73,6 +73,7 @@ class Task(AccountModel):
     class Meta:
         indexes = (
             (("status", "next_attempt_at"), False),
+            (("status", "finished_at"), False),  # the status page and retention (008)
             (("account_id", "name", "status"), False),
         )
 

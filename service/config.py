@@ -330,8 +330,9 @@ class Config:
         "how often installs made by other replicas are read")
     retention_days: float = setting(
         "RETENTION_DAYS", 30.0, _Float(0.0001, 36500.0),
-        "processed events and finished job runs older than this many days are pruned "
-        "(decimals allowed; failed and dead events are kept three times longer)")
+        "processed events, finished job runs and finished tasks older than this many days are "
+        "pruned (decimals allowed; failed and dead events and failed tasks are kept three "
+        "times longer)")
     log_format: str = setting(
         "LOG_FORMAT", "text", _Choice(("text", "json")), "log lines as `text` or `json`")
     log_level: str = setting(

@@ -233,7 +233,7 @@ class StatusPageHandler(OperatorHandler):
             return int(raw)
 
         return Pages(paused=number("paused"), events=number("events"),
-                     failures=number("failures"))
+                     failures=number("failures"), tasks=number("tasks"))
 
     async def figures(self, pages: Pages) -> dict[str, Any]:
         now = time.time()
@@ -286,7 +286,8 @@ class StatusPageHandler(OperatorHandler):
                     Status=Status, link=self.page_link)
 
     def page_link(self, pages: Pages, **change: int) -> str:
-        values = {"paused": pages.paused, "events": pages.events, "failures": pages.failures}
+        values = {"paused": pages.paused, "events": pages.events, "failures": pages.failures,
+                  "tasks": pages.tasks}
         values.update(change)
         return "/status?" + urlencode({k: v for k, v in values.items() if v})
 

@@ -19,6 +19,7 @@ from models.install_state import InstallState
 from models.jobs import JobRun
 from models.migrate import migrate
 from models.retention import DAY, prune
+from models.tasks import Task, TaskStatus
 
 MOMENT = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 
@@ -52,6 +53,22 @@ def _fill(t: float) -> None:
         {"state": "expired", "account_id": "acct_1", "used_at": t - 700, "expires_at": t - 100},
         {"state": "live", "account_id": "acct_1", "used_at": t, "expires_at": t + 500},
     ]).execute()
+    Task.insert_many([
+        _task("done_old", TaskStatus.SUCCEEDED, 31, t),
+        _task("cancelled_old", TaskStatus.CANCELLED, 31, t),
+        _task("done_new", TaskStatus.SUCCEEDED, 29, t),
+        _task("failed_old", TaskStatus.FAILED, 91, t),
+        _task("failed_kept", TaskStatus.FAILED, 89, t),
+        _task("queued_old", TaskStatus.QUEUED, 400, t),
+    ]).execute()
+
+
+def _task(i: str, status: str, age_days: float, t: float) -> dict:
+    at = t - age_days * DAY
+    finished = at if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED,
+                                TaskStatus.CANCELLED) else None
+    return {"id": f"task_{i}", "account_id": "acct_1", "mode": "live", "name": "n",
+            "input": "{}", "status": status, "created_at": at, "finished_at": finished}
 
 
 @pytest.fixture
@@ -77,13 +94,16 @@ async def test_prune_keeps_what_is_young_failed_or_running_in_small_batches(db_u
 
         storage.run = counting  # count the transactions
         counts = await prune(storage, 30, batch=3)
-        assert counts == {"events": 7, "failed_events": 1, "job_runs": 5, "install_states": 1}
-        assert calls == 3 + 1 + 2 + 1  # 7 events in batches of 3, ...
+        assert counts == {"events": 7, "failed_events": 1, "job_runs": 5, "install_states": 1,
+                          "tasks": 2, "failed_tasks": 1}
+        assert calls == 3 + 1 + 2 + 1 + 1 + 1  # 7 events in batches of 3, ...
         left = await original(lambda: sorted(e.id for e in WebhookEvent.select()))
         assert left == ["evt_dead_kept", "evt_new", "evt_pending_old"]
         outcomes = await original(lambda: sorted(r.outcome for r in JobRun.select()))
         assert outcomes == ["failed", "running"]
         assert await original(lambda: [s.state for s in InstallState.select()]) == ["live"]
+        assert await original(lambda: sorted(r.id for r in Task.select())) == [
+            "task_done_new", "task_failed_kept", "task_queued_old"]
         assert await prune(storage, 30) == dict.fromkeys(counts, 0)
         # decimals: half a day keeps only what is younger than 12 hours
         assert (await prune(storage, 0.5))["events"] == 1

@@ -249,4 +249,18 @@ def test_snapshot_on_both_databases(db_url):
     assert len(data["installations"]["paused"]) == PAGE_SIZE
     assert len(snapshot(now, Pages(paused=1))["installations"]["paused"]) == 3
     assert data["jobs"]["by_job"] == {"j": {"failed": 1}}
+    assert data["tasks"] == {"open": {"queued": 0, "running": 0},
+                             "finished": {"succeeded": 0, "failed": 0, "cancelled": 0},
+                             "failed": []}
+    from models.tasks import Task
+
+    Task.insert_many([{"id": f"task_{i}", "account_id": "acct_1", "mode": "test", "name": "n",
+                       "status": status, "finished_at": finished, "error": "boom"}
+                      for i, (status, finished) in enumerate(
+                          [("queued", None), ("running", None), ("succeeded", now - 60),
+                           ("failed", now - 30), ("failed", now - 25 * 3600)])]).execute()
+    tasks = snapshot(now, Pages())["tasks"]
+    assert tasks["open"] == {"queued": 1, "running": 1}
+    assert tasks["finished"] == {"succeeded": 1, "failed": 1, "cancelled": 0}  # in 24 h
+    assert [t["id"] for t in tasks["failed"]] == ["task_3", "task_4"]  # newest first
     db.close()
