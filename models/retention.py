@@ -9,7 +9,8 @@
 - job runs finished more than `RETENTION_DAYS` ago (runs under way are never touched);
 - install states past their expiry;
 - tasks that succeeded or were cancelled more than `RETENTION_DAYS` ago, failed ones three times
-  as long ago (queued and running tasks are never touched).
+  as long ago (queued and running tasks are never touched);
+- processes not seen for a day (their heartbeat rows).
 
 `prune(storage, days)` deletes them `BATCH` rows per short transaction (one `Storage.run` each,
 so the event loop never waits on it and no write lock is held for long), yielding to the loop
@@ -32,6 +33,7 @@ from models.enums import EventStatus
 from models.events import WebhookEvent
 from models.install_state import InstallState
 from models.jobs import ACTIVE, JobRun
+from models.replicas import Replica
 from models.tasks import Task, TaskStatus
 
 log = logging.getLogger("app.retention")
@@ -59,6 +61,7 @@ def targets(retention_days: float, t: float) -> list[Target]:
          & (Task.finished_at < t - keep)),
         ("failed_tasks", Task, (Task.status == TaskStatus.FAILED)
          & (Task.finished_at < t - FAILED_FACTOR * keep)),
+        ("replicas", Replica, Replica.seen_at < t - DAY),
     ]
 
 

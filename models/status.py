@@ -18,6 +18,7 @@ from models.enums import MODES
 from models.events import WebhookEvent
 from models.installation import Installation
 from models.jobs import JobRun
+from models.replicas import seen_since
 from models.tasks import Task, TaskStatus
 
 PAGE_SIZE = 20
@@ -142,4 +143,5 @@ def tasks(now: float, pages: Pages) -> dict[str, Any]:
 def snapshot(now: float, pages: Pages) -> dict[str, Any]:
     """Every figure of the page, read in one database thread call."""
     return {"installations": installations(pages), "webhooks": webhooks(now, pages),
-            "jobs": jobs(now, pages), "tasks": tasks(now, pages)}
+            "jobs": jobs(now, pages), "tasks": tasks(now, pages),
+            "replicas": seen_since(now - 60)}

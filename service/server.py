@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import resource
 import signal
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -38,6 +40,7 @@ from jobs.stripe_api import StripeClients
 from jobs.task_worker import TaskWorker
 from models.db import UNAVAILABLE, Storage
 from models.installation_index import InstallationIndex
+from models.replicas import HEARTBEAT_SECONDS, heartbeat
 from models.retention import prune_forever
 from service.app import make_app
 from service.config import Config
@@ -49,6 +52,7 @@ from service.connections import (
 )
 from service.doctor import log_findings
 from service.services import Services
+from service.status import version
 from service.tracker import RequestTracker
 
 log = logging.getLogger("app.server")
@@ -195,6 +199,18 @@ class Backend:
             self._background.append(loop.create_task(self.scheduler.catch_up()))
         if self.scheduler and self.install_sync and self.config.install_sync:
             self._background.append(loop.create_task(self.install_sync.run_forever()))
+        self._background.append(loop.create_task(self._heartbeat_forever()))
+
+    async def _heartbeat_forever(self) -> None:
+        """Say in the database that this process is alive (the status page's replicas)."""
+        host, pid, started = socket.gethostname(), os.getpid(), time.time()
+        name = self.services.replica or f"{host}:{pid}"
+        while True:
+            try:
+                await self.storage.run(heartbeat, name, host, pid, version(), started)
+            except Exception as exc:  # the database may be down; say so next time
+                log.debug("heartbeat failed: %s", type(exc).__name__)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _follow_replicas(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from models.events import WebhookEvent
 from models.install_state import InstallState
 from models.jobs import JobRun
 from models.migrate import migrate
+from models.replicas import Replica
 from models.retention import DAY, prune
 from models.tasks import Task, TaskStatus
 
@@ -52,6 +53,12 @@ def _fill(t: float) -> None:
     InstallState.insert_many([
         {"state": "expired", "account_id": "acct_1", "used_at": t - 700, "expires_at": t - 100},
         {"state": "live", "account_id": "acct_1", "used_at": t, "expires_at": t + 500},
+    ]).execute()
+    Replica.insert_many([
+        {"name": "gone:1", "host": "gone", "pid": 1, "version": "0", "started_at": t - 3 * DAY,
+         "seen_at": t - 2 * DAY},
+        {"name": "here:2", "host": "here", "pid": 2, "version": "0", "started_at": t - DAY,
+         "seen_at": t - 10},
     ]).execute()
     Task.insert_many([
         _task("done_old", TaskStatus.SUCCEEDED, 31, t),
@@ -95,13 +102,14 @@ async def test_prune_keeps_what_is_young_failed_or_running_in_small_batches(db_u
         storage.run = counting  # count the transactions
         counts = await prune(storage, 30, batch=3)
         assert counts == {"events": 7, "failed_events": 1, "job_runs": 5, "install_states": 1,
-                          "tasks": 2, "failed_tasks": 1}
-        assert calls == 3 + 1 + 2 + 1 + 1 + 1  # 7 events in batches of 3, ...
+                          "tasks": 2, "failed_tasks": 1, "replicas": 1}
+        assert calls == 3 + 1 + 2 + 1 + 1 + 1 + 1  # 7 events in batches of 3, ...
         left = await original(lambda: sorted(e.id for e in WebhookEvent.select()))
         assert left == ["evt_dead_kept", "evt_new", "evt_pending_old"]
         outcomes = await original(lambda: sorted(r.outcome for r in JobRun.select()))
         assert outcomes == ["failed", "running"]
         assert await original(lambda: [s.state for s in InstallState.select()]) == ["live"]
+        assert await original(lambda: [r.name for r in Replica.select()]) == ["here:2"]
         assert await original(lambda: sorted(r.id for r in Task.select())) == [
             "task_done_new", "task_failed_kept", "task_queued_old"]
         assert await prune(storage, 30) == dict.fromkeys(counts, 0)

@@ -4,6 +4,7 @@ resume; and its queries stay on indexes (100,000 installations, a million events
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -84,6 +85,9 @@ async def test_authentication(tmp_path):
         resp = await c.get("/status.json", headers=BEARER)
         assert resp.status_code == 200 and resp.json()["installations"]["active"] == {
             "live": 0, "test": 0}
+        # this process has said it is alive (its heartbeat), with its pid
+        (me,) = resp.json()["replicas"]
+        assert me["pid"] == os.getpid() and me["seen_at"] > time.time() - 60
         for bad in ("Bearer nope", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):
             resp = await c.get("/status.json", headers={"Authorization": bad})
             assert resp.status_code == 401, bad
