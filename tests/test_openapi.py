@@ -5,7 +5,12 @@ examples and coverage phases), and sends them to a real backend on loopback. No 
 
 Half of the generated `/api/...` bodies (chosen by the body, not by chance) are signed as the
 UI extension's would be, so that the endpoints' success paths are described and checked too;
-the account `acct_1` is installed in live mode. Example counts: docs/reliability.md.
+the account `acct_1` is installed in live mode. Every feature is on: the credentials vault
+(`CREDENTIALS_KEYS`), an OAuth provider `acme` whose token endpoint is served on loopback, the
+registry's tasks (queued only: `TASK_CONCURRENCY=0`), and the status page (`OPERATOR_TOKEN`):
+half of the `/status` requests (chosen the same way) carry the operator's bearer token, as an
+explicit credential, so that schemathesis also checks that the pages refuse a request without
+it or with a wrong one. Example counts: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import threading
 import time
 import zlib
@@ -21,17 +27,26 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import APP_SECRET, ROOT, WH_LIVE, base_env, sign
+import tornado.web
+from conftest import APP_SECRET, ROOT, WH_LIVE, base_env, free_port, sign
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
+from jobs.oauth import OAuthProvider, OAuthProviders
 from models.installation import apply_state
+from models.tasks import enqueue
 from service.config import Config
 from service.server import Backend
 from service.signatures import extension_signed_string
 
 #: Generated cases per operation and phase (kept modest: the suite stays fast).
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 15
+OPERATOR_TOKEN = "operator-token-for-the-openapi-test"
+#: A fixed Fernet key (32 bytes, URL-safe base64): the vault is on.
+CREDENTIALS_KEY = "b3BlbmFwaS10ZXN0LWtleS0zMi1ieXRlcy1sb25nISE="
+#: The code the loopback OAuth provider accepts (the description's example sends it).
+GOOD_CODE = "good-code"
+TASK_ID = re.compile(r"task_[0-9a-f]{32}")
 
 schema = schemathesis.openapi.from_path(
     os.path.join(ROOT, "docs", "openapi.yaml"),
@@ -41,12 +56,31 @@ schema = schemathesis.openapi.from_path(
     }))
 
 
+class _TokenEndpoint(tornado.web.RequestHandler):
+    """The `acme` provider's token endpoint (RFC 6749 section 4.1.3): a token for `GOOD_CODE`,
+    `invalid_grant` for any other code."""
+
+    def post(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        if self.get_body_argument("code", "") != GOOD_CODE:
+            self.set_status(400)
+            self.finish({"error": "invalid_grant"})
+            return
+        self.finish({"access_token": "access-token", "token_type": "Bearer",
+                     "expires_in": 3600, "scope": "read"})
+
+
 class _LiveBackend:
     """A Backend serving from its own event loop in a thread, for synchronous clients."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.loop = asyncio.new_event_loop()
-        self.backend = Backend(Config.from_env(env))
+        acme = OAuthProvider("acme", f"http://127.0.0.1:{env['PORT']}/test-oauth/token",
+                             "ACME_CLIENT_ID", "ACME_CLIENT_SECRET")
+        oauth = OAuthProviders([acme], {"ACME_CLIENT_ID": "client-1",
+                                        "ACME_CLIENT_SECRET": "client-secret-1"})
+        self.backend = Backend(Config.from_env(env), oauth=oauth,
+                               extra_routes=[(r"/test-oauth/token", _TokenEndpoint)])
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def run(self, coro: Any) -> Any:
@@ -56,12 +90,16 @@ class _LiveBackend:
         self.thread.start()
         self.run(self.backend.start())
 
-        async def install() -> None:
+        async def install() -> str:
             view, _ = await self.backend.storage.run(apply_state, "acct_1", "live", True,
                                                      int(time.time()), "test")
             self.backend.installations.put(view)
+            task = await self.backend.storage.run(enqueue, "acct_1", "live", "sync_customers",
+                                                  {}, 1, 100)
+            return task.id
 
-        self.run(install())
+        #: A queued task of acct_1, whose status half of the signed status requests ask for.
+        self.task_id: str = self.run(install())
         return self
 
     def answered(self) -> dict[str, int]:
@@ -83,7 +121,9 @@ class _LiveBackend:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_LiveBackend]:
-    env = base_env(tmp_path_factory.mktemp("openapi"), SCHEDULER="off", MAX_BODY_SIZE="65536")
+    env = base_env(tmp_path_factory.mktemp("openapi"), SCHEDULER="off", MAX_BODY_SIZE="65536",
+                   PORT=str(free_port()), CREDENTIALS_KEYS=CREDENTIALS_KEY,
+                   OPERATOR_TOKEN=OPERATOR_TOKEN, TASK_CONCURRENCY="0", TASK_MAX_PENDING="5")
     backend = _LiveBackend(env)
     with backend:
         yield backend
@@ -94,9 +134,10 @@ def live_url(live: _LiveBackend) -> str:
     return f"http://127.0.0.1:{live.backend.port}"
 
 
-def _sign_like_stripe(case: Any) -> bool:
+def _sign_like_stripe(case: Any, task_id: str) -> bool:
     """Sign the case's body as Stripe would (for the extension, or a webhook), for about half
-    of the bodies (chosen by a checksum of the body); True when it did."""
+    of the bodies (chosen by a checksum of the body); True when it did. A signed task status
+    request asks for `task_id` (a task that exists) instead of the well-formed one generated."""
     body = case.body
     if "Stripe-Signature" not in (case.headers or {}):
         return False  # a case that leaves the header out on purpose
@@ -113,6 +154,9 @@ def _sign_like_stripe(case: Any) -> bool:
             secret = APP_SECRET
         else:
             return False
+        if case.path == "/api/tasks/status" and TASK_ID.fullmatch(str(body.get("task_id"))):
+            payload["task_id"] = task_id
+            signed = extension_signed_string(payload, body["user_id"], body["account_id"])
         # sent as signed, byte for byte
         case.body = json.loads(signed)
     except (TypeError, ValueError):  # not JSON as JavaScript writes it (NaN, say)
@@ -121,17 +165,36 @@ def _sign_like_stripe(case: Any) -> bool:
     return True
 
 
+def _operator_headers(case: Any) -> dict[str, str] | None:
+    """The operator's bearer token for about half of the `/status` cases (chosen by a checksum
+    of the request), or None: the generated credentials (if any) stay."""
+    if not case.path.startswith("/status"):
+        return None
+    if zlib.crc32(repr((case.path, case.query, case.body)).encode(
+            "utf-8", "backslashreplace")) % 2:
+        return None
+    return {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+
 @schema.parametrize()
 @settings(deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
-def test_every_answer_matches_the_description(case: Any, live_url: str) -> None:
-    signed = _sign_like_stripe(case)
+def test_every_answer_matches_the_description(case: Any, live: _LiveBackend,
+                                              live_url: str) -> None:
+    signed = _sign_like_stripe(case, live.task_id)
+    headers = _operator_headers(case)
     excluded = []
-    if case.path == "/callback/stripe" or (case.path == "/webhooks" and not signed):
-        # By design, a valid `error` (the user cancelled) answers 400, and so does a webhook
-        # whose signature does not verify (Stripe's convention): see the description.
+    if case.path in ("/callback/stripe", "/api/oauth/{provider}/exchange") or (
+            case.path == "/webhooks" and not signed):
+        # By design, a valid `error` (the user cancelled) answers 400, and so do a webhook
+        # whose signature does not verify (Stripe's convention) and a code the OAuth provider
+        # refuses: see the description.
         excluded.append(positive_data_acceptance)
-    case.call_and_validate(base_url=live_url, timeout=20, excluded_checks=excluded)
+    if case.path.startswith("/status") and headers is None:
+        # Without the token the answer is 303 or 401 before the input is read, by design.
+        excluded += [positive_data_acceptance, negative_data_rejection]
+    case.call_and_validate(base_url=live_url, timeout=20, excluded_checks=excluded,
+                           headers=headers)
 
 
 def test_the_run_reached_every_kind_of_answer(live: _LiveBackend) -> None:
@@ -143,3 +206,4 @@ def test_the_run_reached_every_kind_of_answer(live: _LiveBackend) -> None:
     assert sum(answered.values()) >= 300, answered
     assert answered.get("200", 0) >= 10, answered
     assert not [code for code in answered if code.startswith("5")], answered
+
