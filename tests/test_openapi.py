@@ -25,10 +25,11 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 import tornado.web
-from conftest import APP_SECRET, ROOT, WH_LIVE, base_env, free_port, sign
+from conftest import APP_SECRET, ROOT, WH_LIVE, base_env, free_port, make_event, sign
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
@@ -207,3 +208,76 @@ def test_the_run_reached_every_kind_of_answer(live: _LiveBackend) -> None:
     assert answered.get("200", 0) >= 10, answered
     assert not [code for code in answered if code.startswith("5")], answered
 
+
+def _conforms(resp: httpx.Response, path: str, method: str) -> httpx.Response:
+    """The answer's status is documented for the operation and its body matches it."""
+    operation = schema[path][method]
+    assert operation.responses.find_by_status_code(resp.status_code) is not None, (
+        path, method, resp.status_code, resp.text)
+    operation.validate_response(resp)
+    return resp
+
+
+def test_the_operator_session_answers_match_the_description(live: _LiveBackend,
+                                                            live_url: str) -> None:
+    """What generated cases cannot reach: a login with the right token, and the page and its
+    actions under the session cookie (the CSRF field refused when missing, then a redirect)."""
+    with httpx.Client(base_url=live_url, timeout=20, follow_redirects=False) as browser:
+        resp = _conforms(browser.post("/status/login", data={"token": OPERATOR_TOKEN}),
+                         "/status/login", "POST")
+        assert resp.status_code == 303 and resp.headers["location"] == "/status"
+        page = _conforms(browser.get("/status"), "/status", "GET")
+        assert page.status_code == 200
+        _conforms(browser.get("/status.json", params={"events": "1"}), "/status.json", "GET")
+        csrf = re.search(r'name="_csrf" value="([0-9a-f]{64})"', page.text)
+        assert csrf is not None
+        form = {"account_id": "acct_1", "mode": "live"}
+        assert _conforms(browser.post("/status/resume", data=form), "/status/resume",
+                         "POST").status_code == 403
+        resp = _conforms(browser.post("/status/resume", data={**form, "_csrf": csrf[1]}),
+                         "/status/resume", "POST")
+        assert resp.status_code == 303 and resp.headers["location"].startswith("/status?")
+        resp = _conforms(browser.post("/status/logout", data={"_csrf": csrf[1]}),
+                         "/status/logout", "POST")
+        assert resp.status_code == 303 and resp.headers["location"] == "/status/login"
+
+
+def test_features_off_and_writes_refused_match_the_description(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The 503 answers: the vault and the status page off (no `CREDENTIALS_KEYS`, no
+    `OPERATOR_TOKEN`), and `/healthz` degraded while the database refuses writes (full)."""
+    # one database thread: SQLite's max_page_count holds per connection
+    env = base_env(tmp_path_factory.mktemp("openapi-off"), SCHEDULER="off", DB_WORKERS="1")
+    with _LiveBackend(env) as off, httpx.Client(
+            base_url=f"http://127.0.0.1:{off.backend.port}", timeout=20) as client:
+        raw = json.dumps({"user_id": "usr_1", "account_id": "acct_1"})
+        for path in ("/api/credentials/list", "/api/oauth/{provider}/exchange"):
+            resp = client.post(path.replace("{provider}", "acme"), content=raw, headers={
+                "Stripe-Signature": sign(raw, APP_SECRET), "Content-Type": "application/json"})
+            assert _conforms(resp, path, "POST").status_code == 503
+            assert resp.json()["error"]["code"] == "not_configured"
+            assert resp.headers["access-control-allow-origin"] == "*"
+        for path, method in (("/status", "GET"), ("/status.json", "GET"),
+                             ("/status/login", "GET"), ("/status/login", "POST"),
+                             ("/status/doctor", "POST")):
+            resp = client.request(method, path, headers={
+                "Authorization": f"Bearer {OPERATOR_TOKEN}"})
+            assert _conforms(resp, path, method).status_code == 503, path
+
+        storage = off.backend.storage
+        db = storage.db
+
+        async def fill() -> None:
+            pages = await storage.run(
+                lambda: db.execute_sql("PRAGMA page_count").fetchone()[0])
+            await storage.run(db.pragma, "max_page_count", pages, permanent=True)
+
+        off.run(fill())
+        big = json.dumps(make_event("customer.created", "acct_1", True,
+                                    obj={"id": "cus_1", "description": "x" * 200_000}))
+        assert client.post("/webhooks", content=big, headers={
+            "Stripe-Signature": sign(big, WH_LIVE),
+            "Content-Type": "application/json"}).status_code == 503
+        resp = _conforms(client.get("/healthz"), "/healthz", "GET")
+        assert resp.status_code == 503 and resp.json()["status"] == "degraded"
+        assert resp.json()["database"]["writable"] is False
