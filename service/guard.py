@@ -67,7 +67,9 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.app.tracker.begin(self.conn)
         self.start_line, self.headers = start_line, headers
         declared = headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        # ASCII digits only ("\xb2" passes str.isdigit, not int): Tornado answers 400 to the rest
+        if (declared is not None and declared.isascii() and declared.isdigit()
+                and int(declared) > self.limit):
             self._refuse()
             return None
         if declared not in (None, "0") or "Transfer-Encoding" in headers:

@@ -120,9 +120,10 @@ def hourly_svg(hourly: list[dict[str, Any]]) -> str:
 
 
 class OperatorHandler(BaseHandler):
-    """Authentication, CSRF and security headers for every /status route."""
+    """Authentication, CSRF and security headers for every /status route (an action unless a
+    subclass says otherwise: its 405 answers list `SUPPORTED_METHODS` in `Allow`)."""
 
-    SUPPORTED_METHODS = ("GET", "POST")
+    SUPPORTED_METHODS: tuple[str, ...] = ("POST",)
     #: How the request proved itself: "bearer", "cookie" or None.
     auth: str | None = None
 
@@ -193,6 +194,8 @@ class OperatorHandler(BaseHandler):
 
 
 class LoginHandler(OperatorHandler):
+    SUPPORTED_METHODS = ("GET", "POST")
+
     def get(self) -> None:
         self.token  # noqa: B018  (503 when the page is off)
         self.render("login.html", error=None)
@@ -222,13 +225,16 @@ class LogoutHandler(OperatorHandler):
 class StatusPageHandler(OperatorHandler):
     """`GET /status` (HTML) and `GET /status.json`: the same figures."""
 
+    SUPPORTED_METHODS = ("GET",)
+
     def initialize(self, as_json: bool = False) -> None:
         self.as_json = as_json
 
     def pages(self) -> Pages:
         def number(name: str) -> int:
             raw = self.get_query_argument(name, "0")
-            if not raw.isdigit() or int(raw) > 100_000:
+            # ASCII digits only: `str.isdigit` also takes "²", which `int` refuses
+            if not (raw.isascii() and raw.isdigit()) or int(raw) > 100_000:
                 raise APIError(400, f"{name} must be a page number")
             return int(raw)
 

@@ -195,11 +195,17 @@ async def test_a_trickled_body_times_out(tmp_path, monkeypatch):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_bad_content_length_is_400(tmp_path):
+async def test_bad_content_length_is_400(tmp_path, caplog):
     async with running(base_env(tmp_path)) as app:
         head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
         data = await _raw_request(app.backend.port, head)
         assert data.startswith(b"HTTP/1.1 400")
+        # "\xb2" (superscript two) passes str.isdigit but not int(): a 400 too, no traceback
+        head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n"
+        data = await _raw_request(app.backend.port, head)
+        assert data.startswith(b"HTTP/1.1 400")
+        assert "Traceback" not in caplog.text
+        assert app.backend.tracker.in_flight == 0
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

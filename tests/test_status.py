@@ -118,6 +118,25 @@ async def test_authentication(tmp_path):
         await browser.aclose()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_wrong_method_and_odd_page_numbers(tmp_path):
+    """A 405 lists in `Allow` the methods the route really has (found by tests/test_openapi.py);
+    a page number that `str.isdigit` accepts but `int` does not is a 400, not a 500."""
+    async with running(env(tmp_path)) as app:
+        c = app.client
+        for method, path, allow in (("POST", "/status", "GET"), ("PUT", "/status.json", "GET"),
+                                    ("GET", "/status/resume", "POST"),
+                                    ("OPTIONS", "/status/doctor", "POST"),
+                                    ("PUT", "/status/login", "GET, POST")):
+            resp = await c.request(method, path, headers=BEARER)
+            assert resp.status_code == 405, (method, path)
+            assert resp.headers["allow"] == allow, (method, path)
+        for page in ("\u00b2", "\u0661", "1" * 7):
+            resp = await c.get("/status.json", params={"events": page}, headers=BEARER)
+            assert resp.status_code == 400, page
+            assert resp.json()["error"]["code"] == "bad_request"
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_figures_replay_and_resume(tmp_path):
     async with running(env(tmp_path), registry=registry()) as app:
