@@ -258,3 +258,30 @@ async def test_simulate_sends_install_events(tmp_path, localstripe):
         assert out.returncode == 0, out.stdout + out.stderr
         await app.settle()
         assert (await installation(app, "acct_sim"))["active"] is False
+
+
+def test_bulk_activation_leaves_a_row_a_webhook_wrote_meanwhile(db_url):
+    """A sync inserts the installs it found missing in one statement per chunk; an account a
+    webhook wrote between the sync's read and its write keeps the newer state (the ordering
+    rule), and both kinds come back as rows."""
+    from jobs.installs import InstallFacts, _apply_many
+    from models.db import open_database
+    from models.installation import apply_state
+    from models.migrate import migrate
+
+    db = open_database(db_url)
+    migrate(db)
+    t = int(time.time())
+    facts = {a: InstallFacts(a, "test", f"apinst_{a}", "installed", ("balance_read",), (), False)
+             for a in ("acct_new1", "acct_new2", "acct_raced")}
+    # a deauthorization newer than the sync's listing arrived after the sync read the table
+    apply_state("acct_raced", "test", False, t + 5, "evt_newer")
+    changes = [(a, "test", True, f) for a, f in facts.items()]
+    out = _apply_many(changes, t - 1, "sync", frozenset(facts))
+    assert [(v.account_id, v.active, changed) for v, changed, _ in out] == [
+        ("acct_new1", True, True), ("acct_new2", True, True), ("acct_raced", False, False)]
+    rows = {r.account_id: r for r in Installation.select()}
+    assert rows["acct_new1"].confirmed and rows["acct_new1"].install_id == "apinst_acct_new1"
+    assert rows["acct_new1"].permissions_granted == '["balance_read"]'
+    assert rows["acct_raced"].state_source == "evt_newer" and not rows["acct_raced"].active
+    db.close()
