@@ -2,7 +2,11 @@
 records arrival times so the client's rate limit can be checked from the outside.
 
     python bench/fake_stripe.py PORT LATENCY_SECONDS
-    GET /_stats -> {"calls", "accounts", "max_in_any_second", "max_in_any_0_9s", "span"}
+    GET /_stats -> {"calls", "accounts", "platform_calls", "max_in_any_second",
+                    "max_in_any_0_9s", "span"}
+
+`calls` and the peaks count per-account calls (with `Stripe-Account`), the ones job runs make;
+`platform_calls` those without (the configuration doctor checking the key at start-up).
 
 Arrival times lag send times by a scheduling delay that a busy machine stretches; a sender that
 keeps to a rate in every sliding second (plus a guard) can therefore show a few more arrivals in
@@ -22,12 +26,17 @@ import tornado.web
 
 ARRIVALS: list[float] = []
 ACCOUNTS: set[str] = set()
+PLATFORM_CALLS: list[float] = []  # without Stripe-Account: e.g. the doctor checking the key
 
 
 class Balance(tornado.web.RequestHandler):
     async def get(self) -> None:
-        ARRIVALS.append(time.monotonic())
-        ACCOUNTS.add(self.request.headers.get("Stripe-Account", ""))
+        account = self.request.headers.get("Stripe-Account")
+        if account:
+            ARRIVALS.append(time.monotonic())
+            ACCOUNTS.add(account)
+        else:
+            PLATFORM_CALLS.append(time.monotonic())
         await asyncio.sleep(LATENCY)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"object": "balance", "livemode": False,
@@ -44,6 +53,7 @@ class Stats(tornado.web.RequestHandler):
                        default=0)
 
         self.finish({"calls": len(times), "accounts": len(ACCOUNTS),
+                     "platform_calls": len(PLATFORM_CALLS),
                      "max_in_any_second": peak(1.0), "max_in_any_0_9s": peak(0.9),
                      "span": (times[-1] - times[0]) if times else 0.0})
 

@@ -276,3 +276,21 @@ def test_a_model_in_a_module_nothing_imports_is_found_and_cleaned_up_on_uninstal
     finally:
         sys.modules.pop("models.scratch_notes", None)
     assert "ScratchNote" not in {model.__name__ for model in discover_models()}
+
+
+def test_a_replica_of_the_previous_version_can_still_insert_on_postgresql(pg_url):
+    """During a rolling upgrade, replicas still on the previous version write rows without the
+    columns later migrations added; the database fills them (migration 010)."""
+    db = open_database(pg_url)
+    migrate(db)
+    db.execute_sql(
+        "INSERT INTO installation (account_id, mode, active, confirmed, state_at, state_seq, "
+        "jobs_paused, created_at, updated_at) VALUES ('acct_old', 'live', true, false, 1, 0, "
+        "false, 1, 1)")
+    db.execute_sql(
+        "INSERT INTO job_run (job, account_id, mode, fire_time, outcome, attempt) "
+        "VALUES ('j', 'acct_old', 'live', 100, 'running', 0)")
+    row = db.execute_sql("SELECT i.approval_required, i.details_at, r.kind, r.seq FROM "
+                         "installation i JOIN job_run r ON r.account_id = i.account_id").fetchone()
+    assert row == (False, 0, "fire", 0)
+    db.close()
