@@ -12,9 +12,11 @@ Rows (each its own process, loaded by `harness.load_one`: `wrk -t1 -c32` when in
   limit, JSON, the signature with the stripe library, the timestamp, the installation index,
   CORS, metrics, bounded logging).
 
-Ratios are of the median of the rounds. Targets (issue 17): real >= 1.25 x Express and
->= 0.85 x the bare delegate. `--quick` runs one short round and checks only that every answer
-is 200 and that the service shuts down cleanly.
+Ratios are of the median of the rounds. Each row also shows the server process's CPU time per
+request (median over the rounds, from /proc), which other work on a shared machine disturbs less
+than throughput (node's JIT and GC threads count in its figure). Targets (issue 17): real
+>= 1.25 x Express and >= 0.85 x the bare delegate. `--quick` runs one short round and checks
+only that every answer is 200 and that the service shuts down cleanly.
 """
 
 from __future__ import annotations
@@ -78,12 +80,16 @@ def run(quick: bool = False) -> dict[str, float]:
         targets.append(("real POST /api/whoami", "real", "/api/whoami"))
 
         results: dict[str, list[LoadResult]] = {row: [] for row, _, _ in targets}
+        cpu: dict[str, list[float]] = {row: [] for row, _, _ in targets}  # µs per request
         for _row, name, path in targets:  # warm each (node's JIT needs a few seconds)
             load_one(servers[name].port, path, body, header, duration=1.0 if quick else 3.0)
         for _ in range(rounds):  # alternate, so that drift on a shared machine hits all
             for row, name, path in targets:
-                results[row].append(load_one(servers[name].port, path, body, header,
-                                             duration=duration))
+                before = servers[name].cpu_seconds()
+                result = load_one(servers[name].port, path, body, header, duration=duration)
+                results[row].append(result)
+                used = servers[name].cpu_seconds() - before
+                cpu[row].append(1e6 * used / result.requests if result.requests else 0.0)
     finally:
         codes = {name: server.stop() for name, server in servers.items()}
     for row, runs in results.items():
@@ -99,7 +105,8 @@ def run(quick: bool = False) -> dict[str, float]:
     for row, runs in results.items():
         rounds_text = " / ".join(f"{r.rps:,.0f}" for r in runs)
         vs = f"  {median[row] / express_rps:.2f} x Express" if express_rps else ""
-        lines.append((row, f"{rounds_text} req/s  (p99 {runs[-1].p99_ms:.2f} ms){vs}"))
+        lines.append((row, f"{rounds_text} req/s  (p99 {runs[-1].p99_ms:.2f} ms){vs}  "
+                           f"CPU {statistics.median(cpu[row]):.0f} µs/request"))
     lines.append(("/api/installation vs bare delegate (target >= 0.85)",
                   f"{real / delegate:.2f}"))
     if express_rps:
