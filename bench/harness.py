@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,18 +26,20 @@ sys.path.insert(0, ROOT)
 
 from cli.devtools import free_port  # noqa: E402  (the benchmarks' one port helper, re-exported)
 
-__all__ = ["ROOT", "Server", "free_port", "load", "loop_lag_p99_ms", "show"]
+__all__ = ["ROOT", "Server", "free_port", "generator", "load", "load_one", "loop_lag_p99_ms",
+           "show"]
 
 
 class Server:
     def __init__(self, args: Sequence[str], env: dict[str, str], port: int,
-                 health: str | None = "/healthz", cwd: str = ROOT) -> None:
+                 health: str | None = "/healthz", cwd: str = ROOT,
+                 executable: str = sys.executable) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
         full.update(env)
         self.port = port
         self.log_path = os.path.join(full.get("BENCH_TMP", "/tmp"), f"bench-server-{port}.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, *args], env=full, cwd=cwd,
+        self.proc = subprocess.Popen([executable, *args], env=full, cwd=cwd,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self._wait(health)
 
@@ -61,6 +66,15 @@ class Server:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
         return 0.0
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time this process has used so far (0.0 where /proc is absent)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -158,6 +172,59 @@ def load(port: int | list[int], path: str, bodies: list[bytes], headers: list[di
     result = queue.get(timeout=duration + 600)
     proc.join(30)
     return result
+
+
+def generator() -> str:
+    """The load generator `load_one` uses: wrk when it is installed, else the in-repo client."""
+    return "wrk -t1 -c32" if shutil.which("wrk") else "in-repo asyncio client, 32 connections"
+
+
+def _lua_string(text: str) -> str:
+    level = "=" * 4
+    while f"]{level}]" in text:
+        level += "="
+    return f"[{level}[{text}]{level}]"
+
+
+_WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def load_one(port: int, path: str, body: bytes, headers: dict[str, str],
+             duration: float = 5.0) -> LoadResult:
+    """The same request over and over, 32 connections, from `wrk -t1 -c32` when installed (a C
+    generator takes less of the shared cores), else from `load`. Statuses from wrk are only
+    told apart as 200 and not (counted under 0)."""
+    if not shutil.which("wrk"):
+        return load(port, path, [body], [headers], duration=duration)
+    script = "\n".join([
+        'wrk.method = "POST"',
+        f"wrk.body = {_lua_string(body.decode())}",
+        *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
+    ])
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", "-c32", f"-d{max(1, round(duration))}s", "--latency", "-s", f.name,
+             f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True,
+            timeout=duration + 60).stdout
+    finally:
+        os.unlink(f.name)
+    total = int(re.search(r"(\d+) requests in ([\d.]+)(m?s)", out).group(1))  # type: ignore[union-attr]
+    seconds = float(re.search(r"requests in ([\d.]+)(m?s)", out).group(1))  # type: ignore[union-attr]
+    if re.search(r"requests in [\d.]+ms", out):
+        seconds /= 1e3
+    bad_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    bad = int(bad_match.group(1)) if bad_match else 0
+    if errors:  # connect/read/write/timeout errors count as not-200 answers
+        bad += sum(int(n) for n in re.findall(r"\d+", errors.group(0)))
+    latency = {q: float(v) * _UNITS[u] for q, v, u in _WRK_LATENCY.findall(out)}
+    statuses = {200: total - bad} if total > bad else {}
+    if bad:
+        statuses[0] = bad
+    return LoadResult(total, seconds, statuses, latency.get("50", 0.0), latency.get("99", 0.0))
 
 
 def loop_lag_p99_ms(port: int) -> float:

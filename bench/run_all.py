@@ -21,6 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import install_sync  # noqa: E402
 import processes  # noqa: E402
 import prune  # noqa: E402
 import scheduled_runs  # noqa: E402
@@ -33,6 +34,7 @@ BENCHMARKS = {
     "scheduled": scheduled_runs.run,
     "processes": processes.run,
     "prune": prune.run,
+    "installs": install_sync.run,
 }
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from typing import Any
 
 from service.config import Config
 from service.server import StartupError, serve
+from service.workers import run_workers
 
 
 def add_parser(sub: Any) -> None:
@@ -16,9 +18,16 @@ def add_parser(sub: Any) -> None:
 
 
 def run_server(config: Config, args: argparse.Namespace | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; a start-up failure is one line on stderr and exit 1."""
+    """Serve until SIGTERM/SIGINT; a start-up failure is one line on stderr and exit 1.
+    `WORKERS` above 1: that many processes on the one port (`service/workers.py`)."""
+    if config.workers > 1:
+        return run_workers(config, _serve_one)
+    return _serve_one(config, None)
+
+
+def _serve_one(config: Config, sockets: list[socket.socket] | None) -> int:
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, sockets=sockets))
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1

@@ -71,11 +71,14 @@ class APIError(HTTPError):
         self.code = code or ERROR_CODES.get(status, "error")
 
 
+#: One encoder for every answer (`json.dumps` with options builds a new one per call).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def json_dumps(value: Any) -> bytes:
     # A lone surrogate (a request may carry one as a `\ud800` escape) becomes that escape again
     # instead of failing to encode: it can only occur inside a JSON string.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "backslashreplace")
+    return _ENCODE(value).encode("utf-8", "backslashreplace")
 
 
 def error_body(code: str, message: str) -> bytes:

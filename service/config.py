@@ -124,6 +124,13 @@ def _switch(name: str, raw: str) -> bool:
     return _Choice(("on", "off"))(name, raw) == "on"
 
 
+def _workers(name: str, raw: str) -> int:
+    """A number of processes, or `auto`: one per core."""
+    if raw.strip().lower() == "auto":
+        return max(1, os.cpu_count() or 1)
+    return _Int(1, 256)(name, raw)
+
+
 def _database_url(name: str, raw: str) -> str:
     """A Peewee URL that `open_database` can open; the common slips get a message with the fix
     (a PostgreSQL URL may hold a password, so only SQLite values are echoed)."""
@@ -304,6 +311,10 @@ class Config:
     max_connections: int = setting(
         "MAX_CONNECTIONS", 10000, _Int(1, 1_000_000),
         "open client connections per process; more are refused at once")
+    workers: int = setting(
+        "WORKERS", 1, _workers,
+        "server processes accepting on the one port (`auto`: one per core); only the first "
+        "runs the scheduler")
     shutdown_timeout: float = setting(
         "SHUTDOWN_TIMEOUT", 10.0, _Float(0.0, 600.0),
         "seconds in-flight requests and jobs get on SIGTERM")

@@ -28,6 +28,7 @@ from service.signed import SignedHandler, SignedRequest
 
 class InstallationStatusHandler(SignedHandler):
     requires_installation = False
+    lean = True  # reads the in-memory index only
 
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
         answer: dict[str, Any] = {"account_id": req.account_id}
@@ -65,6 +66,7 @@ class BalanceHandler(SignedHandler):
 
 
 class WhoAmIHandler(SignedHandler):
+    lean = True  # reads the in-memory index only
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
         return {"user_id": req.user_id, "account_id": req.account_id,
                 "signed_fields": sorted(req.signed_fields), "roles": req.roles,

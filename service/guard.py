@@ -32,6 +32,7 @@ from service.base import (
     JSON_CONTENT_TYPE,
     error_body,
 )
+from service.lean import LeanRoutes
 from service.metrics import Metrics
 from service.tracker import RequestTracker
 
@@ -74,6 +75,11 @@ class _Guard(httputil.HTTPMessageDelegate):
             return None
         if declared not in (None, "0") or "Transfer-Encoding" in headers:
             self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, self._too_slow)
+        lean = self.app.lean
+        if lean is not None:
+            delegate = lean.delegate(self.conn, start_line, self.inner)
+            if delegate is not None:
+                self.inner = delegate
         return self.inner.headers_received(start_line, headers)
 
     def _too_slow(self) -> None:
@@ -124,6 +130,10 @@ class GuardedApplication(tornado.web.Application):
         super().__init__(handlers, **settings)
         self.tracker: RequestTracker = self.settings["tracker"]
         self.metrics: Metrics = self.settings["metrics"]
+        #: Successful signed POSTs to `lean` handlers skip the handler machinery
+        #: (`service/lean.py`); the `lean_path=False` setting turns that off.
+        self.lean = (LeanRoutes.from_routes(self, handlers)
+                     if self.settings.get("lean_path", True) else None)
 
     def end_request(self, conn: object, handler: str, method: str, status: int,
                     seconds: float) -> None:
@@ -139,6 +149,13 @@ class GuardedApplication(tornado.web.Application):
             return False
         target = getattr(self.find_handler(request), "handler_class", None)
         return bool(getattr(target, "cors", False))
+
+    def routes_to(self, path: str, method: str = "POST") -> type | None:
+        """The handler class this application routes `method path` to."""
+        request = httputil.HTTPServerRequest(
+            start_line=httputil.RequestStartLine(method, path, "HTTP/1.1"),
+            headers=httputil.HTTPHeaders({"Host": "localhost"}))
+        return getattr(self.find_handler(request), "handler_class", None)
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         # Tornado's hook for every finished handler, whatever its class (the `log_function`

@@ -236,15 +236,17 @@ class Backend:
         log.info("stopped")
 
 
-async def serve(config: Config, **kwargs: Any) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: Config, sockets: list[socket.socket] | None = None,
+                **kwargs: Any) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully (on `sockets` when given: a
+    worker's share of the one listening socket, `service/workers.py`)."""
     backend = Backend(config, **kwargs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await backend.start()
+        await backend.start(sockets)
     except StartupError:
         await backend.stop()
         raise

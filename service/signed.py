@@ -82,15 +82,26 @@ class SignedHandler(BaseHandler):
         self.set_header("Access-Control-Max-Age", "600")
         self.finish()
 
+    #: Set on a handler whose `handle` only reads and answers without awaiting (from the
+    #: in-memory installation index, say): then `service/lean.py` answers its successful POSTs
+    #: without Tornado's handler machinery, with this same `signed_request` and `handle`; any
+    #: failure (and a `handle` that awaits after all) is answered by this class's full path.
+    lean = False
+
     async def post(self, *args: Any) -> None:
+        result = await self.handle(self.signed_request())
+        if not self._finished:
+            self.write_json(result)
+
+    def signed_request(self) -> SignedRequest:
+        """Every check before `handle`: the signature (`verify_request`), then the
+        installation when `requires_installation` is set."""
         req = self.verify_request()
         if self.requires_installation and not self.installations.is_active(req.account_id):
             raise APIError(403, "the app is not installed on this account",
                            code="not_installed",
                            reason_for_log=f"{req.account_id} has no active installation")
-        result = await self.handle(req)
-        if not self._finished:
-            self.write_json(result)
+        return req
 
     async def handle(self, req: SignedRequest) -> Any:
         raise NotImplementedError

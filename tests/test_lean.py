@@ -1,0 +1,135 @@
+"""The lean path (`service/lean.py`): successful signed POSTs to `lean` handlers answered by a
+message delegate, everything else by the full handler path, with the same answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from conftest import APP_SECRET, base_env, compact, running, sign
+
+from models.installation import apply_state
+from service.signed import SignedHandler, SignedRequest
+
+IDS = {"user_id": "usr_1", "account_id": "acct_1"}
+SAME_HEADERS = ("content-type", "x-content-type-options", "cache-control",
+                "access-control-allow-origin", "content-length")
+
+
+async def install(app: Any, account: str = "acct_1") -> None:
+    view, _ = await app.backend.storage.run(apply_state, account, "live", True,
+                                            int(time.time()), "test")
+    app.backend.installations.put(view)
+
+
+def counted(app: Any, handler: str, code: int) -> float:
+    value = app.backend.metrics.registry.get_sample_value(
+        "http_requests_total", {"handler": handler, "method": "POST", "code": str(code)})
+    return value or 0.0
+
+
+async def both_paths(app: Any, path: str, body: Any, **kw: Any) -> tuple[Any, Any]:
+    lean = app.backend.app.lean
+    first = await app.signed(path, body, **kw)
+    app.backend.app.lean = None  # the full handler path, for comparison
+    try:
+        second = await app.signed(path, body, **kw)
+    finally:
+        app.backend.app.lean = lean
+    return first, second
+
+
+def alike(a: Any, b: Any) -> None:
+    assert a.status_code == b.status_code
+    assert a.content == b.content
+    for name in SAME_HEADERS:
+        assert a.headers.get(name) == b.headers.get(name), name
+    assert "date" in a.headers and "server" not in a.headers
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_lean_routes_are_the_literal_lean_handlers(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        routes = app.backend.app.lean.routes
+        assert {p: c.__name__ for p, c in routes.items()} == {
+            "/api/installation": "InstallationStatusHandler", "/api/whoami": "WhoAmIHandler"}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_success_answers_alike_and_is_counted_once(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        await install(app)
+        for path, handler in (("/api/installation", "InstallationStatusHandler"),
+                              ("/api/whoami", "WhoAmIHandler")):
+            before = counted(app, handler, 200)
+            lean, full = await both_paths(app, path, {"note": "é", **IDS})
+            assert lean.status_code == 200, lean.text
+            alike(lean, full)
+            assert counted(app, handler, 200) == before + 2
+        assert app.backend.tracker.in_flight == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_failures_are_answered_by_the_full_path(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        cases = [
+            ("/api/whoami", IDS, {}, 403),  # not installed
+            ("/api/installation", IDS, {"header": sign(compact(IDS), "absec_wrong" + "x" * 24)},
+             401),
+            ("/api/installation", b"{not json", {}, 400),
+            ("/api/installation", {"user_id": "usr_1"}, {}, 400),
+            ("/api/installation", IDS, {"header": ""}, 401),
+        ]
+        for path, body, kw, status in cases:
+            handler = "WhoAmIHandler" if path == "/api/whoami" else "InstallationStatusHandler"
+            before = counted(app, handler, status)
+            lean, full = await both_paths(app, path, body, **kw)
+            assert lean.status_code == status, (path, body, lean.text)
+            alike(lean, full)
+            assert counted(app, handler, status) == before + 2  # once each, not twice
+        assert app.backend.tracker.in_flight == 0
+
+
+class AwaitingHandler(SignedHandler):
+    """Marked lean by mistake: it awaits, so the full path must answer it."""
+
+    lean = True
+    requires_installation = False
+
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"account_id": req.account_id}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_lean_handler_that_awaits_is_answered_by_the_full_path(tmp_path):
+    async with running(base_env(tmp_path),
+                       extra_routes=[(r"/api/awaits", AwaitingHandler)]) as app:
+        assert "/api/awaits" in app.backend.app.lean.routes
+        lean, full = await both_paths(app, "/api/awaits", IDS)
+        assert lean.status_code == 200 and lean.json() == {"account_id": "acct_1"}
+        alike(lean, full)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_keep_alive_and_expect_continue_on_the_lean_path(tmp_path):
+    async with running(base_env(tmp_path)) as app:
+        body = compact(IDS).encode()
+        head = (f"POST /api/installation HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                f"Stripe-Signature: {sign(body, APP_SECRET)}\r\n"
+                "Content-Type: application/json\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
+        try:
+            writer.write((head + "Expect: 100-continue\r\n\r\n").encode())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+            writer.write(body)
+            for _ in range(2):  # the same connection answers again
+                answer = await reader.readuntil(b"\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+                length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                assert b'"account_id":"acct_1"' in await reader.readexactly(length)
+                writer.write((head + "\r\n").encode() + body)
+        finally:
+            writer.close()

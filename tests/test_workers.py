@@ -1,0 +1,107 @@
+"""`WORKERS=N`: N processes on one port (service/workers.py), with a real `python run.py`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+from conftest import APP_SECRET, ROOT, WH_LIVE, base_env, compact, event, free_port, sign
+
+from service.config import Config
+from service.workers import worker_config
+
+IDS = {"user_id": "usr_1", "account_id": "acct_1"}
+
+
+def test_only_worker_zero_runs_the_scheduler():
+    config = Config.from_env({"WORKERS": "3"})
+    assert [worker_config(config, i).scheduler for i in range(3)] == [True, False, False]
+    assert {worker_config(config, i).workers for i in range(3)} == {1}
+    off = Config.from_env({"WORKERS": "3", "SCHEDULER": "off"})
+    assert not any(worker_config(off, i).scheduler for i in range(3))
+    assert Config.from_env({"WORKERS": "auto"}).workers == (os.cpu_count() or 1)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_two_workers_serve_one_port_and_drain_on_sigterm(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    env.update(base_env(tmp_path, PORT=str(port), WORKERS="2", REPLICA_POLL_SECONDS="0.1"))
+    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while len(_children(proc.pid)) < 2 or not _healthy(url):
+            assert time.time() < deadline, "workers did not start"
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        # an install arrives as a webhook at whichever worker; every worker's index follows it
+        raw = json.dumps(event("account.application.authorized"))
+        resp = httpx.post(f"{url}/webhooks", content=raw.encode(),
+                          headers={"Stripe-Signature": sign(raw, WH_LIVE)}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        body = compact(IDS).encode()
+        answered = 0
+        deadline = time.time() + 20
+        while answered < 20:  # twenty in a row, each on a new connection
+            assert time.time() < deadline, "the install did not reach every worker"
+            resp = httpx.post(f"{url}/api/whoami", content=body, timeout=10,
+                              headers={"Stripe-Signature": sign(body, APP_SECRET)})
+            answered = answered + 1 if resp.status_code == 200 else 0
+            time.sleep(0.02)
+        # SIGTERM to the parent: a half-received request still gets its answer
+        head = (f"POST /api/installation HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                f"Stripe-Signature: {sign(body, APP_SECRET)}\r\n"
+                "Content-Type: application/json\r\n\r\n").encode()
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(head + body[:10])
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None, "exited while a request was in flight"
+        conn.sendall(body[10:])
+        conn.settimeout(10)
+        data = b""
+        while not data.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        conn.close()
+        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+        assert proc.wait(20) == 0
+        for pid in workers:
+            assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
+        out = proc.stdout.read() if proc.stdout else ""
+        assert out.count("app.server: stopped") == 2, out[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
