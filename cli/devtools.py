@@ -78,3 +78,21 @@ def start_child(module: str, args: list[str], what: str,
     proc.wait(5)
     raise RuntimeError(f"{what} did not start" if not line.isdigit()
                        else f"{what} did not answer at http://127.0.0.1:{line}")
+
+
+class JSONFileError(ValueError):
+    """A file that should hold a JSON object cannot be read as one; the message says why."""
+
+
+def read_json_object(path: str) -> dict[str, Any]:
+    """The JSON object in the file at `path`, or `JSONFileError` saying what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except OSError as exc:
+        raise JSONFileError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise JSONFileError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise JSONFileError(f"{path} is not a JSON object")
+    return value

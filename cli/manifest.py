@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any
 
+from cli.devtools import JSONFileError, read_json_object
 from jobs.registry import Registry
 from service.config import Config
 from service.manifest import manifest_fragment, missing_from, permission_needs, webhook_event_types
@@ -46,15 +47,9 @@ class ManifestFileError(Exception):
 
 def _read(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except OSError as exc:
-        raise ManifestFileError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ManifestFileError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ManifestFileError(f"{path} is not a JSON object")
-    return value
+        return read_json_object(path)
+    except JSONFileError as exc:
+        raise ManifestFileError(str(exc)) from None
 
 
 def run_manifest(config: Config, args: argparse.Namespace) -> int:

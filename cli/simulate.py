@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from cli.dev import config_over_dev_env, load_dev_env
-from cli.devtools import compact, make_event, new_event_id, sign
+from cli.devtools import JSONFileError, compact, make_event, new_event_id, read_json_object, sign
 from service.config import Config
 from service.signatures import install_signed_string
 
@@ -150,13 +150,10 @@ def request(client: httpx.Client, config: Config, path: str, account: str, user:
 
 def _event_from_file(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            event = json.load(f)
-    except OSError as exc:
-        raise SimulateError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise SimulateError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(
+        event = read_json_object(path)
+    except JSONFileError as exc:
+        raise SimulateError(str(exc)) from None
+    if event.get("object") != "event" or not isinstance(
             event.get("type"), str) or not isinstance(event.get("livemode"), bool):
         raise SimulateError(f"{path} is not a Stripe event (needs object=event, type, livemode)")
     event.setdefault("id", new_event_id())

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from models.enums import MODES
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 #: Turns a variable's value (stripped, never empty) into a field value: `(name, value) -> value`.
 #: It raises `ConfigError` naming the variable, and never puts a secret's value in the message.
@@ -58,33 +59,30 @@ class _Pattern:
 
 
 @dataclass(frozen=True)
-class _Int:
-    low: int
-    high: int
+class _Number(Generic[N]):
+    """A whole number (`cast=int`) or a number (`cast=float`) from `low` to `high`."""
 
-    def __call__(self, name: str, raw: str) -> int:
+    low: N
+    high: N
+    cast: Callable[[str], N]
+    kind: str
+
+    def __call__(self, name: str, raw: str) -> N:
         try:
-            value = int(raw)
+            value = self.cast(raw)
         except ValueError:
-            raise ConfigError(f"{name}: must be a whole number, got {raw!r}") from None
+            raise ConfigError(f"{name}: must be {self.kind}, got {raw!r}") from None
         if not self.low <= value <= self.high:
             raise ConfigError(f"{name}: must be between {self.low} and {self.high}, got {value}")
         return value
 
 
-@dataclass(frozen=True)
-class _Float:
-    low: float
-    high: float
+def _Int(low: int, high: int) -> _Number[int]:  # noqa: N802 (reads like the class it makes)
+    return _Number(low, high, int, "a whole number")
 
-    def __call__(self, name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
-        if not self.low <= value <= self.high:
-            raise ConfigError(f"{name}: must be between {self.low} and {self.high}, got {value}")
-        return value
+
+def _Float(low: float, high: float) -> _Number[float]:  # noqa: N802
+    return _Number(low, high, float, "a number")
 
 
 @dataclass(frozen=True)
