@@ -9,6 +9,7 @@ injected clock (time-machine) wherever a lease or a fire time is compared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -160,6 +163,27 @@ def test_event_lease_is_short_renewed_by_its_holder_only_and_taken_over_when_it_
         db.close()
 
 
+@contextlib.asynccontextmanager
+async def runner_for(db_url: str, registry: Registry, accounts: tuple[str, ...] = ("acct_1",),
+                     **runner_kw: Any) -> AsyncIterator[tuple[Storage, JobRunner, JobScheduler]]:
+    """A job runner (and a scheduler, not started) on a migrated database where `accounts` have
+    the app installed in live mode; stopped and closed afterwards."""
+    db = open_database(db_url)
+    migrate(db)
+    storage = Storage(db, workers=2)
+    try:
+        for account in accounts:
+            await storage.run(apply_state, account, "live", True, 1, "setup")
+        index = InstallationIndex(storage)
+        await index.load()
+        runner = JobRunner(registry, storage, index, StripeClients({}, {"live": 1}),
+                           **runner_kw)
+        yield storage, runner, JobScheduler(registry, runner, index)
+        await runner.stop()
+    finally:
+        storage.close()
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_run_left_running_by_a_dead_process_is_interrupted_and_retried_once(db_url,
                                                                                    clock):
@@ -169,18 +193,8 @@ async def test_a_run_left_running_by_a_dead_process_is_interrupted_and_retried_o
     async def hourly(ctx: JobContext) -> None:
         ran.append((ctx.kind, ctx.attempt))
 
-    db = open_database(db_url)
-    migrate(db)
-    storage = Storage(db, workers=2)
-    try:
-        await storage.run(apply_state, "acct_1", "live", True, 1, "setup")
-        await storage.run(apply_state, "acct_2", "live", True, 1, "setup")
-        index = InstallationIndex(storage)
-        await index.load()
-        registry = registry_with(hourly)
-        runner = JobRunner(registry, storage, index, StripeClients({}, {"live": 1}),
-                           replica="alive")
-        scheduler = JobScheduler(registry, runner, index)
+    async with runner_for(db_url, registry_with(hourly), ("acct_1", "acct_2"),
+                          replica="alive") as (storage, runner, scheduler):
         fire = int(time.time()) - 60
         old = int(time.time()) - 3600  # beyond the grace of 600 s
         # A dead replica's claims: its lease lapses and nobody renews it.
@@ -207,9 +221,6 @@ async def test_a_run_left_running_by_a_dead_process_is_interrupted_and_retried_o
         (shown,) = await storage.run(attach_last_runs, [{"job": "hourly", "mode": "live"}],
                                      "acct_2")
         assert shown["last_run"]["outcome"] == "interrupted"
-        await runner.stop()
-    finally:
-        storage.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -220,17 +231,8 @@ async def test_a_long_run_keeps_its_lease_while_it_runs(tmp_path, clock):
     async def long(ctx: JobContext) -> None:
         await release.wait()
 
-    db = open_database(f"sqlite:///{tmp_path}/long.db")
-    migrate(db)
-    storage = Storage(db, workers=2)
-    try:
-        await storage.run(apply_state, "acct_1", "live", True, 1, "setup")
-        index = InstallationIndex(storage)
-        await index.load()
-        registry = registry_with(long)
-        runner = JobRunner(registry, storage, index, StripeClients({}, {"live": 1}),
-                           replica="r", lease=0.3)
-        scheduler = JobScheduler(registry, runner, index)
+    async with runner_for(f"sqlite:///{tmp_path}/long.db", registry_with(long), replica="r",
+                          lease=0.3) as (storage, runner, scheduler):
         task = asyncio.ensure_future(runner.fire("long", "acct_1", "live",
                                                  datetime.now(UTC)))
         await asyncio.sleep(1.5)  # five leases long
@@ -239,9 +241,6 @@ async def test_a_long_run_keeps_its_lease_while_it_runs(tmp_path, clock):
         assert row.outcome == "running" and row.lease_until > time.time()
         release.set()
         assert await task == "succeeded"
-        await runner.stop()
-    finally:
-        storage.close()
 
 
 # ---- manual runs ---------------------------------------------------------------------------------
@@ -257,15 +256,7 @@ async def test_manual_runs_are_their_own_runs_unless_one_is_running_now(db_url, 
         if ctx.kind == RunKind.MANUAL and ctx.seq == 3:
             await gate.wait()
 
-    db = open_database(db_url)
-    migrate(db)
-    storage = Storage(db, workers=2)
-    try:
-        await storage.run(apply_state, "acct_1", "live", True, 1, "setup")
-        index = InstallationIndex(storage)
-        await index.load()
-        runner = JobRunner(registry_with(report), storage, index,
-                           StripeClients({}, {"live": 1}), replica="cli")
+    async with runner_for(db_url, registry_with(report), replica="cli") as (storage, runner, _):
         now = MOMENT  # every run below starts in this very second (the clock is moved back)
         # a fire in this second (the install run, or a scheduled fire)
         assert await runner.fire("report", "acct_1", "live", now) == "succeeded"
@@ -287,9 +278,6 @@ async def test_manual_runs_are_their_own_runs_unless_one_is_running_now(db_url, 
             ("fire", 0, int(now.timestamp())), ("manual", 1, int(now.timestamp())),
             ("manual", 2, int(now.timestamp())), ("manual", 3, int(now.timestamp()))]
         assert len(set(seen)) == 4  # each manual run is its own fire for Stripe
-        await runner.stop()
-    finally:
-        storage.close()
 
 
 # ---- idempotency keys ----------------------------------------------------------------------------
