@@ -129,6 +129,7 @@ class Backend:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StartupError(f"the database (DATABASE_URL) is not reachable: {first}") from None
         await self.init_installations()
+        await self.init_replica()
         self.init_integrations()
         self.init_jobs()
         self.init_app()
@@ -149,6 +150,20 @@ class Backend:
     async def init_installations(self) -> None:
         active = await self.services.load_installations()
         log.info("%d accounts have the app installed", active)
+
+    async def init_replica(self) -> None:
+        """Write this process's first heartbeat before it listens, so a replica is in the
+        table for as long as it serves (the later beats come from `_heartbeat_forever`)."""
+        host, pid = socket.gethostname(), os.getpid()
+        self._replica = (self.services.replica or f"{host}:{pid}", host, pid, time.time())
+        await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        name, host, pid, started = self._replica
+        try:
+            await self.storage.run(heartbeat, name, host, pid, version(), started)
+        except Exception as exc:  # the database may be down; say so next time
+            log.debug("heartbeat failed: %s", type(exc).__name__)
 
     def init_integrations(self) -> None:
         """The credentials vault and `ctx.http`, the shared client for third-party calls."""
@@ -203,14 +218,9 @@ class Backend:
 
     async def _heartbeat_forever(self) -> None:
         """Say in the database that this process is alive (the status page's replicas)."""
-        host, pid, started = socket.gethostname(), os.getpid(), time.time()
-        name = self.services.replica or f"{host}:{pid}"
         while True:
-            try:
-                await self.storage.run(heartbeat, name, host, pid, version(), started)
-            except Exception as exc:  # the database may be down; say so next time
-                log.debug("heartbeat failed: %s", type(exc).__name__)
             await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self._heartbeat()
 
     async def _follow_replicas(self) -> None:
         while True:

@@ -253,6 +253,7 @@ async def test_unauthenticated_install_requests_write_nothing(tmp_path):
             return {m.__name__: m.select().count() for m in ALL_MODELS}
 
         before = await app.backend.storage.run(rows)
+        assert before["Replica"] == 1  # written before the server listens, never in between
         states = [(await start(app.client))[0] for _ in range(50)]
         async with httpx.AsyncClient(base_url=app.url) as stranger:  # no cookie, bad states
             for state in states[:5]:
