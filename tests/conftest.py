@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -90,6 +91,31 @@ class Running:
         deadline = time.monotonic() + timeout
         while self.backend.events._tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+
+
+def wait_until_in_flight(port: int, requests: int) -> None:
+    """Wait until the server counts `requests` requests in flight besides this probe (a sleep
+    would race a loaded machine: SIGTERM before the server read the headers drops them). Each
+    probe is a new connection, so with WORKERS=N every worker's own count is seen in turn."""
+    deadline = time.time() + 20
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        line = next(x for x in text.splitlines() if x.startswith("http_requests_in_flight "))
+        if float(line.split()[1]) >= requests + 1:
+            return
+        assert time.time() < deadline, line
+        time.sleep(0.05)
+
+
+def wait_until_closed(port: int) -> None:
+    """Wait until the listening socket is closed (new connections refused)."""
+    deadline = time.time() + 20
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        assert time.time() < deadline, "still accepting connections after SIGTERM"
+        time.sleep(0.05)
 
 
 async def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:

@@ -10,7 +10,16 @@ import sys
 import time
 
 import httpx
-from conftest import APP_SECRET, ROOT, base_env, compact, free_port, sign
+from conftest import (
+    APP_SECRET,
+    ROOT,
+    base_env,
+    compact,
+    free_port,
+    sign,
+    wait_until_closed,
+    wait_until_in_flight,
+)
 
 
 def _start(tmp_path, **extra):
@@ -39,12 +48,10 @@ def test_sigterm_lets_a_half_received_request_finish(tmp_path):
                 "Content-Type: application/json\r\n\r\n").encode()
         conn = socket.create_connection(("127.0.0.1", port))
         conn.sendall(head + body[:10])  # headers and part of the body: in flight
-        time.sleep(0.3)
+        wait_until_in_flight(port, 1)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_until_closed(port)  # no longer accepting new connections
         assert proc.poll() is None, "exited while a request was in flight"
-        with socket.socket() as probe:  # no longer accepting new connections
-            assert probe.connect_ex(("127.0.0.1", port)) != 0
         conn.sendall(body[10:])
         conn.settimeout(10)
         data = b""

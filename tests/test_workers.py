@@ -11,7 +11,18 @@ import sys
 import time
 
 import httpx
-from conftest import APP_SECRET, ROOT, WH_LIVE, base_env, compact, event, free_port, sign
+from conftest import (
+    APP_SECRET,
+    ROOT,
+    WH_LIVE,
+    base_env,
+    compact,
+    event,
+    free_port,
+    sign,
+    wait_until_closed,
+    wait_until_in_flight,
+)
 
 from service.config import Config
 from service.workers import worker_config
@@ -67,9 +78,9 @@ def test_two_workers_serve_one_port_and_drain_on_sigterm(tmp_path):
                 "Content-Type: application/json\r\n\r\n").encode()
         conn = socket.create_connection(("127.0.0.1", port))
         conn.sendall(head + body[:10])
-        time.sleep(0.3)
+        wait_until_in_flight(port, 1)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_until_closed(port)
         assert proc.poll() is None, "exited while a request was in flight"
         conn.sendall(body[10:])
         conn.settimeout(10)
