@@ -12,7 +12,9 @@ answers 400 and drops the connection. `GuardedApplication` wraps each request's 
 - a body whose declared `Content-Length` exceeds `MAX_BODY_SIZE` is answered 413 at once, before
   any of it is read, and so is a chunked body as soon as it grows past the limit.
 - a body that has not fully arrived `BODY_TIMEOUT` seconds after its headers gets the
-  connection closed (a slow client cannot hold a connection open by trickling its body).
+  connection closed (a slow client cannot hold a connection open by trickling its body): within
+  `BODY_TIMEOUT` plus at most a quarter of it (and at most 1 s), by one periodic sweep over the
+  requests whose bodies are arriving (`BodyDeadlines`), not a timer per request.
 The 413 answer is the same JSON error every handler gives, with CORS when the handler the path
 routes to has `cors` set (asked only when refusing, so a request that fits pays nothing).
 """
@@ -20,6 +22,7 @@ routes to has `cors` set (asked only when refusing, so a request that fits pays 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import tornado.web
@@ -50,9 +53,45 @@ def _too_large(limit: int, cors: bool) -> tuple[httputil.ResponseStartLine, http
     return httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body
 
 
+class BodyDeadlines:
+    """The requests whose bodies are still arriving, each with its deadline, and one timer that
+    sweeps them: a request costs two dict operations instead of a loop timer of its own. The
+    timer runs only while some body is arriving; each sweep closes the connections whose
+    deadline has passed."""
+
+    def __init__(self) -> None:
+        self._due: dict[_Guard, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, guard: _Guard) -> None:
+        self._due[guard] = time.monotonic() + BODY_TIMEOUT
+        if self._timer is None:
+            self._schedule()
+
+    def discard(self, guard: _Guard) -> None:
+        self._due.pop(guard, None)
+
+    def _schedule(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(min(1.0, BODY_TIMEOUT / 4),
+                                                            self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        late = [guard for guard, due in self._due.items() if due <= now]
+        for guard in late:
+            del self._due[guard]
+            guard.conn.close()  # type: ignore[attr-defined]
+        if self._due:
+            self._schedule()
+
+
 class _Guard(httputil.HTTPMessageDelegate):
     __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "start_line", "headers",
-                 "timer")
+                 "timed")
 
     def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
                  conn: httputil.HTTPConnection) -> None:
@@ -62,7 +101,7 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.refused = False
         self.start_line: Any = None
         self.headers: httputil.HTTPHeaders | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timed = False
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.app.tracker.begin(self.conn)
@@ -74,17 +113,14 @@ class _Guard(httputil.HTTPMessageDelegate):
             self._refuse()
             return None
         if declared not in (None, "0") or "Transfer-Encoding" in headers:
-            self.timer = asyncio.get_running_loop().call_later(BODY_TIMEOUT, self._too_slow)
+            self.timed = True
+            self.app.deadlines.add(self)
         lean = self.app.lean
         if lean is not None:
             delegate = lean.delegate(self.conn, start_line, self.inner)
             if delegate is not None:
                 self.inner = delegate
         return self.inner.headers_received(start_line, headers)
-
-    def _too_slow(self) -> None:
-        self.timer = None
-        self.conn.close()  # type: ignore[attr-defined]
 
     def data_received(self, chunk: bytes) -> Any:
         if self.refused:
@@ -96,9 +132,9 @@ class _Guard(httputil.HTTPMessageDelegate):
         return self.inner.data_received(chunk)
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timed:
+            self.timed = False
+            self.app.deadlines.discard(self)
 
     def finish(self) -> None:
         self._cancel_timer()
@@ -130,6 +166,7 @@ class GuardedApplication(tornado.web.Application):
         super().__init__(handlers, **settings)
         self.tracker: RequestTracker = self.settings["tracker"]
         self.metrics: Metrics = self.settings["metrics"]
+        self.deadlines = BodyDeadlines()
         #: Successful signed POSTs to `lean` handlers skip the handler machinery
         #: (`service/lean.py`); the `lean_path=False` setting turns that off.
         self.lean = (LeanRoutes.from_routes(self, handlers)

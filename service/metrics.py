@@ -1,5 +1,12 @@
 """Prometheus metrics, one registry per app (no global state), and the event-loop lag probe.
 
+The request counter and latency histogram (`http_requests_total`,
+`http_request_duration_seconds`) are counted in plain dicts by `RequestCounts` and turned into
+Prometheus samples only when collected: a request costs a few dict operations, not three
+locked updates of prometheus_client's values. They are written from the event loop's thread
+only (where every request ends), so they need no lock; `_created` samples are not exposed for
+them.
+
 Every label takes values from a fixed set, whatever requests arrive: `handler` is a handler
 class (any unrouted path is `NotFoundHandler`), `method` one of `METHODS`, `other`, or empty
 (answered before routing), `code` an HTTP status the service answers. So `/metrics` stays the
@@ -10,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
@@ -22,14 +34,67 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 METHODS = frozenset(("GET", "HEAD", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"))
 
 
+class RequestCounts:
+    """Requests answered by (handler, method, code), and their latency by handler in the
+    buckets of `LATENCY_BUCKETS` (as a prometheus_client `Histogram` counts them: a value goes
+    into the first bucket whose bound is >= it)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        #: handler -> one count per bucket (the last is +Inf, non-cumulative), then the sum
+        self.latency: dict[str, list[float]] = {}
+        self._slots = len(LATENCY_BUCKETS) + 1
+
+    def observe(self, handler: str, method: str, code: str, seconds: float) -> None:
+        key = (handler, method, code)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        row = self.latency.get(handler)
+        if row is None:
+            row = self.latency[handler] = [0.0] * (self._slots + 1)
+        row[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        row[-1] += seconds
+
+
+class _RequestsCollector(Collector):
+    def __init__(self, counts: RequestCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("http_requests_total", "HTTP requests answered",
+                                     labels=["handler", "method", "code"])
+        for labels, n in list(self._counts.counts.items()):
+            family.add_metric(labels, n)
+        yield family
+
+
+class _LatencyCollector(Collector):
+    def __init__(self, counts: RequestCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily("http_request_duration_seconds",
+                                       "Time to answer a request", labels=["handler"])
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        for handler, row in list(self._counts.latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip(bounds, row, strict=False):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            family.add_metric([handler], buckets, row[-1])
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("http_requests_total", "HTTP requests answered",
-                                ["handler", "method", "code"], registry=r)
-        self.latency = Histogram("http_request_duration_seconds", "Time to answer a request",
-                                 ["handler"], buckets=LATENCY_BUCKETS, registry=r)
+        self.request_counts = RequestCounts()
+        #: `http_requests_total` and `http_request_duration_seconds` (from `request_counts`)
+        self.requests = _RequestsCollector(self.request_counts)
+        self.latency = _LatencyCollector(self.request_counts)
+        r.register(self.requests)
+        r.register(self.latency)
         self.loop_lag = Gauge("event_loop_lag_seconds", "Last measured event-loop lag",
                               registry=r)
         self.loop_lag_hist = Histogram("event_loop_lag_seconds_distribution",
@@ -66,7 +131,7 @@ class Metrics:
             "http_connections_refused_total", "Connections closed at once: above "
             "MAX_CONNECTIONS, or not accepted for want of file descriptors", ["reason"],
             registry=r)
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._codes: dict[int, str] = {}
 
     def observe_task_queue(self, counts: dict[str, int], oldest_wait: float) -> None:
         """The task queue as the worker last counted it: tasks by status, and how long the
@@ -78,14 +143,10 @@ class Metrics:
     def observe_request(self, handler: str, method: str, status: int, seconds: float) -> None:
         if method not in METHODS and method:  # "": answered before routing (the body limit)
             method = "other"
-        key = (handler, method, status)
-        pair = self._children.get(key)
-        if pair is None:  # label lookups are the slow part; cache the children
-            pair = (self.requests.labels(handler, method, str(status)),
-                    self.latency.labels(handler))
-            self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        code = self._codes.get(status)
+        if code is None:
+            code = self._codes[status] = str(status)
+        self.request_counts.observe(handler, method, code, seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -249,7 +249,7 @@ class Backend:
 async def serve(config: Config, sockets: list[socket.socket] | None = None,
                 **kwargs: Any) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (on `sockets` when given: a
-    worker's share of the one listening socket, `service/workers.py`)."""
+    worker's own `SO_REUSEPORT` listening socket, `service/workers.py`)."""
     backend = Backend(config, **kwargs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ from hashlib import sha256
 from typing import Any
 
 import stripe
+from stripe import SignatureVerificationError, WebhookSignature
 
 
 class SignatureError(Exception):
@@ -106,25 +107,27 @@ def verify_header(payload: str, header: str | None, secret: str) -> None:
     """`stripe.WebhookSignature.verify_header(payload, header, secret)` (no tolerance), with the
     key object reused per secret: raises `stripe.SignatureVerificationError` exactly when the
     library does (and whatever else it raises on the same input)."""
-    cls = stripe.WebhookSignature
+    # The names are bound at import: `stripe.X` goes through the package's lazy `__getattr__`
+    # (an `import_module` call) on every access.
+    cls = WebhookSignature
     if not header:
-        raise stripe.SignatureVerificationError("No Stripe-Signature header value", header,
+        raise SignatureVerificationError("No Stripe-Signature header value", header,
                                                 payload)
     if secret is None or secret.strip(" \t\r\n\f\v") == "":
-        raise stripe.SignatureVerificationError("No webhook secret value", header, payload)
+        raise SignatureVerificationError("No webhook secret value", header, payload)
     try:
         timestamp, signatures = cls._get_timestamp_and_signatures(header, cls.EXPECTED_SCHEME)
     except Exception:
-        raise stripe.SignatureVerificationError(
+        raise SignatureVerificationError(
             "Unable to extract timestamp and signatures from header", header, payload) from None
     if not signatures:
-        raise stripe.SignatureVerificationError("No signatures found with expected scheme",
+        raise SignatureVerificationError("No signatures found with expected scheme",
                                                 header, payload)
     mac = _hmac_key(secret).copy()
     mac.update(("%d.%s" % (timestamp, payload)).encode("utf-8"))  # noqa: UP031 (as stripe)
     expected = mac.hexdigest()
     if not any(hmac.compare_digest(expected, s) for s in signatures):
-        raise stripe.SignatureVerificationError(
+        raise SignatureVerificationError(
             "No signatures found matching the expected signature for payload", header, payload)
 
 
@@ -152,7 +155,7 @@ def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tol
         try:
             # No tolerance here: the library would only say "too old" in its message.
             verify_header(payload, header, secret)
-        except stripe.SignatureVerificationError:
+        except SignatureVerificationError:
             continue
         if tolerance and timestamp < now - tolerance:
             raise TimestampTooOld(f"timestamp {timestamp} is more than {tolerance}s old")

@@ -116,3 +116,44 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def _listening(port: int) -> int:
+    """How many sockets listen on TCP `port` (IPv4 and IPv6), from /proc/net."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+    return count
+
+
+def test_each_worker_listens_on_its_own_socket_and_a_taken_port_fails_cleanly(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    env.update(base_env(tmp_path, PORT=str(port), WORKERS="2"))
+    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 30
+        while len(_children(proc.pid)) < 2 or _listening(port) < 2:
+            assert time.time() < deadline, "workers did not start"
+            time.sleep(0.1)
+        # SO_REUSEPORT: one listening socket per worker, none in the parent (which only holds
+        # the port with a bound socket that never listens)
+        assert _listening(port) == 2
+        assert _healthy(f"http://127.0.0.1:{port}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # a port another program listens on: one line saying so, exit 1, no worker started
+    with socket.create_server(("127.0.0.1", port)):
+        done = subprocess.run([sys.executable, "run.py"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
