@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee as pw
 
 from models.backoff import Jitter, backoff_delay
 from models.base import BaseModel, now
+from models.db import database, write_transaction
 from models.enums import EventStatus, Mode
 from models.leases import LEASE_SECONDS, expired, renew_rows
 
@@ -76,15 +77,76 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
     The primary key decides between two deliveries that race: exactly one insert wins. An
     event nothing handles is stored as processed straight away (one write instead of three).
     """
-    t = now()
-    fields = ({"status": EventStatus.PENDING, "next_attempt_at": t} if needs_processing
-              else {"status": EventStatus.PROCESSED, "processed_at": t})
+    (stored,) = store_events([NewEvent(event_id, type_, account_id, livemode, created, payload,
+                                       needs_processing)])
+    assert isinstance(stored, bool)  # a batch of one raises its error
+    return stored
+
+
+class NewEvent(NamedTuple):
+    """An event to store (`store_events`): `store_event`'s arguments."""
+
+    id: str
+    type: str
+    account_id: str | None
+    livemode: bool
+    created: int
+    payload: str
+    needs_processing: bool = True
+
+
+#: The columns `store_events` fills, in the order of its parameters.
+_NEW_COLUMNS = ("id", "type", "account_id", "livemode", "created", "payload", "received_at",
+                "status", "attempts", "next_attempt_at", "processed_at")
+
+
+def _insert_sql() -> str:
+    """`INSERT ... ON CONFLICT (id) DO NOTHING` of one event, in the database's parameter style
+    (SQLite >= 3.24 and PostgreSQL alike): a redelivery inserts nothing (rowcount 0), and any
+    other failure (a constraint, a type) still raises."""
+    meta = WebhookEvent._meta
+    columns = ", ".join(f'"{meta.fields[c].column_name}"' for c in _NEW_COLUMNS)
+    params = ", ".join([database.param] * len(_NEW_COLUMNS))
+    return (f'INSERT INTO "{meta.table_name}" ({columns}) VALUES ({params}) '
+            f'ON CONFLICT ("{meta.primary_key.column_name}") DO NOTHING')
+
+
+def _insert_new(sql: str, event: NewEvent, t: float) -> bool:
+    """Insert one event in the current transaction; False for an id already stored."""
+    processing = event.needs_processing
+    status = EventStatus.PENDING if processing else EventStatus.PROCESSED
+    cursor = database.execute_sql(sql, (
+        event.id, event.type, event.account_id, event.livemode, event.created, event.payload,
+        t, status.value, 0, t if processing else None, None if processing else t))
+    return bool(cursor.rowcount == 1)
+
+
+def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
+    """Store a batch of events in one transaction (a group commit, `Storage.grouped`); for each,
+    in order: True if inserted, False if an event with its id was already stored, before or
+    earlier in the same batch (the first of two copies wins), or the exception that kept it out.
+
+    When the batch's transaction fails, nothing of it is kept, and each event is stored again in
+    a transaction of its own, so that one bad event fails alone. When every event fails, the
+    first error is raised instead (the database refuses writes: `Storage` reacts to it)."""
+    sql, t = _insert_sql(), now()
     try:
-        WebhookEvent.insert(id=event_id, type=type_, account_id=account_id, livemode=livemode,
-                            created=created, payload=payload, received_at=t, **fields).execute()
-        return True
-    except pw.IntegrityError:
-        return False
+        with write_transaction():
+            return [_insert_new(sql, event, t) for event in events]
+    except Exception as exc:
+        if len(events) == 1:
+            raise
+        first: Exception = exc
+    outcomes: list[bool | BaseException] = []
+    for event in events:
+        try:
+            with write_transaction():
+                outcomes.append(_insert_new(sql, event, t))
+        except Exception as exc:
+            outcomes.append(exc)
+    if all(isinstance(o, BaseException) for o in outcomes):
+        raise first
+    return outcomes
 
 
 def claim_event(event_id: str, force: bool = False, holder: str | None = None,
