@@ -22,7 +22,7 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
@@ -84,12 +84,35 @@ def is_sqlite(db: pw.Database | pw.DatabaseProxy) -> bool:
     return isinstance(getattr(db, "obj", None) or db, pw.SqliteDatabase)
 
 
-def write_transaction(db: pw.Database | pw.DatabaseProxy = database) -> Any:
+@contextlib.contextmanager
+def write_transaction(db: pw.Database | pw.DatabaseProxy = database) -> Iterator[None]:
     """A transaction that will write: on SQLite it takes the write lock up front (IMMEDIATE), so
-    two writers wait for each other (busy timeout) instead of failing on a lock upgrade."""
-    if is_sqlite(db):
-        return (getattr(db, "obj", None) or db).atomic("IMMEDIATE")
-    return db.atomic()
+    two writers wait for each other instead of failing on a lock upgrade. Writers of one
+    process queue on a lock of their own first, handed over the moment it is let go; SQLite's
+    busy timeout, which polls with sleeps of up to 100 ms, is left to writers of other processes.
+    """
+    real = getattr(db, "obj", None) or db
+    if not isinstance(real, pw.SqliteDatabase):
+        with db.atomic():
+            yield
+        return
+    with _write_lock(real), real.atomic("IMMEDIATE"):
+        yield
+
+
+def _write_lock(db: pw.Database) -> threading.RLock:
+    """This process's writer lock of `db` (re-entrant: a write transaction may nest one)."""
+    lock: threading.RLock | None = getattr(db, "_app_write_lock", None)
+    if lock is None:
+        with _LOCKS_LOCK:
+            lock = getattr(db, "_app_write_lock", None)
+            if lock is None:
+                lock = threading.RLock()
+                db._app_write_lock = lock
+    return lock
+
+
+_LOCKS_LOCK = threading.Lock()
 
 
 class Storage:

@@ -155,13 +155,11 @@ def claim_event(event_id: str, force: bool = False, holder: str | None = None,
 
     The claim lasts `lease` seconds unless `holder` renews it (`renew_events`)."""
     t = now()
-    won = (
-        WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + lease,
-                            claimed_by=holder, attempts=WebhookEvent.attempts + 1)
-        .where((WebhookEvent.id == event_id) & _claimable(t, force))
-        .execute()
-    )
-    return WebhookEvent.get_by_id(event_id) if won else None
+    query = (WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + lease,
+                                 claimed_by=holder, attempts=WebhookEvent.attempts + 1)
+             .where((WebhookEvent.id == event_id) & _claimable(t, force))
+             .returning(WebhookEvent))  # one statement (SQLite >= 3.35, PostgreSQL)
+    return next(iter(query.execute()), None)
 
 
 def renew_events(event_ids: list[str], until: float, holder: str | None) -> int:

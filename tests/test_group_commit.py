@@ -23,7 +23,7 @@ import peewee as pw
 import pytest
 from conftest import ROOT, WH_LIVE, base_env, event, free_port, running, sign
 
-from models.db import Storage, open_database
+from models.db import Storage, _write_lock, open_database, write_transaction
 from models.events import NewEvent, WebhookEvent, store_event, store_events
 from models.group_commit import GroupCommit
 from models.migrate import migrate
@@ -162,6 +162,30 @@ async def test_storage_group_commits_in_few_transactions_exactly_once(tmp_path):
         assert await storage.run(lambda: len(stored_ids())) == 30
     finally:
         storage.close()
+
+
+def test_writers_of_one_process_queue_on_a_lock_and_may_nest(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path}/app.db")
+    migrate(db)
+    with write_transaction(), write_transaction():  # re-entrant: a nested one is a savepoint
+        store_event("evt_outer", "x.y", None, False, 1, "{}")
+    assert stored_ids() == ["evt_outer"]
+    taken: list[bool] = []
+
+    def try_lock() -> None:  # what another writer thread of this process would find
+        lock = _write_lock(db)
+        taken.append(lock.acquire(blocking=False))
+        if taken[-1]:
+            lock.release()
+
+    with write_transaction():
+        thread = threading.Thread(target=try_lock)
+        thread.start()
+        thread.join(10)
+    thread = threading.Thread(target=try_lock)
+    thread.start()
+    thread.join(10)
+    assert taken == [False, True]  # held for the length of the transaction, then let go
 
 
 # ---- through the server --------------------------------------------------------------------------
