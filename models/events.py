@@ -100,25 +100,54 @@ _NEW_COLUMNS = ("id", "type", "account_id", "livemode", "created", "payload", "r
                 "status", "attempts", "next_attempt_at", "processed_at")
 
 
-def _insert_sql() -> str:
-    """`INSERT ... ON CONFLICT (id) DO NOTHING` of one event, in the database's parameter style
-    (SQLite >= 3.24 and PostgreSQL alike): a redelivery inserts nothing (rowcount 0), and any
-    other failure (a constraint, a type) still raises."""
+def _insert_sql(rows: int = 1, on_conflict: bool = True) -> str:
+    """`INSERT` of `rows` events, in the database's parameter style. With `on_conflict`,
+    `ON CONFLICT (id) DO NOTHING` (SQLite >= 3.24 and PostgreSQL alike): a redelivery inserts
+    nothing (rowcount 0), and any other failure (a constraint, a type) still raises."""
     meta = WebhookEvent._meta
     columns = ", ".join(f'"{meta.fields[c].column_name}"' for c in _NEW_COLUMNS)
-    params = ", ".join([database.param] * len(_NEW_COLUMNS))
-    return (f'INSERT INTO "{meta.table_name}" ({columns}) VALUES ({params}) '
-            f'ON CONFLICT ("{meta.primary_key.column_name}") DO NOTHING')
+    row = "(" + ", ".join([database.param] * len(_NEW_COLUMNS)) + ")"
+    sql = f'INSERT INTO "{meta.table_name}" ({columns}) VALUES {", ".join([row] * rows)}'
+    return sql + (f' ON CONFLICT ("{meta.primary_key.column_name}") DO NOTHING'
+                  if on_conflict else "")
 
 
-def _insert_new(sql: str, event: NewEvent, t: float) -> bool:
-    """Insert one event in the current transaction; False for an id already stored."""
+def _values(event: NewEvent, t: float) -> tuple[Any, ...]:
+    """The values of `_NEW_COLUMNS` for `event` received at `t`."""
     processing = event.needs_processing
     status = EventStatus.PENDING if processing else EventStatus.PROCESSED
-    cursor = database.execute_sql(sql, (
-        event.id, event.type, event.account_id, event.livemode, event.created, event.payload,
-        t, status.value, 0, t if processing else None, None if processing else t))
-    return bool(cursor.rowcount == 1)
+    return (event.id, event.type, event.account_id, event.livemode, event.created,
+            event.payload, t, status.value, 0, t if processing else None,
+            None if processing else t)
+
+
+def _insert_one(event: NewEvent, t: float) -> bool:
+    """Insert one event in the current transaction; False for an id already stored."""
+    return bool(database.execute_sql(_insert_sql(), _values(event, t)).rowcount == 1)
+
+
+def _insert_many(events: list[NewEvent], t: float) -> list[bool]:
+    """Insert a batch in the current write transaction in two statements whatever its size
+    (each statement lets the GIL go and waits to get it back, which is what a busy event loop
+    makes slow): which ids are stored already, then one multi-row INSERT of the others, each
+    id's first copy. A row stored meanwhile by another process (PostgreSQL) makes the INSERT
+    fail, and `store_events` then stores the batch one by one."""
+    ids = list(dict.fromkeys(event.id for event in events))
+    meta = WebhookEvent._meta
+    key = meta.primary_key.column_name
+    marks = ", ".join([database.param] * len(ids))
+    seen = {row[0] for row in database.execute_sql(
+        f'SELECT "{key}" FROM "{meta.table_name}" WHERE "{key}" IN ({marks})', ids)}
+    outcomes, new = [], []
+    for event in events:
+        outcomes.append(event.id not in seen)
+        if event.id not in seen:
+            seen.add(event.id)
+            new.append(event)
+    if new:
+        database.execute_sql(_insert_sql(len(new), on_conflict=False),
+                             [value for event in new for value in _values(event, t)])
+    return outcomes
 
 
 def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
@@ -129,10 +158,12 @@ def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
     When the batch's transaction fails, nothing of it is kept, and each event is stored again in
     a transaction of its own, so that one bad event fails alone. When every event fails, the
     first error is raised instead (the database refuses writes: `Storage` reacts to it)."""
-    sql, t = _insert_sql(), now()
+    t = now()
     try:
         with write_transaction():
-            return [_insert_new(sql, event, t) for event in events]
+            if len(events) == 1:
+                return [_insert_one(events[0], t)]
+            return list(_insert_many(events, t))
     except Exception as exc:
         if len(events) == 1:
             raise
@@ -141,7 +172,7 @@ def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
     for event in events:
         try:
             with write_transaction():
-                outcomes.append(_insert_new(sql, event, t))
+                outcomes.append(_insert_one(event, t))
         except Exception as exc:
             outcomes.append(exc)
     if all(isinstance(o, BaseException) for o in outcomes):
