@@ -96,8 +96,23 @@ def write_transaction(db: pw.Database | pw.DatabaseProxy = database) -> Iterator
         with db.atomic():
             yield
         return
-    with _write_lock(real), real.atomic("IMMEDIATE"):
-        yield
+    with _write_lock(real):
+        txn = real.atomic("IMMEDIATE")
+        txn.__enter__()
+        try:
+            yield
+        except BaseException as exc:
+            # SQLite rolls back by itself on some errors (a full disk): peewee's rollback then
+            # fails with "no transaction is active", which must not hide the error that counts.
+            with contextlib.suppress(pw.OperationalError):
+                txn.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        try:
+            txn.__exit__(None, None, None)
+        except pw.OperationalError as exc:  # the commit failed, and so did the rollback
+            if "no transaction is active" in str(exc) and isinstance(exc.__context__, Exception):
+                raise exc.__context__ from None
+            raise
 
 
 def _write_lock(db: pw.Database) -> threading.RLock:

@@ -157,7 +157,8 @@ def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
 
     When the batch's transaction fails, nothing of it is kept, and each event is stored again in
     a transaction of its own, so that one bad event fails alone. When every event fails, the
-    first error is raised instead (the database refuses writes: `Storage` reacts to it)."""
+    first event's error is raised instead (the database refuses writes: `Storage` reacts to
+    it)."""
     t = now()
     try:
         with write_transaction():
@@ -176,7 +177,7 @@ def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
         except Exception as exc:
             outcomes.append(exc)
     if all(isinstance(o, BaseException) for o in outcomes):
-        raise first
+        raise outcomes[0] if isinstance(outcomes[0], Exception) else first
     return outcomes
 
 
