@@ -26,7 +26,8 @@ sys.path.insert(0, ROOT)
 
 from cli.devtools import free_port  # noqa: E402  (the benchmarks' one port helper, re-exported)
 
-__all__ = ["ROOT", "Server", "free_port", "generator", "load", "load_one", "loop_lag_p99_ms",
+__all__ = ["ROOT", "Server", "free_port", "generator", "lag_histogram", "load", "load_one",
+           "loop_lag_p99_ms",
            "show"]
 
 
@@ -227,20 +228,29 @@ def load_one(port: int, path: str, body: bytes, headers: dict[str, str],
     return LoadResult(total, seconds, statuses, latency.get("50", 0.0), latency.get("99", 0.0))
 
 
-def loop_lag_p99_ms(port: int) -> float:
-    """The service's event-loop lag (99th percentile of its 0.5 s samples), from /metrics."""
+def lag_histogram(port: int) -> dict[float, float]:
+    """The service's event-loop lag histogram from /metrics: cumulative count per bucket bound
+    (seconds; `inf` holds the total). Two readings subtract to the lag between them."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    buckets, count = [], 0.0
+    buckets = {}
     for line in text.splitlines():
         if line.startswith("event_loop_lag_seconds_distribution_bucket"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
-        elif line.startswith("event_loop_lag_seconds_distribution_count"):
-            count = float(line.split()[-1])
-    for le, cumulative in sorted(buckets):
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.split()[-1])
+    return buckets
+
+
+def loop_lag_p99_ms(port: int, since: dict[float, float] | None = None) -> float:
+    """The service's event-loop lag (99th percentile of its 0.5 s samples, as the bound of its
+    bucket), since the start or, with `since`, since that `lag_histogram` reading."""
+    buckets = lag_histogram(port)
+    if since:
+        buckets = {le: n - since.get(le, 0.0) for le, n in buckets.items()}
+    count = buckets.get(float("inf"), 0.0)
+    for le, cumulative in sorted(buckets.items()):
         if count and cumulative >= 0.99 * count:
             return le * 1e3
     return 0.0

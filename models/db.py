@@ -4,6 +4,15 @@ Peewee is synchronous and keeps one connection per thread. Handlers and jobs run
 loop, so every query goes through `Storage.run(fn)`, which runs `fn` in a small bounded pool of
 threads, each with its own connection. The loop never blocks on the database, and a transaction
 (`db.atomic()`) always lives entirely inside one `fn`, never across an `await`.
+
+Many small writes that arrive together (webhook events) go through `Storage.grouped(fn)`
+instead: a `GroupCommit` (`models/group_commit.py`) that hands them to `fn` as one list, in one
+call in the writer thread (its own connection), so that they share one transaction and one
+thread hop.
+
+`SQLITE_SYNCHRONOUS` (`open_database(url, synchronous=...)`): with WAL, `normal` (the default)
+makes a commit survive a crash of the process but not of the machine (a power cut may lose the
+last commits); `full` syncs the WAL at every commit, so a commit survives a power cut too.
 """
 
 from __future__ import annotations
@@ -13,19 +22,21 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import peewee as pw
 from playhouse.db_url import connect
 
+from models.group_commit import GroupCommit
 from models.writability import WriteHealth, refuses_writes
 
 #: The one piece of module-level state: models bind to this proxy, `open_database` fills it.
 database = pw.DatabaseProxy()
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 (an item of a group commit)
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -34,12 +45,23 @@ SQLITE_PRAGMAS = {
     "synchronous": "normal",
 }
 
+#: The values `synchronous` may take (`SQLITE_SYNCHRONOUS`), see the module docstring.
+SQLITE_SYNCHRONOUS = ("normal", "full")
+
+#: A group commit waits this long for company when idle, and takes at most this many items.
+GROUP_WINDOW = 0.001
+GROUP_MAX = 256
+
 #: Errors that mean "the database is not available" (503), as opposed to a bug (500).
 UNAVAILABLE = (pw.OperationalError, pw.InterfaceError)
 
 
-def open_database(url: str) -> pw.Database:
-    """Connect the model proxy to `url`. A SQLite file and its folder are created if missing."""
+def open_database(url: str, synchronous: str = "normal") -> pw.Database:
+    """Connect the model proxy to `url`. A SQLite file and its folder are created if missing;
+    `synchronous` is SQLite's (one of `SQLITE_SYNCHRONOUS`), ignored by PostgreSQL."""
+    if synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}, got {synchronous!r}")
+    pragmas = {**SQLITE_PRAGMAS, "synchronous": synchronous}
     if url.startswith("sqlite:///") and ":memory:" not in url:
         path = url[len("sqlite:///"):].split("?", 1)[0]
         folder = os.path.dirname(path)
@@ -49,9 +71,9 @@ def open_database(url: str) -> pw.Database:
             except OSError as exc:  # reported like any other unreachable database
                 raise pw.OperationalError(
                     f"cannot create the folder {folder}: {exc.strerror}") from None
-        db = connect(url, pragmas=SQLITE_PRAGMAS, timeout=10, check_same_thread=False)
+        db = connect(url, pragmas=pragmas, timeout=10, check_same_thread=False)
     elif url.startswith("sqlite"):
-        db = connect(url, pragmas=SQLITE_PRAGMAS)
+        db = connect(url, pragmas=pragmas)
     else:
         db = connect(url, connect_timeout=5)
     database.initialize(db)
@@ -62,12 +84,50 @@ def is_sqlite(db: pw.Database | pw.DatabaseProxy) -> bool:
     return isinstance(getattr(db, "obj", None) or db, pw.SqliteDatabase)
 
 
-def write_transaction(db: pw.Database | pw.DatabaseProxy = database) -> Any:
+@contextlib.contextmanager
+def write_transaction(db: pw.Database | pw.DatabaseProxy = database) -> Iterator[None]:
     """A transaction that will write: on SQLite it takes the write lock up front (IMMEDIATE), so
-    two writers wait for each other (busy timeout) instead of failing on a lock upgrade."""
-    if is_sqlite(db):
-        return (getattr(db, "obj", None) or db).atomic("IMMEDIATE")
-    return db.atomic()
+    two writers wait for each other instead of failing on a lock upgrade. Writers of one
+    process queue on a lock of their own first, handed over the moment it is let go; SQLite's
+    busy timeout, which polls with sleeps of up to 100 ms, is left to writers of other processes.
+    """
+    real = getattr(db, "obj", None) or db
+    if not isinstance(real, pw.SqliteDatabase):
+        with db.atomic():
+            yield
+        return
+    with _write_lock(real):
+        txn = real.atomic("IMMEDIATE")
+        txn.__enter__()
+        try:
+            yield
+        except BaseException as exc:
+            # SQLite rolls back by itself on some errors (a full disk): peewee's rollback then
+            # fails with "no transaction is active", which must not hide the error that counts.
+            with contextlib.suppress(pw.OperationalError):
+                txn.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        try:
+            txn.__exit__(None, None, None)
+        except pw.OperationalError as exc:  # the commit failed, and so did the rollback
+            if "no transaction is active" in str(exc) and isinstance(exc.__context__, Exception):
+                raise exc.__context__ from None
+            raise
+
+
+def _write_lock(db: pw.Database) -> threading.RLock:
+    """This process's writer lock of `db` (re-entrant: a write transaction may nest one)."""
+    lock: threading.RLock | None = getattr(db, "_app_write_lock", None)
+    if lock is None:
+        with _LOCKS_LOCK:
+            lock = getattr(db, "_app_write_lock", None)
+            if lock is None:
+                lock = threading.RLock()
+                db._app_write_lock = lock
+    return lock
+
+
+_LOCKS_LOCK = threading.Lock()
 
 
 class Storage:
@@ -76,12 +136,15 @@ class Storage:
     `await storage.run(fn, *args)` runs `fn` in a database thread. A connection that failed
     (server gone, network cut) is dropped so that the next call reconnects. `writes` learns
     from every call whether the database takes writes (models/writability.py).
+    `await storage.grouped(fn).submit(item)` group-commits: see the module docstring.
     """
 
     def __init__(self, db: pw.Database, workers: int = 4) -> None:
         self.db = db
         self.workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="db")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="db-writer")
+        self._groups: dict[Callable[..., Any], GroupCommit[Any, Any]] = {}
         self._connections: set[Any] = set()
         self._lock = threading.Lock()
         self.pending = 0
@@ -89,11 +152,26 @@ class Storage:
         self._sqlite = is_sqlite(db)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._run_in(self._executor, fn, args, kwargs)
+
+    def grouped(self, fn: Callable[[list[I]], list[T | BaseException]]) -> GroupCommit[I, T]:
+        """The group commit of the batch function `fn` (made on first use): `fn(items)` runs in
+        the writer thread and returns one result or exception per item, in order."""
+        group = self._groups.get(fn)
+        if group is None:
+            async def run_batch(items: list[I]) -> list[T | BaseException]:
+                return await self._run_in(self._writer, fn, (items,), {})
+
+            group = self._groups[fn] = GroupCommit(run_batch, GROUP_WINDOW, GROUP_MAX)
+        return cast(GroupCommit[I, T], group)
+
+    async def _run_in(self, executor: ThreadPoolExecutor, fn: Callable[..., T],
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         loop = asyncio.get_running_loop()
         self.pending += 1
         try:
             return await loop.run_in_executor(
-                self._executor, functools.partial(self._call, fn, args, kwargs)
+                executor, functools.partial(self._call, fn, args, kwargs)
             )
         finally:
             self.pending -= 1
@@ -158,6 +236,7 @@ class Storage:
 
     def close(self) -> None:
         """Stop the pool and close every connection its threads opened."""
+        self._writer.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             conns, self._connections = list(self._connections), set()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee as pw
 
 from models.backoff import Jitter, backoff_delay
 from models.base import BaseModel, now
+from models.db import database, write_transaction
 from models.enums import EventStatus, Mode
 from models.leases import LEASE_SECONDS, expired, renew_rows
 
@@ -76,15 +77,108 @@ def store_event(event_id: str, type_: str, account_id: str | None, livemode: boo
     The primary key decides between two deliveries that race: exactly one insert wins. An
     event nothing handles is stored as processed straight away (one write instead of three).
     """
+    (stored,) = store_events([NewEvent(event_id, type_, account_id, livemode, created, payload,
+                                       needs_processing)])
+    assert isinstance(stored, bool)  # a batch of one raises its error
+    return stored
+
+
+class NewEvent(NamedTuple):
+    """An event to store (`store_events`): `store_event`'s arguments."""
+
+    id: str
+    type: str
+    account_id: str | None
+    livemode: bool
+    created: int
+    payload: str
+    needs_processing: bool = True
+
+
+#: The columns `store_events` fills, in the order of its parameters.
+_NEW_COLUMNS = ("id", "type", "account_id", "livemode", "created", "payload", "received_at",
+                "status", "attempts", "next_attempt_at", "processed_at")
+
+
+def _insert_sql(rows: int = 1, on_conflict: bool = True) -> str:
+    """`INSERT` of `rows` events, in the database's parameter style. With `on_conflict`,
+    `ON CONFLICT (id) DO NOTHING` (SQLite >= 3.24 and PostgreSQL alike): a redelivery inserts
+    nothing (rowcount 0), and any other failure (a constraint, a type) still raises."""
+    meta = WebhookEvent._meta
+    columns = ", ".join(f'"{meta.fields[c].column_name}"' for c in _NEW_COLUMNS)
+    row = "(" + ", ".join([database.param] * len(_NEW_COLUMNS)) + ")"
+    sql = f'INSERT INTO "{meta.table_name}" ({columns}) VALUES {", ".join([row] * rows)}'
+    return sql + (f' ON CONFLICT ("{meta.primary_key.column_name}") DO NOTHING'
+                  if on_conflict else "")
+
+
+def _values(event: NewEvent, t: float) -> tuple[Any, ...]:
+    """The values of `_NEW_COLUMNS` for `event` received at `t`."""
+    processing = event.needs_processing
+    status = EventStatus.PENDING if processing else EventStatus.PROCESSED
+    return (event.id, event.type, event.account_id, event.livemode, event.created,
+            event.payload, t, status.value, 0, t if processing else None,
+            None if processing else t)
+
+
+def _insert_one(event: NewEvent, t: float) -> bool:
+    """Insert one event in the current transaction; False for an id already stored."""
+    return bool(database.execute_sql(_insert_sql(), _values(event, t)).rowcount == 1)
+
+
+def _insert_many(events: list[NewEvent], t: float) -> list[bool]:
+    """Insert a batch in the current write transaction in two statements whatever its size
+    (each statement lets the GIL go and waits to get it back, which is what a busy event loop
+    makes slow): which ids are stored already, then one multi-row INSERT of the others, each
+    id's first copy. A row stored meanwhile by another process (PostgreSQL) makes the INSERT
+    fail, and `store_events` then stores the batch one by one."""
+    ids = list(dict.fromkeys(event.id for event in events))
+    meta = WebhookEvent._meta
+    key = meta.primary_key.column_name
+    marks = ", ".join([database.param] * len(ids))
+    seen = {row[0] for row in database.execute_sql(
+        f'SELECT "{key}" FROM "{meta.table_name}" WHERE "{key}" IN ({marks})', ids)}
+    outcomes, new = [], []
+    for event in events:
+        outcomes.append(event.id not in seen)
+        if event.id not in seen:
+            seen.add(event.id)
+            new.append(event)
+    if new:
+        database.execute_sql(_insert_sql(len(new), on_conflict=False),
+                             [value for event in new for value in _values(event, t)])
+    return outcomes
+
+
+def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
+    """Store a batch of events in one transaction (a group commit, `Storage.grouped`); for each,
+    in order: True if inserted, False if an event with its id was already stored, before or
+    earlier in the same batch (the first of two copies wins), or the exception that kept it out.
+
+    When the batch's transaction fails, nothing of it is kept, and each event is stored again in
+    a transaction of its own, so that one bad event fails alone. When every event fails, the
+    first event's error is raised instead (the database refuses writes: `Storage` reacts to
+    it)."""
     t = now()
-    fields = ({"status": EventStatus.PENDING, "next_attempt_at": t} if needs_processing
-              else {"status": EventStatus.PROCESSED, "processed_at": t})
     try:
-        WebhookEvent.insert(id=event_id, type=type_, account_id=account_id, livemode=livemode,
-                            created=created, payload=payload, received_at=t, **fields).execute()
-        return True
-    except pw.IntegrityError:
-        return False
+        with write_transaction():
+            if len(events) == 1:
+                return [_insert_one(events[0], t)]
+            return list(_insert_many(events, t))
+    except Exception as exc:
+        if len(events) == 1:
+            raise
+        first: Exception = exc
+    outcomes: list[bool | BaseException] = []
+    for event in events:
+        try:
+            with write_transaction():
+                outcomes.append(_insert_one(event, t))
+        except Exception as exc:
+            outcomes.append(exc)
+    if all(isinstance(o, BaseException) for o in outcomes):
+        raise outcomes[0] if isinstance(outcomes[0], Exception) else first
+    return outcomes
 
 
 def claim_event(event_id: str, force: bool = False, holder: str | None = None,
@@ -93,13 +187,11 @@ def claim_event(event_id: str, force: bool = False, holder: str | None = None,
 
     The claim lasts `lease` seconds unless `holder` renews it (`renew_events`)."""
     t = now()
-    won = (
-        WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + lease,
-                            claimed_by=holder, attempts=WebhookEvent.attempts + 1)
-        .where((WebhookEvent.id == event_id) & _claimable(t, force))
-        .execute()
-    )
-    return WebhookEvent.get_by_id(event_id) if won else None
+    query = (WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + lease,
+                                 claimed_by=holder, attempts=WebhookEvent.attempts + 1)
+             .where((WebhookEvent.id == event_id) & _claimable(t, force))
+             .returning(WebhookEvent))  # one statement (SQLite >= 3.35, PostgreSQL)
+    return next(iter(query.execute()), None)
 
 
 def renew_events(event_ids: list[str], until: float, holder: str | None) -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
+from models.db import SQLITE_SYNCHRONOUS
 from models.enums import MODES
 
 T = TypeVar("T")
@@ -319,6 +320,10 @@ class Config:
     db_workers: int = setting(
         "DB_WORKERS", 4, _Int(1, 64),
         "database threads (the event loop never blocks on the database)")
+    sqlite_synchronous: str = setting(
+        "SQLITE_SYNCHRONOUS", "normal", _Choice(SQLITE_SYNCHRONOUS),
+        "SQLite's `synchronous` (WAL): `normal`, an acknowledged webhook survives a crash of "
+        "the process, not a power cut; `full`, a power cut too (slower commits)")
     job_concurrency: int = setting(
         "JOB_CONCURRENCY", 10, _Int(1, 1000), "job runs at once per process")
     task_concurrency: int = setting(

@@ -100,7 +100,8 @@ class Services:
         """Open the database and bring its schema up to date; returns the migrations applied.
 
         Raises `models.db.UNAVAILABLE` when the database cannot be reached."""
-        db = database or open_database(self.config.database_url)
+        db = database or open_database(self.config.database_url,
+                                       self.config.sqlite_synchronous)
         self.storage = Storage(db, workers=self.config.db_workers)
         return await self.storage.run(migrate, db)
 

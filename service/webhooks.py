@@ -1,9 +1,11 @@
 """`POST /webhooks`: Stripe events for both modes. No CORS.
 
 Answers:
-- 200 `{"received": true, "duplicate": false}` once the event is durably stored (processing
-  happens after the answer, see `jobs/events.py`); `"duplicate": true` for an event id already
-  stored, which is not processed again;
+- 200 `{"received": true, "duplicate": false}` once the event is durably stored, that is once
+  the transaction holding it committed (events arriving together share one transaction, a group
+  commit: `Storage.grouped`, `models/events.store_events`; "durably" is `SQLITE_SYNCHRONOUS`'s,
+  docs/reliability.md); processing happens after the answer, see `jobs/events.py`;
+  `"duplicate": true` for an event id already stored, which is not processed again;
 - 400 when the signature does not verify against the raw body with any webhook secret within
   the tolerance (missing, malformed, tampered, expired or future), when a live event is signed
   with a test-mode secret (test secrets must never vouch for live data), or when the verified
@@ -25,7 +27,7 @@ import logging
 import re
 
 from models.enums import MODES
-from models.events import store_event
+from models.events import NewEvent, store_events
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, EVENT_ID
 from service.jsonbody import MAX_EVENT_DEPTH, MalformedJSON, parse_json
@@ -93,8 +95,8 @@ class WebhookHandler(BaseHandler):
                            reason_for_log=f"live event {event_id} signed with a test secret")
         process = self.events.needs_processing(type_, account)
         try:
-            stored = await self.storage.run(store_event, event_id, type_, account, livemode,
-                                            created, self.body.decode("utf-8"), process)
+            stored = await self.storage.grouped(store_events).submit(NewEvent(
+                event_id, type_, account, livemode, created, self.body.decode("utf-8"), process))
         except Exception as exc:  # anything but stored-for-sure makes Stripe retry
             self.metrics.webhooks.labels("store_failed").inc()
             raise APIError(503, "the event could not be stored; please retry",

@@ -1,0 +1,298 @@
+"""Issue 17: webhook ingest by group commit.
+
+`GroupCommit` (models/group_commit.py) on its own; `store_events` (one transaction per batch,
+duplicates exactly once, a bad event failing alone) on SQLite and PostgreSQL; webhooks through
+the real server; a real server process killed with SIGKILL while it acknowledges webhooks, after
+which every acknowledged event is in the database; and `SQLITE_SYNCHRONOUS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import peewee as pw
+import pytest
+from conftest import ROOT, WH_LIVE, base_env, event, free_port, running, sign
+
+from models.db import Storage, _write_lock, open_database, write_transaction
+from models.events import NewEvent, WebhookEvent, store_event, store_events
+from models.group_commit import GroupCommit
+from models.migrate import migrate
+from service.config import Config, ConfigError
+
+# ---- GroupCommit ---------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A batch function that records its batches; it doubles each item, fails on negative ones,
+    and waits for `gate` when one is given."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = gate
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append(list(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        if 999 in items:
+            raise RuntimeError("the whole batch failed")
+        return [ValueError(f"bad {i}") if i < 0 else 2 * i for i in items]
+
+
+@pytest.mark.gen_test
+async def test_items_submitted_together_share_one_batch_and_get_their_own_results():
+    recorder = Recorder()
+    group: GroupCommit[int, int] = GroupCommit(recorder, window=0.001)
+    results = await asyncio.gather(*(group.submit(i) for i in range(20)))
+    assert results == [2 * i for i in range(20)]
+    assert recorder.batches == [list(range(20))]
+    assert (group.batches, group.items) == (1, 20)
+
+
+@pytest.mark.gen_test
+async def test_no_answer_before_the_batch_finished_and_the_next_batch_waits_for_it():
+    gate = asyncio.Event()
+    recorder = Recorder(gate)
+    group: GroupCommit[int, int] = GroupCommit(recorder, window=0)
+    first = [asyncio.ensure_future(group.submit(i)) for i in range(3)]
+    while not recorder.batches:
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(group.submit(i)) for i in range(3, 6)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not any(f.done() for f in first + later)  # the batch has not finished
+    assert recorder.batches == [[0, 1, 2]]  # one batch in flight; the others queue behind it
+    gate.set()
+    assert await asyncio.gather(*first, *later) == [0, 2, 4, 6, 8, 10]
+    assert recorder.batches == [[0, 1, 2], [3, 4, 5]]
+
+
+@pytest.mark.gen_test
+async def test_a_failed_item_fails_alone_and_a_failed_batch_fails_all_of_it():
+    group: GroupCommit[int, int] = GroupCommit(Recorder(), window=0.001)
+    outcomes = await asyncio.gather(*(group.submit(i) for i in (1, -1, 2)),
+                                    return_exceptions=True)
+    assert outcomes[0] == 2 and outcomes[2] == 4
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad -1"
+    outcomes = await asyncio.gather(*(group.submit(i) for i in (1, 999)), return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert await group.submit(5) == 10  # and the group carries on
+
+
+@pytest.mark.gen_test
+async def test_max_batch_splits_a_crowd_and_a_cancelled_caller_does_not_hurt_the_others():
+    recorder = Recorder()
+    group: GroupCommit[int, int] = GroupCommit(recorder, window=0.001, max_batch=4)
+    tasks = [asyncio.ensure_future(group.submit(i)) for i in range(10)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [d for i, d in enumerate(done) if i != 1] == [2 * i for i in range(10) if i != 1]
+    assert [len(b) for b in recorder.batches] == [4, 4, 2]
+
+
+# ---- store_events on SQLite and PostgreSQL -------------------------------------------------------
+
+
+def new(event_id: str, payload: str | None = "{}") -> NewEvent:
+    return NewEvent(event_id, "customer.created", "acct_1", True, 1, payload)  # type: ignore[arg-type]
+
+
+def stored_ids() -> list[str]:
+    return sorted(e.id for e in WebhookEvent.select(WebhookEvent.id))
+
+
+def test_duplicates_within_and_across_batches_are_stored_once(db_url):
+    migrate(open_database(db_url))
+    assert store_events([new("evt_a"), new("evt_b"), new("evt_a")]) == [True, True, False]
+    assert store_events([new("evt_b"), new("evt_c"), new("evt_c")]) == [False, True, False]
+    assert not store_event("evt_c", "customer.created", "acct_1", True, 1, "{}")
+    assert stored_ids() == ["evt_a", "evt_b", "evt_c"]
+    row = WebhookEvent.get_by_id("evt_a")
+    assert (row.status, row.attempts, row.livemode, row.payload) == ("pending", 0, True, "{}")
+    assert row.next_attempt_at == row.received_at and row.processed_at is None
+
+
+def test_an_event_nothing_handles_is_stored_processed(db_url):
+    migrate(open_database(db_url))
+    assert store_events([new("evt_a")._replace(needs_processing=False)]) == [True]
+    row = WebhookEvent.get_by_id("evt_a")
+    assert row.status == "processed" and row.processed_at == row.received_at
+    assert row.next_attempt_at is None
+
+
+def test_a_bad_event_in_a_batch_fails_alone(db_url):
+    migrate(open_database(db_url))
+    outcomes = store_events([new("evt_1"), new("evt_bad", payload=None), new("evt_2"),
+                             new("evt_1")])
+    assert outcomes[0] is True and outcomes[2] is True and outcomes[3] is False
+    assert isinstance(outcomes[1], pw.IntegrityError)  # NOT NULL: not taken for a duplicate
+    assert stored_ids() == ["evt_1", "evt_2"]
+    with pytest.raises(pw.IntegrityError):  # nothing stored: the error itself
+        store_events([new("evt_bad", payload=None), new("evt_bad2", payload=None)])
+    with pytest.raises(pw.IntegrityError):
+        store_events([new("evt_bad", payload=None)])
+    assert stored_ids() == ["evt_1", "evt_2"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_storage_group_commits_in_few_transactions_exactly_once(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path}/app.db")
+    migrate(db)
+    storage = Storage(db, workers=2)
+    try:
+        group = storage.grouped(store_events)
+        assert storage.grouped(store_events) is group  # one per batch function
+        ids = [f"evt_{i % 30}" for i in range(60)]  # each id twice
+        outcomes = await asyncio.gather(*(group.submit(new(i)) for i in ids))
+        assert sum(outcomes) == 30
+        assert {i for i, stored in zip(ids, outcomes, strict=True) if stored} == set(ids[:30])
+        assert group.items == 60 and group.batches < 60
+        assert await storage.run(lambda: len(stored_ids())) == 30
+    finally:
+        storage.close()
+
+
+def test_writers_of_one_process_queue_on_a_lock_and_may_nest(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path}/app.db")
+    migrate(db)
+    with write_transaction(), write_transaction():  # re-entrant: a nested one is a savepoint
+        store_event("evt_outer", "x.y", None, False, 1, "{}")
+    assert stored_ids() == ["evt_outer"]
+    taken: list[bool] = []
+
+    def try_lock() -> None:  # what another writer thread of this process would find
+        lock = _write_lock(db)
+        taken.append(lock.acquire(blocking=False))
+        if taken[-1]:
+            lock.release()
+
+    with write_transaction():
+        thread = threading.Thread(target=try_lock)
+        thread.start()
+        thread.join(10)
+    thread = threading.Thread(target=try_lock)
+    thread.start()
+    thread.join(10)
+    assert taken == [False, True]  # held for the length of the transaction, then let go
+
+
+# ---- through the server --------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_webhooks_with_redeliveries_are_answered_exactly_once(tmp_path):
+    async with running(base_env(tmp_path, SQLITE_SYNCHRONOUS="full")) as app:
+        assert app.backend.config.sqlite_synchronous == "full"
+        mode = await app.backend.storage.run(
+            lambda: app.backend.storage.db.execute_sql("PRAGMA synchronous").fetchone()[0])
+        assert mode == 2  # FULL
+        events = [event("invoice.paid", f"acct_{i}", event_id=f"evt_c{i}") for i in range(25)]
+        answers = await asyncio.gather(*(app.webhook(e) for e in events + events[:10]))
+        assert [a.status_code for a in answers] == [200] * 35
+        firsts = [a.json()["duplicate"] for a in answers[:25]]
+        seconds = [a.json()["duplicate"] for a in answers[25:]]
+        # of each id's two deliveries exactly one is the new one
+        assert all(a != b for a, b in zip(firsts[:10], seconds, strict=True))
+        assert not any(firsts[10:])
+        rows = await app.backend.storage.run(lambda: sorted(stored_ids()))
+        assert rows == sorted(e["id"] for e in events)
+
+
+# ---- kill -9 right after the acknowledgements ----------------------------------------------------
+
+
+def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_kill_9_while_acknowledging_loses_no_acknowledged_event(tmp_path, synchronous):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    env.update(base_env(tmp_path, PORT=str(port), SCHEDULER="off", LOG_LEVEL="warning",
+                        SQLITE_SYNCHRONOUS=synchronous))
+    bodies = [json.dumps(event("invoice.paid", f"acct_{i % 7}", event_id=f"evt_k{i:05d}"))
+              for i in range(3000)]
+    acknowledged: list[str] = []
+    killed = threading.Event()
+    proc = _start(env, port)
+
+    async def load() -> None:
+        queue = list(reversed(bodies))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+            async def sender() -> None:
+                while queue and not killed.is_set():
+                    body = queue.pop()
+                    try:
+                        r = await c.post("/webhooks", content=body.encode(),
+                                         headers={"Stripe-Signature": sign(body, WH_LIVE)})
+                    except httpx.TransportError:
+                        return  # the server is gone
+                    if r.status_code == 200 and r.json() == {"received": True,
+                                                             "duplicate": False}:
+                        acknowledged.append(json.loads(body)["id"])
+                        if len(acknowledged) == 300:  # kill while others are in flight
+                            proc.send_signal(signal.SIGKILL)
+                            killed.set()
+            await asyncio.gather(*(sender() for _ in range(24)))
+
+    try:
+        asyncio.run(load())
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert killed.is_set() and len(acknowledged) >= 300
+    with sqlite3.connect(f"{tmp_path}/app.db") as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM webhook_event")}
+    missing = set(acknowledged) - stored
+    assert not missing, f"{len(missing)} acknowledged events were lost"
+
+
+# ---- SQLITE_SYNCHRONOUS --------------------------------------------------------------------------
+
+
+def test_sqlite_synchronous_is_normal_by_default_and_full_on_request(tmp_path):
+    assert Config.from_env({}).sqlite_synchronous == "normal"
+    assert Config.from_env({"SQLITE_SYNCHRONOUS": "FULL"}).sqlite_synchronous == "full"
+    for value, number in (("normal", 1), ("full", 2)):
+        db = open_database(f"sqlite:///{tmp_path}/{value}.db", value)
+        assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == number
+        db.close()
+
+
+@pytest.mark.parametrize("value", ["off", "extra", "1"])
+def test_a_bad_sqlite_synchronous_is_a_clear_startup_error(tmp_path, value):
+    with pytest.raises(ConfigError, match=f"^SQLITE_SYNCHRONOUS: must be one of normal, full, "
+                                          f"got '{value}'$"):
+        Config.from_env({"SQLITE_SYNCHRONOUS": value})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    env.update(base_env(tmp_path, SQLITE_SYNCHRONOUS=value))
+    done = subprocess.run([sys.executable, "run.py"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("configuration error: SQLITE_SYNCHRONOUS: must be one of "
+                                   f"normal, full, got '{value}'")
+    with pytest.raises(ValueError, match="synchronous"):
+        open_database(f"sqlite:///{tmp_path}/x.db", value)
