@@ -69,7 +69,6 @@ async def work(url: str, name: str, slots: int, duration: float, out: str) -> No
     from models.db import Storage, open_database
     from models.installation_index import InstallationIndex
     from models.tasks import count_by_status
-    from service.metrics import Metrics
 
     log: list[tuple[str, str, float, float]] = []
 
@@ -86,7 +85,7 @@ async def work(url: str, name: str, slots: int, duration: float, out: str) -> No
     index = InstallationIndex(storage)
     await index.load()
     clients = StripeClients({}, {"live": 80, "test": 20})
-    worker = TaskWorker(registry, storage, index, clients, Metrics(), slots=slots, lease=10,
+    worker = TaskWorker(registry, storage, index, clients, slots=slots, lease=10,
                         replica=name)
     worker.start()
     while True:
