@@ -26,10 +26,11 @@ cancelled) together with their results.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -184,6 +185,24 @@ def _running_counts(groups: set[tuple[str, str]], t: float) -> dict[tuple[str, s
     return counts
 
 
+#: A claim's two statements are built with the ORM once per shape, with these placeholder
+#: values, and run with the real ones put in their place: building them costs more than running
+#: them (~10 ms a turn on a busy machine).
+_T, _UNTIL, _LIMIT, _HOLDER = -7.25e300, -6.25e300, -(2**31) + 7, "\x00holder"
+_compiled: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
+
+
+def _execute(key: tuple[Any, ...], build: Callable[[], pw.Query],
+             values: Mapping[Any, Any]) -> Any:
+    """Run the statement `build()` makes (compiled once per `key`) with `values` in place of
+    its placeholder parameters; returns the cursor."""
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = _compiled[key] = build().sql()
+    sql, params = compiled
+    return Task._meta.database.execute_sql(sql, [values.get(p, p) for p in params])
+
+
 def _candidates(t: float, limits: Mapping[str, int], want: int, pg: bool,
                 takeover: bool) -> list[tuple[str, str, str]]:
     """(id, account, name) of up to `2 * want` due tasks whose group has room and whose account
@@ -191,27 +210,50 @@ def _candidates(t: float, limits: Mapping[str, int], want: int, pg: bool,
     claimer holds are skipped) and so is each group (`pg_try_advisory_xact_lock`, taken in the
     same statement, only for rows that passed the other conditions; a group another claimer
     holds is skipped). Both locks last until the claim's transaction ends."""
-    installed = Installation.select(Installation.id).where(
-        (Installation.account_id == Task.account_id) & (Installation.mode == Task.mode)
-        & Installation.active)
-    limit = pw.Case(Task.name, list(limits.items()), 1)
-    # The running count here only skips full groups while choosing candidates (else a window
-    # full of one busy account's tasks would starve the others); the UPDATE's count decides.
-    room = pw.fn.EXISTS(installed) & (_running_in_group(t) < limit)
-    if pg:  # CASE: the lock is only tried once the other conditions hold
-        group_key = pw.fn.hashtext(Task.account_id.concat(":").concat(Task.name))
-        room = pw.Case(None, [(room, pw.fn.pg_try_advisory_xact_lock(CLAIM_LOCK_CLASS,
-                                                                     group_key))], False)
-    found: list[tuple[str, str, str]] = []
-    for cond in _claimable(t, list(limits), takeover):
+
+    def build(cond: pw.Expression) -> pw.Query:
+        installed = Installation.select(Installation.id).where(
+            (Installation.account_id == Task.account_id) & (Installation.mode == Task.mode)
+            & Installation.active)
+        limit = pw.Case(Task.name, list(limits.items()), 1)
+        # The running count here only skips full groups while choosing candidates (else a
+        # window full of one busy account's tasks would starve the others); the UPDATE's count
+        # decides.
+        room = pw.fn.EXISTS(installed) & (_running_in_group(_T) < limit)
+        if pg:  # CASE: the lock is only tried once the other conditions hold
+            group_key = pw.fn.hashtext(Task.account_id.concat(":").concat(Task.name))
+            room = pw.Case(None, [(room, pw.fn.pg_try_advisory_xact_lock(CLAIM_LOCK_CLASS,
+                                                                         group_key))], False)
         query = (Task.select(Task.id, Task.account_id, Task.name).where(cond & room)
-                 .order_by(Task.next_attempt_at).limit(2 * want - len(found)))
-        if pg:
-            query = query.for_update(skip_locked=True, of=Task)
-        found.extend(query.tuples())
+                 .order_by(Task.next_attempt_at).limit(_LIMIT))
+        return query.for_update(skip_locked=True, of=Task) if pg else query
+
+    found: list[tuple[str, str, str]] = []
+    shape = (pg, tuple(sorted(limits.items())))
+    for i, cond in enumerate(_claimable(_T, sorted(limits), takeover)):
+        key = ("candidates", takeover, i, *shape)
+        cursor = _execute(key, functools.partial(build, cond),
+                          {_T: t, _LIMIT: 2 * want - len(found)})
+        found.extend(cursor.fetchall())
         if len(found) >= 2 * want:
             break
     return found
+
+
+#: The columns a claim returns, in `TaskView`'s order.
+_VIEW_COLUMNS = (Task.id, Task.account_id, Task.mode, Task.name, Task.input, Task.status,
+                 Task.progress, Task.note, Task.result, Task.error, Task.attempts,
+                 Task.max_attempts, Task.claimed_by, Task.lease_until, Task.created_at,
+                 Task.started_at, Task.finished_at, Task.next_attempt_at)
+
+
+def _view(row: tuple[Any, ...]) -> TaskView:
+    (task_id, account, mode, name, input_, status, progress, note, result, error, attempts,
+     max_attempts, claimed_by, lease_until, created, started, finished, next_at) = row
+    return TaskView(task_id, account, mode, name, json.loads(input_ or "{}"), TaskStatus(status),
+                    progress, note, json.loads(result) if result is not None else None, error,
+                    attempts, max_attempts, claimed_by, lease_until, created, started, finished,
+                    next_at)
 
 
 def _claim(t: float, limits: Mapping[str, int], want: int, holder: str, lease: float,
@@ -232,16 +274,27 @@ def _claim(t: float, limits: Mapping[str, int], want: int, holder: str, lease: f
             ranks[task_id] = rank
     if not ranks:
         return []
-    # (a Select's `+` would mean UNION ALL: build the sum as an expression)
-    fits = (pw.Expression(_running_in_group(t), pw.OP.ADD,
-                          pw.Case(Task.id, list(ranks.items()), 0))
-            <= pw.Case(Task.name, list(limits.items()), 1))
-    query = (Task.update(status=TaskStatus.RUNNING, claimed_by=holder, lease_until=t + lease,
-                         attempts=Task.attempts + 1,
-                         started_at=pw.fn.COALESCE(Task.started_at, t))
-             .where(Task.id.in_(list(ranks)) & fits).returning(Task))
-    rows = sorted(query.execute(), key=lambda row: ranks[row.id])
-    return [TaskView.of(row) for row in rows]
+    ranked = max(ranks.values()) > 1
+    ids = [f"\x00id{i}" for i in range(len(ranks))]
+    rank_marks = [-(2**31) + 100 + i for i in range(len(ranks))]
+
+    def build() -> pw.Query:
+        rank: Any = pw.Case(Task.id, list(zip(ids, rank_marks, strict=True)), 0) if ranked \
+            else 1
+        # (a Select's `+` would mean UNION ALL: build the sum as an expression)
+        fits = (pw.Expression(_running_in_group(_T), pw.OP.ADD, rank)
+                <= pw.Case(Task.name, list(limits.items()), 1))
+        return (Task.update(status=TaskStatus.RUNNING, claimed_by=_HOLDER, lease_until=_UNTIL,
+                            attempts=Task.attempts + 1,
+                            started_at=pw.fn.COALESCE(Task.started_at, _T))
+                .where(Task.id.in_(ids) & fits).returning(*_VIEW_COLUMNS))
+
+    values: dict[Any, Any] = {_T: t, _UNTIL: t + lease, _HOLDER: holder}
+    values.update(zip(ids, ranks, strict=True))
+    values.update(zip(rank_marks, ranks.values(), strict=True))
+    key = ("claim", len(ranks), ranked, pg, tuple(sorted(limits.items())))
+    rows = sorted(_execute(key, build, values).fetchall(), key=lambda row: ranks[row[0]])
+    return [_view(row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
