@@ -393,7 +393,7 @@ class TaskWorker:
     async def _record(self, outcome: Outcome) -> bool:
         """Record the attempt's outcome: with the loop's next turn (one transaction for many),
         or on its own once the loop has stopped. The lease is released once it is recorded."""
-        if self._direct:
+        if self._direct or self._loop_task is None:  # no loop turns to carry it
             ok = await asyncio.shield(self.storage.run(record, outcome, self.replica))
             self._release(outcome.task_id, outcome.attempt)
             return ok

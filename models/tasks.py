@@ -293,7 +293,8 @@ def _claim(t: float, limits: Mapping[str, int], want: int, holder: str, lease: f
     values.update(zip(ids, ranks, strict=True))
     values.update(zip(rank_marks, ranks.values(), strict=True))
     key = ("claim", len(ranks), ranked, pg, tuple(sorted(limits.items())))
-    rows = sorted(_execute(key, build, values).fetchall(), key=lambda row: ranks[row[0]])
+    order = {task_id: i for i, task_id in enumerate(ranks)}  # the queue's order
+    rows = sorted(_execute(key, build, values).fetchall(), key=lambda row: order[row[0]])
     return [_view(row) for row in rows]
 
 
@@ -372,12 +373,6 @@ def settle_and_claim(outcomes: Sequence[Outcome], limits: Mapping[str, int], wan
         claimed = (_claim(now(), limits, want, holder, lease, takeover)
                    if want > 0 and limits else [])
     return recorded, claimed
-
-
-def claim_tasks(limits: Mapping[str, int], slots: int, holder: str,
-                lease: float) -> list[TaskView]:
-    """Claim up to `slots` due tasks for `holder` (`settle_and_claim` without outcomes)."""
-    return settle_and_claim((), limits, slots, holder, lease)[1]
 
 
 def record(outcome: Outcome, holder: str) -> bool:

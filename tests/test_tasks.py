@@ -574,3 +574,41 @@ async def test_progress_held_back_by_the_throttle_is_written_with_the_lease_rene
         assert body["status"] == "running" and body["progress"] == 0.7
         release.set()
         assert (await finished(app, task_id))["status"] == "succeeded"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_task_claimed_ahead_goes_back_to_the_queue_when_no_slot_frees(tmp_path):
+    """One slot. When a run ends the worker claims ahead; if the task it started then runs
+    long, the one waiting here for a slot is given back (attempt not counted) for any worker."""
+    first_may_end, long_started = asyncio.Event(), asyncio.Event()
+
+    @task()
+    async def first(ctx):
+        await first_may_end.wait()
+
+    @task()
+    async def long(ctx):
+        long_started.set()
+        await asyncio.sleep(3600)
+
+    env = base_env(tmp_path, TASK_CONCURRENCY="1")
+    async with running(env, registry=registry_of(first, long)) as app:
+        for account in ("acct_1", "acct_2", "acct_3"):
+            await install(app, account)
+        a = (await app.signed("/api/tasks/first", ident("acct_1"))).json()["task_id"]
+        await wait_for(lambda: asyncio.sleep(0, app.backend.task_worker.running), 20,
+                       "the first task runs")
+        b = (await app.signed("/api/tasks/long", ident("acct_2"))).json()["task_id"]
+        c = (await app.signed("/api/tasks/long", ident("acct_3"))).json()["task_id"]
+        first_may_end.set()  # its slot frees: the next turn claims one for it and one ahead
+        await asyncio.wait_for(long_started.wait(), 20)
+        assert (await finished(app, a))["status"] == "succeeded"
+
+        async def one_given_back():
+            rows = await app.backend.storage.run(  # started_at: it was claimed once
+                lambda: {r.id: (r.status, r.attempts, r.started_at is not None)
+                         for r in Task.select()})
+            return rows if sorted([rows[b], rows[c]]) == [("queued", 0, True),
+                                                          ("running", 1, True)] else None
+        await wait_for(one_given_back, 20, "the task claimed ahead went back to the queue")
+        assert len(app.backend.task_worker.running) == 1
