@@ -466,4 +466,5 @@ class TaskWorker:
         for run in list(self.running.values()):
             view = run.view
             if view.account_id == new.account_id and view.mode == new.mode and run.working:
+                self._release(view.id, view.attempts)  # its row is deleted with the account's
                 self._cancel(run)

@@ -57,7 +57,10 @@ def ident(account: str = "acct_1", **fields) -> dict:
 async def install(app, account: str = "acct_1") -> None:
     await app.webhook(event(AUTH, account, livemode=False), secret=WH_TEST)
     await app.settle()
-    assert app.backend.installations.is_active(account, "test")
+    # settle() sees only processing already started: on a loaded machine the event may not
+    # have been picked up yet when it looks, so wait for the install itself (a ceiling)
+    await wait_for(lambda: asyncio.sleep(0, app.backend.installations.is_active(account, "test")),
+                   20, f"{account} installed")
 
 
 async def status_of(app, task_id: str, account: str = "acct_1") -> dict:
