@@ -26,6 +26,7 @@ import processes  # noqa: E402
 import prune  # noqa: E402
 import scheduled_runs  # noqa: E402
 import signed_requests  # noqa: E402
+import tasks  # noqa: E402
 import webhook_ingest  # noqa: E402
 
 BENCHMARKS = {
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "processes": processes.run,
     "prune": prune.run,
     "installs": install_sync.run,
+    "tasks": tasks.run,
 }
 
 

@@ -12,6 +12,7 @@ when it ran and where. `concurrency_per_account` is 1. Checked afterwards:
   processes x slots / duration. Target: >= 0.9 of the bound.
 
     python bench/tasks.py [--tasks 10000 --accounts 1000 --slots 50 --duration 0.2]
+    python bench/run_all.py tasks [--quick]   # quick: 1,000 tasks, correctness only
 
 Needs a PostgreSQL at TEST_PG_ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
 a throw-away database is created and dropped.
@@ -29,9 +30,11 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -69,7 +72,6 @@ async def work(url: str, name: str, slots: int, duration: float, out: str) -> No
     from models.db import Storage, open_database
     from models.installation_index import InstallationIndex
     from models.tasks import count_by_status
-    from service.metrics import Metrics
 
     log: list[tuple[str, str, float, float]] = []
 
@@ -86,7 +88,7 @@ async def work(url: str, name: str, slots: int, duration: float, out: str) -> No
     index = InstallationIndex(storage)
     await index.load()
     clients = StripeClients({}, {"live": 80, "test": 20})
-    worker = TaskWorker(registry, storage, index, clients, Metrics(), slots=slots, lease=10,
+    worker = TaskWorker(registry, storage, index, clients, slots=slots, lease=10,
                         replica=name)
     worker.start()
     while True:
@@ -101,20 +103,20 @@ async def work(url: str, name: str, slots: int, duration: float, out: str) -> No
         json.dump(log, f)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--accounts", type=int, default=1_000)
-    parser.add_argument("--slots", type=int, default=50)
-    parser.add_argument("--duration", type=float, default=0.2)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--worker", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--name", default="w", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        asyncio.run(work(args.worker[0], args.name, args.slots, args.duration, args.worker[1]))
-        return 0
+def reachable() -> bool:
+    """Whether the PostgreSQL admin URL answers (the benchmark is skipped with a line if not)."""
+    from playhouse.db_url import connect
 
+    try:
+        connect(PG_ADMIN, connect_timeout=3).connect()
+    except Exception:
+        return False
+    return True
+
+
+def measure(tasks: int, accounts: int, slots: int, duration: float,
+            processes: int) -> dict[str, Any]:
+    """Queue `tasks`, run them with `processes` workers; the figures and correctness counts."""
     from playhouse.db_url import connect
 
     dbname = "bench_tasks_" + uuid.uuid4().hex[:10]
@@ -122,15 +124,16 @@ def main() -> int:
     admin.execute_sql(f"CREATE DATABASE {dbname}")
     url = PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
     try:
-        prepare(url, args.tasks, args.accounts)
+        prepare(url, tasks, accounts)
         with tempfile.TemporaryDirectory() as tmp:
-            outs = [os.path.join(tmp, f"w{i}.json") for i in range(args.processes)]
+            outs = [os.path.join(tmp, f"w{i}.json") for i in range(processes)]
             procs = [subprocess.Popen([sys.executable, __file__, "--worker", url, out,
-                                       "--name", f"worker{i}", "--slots", str(args.slots),
-                                       "--duration", str(args.duration)])
+                                       "--name", f"worker{i}", "--slots", str(slots),
+                                       "--duration", str(duration)])
                      for i, out in enumerate(outs)]
             for p in procs:
                 p.wait()
+            assert all(p.returncode == 0 for p in procs), "a worker process failed"
             runs = []
             for out in outs:
                 with open(out) as f:
@@ -148,7 +151,7 @@ def main() -> int:
         admin.close()
 
     executions = [r for log in runs for r in log]
-    per_task = defaultdict(int)
+    per_task: dict[str, int] = defaultdict(int)
     for task_id, *_ in executions:
         per_task[task_id] += 1
     lost = [r for r in rows if r[1] != "succeeded"]
@@ -163,21 +166,74 @@ def main() -> int:
     first = min(s for _, _, s, _ in executions)
     last = max(e for _, _, _, e in executions)
     throughput = len(executions) / (last - first)
-    bound = args.processes * args.slots / args.duration
-    result = {
-        "tasks": args.tasks, "accounts": args.accounts, "processes": args.processes,
-        "slots": args.slots, "duration": args.duration,
+    bound = processes * slots / duration
+    return {
+        "tasks": tasks, "accounts": accounts, "processes": processes,
+        "slots": slots, "duration": duration,
         "ran": len(executions), "lost": len(lost), "doubled": len(doubled),
         "account_overlaps": overlaps,
         "per_process": [len(log) for log in runs],
         "seconds": round(last - first, 2), "throughput": round(throughput, 1),
         "bound": round(bound, 1), "ratio": round(throughput / bound, 3),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def check(result: dict[str, Any], ratio: bool) -> None:
+    """AssertionError unless none was lost or doubled, no account overlapped, and (`ratio`)
+    throughput reached 0.9 of the slot bound."""
+    assert result["lost"] == 0 and result["ran"] == result["tasks"], f"lost: {result}"
+    assert result["doubled"] == 0, f"a task ran twice: {result}"
+    assert result["account_overlaps"] == 0, f"an account ran two at once: {result}"
+    if ratio:
+        assert result["ratio"] >= 0.9, f"throughput {result['ratio']} of the slot bound"
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """For bench/run_all.py: full size, or (`quick`) 1,000 tasks checked for correctness only.
+    Skipped, with a line, when PostgreSQL is not reachable."""
+    if not reachable():
+        print(f"\n== tasks: skipped (no PostgreSQL at {PG_ADMIN}; set TEST_PG_ADMIN_URL)")
+        return {"skipped": True}
+    size = ((1_000, 100, 10, 0.05) if quick else (10_000, 1_000, 50, 0.2))
+    result = measure(*size, processes=2)
+    from harness import show
+
+    show(f"tasks: {result['tasks']:,} queued across {result['accounts']:,} accounts, "
+         f"{result['processes']} processes x {result['slots']} slots, PostgreSQL", [
+             ("ran", f"{result['ran']:,} (lost {result['lost']}, doubled {result['doubled']}, "
+                     f"account overlaps {result['account_overlaps']}), per process "
+                     f"{result['per_process']}"),
+             ("throughput", f"{result['throughput']:,.0f} tasks/s in {result['seconds']} s; "
+                            f"slot bound {result['bound']:,.0f}/s; ratio {result['ratio']}"),
+             ("load average", str(result["load_average"])),
+         ])
+    check(result, ratio=not quick)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--slots", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=0.2)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--worker", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="w", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(work(args.worker[0], args.name, args.slots, args.duration, args.worker[1]))
+        return 0
+    result = measure(args.tasks, args.accounts, args.slots, args.duration, args.processes)
     print(json.dumps(result, indent=2))
-    ok = (not lost and not doubled and overlaps == 0 and len(executions) == args.tasks
-          and throughput >= 0.9 * bound)
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    try:
+        check(result, ratio=True)
+    except AssertionError as exc:
+        print(f"FAIL: {exc}")
+        return 1
+    print("PASS")
+    return 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from jobs.context import AccountTools, idempotency_key
 from jobs.credentials import Vault
 from jobs.stripe_api import StripeClients
 from models.db import Storage
-from models.tasks import renew_lease
+from models.tasks import Progress, report_progress
 
 TaskFunc = Callable[..., Awaitable[Any]]
 
@@ -91,12 +91,12 @@ class TaskContext(AccountTools):
     storage: Storage = field(repr=False)
     clients: StripeClients = field(repr=False)
     holder: str = field(repr=False, default="")
-    lease: float = field(repr=False, default=10.0)
     vault: Vault | None = field(repr=False, default=None)
     #: The process's client for third-party calls (jobs/http.py): timeouts, retries, User-Agent.
     http: httpx.AsyncClient | None = field(repr=False, default=None)
     progress_value: float | None = None
     progress_note: str | None = None
+    unreported: bool = field(repr=False, default=False)  # progress not written to the row yet
     _reported_at: float = field(repr=False, default=0.0)
 
     def idempotency_key(self, label: str) -> str:
@@ -106,14 +106,23 @@ class TaskContext(AccountTools):
 
     async def progress(self, fraction: float | None, note: str | None = None) -> None:
         """Report progress (0..1) and a short note; the extension sees it in the task's status.
-        Written at most every quarter second (the last value is kept and written with the next
-        lease renewal)."""
+        Written at most every quarter second (the last value is kept and written with the
+        worker's next lease renewal, or with the outcome)."""
         if fraction is not None:
             fraction = min(1.0, max(0.0, float(fraction)))
         self.progress_value = fraction
         self.progress_note = None if note is None else str(note)[:500]
+        self.unreported = True
         t = time.monotonic()
         if t - self._reported_at >= 0.25 and self.holder:
             self._reported_at = t
-            await self.storage.run(renew_lease, self.task_id, self.holder, self.attempt,
-                                   self.lease, self.progress_value, self.progress_note, True)
+            report = self.take_report()
+            if report is not None:
+                await self.storage.run(report_progress, [report], self.holder)
+
+    def take_report(self) -> Progress | None:
+        """The progress not written yet (then counted as written), or None."""
+        if not self.unreported:
+            return None
+        self.unreported = False
+        return Progress(self.task_id, self.attempt, self.progress_value, self.progress_note)

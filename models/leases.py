@@ -1,4 +1,4 @@
-"""Leases: how a claim on a row (a webhook event, a job run, later a task) outlives only its holder.
+"""Leases: how a claim on a row (a webhook event, a job run, a task) outlives only its holder.
 
 A process that claims a row writes `lease_until = now + lease` on it and, while the work runs,
 renews every lease it holds in one UPDATE every `lease / 3` seconds (`LeaseKeeper`). When the
@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Hashable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import peewee as pw
 
@@ -49,6 +49,17 @@ def held(lease_column: pw.Field, t: float) -> pw.Expression:
     return lease_column.is_null(False) & (lease_column >= t)
 
 
+def _renewal(model: type[pw.Model], lease_column: pw.Field, ids: list[Hashable],
+             until: float, holder_column: pw.Field | None, holder: str | None,
+             still: pw.Expression | None) -> pw.ModelUpdate:
+    cond = model._meta.primary_key.in_(ids) & lease_column.is_null(False)
+    if holder_column is not None:
+        cond &= holder_column == holder
+    if still is not None:
+        cond &= still
+    return model.update({lease_column: until}).where(cond)
+
+
 def renew_rows(model: type[pw.Model], lease_column: pw.Field, ids: Iterable[Hashable],
                until: float, holder_column: pw.Field | None = None,
                holder: str | None = None, still: pw.Expression | None = None) -> int:
@@ -61,17 +72,30 @@ def renew_rows(model: type[pw.Model], lease_column: pw.Field, ids: Iterable[Hash
     ids = list(ids)
     if not ids:
         return 0
-    cond = model._meta.primary_key.in_(ids) & lease_column.is_null(False)
-    if holder_column is not None:
-        cond &= holder_column == holder
-    if still is not None:
-        cond &= still
-    return model.update({lease_column: until}).where(cond).execute()
+    return _renewal(model, lease_column, ids, until, holder_column, holder, still).execute()
+
+
+def renew_rows_returning(model: type[pw.Model], lease_column: pw.Field,
+                         ids: Iterable[Hashable], until: float,
+                         holder_column: pw.Field | None = None, holder: str | None = None,
+                         still: pw.Expression | None = None) -> set[Any]:
+    """`renew_rows`, but returns the ids it renewed (`UPDATE ... RETURNING`, PostgreSQL and
+    SQLite >= 3.35): the ones missing are no longer ours (finished, cancelled, deleted, taken
+    over), which `LeaseKeeper(on_lost=...)` reports."""
+    ids = list(ids)
+    if not ids:
+        return set()
+    pk = model._meta.primary_key
+    query = _renewal(model, lease_column, ids, until, holder_column, holder, still)
+    return {row[0] for row in query.returning(pk).tuples().execute()}
 
 
 K = TypeVar("K", bound=Hashable)
-#: `renew(ids, until)`: push the lease of these rows to `until`; returns how many it renewed.
-Renew = Callable[[list[K], float], int]
+#: `renew(ids, until)`: push the lease of these rows to `until`; returns how many it renewed,
+#: or which (a set), so that the keeper can tell its owner which rows it lost.
+Renew = Callable[[list[K], float], "int | set[K]"]
+#: `on_lost(ids)`: these held rows were not renewed: they are no longer this holder's.
+Lost = Callable[[set[K]], None]
 
 
 class LeaseKeeper(Generic[K]):
@@ -85,12 +109,16 @@ class LeaseKeeper(Generic[K]):
     One background task, started on the first `hold` and ending when nothing is held, renews
     every held row in one database call per interval (`renew(ids, until)` runs in a database
     thread). `clock` gives the time the database rows are compared with (`models.base.now`).
+    When `renew` returns the set of ids it renewed, `on_lost` hears of the held ids it did not
+    renew (still held when the answer came back), at most one interval after the row changed.
     """
 
     def __init__(self, storage: Storage, renew: Renew[K], clock: Callable[[], float],
-                 lease: float = LEASE_SECONDS, name: str = "lease") -> None:
+                 lease: float = LEASE_SECONDS, name: str = "lease",
+                 on_lost: Lost[K] | None = None) -> None:
         self.storage = storage
         self.renew = renew
+        self.on_lost = on_lost
         self.clock = clock
         self.lease = lease
         self.name = name
@@ -120,9 +148,14 @@ class LeaseKeeper(Generic[K]):
             if not ids:
                 break
             try:
-                await self.storage.run(self.renew, ids, self.until())
+                renewed = await self.storage.run(self.renew, ids, self.until())
             except Exception as exc:  # the database may be down: try again next interval
                 log.warning("%s renewal failed: %s", self.name, type(exc).__name__)
+                continue
+            if isinstance(renewed, set) and self.on_lost is not None:
+                lost = {i for i in ids if i not in renewed and i in self._held}
+                if lost:
+                    self.on_lost(lost)
 
     async def stop(self) -> None:
         if self._task is not None:

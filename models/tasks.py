@@ -4,15 +4,20 @@ A task row moves queued -> running -> succeeded | failed | cancelled. A failed a
 back to queued with a later `next_attempt_at` (backoff) until `max_attempts`; a running task
 whose lease ran out (its process died) is claimable again, and the claim counts the attempt.
 
-Claims (`claim_tasks`) never serialise the replicas on each other:
+A worker records the outcomes of its finished attempts and claims new tasks in one short write
+transaction (`settle_and_claim`: one commit for many tasks). A claim is two statements, and
+claims never serialise the replicas on each other:
 
-- PostgreSQL: the candidates are read with `FOR UPDATE SKIP LOCKED` in one short transaction, so
-  two replicas polling at once take different rows. Per-account concurrency needs one more step:
-  for each (account, task) group among its candidates a claimer takes a transaction-level
-  advisory lock (`pg_try_advisory_xact_lock`, skipping groups another claimer holds), and only
-  then counts the group's running tasks, in a statement that starts after the lock was taken and
-  so sees every claim committed before it.
+- PostgreSQL: the candidates are read with `FOR UPDATE SKIP LOCKED`, so two replicas polling at
+  once take different rows. Per-account concurrency needs one more thing: the same statement
+  takes a transaction-level advisory lock per (account, task) group of its candidates
+  (`pg_try_advisory_xact_lock`, skipping groups another claimer holds). The claiming UPDATE ...
+  RETURNING then counts the group's running tasks; it starts after the lock was taken and so sees
+  every claim committed before it.
 - SQLite: the whole claim is one short write transaction (`BEGIN IMMEDIATE`), which is serial.
+
+Leases use the shared definitions of `models/leases.py` ("held", "expired", one renewing
+UPDATE for all the tasks a worker holds, `renew_tasks`).
 
 `Task` is an `AccountModel`: an uninstall deletes the account's tasks in that mode (queued ones
 never start; a running one loses its row, so its runner's next lease renewal fails and it is
@@ -21,10 +26,11 @@ cancelled) together with their results.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,6 +40,7 @@ import peewee as pw
 from models.base import AccountModel, now
 from models.db import is_sqlite, write_transaction
 from models.installation import Installation
+from models.leases import expired, held, renew_rows_returning
 
 #: `pg_advisory_xact_lock(class, key)`: the class for per-(account, task) claim locks, and for
 #: the per-account start limit.
@@ -144,12 +151,24 @@ def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
     return TaskView.of(row)
 
 
-def _claimable(t: float, names: Iterable[str]) -> list[pw.Expression]:
-    """Two conditions, each served by the (status, next_attempt_at) index: due queued tasks,
-    and running tasks whose lease lapsed (their process died)."""
-    named = Task.name.in_(list(names))
-    return [(Task.status == TaskStatus.RUNNING) & (Task.lease_until < t) & named,
-            (Task.status == TaskStatus.QUEUED) & (Task.next_attempt_at <= t) & named]
+def _claimable(t: float, names: list[str], takeover: bool) -> list[pw.Expression]:
+    """The due rows, each condition served by the (status, next_attempt_at) index: queued tasks
+    whose time has come, and (when `takeover`) running tasks whose lease lapsed (their process
+    died), held to the shared definition of "expired" (`models/leases.py`)."""
+    named = Task.name.in_(names)
+    due = [(Task.status == TaskStatus.QUEUED) & (Task.next_attempt_at <= t) & named]
+    if takeover:
+        due.insert(0, (Task.status == TaskStatus.RUNNING) & expired(Task.lease_until, t) & named)
+    return due
+
+
+def _running_in_group(t: float) -> pw.Select:
+    """Per row of `Task`: how many tasks of its account and name are running under a live
+    lease (a correlated COUNT over the (account_id, name, status) index)."""
+    other = Task.alias("other")
+    return other.select(pw.fn.COUNT(other.id)).where(
+        (other.account_id == Task.account_id) & (other.name == Task.name)
+        & (other.status == TaskStatus.RUNNING) & held(other.lease_until, t))
 
 
 def _running_counts(groups: set[tuple[str, str]], t: float) -> dict[tuple[str, str], int]:
@@ -159,72 +178,206 @@ def _running_counts(groups: set[tuple[str, str]], t: float) -> dict[tuple[str, s
         return counts
     query = (Task.select(Task.account_id, Task.name, pw.fn.COUNT(Task.id).alias("n"))
              .where(Task.account_id.in_(accounts) & (Task.status == TaskStatus.RUNNING)
-                    & (Task.lease_until >= t))
+                    & held(Task.lease_until, t))
              .group_by(Task.account_id, Task.name))
     for row in query:
         counts[(row.account_id, row.name)] = row.n
     return counts
 
 
-def claim_tasks(limits: Mapping[str, int], slots: int, holder: str,
-                lease: float) -> list[TaskView]:
-    """Claim up to `slots` due tasks for `holder`, at most `limits[name]` running per account.
+#: A claim's two statements are built with the ORM once per shape, with these placeholder
+#: values, and run with the real ones put in their place: building them costs more than running
+#: them (~10 ms a turn on a busy machine).
+_T, _UNTIL, _LIMIT, _HOLDER = -7.25e300, -6.25e300, -(2**31) + 7, "\x00holder"
+_compiled: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
 
-    A task is due when it is queued and its `next_attempt_at` has come, or running with a
-    lapsed lease; the account must still be installed in the task's mode. Each claim sets the
-    lease, increments `attempts` and, on the first claim, `started_at`.
-    """
-    if slots <= 0 or not limits:
+
+def _execute(key: tuple[Any, ...], build: Callable[[], pw.Query],
+             values: Mapping[Any, Any]) -> Any:
+    """Run the statement `build()` makes (compiled once per `key`) with `values` in place of
+    its placeholder parameters; returns the cursor."""
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = _compiled[key] = build().sql()
+    sql, params = compiled
+    return Task._meta.database.execute_sql(sql, [values.get(p, p) for p in params])
+
+
+def _candidates(t: float, limits: Mapping[str, int], want: int, pg: bool,
+                takeover: bool) -> list[tuple[str, str, str]]:
+    """(id, account, name) of up to `2 * want` due tasks whose group has room and whose account
+    is installed. On PostgreSQL the rows are locked (`FOR UPDATE SKIP LOCKED`: rows another
+    claimer holds are skipped) and so is each group (`pg_try_advisory_xact_lock`, taken in the
+    same statement, only for rows that passed the other conditions; a group another claimer
+    holds is skipped). Both locks last until the claim's transaction ends."""
+
+    def build(cond: pw.Expression) -> pw.Query:
+        installed = Installation.select(Installation.id).where(
+            (Installation.account_id == Task.account_id) & (Installation.mode == Task.mode)
+            & Installation.active)
+        limit = pw.Case(Task.name, list(limits.items()), 1)
+        # The running count here only skips full groups while choosing candidates (else a
+        # window full of one busy account's tasks would starve the others); the UPDATE's count
+        # decides.
+        room = pw.fn.EXISTS(installed) & (_running_in_group(_T) < limit)
+        if pg:  # CASE: the lock is only tried once the other conditions hold
+            group_key = pw.fn.hashtext(Task.account_id.concat(":").concat(Task.name))
+            room = pw.Case(None, [(room, pw.fn.pg_try_advisory_xact_lock(CLAIM_LOCK_CLASS,
+                                                                         group_key))], False)
+        query = (Task.select(Task.id, Task.account_id, Task.name).where(cond & room)
+                 .order_by(Task.next_attempt_at).limit(_LIMIT))
+        return query.for_update(skip_locked=True, of=Task) if pg else query
+
+    found: list[tuple[str, str, str]] = []
+    shape = (pg, tuple(sorted(limits.items())))
+    for i, cond in enumerate(_claimable(_T, sorted(limits), takeover)):
+        key = ("candidates", takeover, i, *shape)
+        cursor = _execute(key, functools.partial(build, cond),
+                          {_T: t, _LIMIT: 2 * want - len(found)})
+        found.extend(cursor.fetchall())
+        if len(found) >= 2 * want:
+            break
+    return found
+
+
+#: The columns a claim returns, in `TaskView`'s order.
+_VIEW_COLUMNS = (Task.id, Task.account_id, Task.mode, Task.name, Task.input, Task.status,
+                 Task.progress, Task.note, Task.result, Task.error, Task.attempts,
+                 Task.max_attempts, Task.claimed_by, Task.lease_until, Task.created_at,
+                 Task.started_at, Task.finished_at, Task.next_attempt_at)
+
+
+def _view(row: tuple[Any, ...]) -> TaskView:
+    (task_id, account, mode, name, input_, status, progress, note, result, error, attempts,
+     max_attempts, claimed_by, lease_until, created, started, finished, next_at) = row
+    return TaskView(task_id, account, mode, name, json.loads(input_ or "{}"), TaskStatus(status),
+                    progress, note, json.loads(result) if result is not None else None, error,
+                    attempts, max_attempts, claimed_by, lease_until, created, started, finished,
+                    next_at)
+
+
+def _claim(t: float, limits: Mapping[str, int], want: int, holder: str, lease: float,
+           takeover: bool) -> list[TaskView]:
+    """Inside a write transaction: two statements, the candidates and one UPDATE ... RETURNING.
+
+    Of each group's candidates at most `limits[name]` are ranked 1, 2, ...; the UPDATE takes a
+    candidate only when the group's running count plus its rank stays within the limit. On
+    PostgreSQL that count is read by a statement that starts after the group's advisory lock was
+    taken, so it sees every claim another replica committed before."""
+    pg = not is_sqlite(Task._meta.database)
+    ranks: dict[str, int] = {}
+    per_group: dict[tuple[str, str], int] = {}
+    for task_id, account, name in _candidates(t, limits, want, pg, takeover):
+        rank = per_group.get((account, name), 0) + 1
+        if rank <= limits[name] and len(ranks) < want:
+            per_group[(account, name)] = rank
+            ranks[task_id] = rank
+    if not ranks:
         return []
-    t = now()
+    ranked = max(ranks.values()) > 1
+    ids = [f"\x00id{i}" for i in range(len(ranks))]
+    rank_marks = [-(2**31) + 100 + i for i in range(len(ranks))]
+
+    def build() -> pw.Query:
+        rank: Any = pw.Case(Task.id, list(zip(ids, rank_marks, strict=True)), 0) if ranked \
+            else 1
+        # (a Select's `+` would mean UNION ALL: build the sum as an expression)
+        fits = (pw.Expression(_running_in_group(_T), pw.OP.ADD, rank)
+                <= pw.Case(Task.name, list(limits.items()), 1))
+        return (Task.update(status=TaskStatus.RUNNING, claimed_by=_HOLDER, lease_until=_UNTIL,
+                            attempts=Task.attempts + 1,
+                            started_at=pw.fn.COALESCE(Task.started_at, _T))
+                .where(Task.id.in_(ids) & fits).returning(*_VIEW_COLUMNS))
+
+    values: dict[Any, Any] = {_T: t, _UNTIL: t + lease, _HOLDER: holder}
+    values.update(zip(ids, ranks, strict=True))
+    values.update(zip(rank_marks, ranks.values(), strict=True))
+    key = ("claim", len(ranks), ranked, pg, tuple(sorted(limits.items())))
+    order = {task_id: i for i, task_id in enumerate(ranks)}  # the queue's order
+    rows = sorted(_execute(key, build, values).fetchall(), key=lambda row: order[row[0]])
+    return [_view(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of an attempt, recorded by `settle_and_claim` (`record` for one)."""
+
+    task_id: str
+    attempt: int
+    status: TaskStatus
+    result: Any = None
+    error: str | None = None
+    retry_at: float | None = None  # put the task back in the queue for then
+    progress: float | None = None
+    note: str | None = None
+
+
+#: How many outcomes one UPDATE records (8 parameters each; SQLite allows 32,766).
+RECORD_CHUNK = 500
+
+
+def _record(outcomes: Sequence[Outcome], holder: str) -> list[bool]:
+    """Record `outcomes` with one UPDATE ... FROM (VALUES ...) ... RETURNING per `RECORD_CHUNK`
+    (PostgreSQL, and SQLite >= 3.35; written as SQL because building a query this size with
+    the ORM costs more than running it). Per outcome, whether it was recorded (False: that
+    attempt is no longer `holder`'s: cancelled, deleted, or taken over)."""
+    done: set[str] = set()
     db = Task._meta.database
-    pg = not is_sqlite(db)
-    installed = Installation.select(Installation.id).where(
-        (Installation.account_id == Task.account_id) & (Installation.mode == Task.mode)
-        & Installation.active)
-    # Skip the groups already at their limit while choosing candidates (else a window full of
-    # one busy account's tasks would starve the others); the count after the lock decides.
-    other = Task.alias("other")
-    busy = other.select(pw.fn.COUNT(other.id)).where(
-        (other.account_id == Task.account_id) & (other.name == Task.name)
-        & (other.status == TaskStatus.RUNNING) & (other.lease_until >= t))
-    limit = pw.Case(Task.name, list(limits.items()), 1)
+    table = Task._meta.table_name
+    p = db.param
+    for start in range(0, len(outcomes), RECORD_CHUNK):
+        chunk = outcomes[start:start + RECORD_CHUNK]
+        rows = ", ".join([f"({', '.join([p] * 8)})"] * len(chunk))
+        # v.column1..8: id, attempt, status, progress, note, error, result, retry_at
+        sql = (
+            f'UPDATE "{table}" SET status = CAST(v.column3 AS TEXT), '
+            f"progress = CAST(v.column4 AS DOUBLE PRECISION), note = CAST(v.column5 AS TEXT), "
+            f"error = CAST(v.column6 AS TEXT), lease_until = NULL, "
+            f"result = CASE WHEN v.column8 IS NULL THEN CAST(v.column7 AS TEXT) "
+            f'ELSE "{table}".result END, '
+            f"finished_at = CASE WHEN v.column8 IS NULL THEN {p} "
+            f'ELSE "{table}".finished_at END, '
+            f"next_attempt_at = COALESCE(CAST(v.column8 AS DOUBLE PRECISION), "
+            f'"{table}".next_attempt_at) '
+            f"FROM (VALUES {rows}) AS v "
+            f'WHERE "{table}".id = v.column1 AND "{table}".attempts = CAST(v.column2 AS INTEGER)'
+            f' AND "{table}".status = {p} AND "{table}".claimed_by = {p} '
+            f"RETURNING id")
+        params: list[Any] = [now()]
+        for o in chunk:
+            retry = o.retry_at is not None
+            params += [o.task_id, o.attempt, str(TaskStatus.QUEUED if retry else o.status),
+                       o.progress, o.note, o.error,
+                       None if o.result is None or retry else json.dumps(o.result), o.retry_at]
+        params += [str(TaskStatus.RUNNING), holder]
+        done.update(row[0] for row in db.execute_sql(sql, params).fetchall())
+    return [o.task_id in done for o in outcomes]
+
+
+def settle_and_claim(outcomes: Sequence[Outcome], limits: Mapping[str, int], want: int,
+                     holder: str, lease: float,
+                     takeover: bool = True) -> tuple[list[bool], list[TaskView]]:
+    """One short write transaction (one commit): record `outcomes`, then claim up to `want` due
+    tasks for `holder`, at most `limits[name]` running per account and task name.
+
+    A task is due when it is queued and its `next_attempt_at` has come, or (`takeover`) running
+    with a lapsed lease; its account must be installed in the task's mode. A claim sets the
+    lease, increments `attempts` and, on the first claim, `started_at`. Returns, per outcome,
+    whether it was recorded (False: the task was no longer ours), and the claimed tasks. The
+    outcomes are recorded first, so a finished task's group has room for the claim.
+    """
+    if not outcomes and (want <= 0 or not limits):
+        return [], []
     with write_transaction():
-        candidates: list[tuple[str, str, str]] = []
-        for cond in _claimable(t, limits):
-            query = (Task.select(Task.id, Task.account_id, Task.name)
-                     .where(cond & pw.fn.EXISTS(installed) & (busy < limit))
-                     .order_by(Task.next_attempt_at).limit(slots * 4 - len(candidates)))
-            if pg:
-                query = query.for_update(skip_locked=True, of=Task)
-            candidates.extend(query.tuples())
-            if len(candidates) >= slots * 4:
-                break
-        groups = {(account, name) for _, account, name in candidates}
-        if pg and groups:
-            keys = {_lock_key(f"{account}:{name}"): (account, name) for account, name in groups}
-            got = db.execute_sql(
-                "SELECT k FROM unnest(%s::int[]) AS k WHERE pg_try_advisory_xact_lock(%s, k)",
-                (sorted(keys), CLAIM_LOCK_CLASS))
-            held = {row[0] for row in got.fetchall()}
-            groups = {group for key, group in keys.items() if key in held}
-        running = _running_counts(groups, t)
-        chosen: list[str] = []
-        for task_id, account, name in candidates:
-            if len(chosen) >= slots or (account, name) not in groups:
-                continue
-            if running.get((account, name), 0) >= limits[name]:
-                continue
-            running[(account, name)] = running.get((account, name), 0) + 1
-            chosen.append(task_id)
-        if not chosen:
-            return []
-        (Task.update(status=TaskStatus.RUNNING, claimed_by=holder, lease_until=t + lease,
-                     attempts=Task.attempts + 1,
-                     started_at=pw.fn.COALESCE(Task.started_at, t))
-         .where(Task.id.in_(chosen)).execute())
-        rows = list(Task.select().where(Task.id.in_(chosen)))
-    return [TaskView.of(row) for row in rows]
+        recorded = _record(outcomes, holder)
+        claimed = (_claim(now(), limits, want, holder, lease, takeover)
+                   if want > 0 and limits else [])
+    return recorded, claimed
+
+
+def record(outcome: Outcome, holder: str) -> bool:
+    """Record one outcome on its own (a worker that stopped claiming)."""
+    return _record([outcome], holder)[0]
 
 
 def _held(task_id: str, holder: str, attempt: int) -> pw.Expression:
@@ -232,30 +385,37 @@ def _held(task_id: str, holder: str, attempt: int) -> pw.Expression:
             & (Task.claimed_by == holder) & (Task.attempts == attempt))
 
 
-def renew_lease(task_id: str, holder: str, attempt: int, lease: float,
-                progress: float | None = None, note: str | None = None,
-                report: bool = False) -> bool:
-    """Extend the lease (and record progress); False when the task is no longer ours: cancelled,
-    deleted by an uninstall, or taken over after our lease lapsed."""
-    fields: dict[str, Any] = {"lease_until": now() + lease}
-    if report:
-        fields.update(progress=progress, note=note)
-    return bool(Task.update(**fields).where(_held(task_id, holder, attempt)).execute())
+@dataclass(frozen=True, slots=True)
+class Progress:
+    task_id: str
+    attempt: int
+    progress: float | None
+    note: str | None
 
 
-def finish_task(task_id: str, holder: str, attempt: int, status: TaskStatus, *,
-                result: Any = None, error: str | None = None,
-                retry_at: float | None = None, progress: float | None = None,
-                note: str | None = None) -> bool:
-    """Record the end of an attempt; `retry_at` puts the task back in the queue for then."""
-    fields: dict[str, Any] = {"lease_until": None, "error": error, "progress": progress,
-                              "note": note}
-    if retry_at is not None:
-        fields.update(status=TaskStatus.QUEUED, next_attempt_at=retry_at)
-    else:
-        fields.update(status=status, finished_at=now(),
-                      result=None if result is None else json.dumps(result))
-    return bool(Task.update(**fields).where(_held(task_id, holder, attempt)).execute())
+def _write_progress(reports: Sequence[Progress], holder: str) -> None:
+    for r in reports:
+        Task.update(progress=r.progress, note=r.note).where(
+            _held(r.task_id, holder, r.attempt)).execute()
+
+
+def report_progress(reports: Sequence[Progress], holder: str) -> None:
+    """Write the progress of tasks `holder` runs (one UPDATE each, one transaction)."""
+    if reports:
+        with write_transaction():
+            _write_progress(reports, holder)
+
+
+def renew_tasks(task_ids: list[str], until: float, holder: str,
+                reports: Sequence[Progress] = ()) -> set[str]:
+    """Push the lease of the running tasks `holder` holds to `until`, in one UPDATE, and write
+    the progress not written yet; returns the ids renewed (the others are no longer ours:
+    cancelled, deleted by an uninstall, or taken over after our lease lapsed)."""
+    with write_transaction():
+        renewed = renew_rows_returning(Task, Task.lease_until, task_ids, until, Task.claimed_by,
+                                       holder, still=Task.status == TaskStatus.RUNNING)
+        _write_progress(reports, holder)
+    return renewed
 
 
 def release_task(task_id: str, holder: str, attempt: int) -> bool:

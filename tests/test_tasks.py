@@ -57,7 +57,10 @@ def ident(account: str = "acct_1", **fields) -> dict:
 async def install(app, account: str = "acct_1") -> None:
     await app.webhook(event(AUTH, account, livemode=False), secret=WH_TEST)
     await app.settle()
-    assert app.backend.installations.is_active(account, "test")
+    # settle() sees only processing already started: on a loaded machine the event may not
+    # have been picked up yet when it looks, so wait for the install itself (a ceiling)
+    await wait_for(lambda: asyncio.sleep(0, app.backend.installations.is_active(account, "test")),
+                   20, f"{account} installed")
 
 
 async def status_of(app, task_id: str, account: str = "acct_1") -> dict:
@@ -505,3 +508,110 @@ async def test_a_task_whose_install_lacks_a_declared_permission_fails_without_ru
         assert called == []
         metrics = (await app.client.get("/metrics")).text
         assert 'task_runs_total{outcome="missing_permission",task="tag_customers"} 1.0' in metrics
+
+
+# ---- the claim and the record, on the model ----------------------------------------------------
+
+def test_claims_hold_the_per_account_limit_and_outcomes_need_the_attempt(db_url):
+    """settle_and_claim: at most `limit` running per account across claimers (ranked within one
+    claim), outcomes recorded only for the holder's current attempt, a retry goes back queued."""
+    from models.installation import Installation
+    from models.migrate import migrate
+    from models.tasks import Outcome, settle_and_claim
+
+    db = open_database(db_url)
+    migrate(db)
+    try:
+        t = time.time()
+        for account in ("acct_a", "acct_b", "acct_c"):
+            Installation.create(account_id=account, mode="test", active=True, installed_at=t,
+                                confirmed=True, state_at=1, created_at=t, updated_at=t)
+            for _ in range(4):
+                enqueue(account, "test", "pair", {"n": 1}, 3, 100)
+        enqueue("acct_gone", "test", "pair", {}, 3, 100)  # not installed: never claimed
+        limits = {"pair": 2}
+        _, first = settle_and_claim([], limits, 10, "one", 30)
+        assert Counter(v.account_id for v in first) == {"acct_a": 2, "acct_b": 2, "acct_c": 2}
+        assert {v.attempts for v in first} == {1} and first[0].input == {"n": 1}
+        assert settle_and_claim([], limits, 10, "two", 30) == ([], [])  # every group is full
+        a = [v for v in first if v.account_id == "acct_a"]
+        outcomes = [Outcome(a[0].id, 1, TaskStatus.SUCCEEDED, result={"ok": True}, progress=1.0),
+                    Outcome(a[1].id, 1, TaskStatus.QUEUED, error="boom", retry_at=t + 3600),
+                    Outcome(first[-1].id, 2, TaskStatus.SUCCEEDED)]  # not its attempt
+        assert settle_and_claim(outcomes[:1], limits, 0, "two", 30) == ([False], [])  # not its
+        recorded, second = settle_and_claim(outcomes, limits, 10, "one", 30)
+        assert recorded == [True, True, False]
+        assert [v.account_id for v in second] == ["acct_a", "acct_a"]  # room the outcomes made
+        assert {v.claimed_by for v in second} == {"one"}
+        done, retried = Task.get_by_id(a[0].id), Task.get_by_id(a[1].id)
+        assert (done.status, json.loads(done.result), done.lease_until) == (
+            TaskStatus.SUCCEEDED, {"ok": True}, None)
+        assert done.finished_at is not None and done.progress == 1.0
+        assert (retried.status, retried.error, retried.next_attempt_at, retried.finished_at) == (
+            TaskStatus.QUEUED, "boom", t + 3600, None)
+        assert Task.get_by_id(first[-1].id).status == TaskStatus.RUNNING
+    finally:
+        db.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_progress_held_back_by_the_throttle_is_written_with_the_lease_renewal(tmp_path):
+    release = asyncio.Event()
+
+    @task()
+    async def steps(ctx):
+        await ctx.progress(0.1, note="first")  # written at once
+        await ctx.progress(0.7, note="second")  # within a quarter second: held back
+        await release.wait()
+        return "ok"
+
+    env = base_env(tmp_path, TASK_LEASE_SECONDS="1")
+    async with running(env, registry=registry_of(steps)) as app:
+        await install(app)
+        task_id = (await app.signed("/api/tasks/steps", ident())).json()["task_id"]
+
+        async def second_written():
+            body = await status_of(app, task_id)
+            return body if body["note"] == "second" else None
+        body = await wait_for(second_written, 20, "the held-back progress reached the row")
+        assert body["status"] == "running" and body["progress"] == 0.7
+        release.set()
+        assert (await finished(app, task_id))["status"] == "succeeded"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_task_claimed_ahead_goes_back_to_the_queue_when_no_slot_frees(tmp_path):
+    """One slot. When a run ends the worker claims ahead; if the task it started then runs
+    long, the one waiting here for a slot is given back (attempt not counted) for any worker."""
+    first_may_end, long_started = asyncio.Event(), asyncio.Event()
+
+    @task()
+    async def first(ctx):
+        await first_may_end.wait()
+
+    @task()
+    async def long(ctx):
+        long_started.set()
+        await asyncio.sleep(3600)
+
+    env = base_env(tmp_path, TASK_CONCURRENCY="1")
+    async with running(env, registry=registry_of(first, long)) as app:
+        for account in ("acct_1", "acct_2", "acct_3"):
+            await install(app, account)
+        a = (await app.signed("/api/tasks/first", ident("acct_1"))).json()["task_id"]
+        await wait_for(lambda: asyncio.sleep(0, app.backend.task_worker.running), 20,
+                       "the first task runs")
+        b = (await app.signed("/api/tasks/long", ident("acct_2"))).json()["task_id"]
+        c = (await app.signed("/api/tasks/long", ident("acct_3"))).json()["task_id"]
+        first_may_end.set()  # its slot frees: the next turn claims one for it and one ahead
+        await asyncio.wait_for(long_started.wait(), 20)
+        assert (await finished(app, a))["status"] == "succeeded"
+
+        async def one_given_back():
+            rows = await app.backend.storage.run(  # started_at: it was claimed once
+                lambda: {r.id: (r.status, r.attempts, r.started_at is not None)
+                         for r in Task.select()})
+            return rows if sorted([rows[b], rows[c]]) == [("queued", 0, True),
+                                                          ("running", 1, True)] else None
+        await wait_for(one_given_back, 20, "the task claimed ahead went back to the queue")
+        assert len(app.backend.task_worker.running) == 1
