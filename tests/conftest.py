@@ -84,12 +84,15 @@ class Running:
         return await self.client.post("/webhooks", content=raw.encode(),
                                       headers={"Stripe-Signature": sig})
 
-    async def settle(self, timeout: float = 5.0) -> None:
-        """Wait until webhook processing started by this backend is done."""
+    async def settle(self, timeout: float = 30.0) -> None:
+        """Wait until webhook processing started by this backend is done; fail after `timeout`
+        seconds (a ceiling for a loaded machine: returning quietly instead would let the next
+        assertion fail for a reason that is not the code's)."""
         import asyncio
 
         deadline = time.monotonic() + timeout
-        while self.backend.events._tasks and time.monotonic() < deadline:
+        while self.backend.events._tasks:
+            assert time.monotonic() < deadline, f"webhook processing not done in {timeout}s"
             await asyncio.sleep(0.01)
 
 
