@@ -12,6 +12,7 @@ holder renews while it works (`renew_events`): a claim whose holder died expires
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,12 +20,16 @@ import peewee as pw
 
 from models.backoff import Jitter, backoff_delay
 from models.base import BaseModel, now
-from models.db import database, write_transaction
+from models.db import database, is_sqlite, write_transaction
 from models.enums import EventStatus, Mode
 from models.leases import LEASE_SECONDS, expired, renew_rows
 
 MAX_ATTEMPTS = 16  # with `retry_delay`: 2.6 to 5.1 hours of tries before `dead`
 RETRY_CAP = 3600.0  # the longest wait between two tries
+
+
+#: Errors a single event's row can cause (a batch that fails with one is stored event by event).
+ROW_ERRORS = (pw.IntegrityError, pw.DataError, ValueError, TypeError)
 
 
 class WebhookEvent(BaseModel):
@@ -165,10 +170,13 @@ def store_events(events: list[NewEvent]) -> list[bool | BaseException]:
             if len(events) == 1:
                 return [_insert_one(events[0], t)]
             return list(_insert_many(events, t))
-    except Exception as exc:
+    except ROW_ERRORS as exc:  # one event's row may be at fault: try each alone
         if len(events) == 1:
             raise
         first: Exception = exc
+    # Anything else (locked, timed out, disk full, connection lost) is the database's, not an
+    # event's: raised at once, so every event of the batch is refused (Stripe retries) rather
+    # than each waiting out the busy timeout again on its own.
     outcomes: list[bool | BaseException] = []
     for event in events:
         try:
@@ -189,9 +197,13 @@ def claim_event(event_id: str, force: bool = False, holder: str | None = None,
     t = now()
     query = (WebhookEvent.update(status=EventStatus.PROCESSING, locked_until=t + lease,
                                  claimed_by=holder, attempts=WebhookEvent.attempts + 1)
-             .where((WebhookEvent.id == event_id) & _claimable(t, force))
-             .returning(WebhookEvent))  # one statement (SQLite >= 3.35, PostgreSQL)
-    return next(iter(query.execute()), None)
+             .where((WebhookEvent.id == event_id) & _claimable(t, force)))
+    if not is_sqlite(database) or sqlite3.sqlite_version_info >= (3, 35):
+        return next(iter(query.returning(WebhookEvent).execute()), None)  # one statement
+    with write_transaction():  # SQLite before 3.35 (Debian bullseye) has no RETURNING
+        if not query.execute():
+            return None
+        return WebhookEvent.get_by_id(event_id)
 
 
 def renew_events(event_ids: list[str], until: float, holder: str | None) -> int:

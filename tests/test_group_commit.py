@@ -146,6 +146,45 @@ def test_a_bad_event_in_a_batch_fails_alone(db_url):
     assert stored_ids() == ["evt_1", "evt_2"]
 
 
+def test_a_locked_database_fails_the_whole_batch_at_once(tmp_path):
+    """A batch that fails for the database's reason (locked past the busy timeout) is refused
+    as a whole in one try; trying each event again alone would wait out the timeout once per
+    event while every other webhook queued behind it."""
+    path = tmp_path / "locked.db"
+    db = open_database(f"sqlite:///{path}")
+    migrate(db)
+    db.execute_sql("PRAGMA busy_timeout = 100")
+    begins: list[str] = []
+    db.connection().set_trace_callback(
+        lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds SQLite's write lock
+    try:
+        with pytest.raises(pw.OperationalError, match="locked"):
+            store_events([new(f"evt_{i}") for i in range(20)])
+        assert len(begins) == 1, begins
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store_events([new("evt_0"), new("evt_1")]) == [True, True]
+    assert stored_ids() == ["evt_0", "evt_1"]
+
+
+def test_claim_without_returning_on_sqlite_before_3_35(tmp_path, monkeypatch):
+    """Debian bullseye's SQLite (3.34) has no `UPDATE ... RETURNING`: the claim takes two
+    statements in one write transaction there, with the same answers."""
+    from models.events import claim_event
+
+    migrate(open_database(f"sqlite:///{tmp_path}/old.db"))
+    store_events([new("evt_a")])
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    claimed = claim_event("evt_a", holder="r1", lease=30)
+    assert claimed is not None and claimed.id == "evt_a"
+    assert (claimed.status, claimed.attempts, claimed.claimed_by) == ("processing", 1, "r1")
+    assert claim_event("evt_a", holder="r2", lease=30) is None  # held: not claimed twice
+    assert claim_event("evt_missing", holder="r2") is None
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_storage_group_commits_in_few_transactions_exactly_once(tmp_path):
     db = open_database(f"sqlite:///{tmp_path}/app.db")
