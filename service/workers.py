@@ -18,11 +18,16 @@ scheduler (and with it the Install API reconciliation), so the schedule is not m
 SIGTERM or SIGINT to the parent is passed to every worker, each drains as a single process does
 (`service/server.py`), and the parent exits 0 once all have exited 0. A worker that exits on its
 own (a crash, a failed start) stops the others too, and the parent exits 1, for the supervisor
-(systemd, Docker) to restart the whole.
+(systemd, Docker) to restart the whole. A parent killed outright (SIGKILL) takes its workers
+with it: each gets SIGTERM from the kernel and drains, so none is left holding the port.
+Before it reserves the port, the parent checks that nobody listens on it, so a second instance
+cannot join the first one's `SO_REUSEPORT` group and share its connections.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -39,6 +44,7 @@ from service.config import Config
 log = logging.getLogger("app.workers")
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def worker_config(config: Config, index: int) -> Config:
@@ -51,6 +57,13 @@ def reserve_port(host: str, port: int) -> socket.socket:
     this process's group's (port 0: one the kernel picks) while the workers bind theirs."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+    # First a bind without SO_REUSEPORT: it fails while anyone listens on the port, including
+    # another instance's SO_REUSEPORT group, which a SO_REUSEPORT bind would silently join
+    # (the kernel would then split connections between two servers).
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        probe.bind(address)
+        address = (address[0], probe.getsockname()[1], *address[2:])  # port 0: the one we got
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,6 +73,16 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: get SIGTERM (a graceful drain) when the parent dies, even by SIGKILL, so no
+    worker is left serving the port on its own (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_workers(config: Config, serve_one: Callable[[Config, list[socket.socket]], int]) -> int:
@@ -80,11 +103,13 @@ def run_workers(config: Config, serve_one: Callable[[Config, list[socket.socket]
     # parent's handlers are in place (each worker unblocks them at once).
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, int] = {}
+    parent = os.getpid()
     for index in range(config.workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                _die_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
                 reserved.close()
                 try:

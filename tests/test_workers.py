@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -144,6 +145,13 @@ def test_each_worker_listens_on_its_own_socket_and_a_taken_port_fails_cleanly(tm
         # the port with a bound socket that never listens)
         assert _listening(port) == 2
         assert _healthy(f"http://127.0.0.1:{port}")
+        # a second instance on the same port must not join the first one's SO_REUSEPORT group
+        # (the kernel would split the connections between the two): it fails like any taken port
+        second = subprocess.run([sys.executable, "run.py"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "cannot listen on 127.0.0.1:" in second.stdout + second.stderr
+        assert _listening(port) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
@@ -157,3 +165,31 @@ def test_each_worker_listens_on_its_own_socket_and_a_taken_port_fails_cleanly(tm
     assert done.returncode == 1
     assert "cannot listen on 127.0.0.1:" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_workers_drain_and_exit_when_the_parent_is_killed(tmp_path):
+    """SIGKILL to the parent (an OOM kill, a supervisor's last resort): no worker is left
+    serving the port on its own."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    env.update(base_env(tmp_path, PORT=str(port), WORKERS="2"))
+    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 30
+        while len(_children(proc.pid)) < 2 or _listening(port) < 2:
+            assert time.time() < deadline, "workers did not start"
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 20
+        while any(os.path.exists(f"/proc/{pid}") and not _is_zombie(pid) for pid in workers):
+            assert time.time() < deadline, "a worker outlived its parent"
+            time.sleep(0.1)
+        assert _listening(port) == 0
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
