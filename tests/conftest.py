@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -94,6 +95,22 @@ class Running:
         while self.backend.events._tasks:
             assert time.monotonic() < deadline, f"webhook processing not done in {timeout}s"
             await asyncio.sleep(0.01)
+
+
+def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
+    """Start `python <args>` (a server of this project on `port`) and wait until its
+    `/healthz` answers 200; kill it and fail if it does not within 30 s."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not start")
 
 
 def wait_until_in_flight(port: int, requests: int) -> None:

@@ -14,8 +14,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +22,18 @@ from typing import Any
 import httpx
 import pytest
 import time_machine
-from conftest import ROOT, WH_LIVE, WH_TEST, base_env, compact, event, free_port, running, sign
+from conftest import (
+    ROOT,
+    WH_LIVE,
+    WH_TEST,
+    base_env,
+    compact,
+    event,
+    free_port,
+    running,
+    sign,
+    start_server,
+)
 from stripe_proxy import StripeProxy
 
 from jobs.registry import Registry, job
@@ -61,20 +70,6 @@ def registry_with(*funcs) -> Registry:
 
 # ---- kill -9 under webhook load, then restart --------------------------------------------------
 
-def _start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("server did not start")
-
-
 def _count(db_path: str, sql: str) -> int:
     with sqlite3.connect(db_path, timeout=10) as conn:
         return conn.execute(sql).fetchone()[0]
@@ -90,7 +85,7 @@ def test_kill_9_under_webhook_load_installs_take_effect_within_10_s_of_restart(t
     for i, account in enumerate(accounts):
         bodies.append(json.dumps(event(AUTH, account)))
         bodies.append(json.dumps(event("invoice.paid", account, event_id=f"evt_inv{i}")))
-    proc = _start(["tests/hang_server.py"], env, port)
+    proc = start_server(["tests/hang_server.py"], env, port)
     try:
         async def load() -> list[int]:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
@@ -117,7 +112,7 @@ def test_kill_9_under_webhook_load_installs_take_effect_within_10_s_of_restart(t
         == 8
 
     restarted = time.monotonic()
-    proc = _start(["run.py"], env, port)
+    proc = start_server(["run.py"], env, port)
     try:
         while _count(db_path, "SELECT count(*) FROM installation WHERE active") < len(accounts):
             assert time.monotonic() - restarted < 30, "installs never took effect"

@@ -16,12 +16,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import peewee as pw
 import pytest
-from conftest import ROOT, WH_LIVE, base_env, event, free_port, running, sign
+from conftest import ROOT, WH_LIVE, base_env, event, free_port, running, sign, start_server
 
 from models.db import Storage, _write_lock, open_database, write_transaction
 from models.events import NewEvent, WebhookEvent, store_event, store_events
@@ -252,20 +251,6 @@ async def test_concurrent_webhooks_with_redeliveries_are_answered_exactly_once(t
 # ---- kill -9 right after the acknowledgements ----------------------------------------------------
 
 
-def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("server did not start")
-
-
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
 def test_kill_9_while_acknowledging_loses_no_acknowledged_event(tmp_path, synchronous):
     port = free_port()
@@ -276,7 +261,7 @@ def test_kill_9_while_acknowledging_loses_no_acknowledged_event(tmp_path, synchr
               for i in range(3000)]
     acknowledged: list[str] = []
     killed = threading.Event()
-    proc = _start(env, port)
+    proc = start_server(["run.py"], env, port)
 
     async def load() -> None:
         queue = list(reversed(bodies))
