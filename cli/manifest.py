@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from cli.devtools import JSONFileError, read_json_object
+from jobs.installs import INSTALL_EVENTS
 from jobs.registry import Registry
 from service.config import Config
 from service.manifest import manifest_fragment, missing_from, permission_needs, webhook_event_types
@@ -29,8 +30,13 @@ def add_parser(sub: Any) -> None:
 
 
 def _notes(config: Config, registry: Registry) -> list[str]:
-    lines = [f"Webhook endpoint: {config.public_url}/webhooks, listening to events on connected "
-             "accounts, subscribed to: " + ", ".join(webhook_event_types(registry))]
+    # apps.install.* are sent to the app developer's own account, the rest by connected ones:
+    # two endpoints at one URL (docs/deploy.md, "Which events to subscribe")
+    connected = [t for t in webhook_event_types(registry) if t not in INSTALL_EVENTS]
+    lines = [f"Webhook endpoint 1: {config.public_url}/webhooks, listening to events on "
+             "connected accounts, subscribed to: " + ", ".join(connected),
+             f"Webhook endpoint 2: {config.public_url}/webhooks, listening to events on your "
+             "own account, subscribed to: " + ", ".join(INSTALL_EVENTS)]
     for need in permission_needs(registry):
         if need.guessed:
             lines.append(f"{need.permission}: derived from the event type; check the name in "

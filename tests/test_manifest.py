@@ -109,6 +109,12 @@ def test_manifest_command_prints_and_checks(tmp_path):
     assert fragment["allowed_redirect_uris"] == ["https://app.example.com/callback/stripe"]
     assert "https://app.example.com/webhooks" in out.stderr
     assert "account.application.authorized" in out.stderr and "PUBLIC_URL is" not in out.stderr
+    # apps.install.* come from the developer's own account: a second endpoint, not the first's
+    connected, own = (next(line for line in out.stderr.splitlines()
+                           if line.startswith(f"Webhook endpoint {n}:")) for n in (1, 2))
+    assert "connected accounts" in connected and "apps.install" not in connected
+    assert "own account" in own and own.endswith(
+        "apps.install.created, apps.install.updated, apps.install.deleted")
     # the default PUBLIC_URL follows HOST and PORT, and the command says it is not https
     out = cli(ROOT, "manifest", PORT="8123")
     assert json.loads(out.stdout)["ui_extension"]["content_security_policy"]["connect-src"] == [
