@@ -150,6 +150,11 @@ def check_urls(config: Config) -> list[Finding]:
                       ("STRIPE_INSTALL_REDIRECT_URI", config.install_redirect_uri)):
         if url.startswith("https://"):
             out.append(Finding(Status.OK, name, f"{url} is https"))
+        elif live and config.api_base and _origin(config.api_base) != "https://api.stripe.com":
+            # `run.py dev`: a live key for an emulator; no live install reaches this URL yet
+            out.append(Finding(Status.SKIPPED, name,
+                               f"{url} is not https; the live key is for {config.api_base}, not "
+                               "Stripe", "serve the backend over https before going live"))
         elif live:
             out.append(Finding(Status.FAILED, name, f"{url} is not https but a live key is set",
                                "serve the backend over https (a TLS proxy in front of it) and "

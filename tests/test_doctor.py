@@ -172,6 +172,11 @@ def test_variables_and_urls():
     findings = check_urls(cfg)
     assert find(findings, "PUBLIC_URL", Status.FAILED)
     assert find(findings, "STRIPE_INSTALL_REDIRECT_URI", Status.FAILED)
+    # ... unless the live key is for an emulator (`run.py dev`): skipped, with what to do later
+    for base, status in (("http://127.0.0.1:8420", Status.SKIPPED),
+                         ("https://api.stripe.com", Status.FAILED)):
+        cfg = Config.from_env({"STRIPE_SECRET_KEY_LIVE": LIVE_KEY, "STRIPE_API_BASE": base})
+        assert find(check_urls(cfg), "PUBLIC_URL", status)
     # test keys only: http is fine; PUBLIC_URL sets the redirect's default
     cfg = Config.from_env({"PUBLIC_URL": "https://app.example.com/"})
     assert cfg.install_redirect_uri == "https://app.example.com/callback/stripe"
