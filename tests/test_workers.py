@@ -138,13 +138,14 @@ def test_each_worker_listens_on_its_own_socket_and_a_taken_port_fails_cleanly(tm
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 30
-        while len(_children(proc.pid)) < 2 or _listening(port) < 2:
+        # a worker listens before its server is ready (the kernel queues connections till then)
+        while (len(_children(proc.pid)) < 2 or _listening(port) < 2
+               or not _healthy(f"http://127.0.0.1:{port}")):
             assert time.time() < deadline, "workers did not start"
             time.sleep(0.1)
         # SO_REUSEPORT: one listening socket per worker, none in the parent (which only holds
         # the port with a bound socket that never listens)
         assert _listening(port) == 2
-        assert _healthy(f"http://127.0.0.1:{port}")
         # a second instance on the same port must not join the first one's SO_REUSEPORT group
         # (the kernel would split the connections between the two): it fails like any taken port
         second = subprocess.run([sys.executable, "run.py"], cwd=ROOT, env=env,
