@@ -12,8 +12,10 @@ files declare plain `pw.Model` classes, which peewee names after the class
 (`balancesnapshot_account_id`). Left alone, every `makemigration` would drop and re-add each
 index a `create_model` made, with a `drop_index` of a name no database has. `make_migration`
 therefore replays the files with `_TableNamedIndexes`, whose models name indexes as ours do.
-Applying migrations keeps peewee-migrate's own `Migrator`: the tables a `create_model` makes get
-the same class-named indexes on a new database as on every existing one.
+Applying migrations leaves index creation as it was: the tables a `create_model` makes get the
+same class-named indexes on a new database as on every existing one, while `add_index` names
+its index after the table. So a database holds both kinds of name, and `_Migrator` (which
+applies the files) makes `drop_index` drop whichever of the two the database has.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import peewee as pw
 from peewee_migrate import Migrator, Router
+from playhouse.migrate import Operation, make_index_name
 
 from models.db import is_sqlite
 
@@ -32,7 +35,35 @@ log = logging.getLogger("app.migrate")
 MIGRATION_LOCK = 0x5A1E5
 
 
-class _TableNamedIndexes(Migrator):
+class _Migrator(Migrator):
+    """The `Migrator` that applies the migration files; `drop_index(model, *columns)` drops the
+    index on those columns named after the table (as `add_index` and the app's models name
+    it) or, when the database has no such index, the one named after the model class (as a
+    `create_model` made it); with neither it fails on the table-named one, as peewee-migrate
+    does. The name is looked up when the operation runs, not when a replay records it."""
+
+    def drop_index(self, model: Any, *columns: str) -> Any:
+        meta = self.__get_model__(model)._meta
+        cols = [meta.fields[c].column_name for c in columns if c in meta.fields]
+        table, class_named = meta.table_name, make_index_name(meta.name, cols)
+        result = super().drop_index(model, *columns)
+        op = self.__ops__.pop()
+        if not isinstance(op, Operation):  # peewee-migrate records its drop_index as one
+            raise TypeError(f"unexpected drop_index operation from peewee-migrate: {op!r}")
+        table_named = op.args[1]
+        schema = self.__migrator__
+
+        def drop_index_by_its_name_in_the_database() -> None:
+            present = {i.name for i in self.__database__.get_indexes(table)}
+            name = class_named if table_named not in present and class_named in present \
+                else table_named
+            schema.drop_index(table, name).run()
+
+        self.__ops__.append(drop_index_by_its_name_in_the_database)
+        return result
+
+
+class _TableNamedIndexes(_Migrator):
     """A `Migrator` whose models name their indexes after the table, as `BaseModel`'s
     (`legacy_table_names = False`) do; for computing a new migration only, never to apply one.
 
@@ -46,7 +77,7 @@ class _TableNamedIndexes(Migrator):
         return super().create_model(model)
 
 
-def _router(db: pw.Database, migrate_dir: str, migrator_class: type[Migrator] = Migrator
+def _router(db: pw.Database, migrate_dir: str, migrator_class: type[Migrator] = _Migrator
             ) -> Router:
     return Router(db, migrate_dir=migrate_dir, logger=logging.getLogger("peewee_migrate"),
                   migrator_class=migrator_class)

@@ -125,3 +125,33 @@ def test_an_added_index_is_named_as_the_models_name_it(db_url: str, copy_dir: st
     assert migrate(db, copy_dir) == [name]
     assert "balance_snapshot_mode_taken_at" in {i.name for i in db.get_indexes("balance_snapshot")}
     assert make_migration(db, "again", _with(BalanceSnapshot), migrate_dir=copy_dir) is None
+
+    # and dropping it again drops the index add_index made, named after the table
+    name = make_migration(db, "unidx", _with(RealSnapshot), migrate_dir=copy_dir)
+    assert name is not None
+    assert _body(copy_dir, name) == "migrator.drop_index('balance_snapshot', 'mode', 'taken_at')"
+    assert migrate(db, copy_dir) == [name]
+    assert "balance_snapshot_mode_taken_at" not in {
+        i.name for i in db.get_indexes("balance_snapshot")}
+
+
+def test_a_dropped_index_from_create_model_is_dropped(db_url: str, copy_dir: str) -> None:
+    """001's create_model named the index on taken_at after the class, not the table."""
+    db = _up_to_date(db_url, copy_dir)
+    assert "balancesnapshot_taken_at" in {i.name for i in db.get_indexes("balance_snapshot")}
+
+    class BalanceSnapshot(AccountModel):  # the real one without the index on taken_at
+        taken_at = pw.DoubleField()
+        available = pw.TextField()
+        pending = pw.TextField()
+
+    name = make_migration(db, "unidx", _with(BalanceSnapshot), migrate_dir=copy_dir)
+    assert name is not None
+    assert _body(copy_dir, name) == (  # peewee-migrate restates the field that lost index=True
+        "migrator.change_fields('balance_snapshot', taken_at=pw.DoubleField())\n"
+        "migrator.drop_index('balance_snapshot', 'taken_at')")
+    assert migrate(db, copy_dir) == [name]
+    left = {i.name for i in db.get_indexes("balance_snapshot")}
+    assert "balancesnapshot_taken_at" not in left
+    assert "balancesnapshot_account_id" in left  # only that one went
+    assert make_migration(db, "again", _with(BalanceSnapshot), migrate_dir=copy_dir) is None
