@@ -1,0 +1,157 @@
+"""`run.py makemigration` / `make_migration`: no change gives no file; a model change gives a
+migration with that change only, which applies, and the app then starts on the database.
+
+Each test runs on a real SQLite file in tmp_path and on a fresh PostgreSQL database (`db_url`),
+except the command-line one (SQLite only). Generated files go to a copy of `models/migrations`; the
+command-line test checks that the real folder is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from cli.devtools import free_port
+from models.base import AccountModel, discover_models
+from models.db import open_database
+from models.migrate import MIGRATIONS_DIR, make_migration, migrate
+from models.snapshots import BalanceSnapshot as RealSnapshot
+from tests.conftest import ROOT, base_env, start_server
+
+
+def _migration_files(folder: str) -> set[str]:
+    return {n for n in os.listdir(folder) if n.endswith(".py") and n[:3].isdigit()}
+
+
+@pytest.fixture
+def copy_dir(tmp_path: Path) -> str:
+    folder = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return str(folder)
+
+
+def _up_to_date(url: str, folder: str) -> pw.Database:
+    db = open_database(url)
+    assert migrate(db, folder)[-1] == sorted(_migration_files(folder))[-1][:-3]
+    return db
+
+
+def _with(replacement: type[pw.Model]) -> list[type[pw.Model]]:
+    """Every model of the app, with `replacement` in place of the real BalanceSnapshot."""
+    models: list[type[pw.Model]] = [m for m in discover_models() if m is not RealSnapshot]
+    assert len(models) == len(discover_models()) - 1
+    return [*models, replacement]
+
+
+def _body(folder: str, name: str) -> str:
+    """The statements of the generated migrate() (the part before rollback)."""
+    text = Path(folder, name + ".py").read_text()
+    start = text.index("def migrate(")
+    body = text[text.index("\n", start):text.index("def rollback(")]
+    return "\n".join(line.strip() for line in body.splitlines()
+                     if line.strip() and not line.strip().startswith('"""'))
+
+
+def test_no_model_change_writes_nothing(db_url: str, copy_dir: str) -> None:
+    db = _up_to_date(db_url, copy_dir)
+    before = _migration_files(copy_dir)
+    assert make_migration(db, "noop", migrate_dir=copy_dir) is None
+    assert _migration_files(copy_dir) == before
+
+
+def test_cli_on_an_up_to_date_database(tmp_path: Path) -> None:
+    env = {**os.environ, **base_env(tmp_path)}
+    before = _migration_files(MIGRATIONS_DIR)
+    try:
+        for cmd in (["migrate"], ["makemigration", "noop"]):
+            done = subprocess.run([sys.executable, "run.py", *cmd], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "no model changes found"
+        assert _migration_files(MIGRATIONS_DIR) == before
+    finally:  # never leave a generated file in the real folder, even when the test fails
+        for extra in _migration_files(MIGRATIONS_DIR) - before:
+            os.remove(os.path.join(MIGRATIONS_DIR, extra))
+
+
+def test_an_added_field_is_the_only_change_and_applies(tmp_path: Path, db_url: str,
+                                                       copy_dir: str) -> None:
+    db = _up_to_date(db_url, copy_dir)
+
+    class BalanceSnapshot(AccountModel):  # the real one plus `note`
+        taken_at = pw.DoubleField(index=True)
+        available = pw.TextField()
+        pending = pw.TextField()
+        note = pw.TextField(null=True)
+
+    name = make_migration(db, "note", _with(BalanceSnapshot), migrate_dir=copy_dir)
+    assert name == "011_note"
+    assert _body(copy_dir, name) == (
+        "migrator.add_fields(\n'balance_snapshot',\nnote=pw.TextField(null=True))")
+    assert migrate(db, copy_dir) == ["011_note"]
+    assert "note" in {c.name for c in db.get_columns("balance_snapshot")}
+    # the migration files now match the changed models
+    assert make_migration(db, "again", _with(BalanceSnapshot), migrate_dir=copy_dir) is None
+
+    # and the app starts on this database (its own start-up migration finds nothing to do)
+    port = free_port()
+    proc = start_server(["run.py"], base_env(tmp_path, PORT=str(port), DATABASE_URL=db_url), port)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_an_added_index_is_named_as_the_models_name_it(db_url: str, copy_dir: str) -> None:
+    db = _up_to_date(db_url, copy_dir)
+
+    class BalanceSnapshot(AccountModel):  # the real one plus an index on (mode, taken_at)
+        taken_at = pw.DoubleField(index=True)
+        available = pw.TextField()
+        pending = pw.TextField()
+
+        class Meta:
+            indexes = ((("mode", "taken_at"), False),)
+
+    name = make_migration(db, "idx", _with(BalanceSnapshot), migrate_dir=copy_dir)
+    assert name is not None
+    assert _body(copy_dir, name) == (
+        "migrator.add_index('balance_snapshot', 'mode', 'taken_at', unique=False)")
+    assert migrate(db, copy_dir) == [name]
+    assert "balance_snapshot_mode_taken_at" in {i.name for i in db.get_indexes("balance_snapshot")}
+    assert make_migration(db, "again", _with(BalanceSnapshot), migrate_dir=copy_dir) is None
+
+    # and dropping it again drops the index add_index made, named after the table
+    name = make_migration(db, "unidx", _with(RealSnapshot), migrate_dir=copy_dir)
+    assert name is not None
+    assert _body(copy_dir, name) == "migrator.drop_index('balance_snapshot', 'mode', 'taken_at')"
+    assert migrate(db, copy_dir) == [name]
+    assert "balance_snapshot_mode_taken_at" not in {
+        i.name for i in db.get_indexes("balance_snapshot")}
+
+
+def test_a_dropped_index_from_create_model_is_dropped(db_url: str, copy_dir: str) -> None:
+    """001's create_model named the index on taken_at after the class, not the table."""
+    db = _up_to_date(db_url, copy_dir)
+    assert "balancesnapshot_taken_at" in {i.name for i in db.get_indexes("balance_snapshot")}
+
+    class BalanceSnapshot(AccountModel):  # the real one without the index on taken_at
+        taken_at = pw.DoubleField()
+        available = pw.TextField()
+        pending = pw.TextField()
+
+    name = make_migration(db, "unidx", _with(BalanceSnapshot), migrate_dir=copy_dir)
+    assert name is not None
+    assert _body(copy_dir, name) == (  # peewee-migrate restates the field that lost index=True
+        "migrator.change_fields('balance_snapshot', taken_at=pw.DoubleField())\n"
+        "migrator.drop_index('balance_snapshot', 'taken_at')")
+    assert migrate(db, copy_dir) == [name]
+    left = {i.name for i in db.get_indexes("balance_snapshot")}
+    assert "balancesnapshot_taken_at" not in left
+    assert "balancesnapshot_account_id" in left  # only that one went
+    assert make_migration(db, "again", _with(BalanceSnapshot), migrate_dir=copy_dir) is None
