@@ -9,10 +9,12 @@
     simulate request /api/installation --account acct_X [--payload '{"k": 1}']
 
 When `STRIPE_API_BASE` is a loopback address (the Install API fake `run.py dev` runs,
-cli/fake_installs.py), `install` also registers the install there (`POST /v1/apps/installs`
-for the account) and `uninstall` uninstalls it there (`POST /v1/apps/installs/{id}/uninstall`),
-as Stripe's own records would change, so an install sync agrees with what was simulated.
-Real Stripe (any other address) is never written to.
+cli/fake_installs.py), `install` and `event apps.install.created` also register the install
+there (`POST /v1/apps/installs` for the account; the event carries that install's id), and
+`uninstall` and `event apps.install.deleted` uninstall it there (`POST
+/v1/apps/installs/{id}/uninstall`), as Stripe's own records would change, so an install sync
+agrees with what was simulated. Real Stripe (any other address) is never written to. The fake
+records no permissions: a sync after `--granted`/`--pending` sees none.
 
 Secrets come from the environment (or, when unset, from `var/dev.env` written by `run.py dev`).
 Each command prints what it sent and what came back; it exits 1 when the backend refused, 2 on
@@ -123,12 +125,13 @@ def local_install_api(config: Config, livemode: bool) -> tuple[str, dict[str, st
     return base.rstrip("/"), {"Authorization": f"Bearer {key}"}
 
 
-def register_install(config: Config, account: str, livemode: bool) -> None:
+def register_install(config: Config, account: str, livemode: bool) -> str | None:
     """Tell the local Install API fake that the app is installed on `account` (see the module
-    docstring); a failure is a warning, the simulated install itself stands."""
+    docstring) and return the install's id; None when there is no local fake or it failed (a
+    warning: the simulated install itself stands)."""
     local = local_install_api(config, livemode)
     if local is None:
-        return
+        return None
     base, headers = local
     print(f"-> POST {base}/v1/apps/installs (Stripe-Account: {account}): Stripe records it")
     try:
@@ -137,12 +140,14 @@ def register_install(config: Config, account: str, livemode: bool) -> None:
     except httpx.TransportError as exc:
         print(f"warning: the Install API at {base} cannot be reached ({type(exc).__name__}); "
               "an install sync will not see this install", file=sys.stderr)
-        return
+        return None
     if resp.status_code >= 400:
         print(f"warning: the Install API at {base} refused ({resp.status_code}): "
               f"{resp.text[:300]}", file=sys.stderr)
-        return
-    print(f"<- {resp.status_code} {resp.json().get('id')}")
+        return None
+    install_id = str(resp.json().get("id"))
+    print(f"<- {resp.status_code} {install_id}")
+    return install_id
 
 
 def unregister_install(config: Config, account: str, livemode: bool) -> None:
@@ -239,8 +244,13 @@ def install_event(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     if not args.account:
         raise SimulateError("apps.install.* events need --account")
     status = "uninstalling" if args.type == "apps.install.deleted" else "installed"
+    install_id = None
+    if args.type == "apps.install.created":  # the install Stripe now lists, under its id
+        install_id = register_install(config, args.account, not args.test)
+    elif args.type == "apps.install.deleted":
+        unregister_install(config, args.account, not args.test)
     obj = install_object(args.account, config.app_id or "com.example.app", not args.test,
-                         status=status,
+                         install_id=install_id, status=status,
                          permissions_granted=[p for p in args.granted.split(",") if p],
                          permissions_pending=[p for p in args.pending.split(",") if p])
     return make_event(args.type, None, not args.test, obj=obj)
