@@ -3,8 +3,11 @@
 Secrets are generated once and kept in `var/dev.env` (so `run.py simulate` in another shell
 signs with the same ones, and a restart keeps them); variables already set in the environment
 win. The emulator is started on `--stripe-port` unless something already answers there; it keeps
-its data in `var/dev-localstripe.pickle` (its own file, see `cli/emulator.py`). Never use this
-mode with real Stripe keys.
+its data in `var/dev-localstripe.pickle` (its own file, see `cli/emulator.py`). The Install
+API fake keeps the installs `run.py simulate` registers in `var/dev-installs.json` (0600), so
+the install sync at start-up and `installs sync --dev` find them after a restart. Both children
+exit when dev does, even when it is killed (`cli.devtools.start_child`). Never use this mode
+with real Stripe keys.
 
 Dev keeps its own database, `var/dev.db` (unless `DATABASE_URL` is set), so a fake `acct_demo`
 never lands in the real server's `var/app.db`. Each start writes the database and the address
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -150,20 +154,32 @@ def start_emulator(port: int) -> subprocess.Popen[str] | None:
     return proc
 
 
+#: The dev Install API fake keeps its installs here, across restarts of `run.py dev`.
+INSTALLS_STATE = "var/dev-installs.json"
+
+
 def start_fake_installs(port: int, upstream: str) -> tuple[subprocess.Popen[str], str]:
     """The Install API fake (cli/fake_installs.py) in front of the emulator: the backend's
     `STRIPE_API_BASE`, answering `/v1/apps/installs` and forwarding the rest."""
     try:
-        proc, url = fake_installs.start(port, upstream)
+        proc, url = fake_installs.start(port, upstream, state=os.path.abspath(INSTALLS_STATE))
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
-    print(f"Install API fake: started at {url} (pid {proc.pid}), forwarding to {upstream}")
+    print(f"Install API fake: started at {url} (pid {proc.pid}), forwarding to {upstream}, "
+          f"installs in {INSTALLS_STATE}")
     return proc, url
+
+
+def _exit_on_sigterm(_sig: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def run_dev(_config: Config, args: argparse.Namespace) -> int:
     """The configuration comes from the environment over the dev environment file, not from
     `_config` (the environment alone)."""
+    # Until the server's own handler is in place, SIGTERM ends dev through the `finally` below
+    # (which stops the children) rather than at once.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.makedirs(os.path.dirname(DEV_ENV), exist_ok=True)
     values = load_dev_env() or _generate()
     values.setdefault("CREDENTIALS_KEYS", _fernet_key())  # a dev.env from before the vault

@@ -3,17 +3,21 @@
 - `sign(payload, secret)`: a `Stripe-Signature` header, made by the stripe library;
 - `make_event(type, account, livemode)`: a webhook event shaped as Stripe sends it;
 - `compact(value)`: JSON without spaces, as the UI extension's signed requests send it;
-- `free_port()`: a free TCP port on the loopback interface.
+- `free_port()`: a free TCP port on the loopback interface;
+- `start_child(...)` / `exit_with_parent()`: a loopback server of ours as a child process that
+  exits when its parent does, however the parent ends (even by SIGKILL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -56,13 +60,16 @@ def free_port() -> int:
 
 def start_child(module: str, args: list[str], what: str,
                 timeout: float = 20.0) -> tuple[subprocess.Popen[str], str]:
-    """Run `python -m <module> <args>` (a loopback server of this project that prints the port
-    it bound as its first line) and wait until it answers; returns it and its base URL.
+    """Run `python -m <module> <args> --exit-with-parent` (a loopback server of this project
+    that prints the port it bound as its first line) and wait until it answers; returns it and
+    its base URL. Its stdin is a pipe from this process: when this process ends, by any means,
+    the pipe closes and the child exits (`exit_with_parent`), so no server is left orphaned.
 
     Raises RuntimeError naming `what` when it does not start or does not answer in time."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", module, *args, PARENT_FLAG], cwd=root,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if line.isdigit():
@@ -78,6 +85,24 @@ def start_child(module: str, args: list[str], what: str,
     proc.wait(5)
     raise RuntimeError(f"{what} did not start" if not line.isdigit()
                        else f"{what} did not answer at http://127.0.0.1:{line}")
+
+
+#: The flag `start_child` gives its child: "stdin is a pipe from your parent; exit at its EOF".
+PARENT_FLAG = "--exit-with-parent"
+
+
+def exit_with_parent() -> None:
+    """In a child started by `start_child`: end this process as soon as stdin reaches EOF, that
+    is when the parent has exited or been killed (the kernel closes its end of the pipe). A
+    thread waits on the pipe; `os._exit` because the servers write their state on each change,
+    so there is nothing left to flush."""
+    def wait() -> None:
+        with contextlib.suppress(OSError):
+            while sys.stdin.buffer.read(4096):
+                pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="exit-with-parent", daemon=True).start()
 
 
 class JSONFileError(ValueError):

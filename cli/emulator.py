@@ -13,7 +13,8 @@ loaded only if it exists) or, without `--state`, kept in memory only (from scrat
 nowhere). It listens on 127.0.0.1 only, and prints the port it bound as its first line, so
 `--port 0` lets the kernel choose a free port with no race between choosing and binding.
 
-`start(port, state=None)` runs it as a child process and returns `(process, url)`.
+`start(port, state=None)` runs it as a child process and returns `(process, url)`; the child
+exits when the process that started it does (`cli.devtools.start_child`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pickle
 import socket
 import subprocess
 
-from cli.devtools import start_child
+from cli.devtools import PARENT_FLAG, exit_with_parent, start_child
 
 
 def _use_state_file(path: str | None) -> None:
@@ -57,7 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--state", default=None,
                         help="keep the emulator's data in this file (default: memory only)")
+    parser.add_argument(PARENT_FLAG, action="store_true",
+                        help="exit when stdin closes (set by start(): die with the parent)")
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        exit_with_parent()
     _use_state_file(args.state)
     from aiohttp import web
     from localstripe.resources import store

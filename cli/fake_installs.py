@@ -18,9 +18,11 @@ shows that account's installs (as Stripe does for an app developer acting on an 
 
 Tests drive it in process (`FakeInstalls.add`, `.remove`, `.fail_list_after`); run alone:
 
-    python -m cli.fake_installs --port 0 [--upstream http://127.0.0.1:8420]
+    python -m cli.fake_installs --port 0 [--upstream http://127.0.0.1:8420] [--state FILE]
 
-prints the port it bound as its first line. `start(...)` runs it as a child process.
+prints the port it bound as its first line. With `--state`, the installs are kept in FILE (JSON,
+0600, rewritten on each change, loaded at start), so `run.py dev` restarts with the installs
+`run.py simulate` registered. `start(...)` runs it as a child process that exits with its parent.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -40,7 +43,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from cli.devtools import start_child
+from cli.devtools import PARENT_FLAG, exit_with_parent, start_child
 
 PATH = "/v1/apps/installs"
 INSTALLED_STATUSES = ("installed", "uninstall_failed")
@@ -80,6 +83,26 @@ class FakeState:
     list_pages: int = 0  # list requests answered
     fail_after: int | None = None  # list pages served before every later one fails
     fail_status: int = 500
+    state_file: str | None = None  # where the installs are kept across restarts, if anywhere
+
+    def load(self) -> None:
+        """The installs saved in `state_file`, when there is one (a missing file: none)."""
+        if not self.state_file or not os.path.exists(self.state_file):
+            return
+        with open(self.state_file, encoding="utf-8") as f:
+            saved = json.load(f)
+        self.installs = {o["id"]: o for o in saved["installs"]}
+
+    def save(self) -> None:
+        """Write the installs to `state_file` (0600 from the first byte, replaced atomically)."""
+        if not self.state_file:
+            return
+        tmp = f"{self.state_file}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"installs": list(self.installs.values())}, f)
+        os.replace(tmp, self.state_file)
 
     def ordered(self, livemode: bool) -> list[dict[str, Any]]:
         """Newest first, then by id (Stripe's order for lists)."""
@@ -188,6 +211,7 @@ class InstallsHandler(_Base):
                 return
         obj = install_object(account, app, livemode)
         self.state.installs[obj["id"]] = obj
+        self.state.save()
         self.send(obj)
 
 
@@ -215,6 +239,7 @@ class UninstallHandler(InstallHandler):
         if obj is None:
             return
         del self.state.installs[install_id]
+        self.state.save()
         self.send({**obj, "status": "uninstalling"})
 
 
@@ -242,8 +267,10 @@ class ForwardHandler(_Base):
 class FakeInstalls:
     """The fake as a real HTTP server in this process's event loop."""
 
-    def __init__(self, upstream: str | None = None, port: int = 0) -> None:
-        self.state = FakeState(upstream=upstream)
+    def __init__(self, upstream: str | None = None, port: int = 0,
+                 state_file: str | None = None) -> None:
+        self.state = FakeState(upstream=upstream, state_file=state_file)
+        self.state.load()
         self.client = httpx.AsyncClient(timeout=30)
         args = {"state": self.state, "client": self.client}
         app = tornado.web.Application([
@@ -262,12 +289,14 @@ class FakeInstalls:
         """Install `app` on `account` (no webhook is sent: that is the caller's business)."""
         obj = install_object(account, app, livemode, **fields)
         self.state.installs[obj["id"]] = obj
+        self.state.save()
         return obj
 
     def remove(self, account: str, livemode: bool = False) -> None:
         for key, obj in list(self.state.installs.items()):
             if obj["account"] == account and obj["livemode"] == livemode:
                 del self.state.installs[key]
+        self.state.save()
 
     def fail_list_after(self, pages: int | None, status: int = 500) -> None:
         """Serve `pages` more list pages, then fail every later one with `status`."""
@@ -286,10 +315,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="start with this many installs")
     parser.add_argument("--seed-app", default="com.example.app")
     parser.add_argument("--seed-live", action="store_true", help="seed live installs")
+    parser.add_argument("--state", default=None,
+                        help="keep the installs in this file across restarts (default: memory)")
+    parser.add_argument(PARENT_FLAG, action="store_true",
+                        help="exit when stdin closes (set by start(): die with the parent)")
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        exit_with_parent()
 
     async def serve() -> None:
-        fake = FakeInstalls(args.upstream, args.port)
+        fake = FakeInstalls(args.upstream, args.port, args.state)
         for i in range(args.seed):
             fake.add(f"acct_seed{i:07d}", args.seed_app, args.seed_live, created=1_700_000_000,
                      install_id=f"apinst_seed{i:07d}")
@@ -300,9 +335,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def start(port: int = 0, upstream: str | None = None, timeout: float = 20.0,
-          extra: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
+          extra: list[str] | None = None,
+          state: str | None = None) -> tuple[subprocess.Popen[str], str]:
     """Start the fake as a child process; returns it and its base URL once it answers."""
-    args = ["--port", str(port), *(extra or []), *(["--upstream", upstream] if upstream else [])]
+    args = ["--port", str(port), *(extra or []), *(["--upstream", upstream] if upstream else []),
+            *(["--state", state] if state else [])]
     return start_child("cli.fake_installs", args, "the Install API fake", timeout)
 
 

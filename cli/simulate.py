@@ -8,6 +8,14 @@
                                         a platform event with the install in data.object
     simulate request /api/installation --account acct_X [--payload '{"k": 1}']
 
+When `STRIPE_API_BASE` is a loopback address (the Install API fake `run.py dev` runs,
+cli/fake_installs.py), `install` and `event apps.install.created` also register the install
+there (`POST /v1/apps/installs` for the account; the event carries that install's id), and
+`uninstall` and `event apps.install.deleted` uninstall it there (`POST
+/v1/apps/installs/{id}/uninstall`), as Stripe's own records would change, so an install sync
+agrees with what was simulated. Real Stripe (any other address) is never written to. The fake
+records no permissions: a sync after `--granted`/`--pending` sees none.
+
 Secrets come from the environment (or, when unset, from `var/dev.env` written by `run.py dev`).
 Each command prints what it sent and what came back; it exits 1 when the backend refused, 2 on
 bad input or a missing secret, 3 when the backend cannot be reached.
@@ -101,6 +109,72 @@ def send_event(client: httpx.Client, config: Config, event: dict[str, Any]) -> i
     return _answer(resp)
 
 
+def local_install_api(config: Config, livemode: bool) -> tuple[str, dict[str, str]] | None:
+    """The Install API fake's base URL and the headers to call it for the mode, or None when
+    `STRIPE_API_BASE` is not on the loopback interface (real Stripe is never written to) or
+    the app id or the mode's key is missing (then a note says what was skipped)."""
+    base = config.api_base
+    if not base or urlsplit(base).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    mode = "live" if livemode else "test"
+    key = config.secret_keys.get(mode)
+    if not config.app_id or not key:
+        print(f"(not registered with the Install API at {base}: STRIPE_APP_ID or "
+              f"STRIPE_SECRET_KEY_{mode.upper()} is not set)")
+        return None
+    return base.rstrip("/"), {"Authorization": f"Bearer {key}"}
+
+
+def register_install(config: Config, account: str, livemode: bool) -> str | None:
+    """Tell the local Install API fake that the app is installed on `account` (see the module
+    docstring) and return the install's id; None when there is no local fake or it failed (a
+    warning: the simulated install itself stands)."""
+    local = local_install_api(config, livemode)
+    if local is None:
+        return None
+    base, headers = local
+    print(f"-> POST {base}/v1/apps/installs (Stripe-Account: {account}): Stripe records it")
+    try:
+        resp = httpx.post(f"{base}/v1/apps/installs", data={"app": config.app_id or ""},
+                          headers={**headers, "Stripe-Account": account}, timeout=30)
+    except httpx.TransportError as exc:
+        print(f"warning: the Install API at {base} cannot be reached ({type(exc).__name__}); "
+              "an install sync will not see this install", file=sys.stderr)
+        return None
+    if resp.status_code >= 400:
+        print(f"warning: the Install API at {base} refused ({resp.status_code}): "
+              f"{resp.text[:300]}", file=sys.stderr)
+        return None
+    install_id = str(resp.json().get("id"))
+    print(f"<- {resp.status_code} {install_id}")
+    return install_id
+
+
+def unregister_install(config: Config, account: str, livemode: bool) -> None:
+    """Uninstall the app from `account` in the local Install API fake, as Stripe's records
+    change when an account uninstalls; a failure is a warning."""
+    local = local_install_api(config, livemode)
+    if local is None:
+        return
+    base, headers = local
+    try:
+        listed = httpx.get(f"{base}/v1/apps/installs", params={
+            "app": config.app_id or "", "account": account, "limit": 100},
+            headers=headers, timeout=30)
+        ids = [o["id"] for o in listed.json().get("data", [])] if listed.is_success else []
+        if not listed.is_success:
+            print(f"warning: the Install API at {base} refused the listing "
+                  f"({listed.status_code})", file=sys.stderr)
+        for install_id in ids:
+            print(f"-> POST {base}/v1/apps/installs/{install_id}/uninstall: Stripe records it")
+            resp = httpx.post(f"{base}/v1/apps/installs/{install_id}/uninstall",
+                              headers=headers, timeout=30)
+            print(f"<- {resp.status_code}")
+    except (httpx.TransportError, ValueError) as exc:
+        print(f"warning: the Install API at {base} failed ({type(exc).__name__}); an install "
+              "sync may still see this install", file=sys.stderr)
+
+
 def install(client: httpx.Client, config: Config, account: str, user: str, test: bool) -> int:
     if not config.app_secrets:
         raise SimulateError("STRIPE_APP_SECRETS is not set")
@@ -122,6 +196,7 @@ def install(client: httpx.Client, config: Config, account: str, user: str, test:
     resp = client.get(callback, params=params, headers={"Accept": "application/json"})
     code = _answer(resp)
     if code == 0:
+        register_install(config, account, not test)
         print("-> and the webhook Stripe sends with it")
         code = send_event(client, config, make_event("account.application.authorized", account,
                                                      not test))
@@ -169,8 +244,13 @@ def install_event(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     if not args.account:
         raise SimulateError("apps.install.* events need --account")
     status = "uninstalling" if args.type == "apps.install.deleted" else "installed"
+    install_id = None
+    if args.type == "apps.install.created":  # the install Stripe now lists, under its id
+        install_id = register_install(config, args.account, not args.test)
+    elif args.type == "apps.install.deleted":
+        unregister_install(config, args.account, not args.test)
     obj = install_object(args.account, config.app_id or "com.example.app", not args.test,
-                         status=status,
+                         install_id=install_id, status=status,
                          permissions_granted=[p for p in args.granted.split(",") if p],
                          permissions_pending=[p for p in args.pending.split(",") if p])
     return make_event(args.type, None, not args.test, obj=obj)
@@ -181,6 +261,7 @@ def _install(client: httpx.Client, config: Config, args: argparse.Namespace) -> 
 
 
 def _uninstall(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
+    unregister_install(config, args.account, not args.test)
     return send_event(client, config, make_event(
         "account.application.deauthorized", args.account, not args.test))
 

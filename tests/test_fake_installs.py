@@ -85,3 +85,29 @@ async def test_other_requests_are_forwarded_to_localstripe(localstripe):
         assert balance.available.amount == 2000  # localstripe's balance
     finally:
         await fake.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_state_file_keeps_the_installs_across_restarts(tmp_path):
+    import json
+    import os
+    import stat
+
+    path = str(tmp_path / "installs.json")
+    fake = FakeInstalls(state_file=path)
+    try:
+        made = fake.add("acct_1", APP, livemode=False)
+        gone = fake.add("acct_2", APP, livemode=True)
+        await client(fake, "sk_live_fake").v1.apps.installs.uninstall_async(gone["id"])
+    finally:
+        await fake.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [o["id"] for o in json.loads(open(path).read())["installs"]] == [made["id"]]
+    again = FakeInstalls(state_file=path)
+    try:
+        got = await client(again).v1.apps.installs.retrieve_async(made["id"])
+        assert got.account == "acct_1" and got.status == "installed"
+        page = await client(again, "sk_live_fake").v1.apps.installs.list_async({"app": APP})
+        assert page.data == []
+    finally:
+        await again.close()

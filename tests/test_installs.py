@@ -237,8 +237,9 @@ def test_cli_sync_and_uninstall(tmp_path, localstripe):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_simulate_sends_install_events(tmp_path, localstripe):
-    async with with_fake(tmp_path, localstripe) as (app, _):
-        env = {"STRIPE_WEBHOOK_SECRETS_TEST": WH_TEST, "STRIPE_APP_ID": APP}
+    async with with_fake(tmp_path, localstripe) as (app, fake):
+        env = {"STRIPE_WEBHOOK_SECRETS_TEST": WH_TEST, "STRIPE_APP_ID": APP,
+               "STRIPE_API_BASE": fake.url, **KEYS}
         loop = asyncio.get_running_loop()
 
         def simulate(*args: str):
@@ -249,6 +250,10 @@ async def test_simulate_sends_install_events(tmp_path, localstripe):
             "balance_read", "--pending", "customer_read"))
         assert out.returncode == 0, out.stdout + out.stderr
         assert '"object": "apps.install"' in out.stdout and '"account": null' in out.stdout
+        # the Install API fake (a loopback STRIPE_API_BASE) lists it under the event's id
+        [(install_id, listed)] = fake.state.installs.items()
+        assert listed["account"] == "acct_sim" and listed["livemode"] is False
+        assert f'"id": "{install_id}"' in out.stdout
         await app.settle()
         state = await installation(app, "acct_sim")
         assert state["active"] is True and state["permissions_granted"] == ["balance_read"]
@@ -256,6 +261,7 @@ async def test_simulate_sends_install_events(tmp_path, localstripe):
         out = await loop.run_in_executor(None, lambda: simulate(
             "apps.install.deleted", "--account", "acct_sim", "--test"))
         assert out.returncode == 0, out.stdout + out.stderr
+        assert fake.state.installs == {}
         await app.settle()
         assert (await installation(app, "acct_sim"))["active"] is False
 
