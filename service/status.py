@@ -58,6 +58,8 @@ DONE = {
     "no_event": "No stored event {item}.",
     "doctor": "The doctor's checks ran again.",
 }
+#: Action outcomes that mean "no such thing" (404 for a script).
+MISSING = frozenset({"not_found", "no_event"})
 CHART_COLOURS = (("processed", "#3a8f4a"), ("pending", "#9aa3ad"), ("processing", "#5b7fbf"),
                  ("failed", "#e0912f"), ("dead", "#c8412f"))
 
@@ -186,8 +188,12 @@ class OperatorHandler(BaseHandler):
                            reason_for_log="status action without a valid CSRF token")
 
     def done(self, code: str, item: str = "", **data: Any) -> None:
-        """Answer an action: JSON for a script, a redirect back to the page for a browser."""
+        """Answer an action: JSON for a script, a redirect back to the page for a browser. A
+        script asking about something that does not exist gets a 404 error; a browser, the
+        page saying so."""
         if self.auth == "bearer":
+            if code in MISSING:
+                raise APIError(404, DONE[code].format(item=item), code="not_found")
             self.write_json({"done": code, "item": item, **data})
             return
         self.redirect("/status?" + urlencode({"done": code, "item": item}), status=303)

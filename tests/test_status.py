@@ -193,7 +193,11 @@ async def test_figures_replay_and_resume(tmp_path):
         # scripts: bearer actions need no CSRF and answer JSON
         resp = await app.client.post("/status/replay", data={"event_id": "evt_none"},
                                      headers=BEARER)
-        assert resp.status_code == 200 and resp.json()["done"] == "no_event"
+        assert resp.status_code == 404
+        assert resp.json()["error"] == {"code": "not_found", "message": "No stored event evt_none."}
+        resp = await app.client.post("/status/resume", data={"account_id": "acct_none",
+                                                             "mode": "live"}, headers=BEARER)
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
         resp = await app.client.post("/status/resume", data={"account_id": "acct_status",
                                                              "mode": "sideways"},
                                      headers=BEARER)
