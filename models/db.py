@@ -154,27 +154,34 @@ class Storage:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self._run_in(self._executor, fn, args, kwargs)
 
+    @property
+    def backlog(self) -> int:
+        """Database work waiting or under way: `run` calls, and each item of the group commits
+        (every webhook queued or in the batch under way)."""
+        return self.pending + sum(group.waiting for group in self._groups.values())
+
     def grouped(self, fn: Callable[[list[I]], list[T | BaseException]]) -> GroupCommit[I, T]:
         """The group commit of the batch function `fn` (made on first use): `fn(items)` runs in
         the writer thread and returns one result or exception per item, in order."""
         group = self._groups.get(fn)
         if group is None:
             async def run_batch(items: list[I]) -> list[T | BaseException]:
-                return await self._run_in(self._writer, fn, (items,), {})
+                # counted by item in `backlog` (GroupCommit.waiting), not as one call
+                return await self._run_in(self._writer, fn, (items,), {}, count=False)
 
             group = self._groups[fn] = GroupCommit(run_batch, GROUP_WINDOW, GROUP_MAX)
         return cast(GroupCommit[I, T], group)
 
     async def _run_in(self, executor: ThreadPoolExecutor, fn: Callable[..., T],
-                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+                      args: tuple[Any, ...], kwargs: dict[str, Any], count: bool = True) -> T:
         loop = asyncio.get_running_loop()
-        self.pending += 1
+        self.pending += count
         try:
             return await loop.run_in_executor(
                 executor, functools.partial(self._call, fn, args, kwargs)
             )
         finally:
-            self.pending -= 1
+            self.pending -= count
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self.db.is_closed():

@@ -38,6 +38,12 @@ class GroupCommit(Generic[I, R]):
         self._flusher: asyncio.Task[None] | None = None
         self.batches = 0  # how many batches ran (tests and benchmarks read it)
         self.items = 0  # how many items they held
+        self._running = 0  # items in the batch under way
+
+    @property
+    def waiting(self) -> int:
+        """Items submitted and not yet answered: queued, or in the batch under way."""
+        return len(self._queue) + self._running
 
     async def submit(self, item: I) -> R:
         loop = asyncio.get_running_loop()
@@ -62,6 +68,7 @@ class GroupCommit(Generic[I, R]):
         self.batches += 1
         self.items += len(batch)
         outcomes: list[R | BaseException]
+        self._running = len(batch)
         try:
             outcomes = await self.run_batch([item for item, _ in batch])
             if len(outcomes) != len(batch):
@@ -69,10 +76,12 @@ class GroupCommit(Generic[I, R]):
         except Exception as exc:
             outcomes = [exc] * len(batch)
         except BaseException as exc:  # cancelled (shutdown): nobody is told "stored"
+            self._running = 0
             for _, future in batch:
                 if not future.done():
                     future.set_exception(RuntimeError(f"the batch was interrupted: {exc!r}"))
             raise
+        self._running = 0
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():  # its caller was cancelled
                 continue

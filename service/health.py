@@ -63,7 +63,7 @@ class MetricsHandler(BaseHandler):
     def get(self) -> None:
         metrics = self.metrics
         metrics.in_flight.set(self.tracker.in_flight)
-        metrics.db_pending.set(self.storage.pending)
+        metrics.db_pending.set(self.storage.backlog)
         for mode in MODES:
             metrics.installations.labels(mode).set(self.installations.count_active(mode))
         if self.scheduler:

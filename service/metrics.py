@@ -117,7 +117,8 @@ class Metrics:
         self.installations = Gauge("installations_active", "Active installations by mode",
                                    ["mode"], registry=r)
         self.db_pending = Gauge("db_calls_pending", "Database calls queued or running in the "
-                                "database threads", registry=r)
+                                "database threads (each webhook of a group commit counted)",
+                                registry=r)
         self.scheduled_jobs = Gauge("scheduled_jobs", "Jobs in this process's scheduler",
                                     registry=r)
         self.tasks = Gauge("tasks", "Tasks in the database by status", ["status"], registry=r)

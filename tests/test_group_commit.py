@@ -20,7 +20,17 @@ import threading
 import httpx
 import peewee as pw
 import pytest
-from conftest import ROOT, WH_LIVE, base_env, event, free_port, running, sign, start_server
+from conftest import (
+    ROOT,
+    WH_LIVE,
+    base_env,
+    event,
+    free_port,
+    running,
+    sign,
+    start_server,
+    wait_for,
+)
 
 from models.db import Storage, _write_lock, open_database, write_transaction
 from models.events import NewEvent, WebhookEvent, store_event, store_events
@@ -199,6 +209,32 @@ async def test_storage_group_commits_in_few_transactions_exactly_once(tmp_path):
         assert group.items == 60 and group.batches < 60
         assert await storage.run(lambda: len(stored_ids())) == 30
     finally:
+        storage.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_backlog_counts_each_waiting_webhook_of_a_group_commit(tmp_path):
+    """`db_calls_pending` (Storage.backlog) counts every item queued or in the batch under way,
+    not one per batch: a burst of webhooks does not look idle."""
+    storage = Storage(open_database(f"sqlite:///{tmp_path}/backlog.db"), workers=1)
+    release = threading.Event()
+
+    def slow_batch(items: list[int]) -> list[int | BaseException]:
+        release.wait(20)
+        return list(items)
+
+    try:
+        group = storage.grouped(slow_batch)
+        first = [asyncio.ensure_future(group.submit(i)) for i in range(3)]
+        await wait_for(lambda: asyncio.sleep(0, group.batches == 1), 10, "first batch")
+        more = [asyncio.ensure_future(group.submit(i)) for i in range(3, 8)]
+        await asyncio.sleep(0)
+        assert storage.backlog == 8 and group.waiting == 8
+        release.set()
+        assert await asyncio.gather(*first, *more) == list(range(8))
+        assert storage.backlog == 0
+    finally:
+        release.set()
         storage.close()
 
 
