@@ -1,40 +1,53 @@
-"""The lean path: a successful signed POST answered by a message delegate, without Tornado's
-per-request handler machinery (handler construction, `_execute`'s task, `finish`/`flush`).
+"""The lean path: a POST answered by a message delegate, without Tornado's per-request handler
+machinery (handler construction, `_execute`'s task, `finish`/`flush`).
 
     routes = LeanRoutes.from_routes(app, handlers)      # in GuardedApplication
     delegate = routes.delegate(start_line, fallback)    # None: not a lean route
 
-Only handlers with `lean = True` (`service/signed.py`) are routed here, by exact path, for
-`POST` only; HEAD, OPTIONS, other methods, a query string, and any path with arguments go the
-full way. The lean delegate runs the handler's own code: it makes the handler object without
-`RequestHandler.__init__` (its `application` and a real `HTTPServerRequest` set, so the shared
-accessors, `self.request` and `self.settings` work), calls the same `signed_request()` (every
-check: signature, body rules, roles, installation) and the same `handle()`, and writes the same
-headers the full path writes (JSON type, `nosniff`, `no-store`, CORS, `Date`).
+Only handlers with `lean = True` are routed here, by exact path, for `POST` only; HEAD, OPTIONS,
+other methods, a query string, and any path with arguments go the full way. The lean delegate
+runs the handler's own code: it makes the handler object without `RequestHandler.__init__` (its
+`application` and a real `HTTPServerRequest` set, so the shared accessors, `self.request` and
+`self.settings` work), runs the coroutine that computes the answer's JSON value (the handler's
+`lean_answer()`, or for a signed handler without one the same `handle(signed_request())` its
+`post` runs), and writes the same headers the full path writes (JSON type, `nosniff`,
+`no-store`, CORS when the handler has `cors`, `Date`).
 
-Anything but success is answered by the full path, so there is one implementation of errors:
-when a check fails, `handle()` raises, or `handle()` awaits (a lean handler must not), the
-request is replayed, unchanged, into the `Application`'s own delegate (`fallback`), which
-verifies again and answers as it always does. Lean handlers only read, so a replay changes
-nothing. The request still begins and ends in `service/guard.py` (in-flight count, metrics by
-handler class), and keep-alive, `Expect: 100-continue`, the body limit and timeouts are the
+Two kinds of lean handlers:
+
+- `lean_awaits = False` (signed reads from memory, `service/signed.py`): the coroutine must
+  answer without awaiting. Anything but success (a check fails, it raises, or it awaits after
+  all) is answered by the full path: the request is replayed, unchanged, into the
+  `Application`'s own delegate (`fallback`), which verifies again and answers as it always
+  does. These handlers only read, so a replay changes nothing.
+- `lean_awaits = True` (`POST /webhooks`, which awaits its insert): the coroutine is driven on
+  the futures it awaits (no task: each asyncio future it yields wakes it through a done
+  callback), and the request stays in flight meanwhile. When it raises, the request is replayed
+  into the full path with that exception recorded (`take_failure`): the handler's `post`
+  raises it again, unrun, so the error answer, its log line and its metrics are the full
+  path's own, and nothing the coroutine did (a counted rejection, a stored event) happens
+  twice.
+
+The request still begins and ends in `service/guard.py` (in-flight count, metrics by handler
+class), and keep-alive, `Expect: 100-continue`, the body limit and timeouts are the
 connection's and the guard's, as for every request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from tornado import httputil
 
-from service.base import CORS_ANY_ORIGIN, CORS_HEADER, JSON_CONTENT_TYPE, json_dumps
+from service.base import CORS_ANY_ORIGIN, CORS_HEADER, JSON_CONTENT_TYPE, BaseHandler, json_dumps
 
 if TYPE_CHECKING:
     from service.guard import GuardedApplication
-    from service.signed import SignedHandler
 
 log = logging.getLogger("app.http")
 
@@ -44,13 +57,24 @@ _LITERAL = re.compile(r"/[A-Za-z0-9/_-]*")
 _OK = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
 
 
-class LeanRoutes:
-    """The lean routes of one application (exact path -> handler class), and a `Date` value
-    formatted once a second."""
+def take_failure(handler: BaseHandler) -> BaseException | None:
+    """The exception the lean path met on this handler's request, if it replayed the request
+    into the full path because of it (then the full path raises it instead of running again)."""
+    lean: LeanRoutes | None = getattr(handler.application, "lean", None)
+    if lean is None or not lean.failures:
+        return None
+    return lean.failures.pop(handler.request.connection, None)
 
-    def __init__(self, app: GuardedApplication, routes: dict[str, type[SignedHandler]]) -> None:
+
+class LeanRoutes:
+    """The lean routes of one application (exact path -> handler class), the failures being
+    replayed into the full path, and a `Date` value formatted once a second."""
+
+    def __init__(self, app: GuardedApplication, routes: dict[str, type[BaseHandler]]) -> None:
         self.app = app
         self.routes = routes
+        #: connection -> the exception its lean request raised, until the full path takes it
+        self.failures: dict[object, BaseException] = {}
         self._date_second = -1
         self._date = ""
 
@@ -58,14 +82,14 @@ class LeanRoutes:
     def from_routes(cls, app: GuardedApplication, handlers: list[Any]) -> LeanRoutes:
         """The literal paths of `lean` handlers that the application itself routes a POST to
         that handler (so an earlier pattern that matches the path first keeps it)."""
-        routes: dict[str, type[SignedHandler]] = {}
+        routes: dict[str, type[BaseHandler]] = {}
         for rule in handlers:
             if not isinstance(rule, tuple) or len(rule) != 2:
                 continue
             pattern, target = rule
             if (isinstance(pattern, str) and getattr(target, "lean", False)
                     and _LITERAL.fullmatch(pattern) and app.routes_to(pattern) is target):
-                routes[pattern] = cast("type[SignedHandler]", target)
+                routes[pattern] = cast("type[BaseHandler]", target)
         return cls(app, routes)
 
     def date(self) -> str:
@@ -85,17 +109,28 @@ class LeanRoutes:
         return LeanDelegate(self, target, conn, fallback)
 
 
+def _answer_coroutine(handler: Any) -> Coroutine[Any, Any, Any]:
+    """The coroutine whose value is the handler's 200 JSON answer."""
+    lean_answer = getattr(handler, "lean_answer", None)
+    if lean_answer is not None:
+        return cast("Coroutine[Any, Any, Any]", lean_answer())
+    return cast("Coroutine[Any, Any, Any]", handler.handle(handler.signed_request()))
+
+
 class LeanDelegate(httputil.HTTPMessageDelegate):
     __slots__ = ("routes", "target", "conn", "fallback", "start_line", "headers", "chunks",
-                 "replayed")
+                 "replayed", "body", "coro", "start")
 
-    def __init__(self, routes: LeanRoutes, target: type[SignedHandler],
+    def __init__(self, routes: LeanRoutes, target: type[BaseHandler],
                  conn: httputil.HTTPConnection, fallback: httputil.HTTPMessageDelegate) -> None:
         self.routes, self.target, self.conn, self.fallback = routes, target, conn, fallback
         self.start_line: Any = None
         self.headers: httputil.HTTPHeaders | None = None
         self.chunks: list[bytes] = []
         self.replayed = False
+        self.body = b""
+        self.coro: Coroutine[Any, Any, Any] | None = None
+        self.start = 0.0
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
         self.start_line, self.headers = start_line, headers
@@ -104,56 +139,71 @@ class LeanDelegate(httputil.HTTPMessageDelegate):
         self.chunks.append(chunk)
 
     def finish(self) -> None:
-        body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
-        result = self._answer_or_none(body)
-        if result is None:
-            self._replay(body)
-            return
-        start, payload = result
-        app = self.routes.app
-        headers = httputil.HTTPHeaders()
-        headers["Content-Type"] = JSON_CONTENT_TYPE
-        headers["Date"] = self.routes.date()
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Cache-Control"] = "no-store"
-        headers[CORS_HEADER] = CORS_ANY_ORIGIN
-        headers["Content-Length"] = str(len(payload))
-        self.conn.write_headers(_OK, headers, payload)
-        self.conn.finish()
-        app.end_request(self.conn, self.target.__name__, "POST", 200,
-                        time.perf_counter() - start)
-
-    def _answer_or_none(self, body: bytes) -> tuple[float, bytes] | None:
-        """The 200 answer's body, or None when the full path must answer."""
-        start = time.perf_counter()
+        self.body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.start = time.perf_counter()
         handler = self.target.__new__(self.target)
         try:
             handler.application = self.routes.app
             handler.request = httputil.HTTPServerRequest(
                 connection=self.conn, start_line=self.start_line, headers=self.headers,
-                body=body)
-            coro = handler.handle(handler.signed_request())
-        except Exception:  # any failure is answered by the full path, as always
-            return None
+                body=self.body)
+            self.coro = _answer_coroutine(handler)
+        except Exception as exc:  # any failure is answered by the full path, as always
+            self._failed(exc)
+            return
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        """Run the coroutine on until it awaits, answers or raises."""
+        coro = cast("Coroutine[Any, Any, Any]", self.coro)
         try:
-            coro.send(None)
+            awaited = coro.send(None)
         except StopIteration as done:
             try:
-                return start, json_dumps(done.value)
-            except Exception:
-                return None
-        except Exception:
-            return None
-        coro.close()
-        log.warning("%s.handle awaited: a lean handler must answer without awaiting; it is "
-                    "answered by the full path", self.target.__name__)
-        return None
+                payload = json_dumps(done.value)
+            except Exception as exc:
+                self._failed(exc)
+                return
+            self._answer(payload)
+            return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if not getattr(self.target, "lean_awaits", False):
+            coro.close()
+            log.warning("%s.handle awaited: a lean handler must answer without awaiting; it is "
+                        "answered by the full path", self.target.__name__)
+            self._replay()
+        elif asyncio.isfuture(awaited):
+            awaited._asyncio_future_blocking = False  # as a task does on taking it
+            awaited.add_done_callback(self._step)
+        else:  # a bare yield (`asyncio.sleep(0)`): run on at the loop's next turn
+            asyncio.get_running_loop().call_soon(self._step)
 
-    def _replay(self, body: bytes) -> None:
+    def _answer(self, payload: bytes) -> None:
+        headers = httputil.HTTPHeaders()
+        headers["Content-Type"] = JSON_CONTENT_TYPE
+        headers["Date"] = self.routes.date()
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Cache-Control"] = "no-store"
+        if self.target.cors:
+            headers[CORS_HEADER] = CORS_ANY_ORIGIN
+        headers["Content-Length"] = str(len(payload))
+        self.conn.write_headers(_OK, headers, payload)
+        self.conn.finish()
+        self.routes.app.end_request(self.conn, self.target.__name__, "POST", 200,
+                                    time.perf_counter() - self.start)
+
+    def _failed(self, exc: BaseException) -> None:
+        if getattr(self.target, "lean_awaits", False):
+            self.routes.failures[self.conn] = exc
+        self._replay()
+
+    def _replay(self) -> None:
         self.replayed = True
         self.fallback.headers_received(self.start_line, self.headers)  # type: ignore[arg-type]
-        if body:
-            self.fallback.data_received(body)
+        if self.body:
+            self.fallback.data_received(self.body)
         self.fallback.finish()
 
     def on_connection_close(self) -> None:

@@ -54,7 +54,8 @@ async def test_lean_routes_are_the_literal_lean_handlers(tmp_path):
     async with running(base_env(tmp_path)) as app:
         routes = app.backend.app.lean.routes
         assert {p: c.__name__ for p, c in routes.items()} == {
-            "/api/installation": "InstallationStatusHandler", "/api/whoami": "WhoAmIHandler"}
+            "/api/installation": "InstallationStatusHandler", "/api/whoami": "WhoAmIHandler",
+            "/webhooks": "WebhookHandler"}
 
 
 @pytest.mark.gen_test(timeout=30)
