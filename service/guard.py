@@ -167,8 +167,8 @@ class GuardedApplication(tornado.web.Application):
         self.tracker: RequestTracker = self.settings["tracker"]
         self.metrics: Metrics = self.settings["metrics"]
         self.deadlines = BodyDeadlines()
-        #: Successful signed POSTs to `lean` handlers skip the handler machinery
-        #: (`service/lean.py`); the `lean_path=False` setting turns that off.
+        #: Successful POSTs to `lean` handlers (signed reads, `/webhooks`) skip the handler
+        #: machinery (`service/lean.py`); the `lean_path=False` setting turns that off.
         self.lean = (LeanRoutes.from_routes(self, handlers)
                      if self.settings.get("lean_path", True) else None)
 
