@@ -86,6 +86,7 @@ class SignedHandler(BaseHandler):
     #: in-memory installation index, say): then `service/lean.py` answers its successful POSTs
     #: without Tornado's handler machinery, with this same `signed_request` and `handle`; any
     #: failure (and a `handle` that awaits after all) is answered by this class's full path.
+    #: (A handler that awaits, like `WebhookHandler`, sets `lean_awaits` too: see lean.py.)
     lean = False
 
     async def post(self, *args: Any) -> None:
