@@ -27,8 +27,20 @@ sys.path.insert(0, ROOT)
 from cli.devtools import free_port  # noqa: E402  (the benchmarks' one port helper, re-exported)
 
 __all__ = ["ROOT", "Server", "free_port", "generator", "lag_histogram", "load", "load_one",
-           "loop_lag_p99_ms",
-           "show"]
+           "loop_lag_p99_ms", "process_memory_mb", "show"]
+
+
+def process_memory_mb(pid: int) -> dict[str, float]:
+    """`{"rss": .., "pss": ..}` in MB from /proc/<pid>/smaps_rollup (Linux 4.14+). PSS splits
+    each page shared by k processes as 1/k to each, so PSS adds up across forked processes
+    where RSS counts every shared page once per process."""
+    found = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                found[key.lower()] = int(rest.split()[0]) / 1024
+    return found
 
 
 class Server:

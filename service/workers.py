@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -104,6 +105,12 @@ def run_workers(config: Config, serve_one: Callable[[Config, list[socket.socket]
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     workers: dict[int, int] = {}
     parent = os.getpid()
+    # Every object the parent holds now (the imported modules, mostly) goes to the collector's
+    # permanent generation, which the workers inherit: their collections then never write to
+    # those objects' headers, so the pages holding them stay shared instead of being copied
+    # into each worker (the gc module's advice for fork without exec).
+    gc.collect()
+    gc.freeze()
     for index in range(config.workers):
         pid = os.fork()
         if pid == 0:

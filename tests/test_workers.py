@@ -194,3 +194,20 @@ def test_workers_drain_and_exit_when_the_parent_is_killed(tmp_path):
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_start_with_the_parents_objects_frozen(tmp_path):
+    # The parent freezes what it holds before forking, so a worker's collections never write to
+    # those objects (their pages stay shared): each worker's serve_one finds them in the
+    # permanent generation before it has frozen anything itself.
+    script = (
+        "import gc, json, sys\n"
+        "from service.config import Config\n"
+        "from service.workers import run_workers\n"
+        "config = Config.from_env(json.loads(sys.argv[1]))\n"
+        "sys.exit(run_workers(config, lambda c, s: 0 if gc.get_freeze_count() > 10000 else 3))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(base_env(tmp_path,
+                          WORKERS="2"))], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
