@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,33 @@ def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.
             time.sleep(0.05)
     proc.kill()
     raise AssertionError("server did not start")
+
+
+def sigterm_while_half_received(proc: subprocess.Popen, port: int, body: bytes) -> bytes:
+    """Send a signed `POST /api/installation` with part of its body, SIGTERM the server once it
+    counts the request in flight, check it stops accepting yet stays up, send the rest, and
+    return the raw answer (read to its JSON body's end)."""
+    head = (f"POST /api/installation HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Stripe-Signature: {sign(body, APP_SECRET)}\r\n"
+            "Content-Type: application/json\r\n\r\n").encode()
+    conn = socket.create_connection(("127.0.0.1", port))
+    try:
+        conn.sendall(head + body[:10])  # headers and part of the body: in flight
+        wait_until_in_flight(port, 1)
+        proc.send_signal(signal.SIGTERM)
+        wait_until_closed(port)  # no longer accepting new connections
+        assert proc.poll() is None, "exited while a request was in flight"
+        conn.sendall(body[10:])
+        conn.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        conn.close()
 
 
 def wait_until_in_flight(port: int, requests: int) -> None:

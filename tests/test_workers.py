@@ -21,8 +21,7 @@ from conftest import (
     event,
     free_port,
     sign,
-    wait_until_closed,
-    wait_until_in_flight,
+    sigterm_while_half_received,
 )
 
 from service.config import Config
@@ -74,24 +73,7 @@ def test_two_workers_serve_one_port_and_drain_on_sigterm(tmp_path):
             answered = answered + 1 if resp.status_code == 200 else 0
             time.sleep(0.02)
         # SIGTERM to the parent: a half-received request still gets its answer
-        head = (f"POST /api/installation HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-                f"Stripe-Signature: {sign(body, APP_SECRET)}\r\n"
-                "Content-Type: application/json\r\n\r\n").encode()
-        conn = socket.create_connection(("127.0.0.1", port))
-        conn.sendall(head + body[:10])
-        wait_until_in_flight(port, 1)
-        proc.send_signal(signal.SIGTERM)
-        wait_until_closed(port)
-        assert proc.poll() is None, "exited while a request was in flight"
-        conn.sendall(body[10:])
-        conn.settimeout(10)
-        data = b""
-        while not data.rstrip().endswith(b"}"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        conn.close()
+        data = sigterm_while_half_received(proc, port, body)
         assert data.startswith(b"HTTP/1.1 200"), data[:200]
         assert proc.wait(20) == 0
         for pid in workers:
