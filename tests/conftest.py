@@ -114,6 +114,20 @@ def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.
     raise AssertionError("server did not start")
 
 
+#: Headers an answer on the lean path (service/lean.py) must share with the full path's.
+SAME_HEADERS = ("content-type", "x-content-type-options", "cache-control",
+                "access-control-allow-origin", "content-length", "allow")
+
+
+def same_answer(a: httpx.Response, b: httpx.Response) -> None:
+    """Assert two answers (one per path) are alike: status, body and `SAME_HEADERS`."""
+    assert a.status_code == b.status_code
+    assert a.content == b.content
+    for name in SAME_HEADERS:
+        assert a.headers.get(name) == b.headers.get(name), name
+    assert "date" in a.headers and "server" not in a.headers
+
+
 def sigterm_while_half_received(proc: subprocess.Popen, port: int, body: bytes) -> bytes:
     """Send a signed `POST /api/installation` with part of its body, SIGTERM the server once it
     counts the request in flight, check it stops accepting yet stays up, send the rest, and

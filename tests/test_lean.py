@@ -8,15 +8,12 @@ import time
 from typing import Any
 
 import pytest
-from conftest import APP_SECRET, base_env, compact, running, sign
+from conftest import APP_SECRET, base_env, compact, running, same_answer, sign
 
 from models.installation import apply_state
 from service.signed import SignedHandler, SignedRequest
 
 IDS = {"user_id": "usr_1", "account_id": "acct_1"}
-SAME_HEADERS = ("content-type", "x-content-type-options", "cache-control",
-                "access-control-allow-origin", "content-length")
-
 
 async def install(app: Any, account: str = "acct_1") -> None:
     view, _ = await app.backend.storage.run(apply_state, account, "live", True,
@@ -41,14 +38,6 @@ async def both_paths(app: Any, path: str, body: Any, **kw: Any) -> tuple[Any, An
     return first, second
 
 
-def alike(a: Any, b: Any) -> None:
-    assert a.status_code == b.status_code
-    assert a.content == b.content
-    for name in SAME_HEADERS:
-        assert a.headers.get(name) == b.headers.get(name), name
-    assert "date" in a.headers and "server" not in a.headers
-
-
 @pytest.mark.gen_test(timeout=30)
 async def test_lean_routes_are_the_literal_lean_handlers(tmp_path):
     async with running(base_env(tmp_path)) as app:
@@ -67,7 +56,7 @@ async def test_success_answers_alike_and_is_counted_once(tmp_path):
             before = counted(app, handler, 200)
             lean, full = await both_paths(app, path, {"note": "é", **IDS})
             assert lean.status_code == 200, lean.text
-            alike(lean, full)
+            same_answer(lean, full)
             assert counted(app, handler, 200) == before + 2
         assert app.backend.tracker.in_flight == 0
 
@@ -88,7 +77,7 @@ async def test_failures_are_answered_by_the_full_path(tmp_path):
             before = counted(app, handler, status)
             lean, full = await both_paths(app, path, body, **kw)
             assert lean.status_code == status, (path, body, lean.text)
-            alike(lean, full)
+            same_answer(lean, full)
             assert counted(app, handler, status) == before + 2  # once each, not twice
         assert app.backend.tracker.in_flight == 0
 
@@ -111,7 +100,7 @@ async def test_a_lean_handler_that_awaits_is_answered_by_the_full_path(tmp_path)
         assert "/api/awaits" in app.backend.app.lean.routes
         lean, full = await both_paths(app, "/api/awaits", IDS)
         assert lean.status_code == 200 and lean.json() == {"account_id": "acct_1"}
-        alike(lean, full)
+        same_answer(lean, full)
 
 
 @pytest.mark.gen_test(timeout=30)

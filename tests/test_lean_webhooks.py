@@ -11,12 +11,9 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import WH_LIVE, WH_TEST, base_env, event, running, sign
+from conftest import WH_LIVE, WH_TEST, base_env, event, running, same_answer, sign
 
 from models.events import WebhookEvent, store_events
-
-SAME_HEADERS = ("content-type", "x-content-type-options", "cache-control",
-                "access-control-allow-origin", "content-length", "allow")
 
 
 def sample(app: Any, name: str, labels: dict[str, str]) -> float:
@@ -55,14 +52,6 @@ async def one_path(app: Any, lean: bool, raw: str, header: str | None) -> tuple[
         app.backend.app.lean = saved
 
 
-def alike(a: Any, b: Any) -> None:
-    assert a.status_code == b.status_code
-    assert a.content == b.content
-    for name in SAME_HEADERS:
-        assert a.headers.get(name) == b.headers.get(name), name
-    assert "date" in a.headers and "server" not in a.headers
-
-
 def raw_event(type_: str = "invoice.paid", **kw: Any) -> str:
     return json.dumps(event(type_, **kw), indent=2)
 
@@ -95,7 +84,7 @@ async def test_every_answer_is_the_same_on_both_paths_and_counted_once(tmp_path)
             lean, lean_counted = await one_path(app, True, raw, header)
             full, full_counted = await one_path(app, False, raw, header)
             assert lean.status_code == status, (raw[:40], lean.text)
-            alike(lean, full)
+            same_answer(lean, full)
             expected = {str(status): 1.0, **({label: 1.0} if label else {})}
             assert lean_counted == full_counted == expected, (raw[:40], lean_counted)
         # a new event on each path, then a redelivery of it on each path
@@ -105,8 +94,8 @@ async def test_every_answer_is_the_same_on_both_paths_and_counted_once(tmp_path)
             for lean in (True, False):
                 answers.append(await one_path(app, lean, raw, sign(raw, WH_LIVE)))
         (new_lean, c1), (dup_full, c2), (new_full, c3), (dup_lean, c4) = answers
-        alike(new_lean, new_full)
-        alike(dup_lean, dup_full)
+        same_answer(new_lean, new_full)
+        same_answer(dup_lean, dup_full)
         assert new_lean.json() == {"received": True, "duplicate": False}
         assert dup_lean.json() == {"received": True, "duplicate": True}
         assert c1 == c3 == {"stored": 1.0, "200": 1.0}
@@ -124,7 +113,7 @@ async def test_not_configured_and_store_failure_are_the_same_503s(tmp_path):
         lean, lean_counted = await one_path(app, True, raw, sign(raw, WH_LIVE))
         full, full_counted = await one_path(app, False, raw, sign(raw, WH_LIVE))
         assert lean.status_code == 503 and lean.json()["error"]["code"] == "not_configured"
-        alike(lean, full)
+        same_answer(lean, full)
         assert lean_counted == full_counted == {"503": 1.0}
     async with running(base_env(tmp_path)) as app:
         con = sqlite3.connect(f"{tmp_path}/app.db")  # the real table away: inserts fail
@@ -140,7 +129,7 @@ async def test_not_configured_and_store_failure_are_the_same_503s(tmp_path):
             con.close()
         assert lean.status_code == 503 and lean.json()["error"]["code"] == "unavailable"
         assert "webhook_event" not in lean.text
-        alike(lean, full)
+        same_answer(lean, full)
         # stored once per path: the full path re-raises the lean path's failure, unrun
         assert lean_counted == full_counted == {"store_failed": 1.0, "503": 1.0}
         assert app.backend.app.lean.failures == {}
