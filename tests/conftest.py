@@ -114,6 +114,42 @@ def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.
     raise AssertionError("server did not start")
 
 
+@contextlib.asynccontextmanager
+async def server_child(script: str, env: dict[str, str]
+                       ) -> AsyncIterator[tuple[subprocess.Popen[bytes], httpx.AsyncClient]]:
+    """`python <script>` (a server of this project on `env["PORT"]`) as a child, with a client
+    for it, once its `/healthz` answers 200; stopped with SIGTERM (SIGKILL after 20 s). A child
+    that exits while starting fails the test with the end of what it wrote to stderr."""
+    import asyncio
+    import tempfile
+
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen([sys.executable, script], cwd=ROOT, env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=errors)
+        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['PORT']}", timeout=10)
+
+        async def up() -> bool:
+            if proc.poll() is not None:
+                errors.seek(0)
+                raise AssertionError(f"the server exited: {errors.read()[-2000:]!r}")
+            try:
+                return (await client.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+        try:
+            await wait_for(up, 30, "the server answers")
+            yield proc, client
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(proc.wait, 20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            await client.aclose()
+
+
 #: Headers an answer on the lean path (service/lean.py) must share with the full path's.
 SAME_HEADERS = ("content-type", "x-content-type-options", "cache-control",
                 "access-control-allow-origin", "content-length", "allow")

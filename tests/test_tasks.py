@@ -5,10 +5,8 @@ PostgreSQL, localstripe as the Stripe API, `run.py` as a subprocess where the te
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from conftest import (
     event,
     free_port,
     running,
+    server_child,
     sign,
     wait_for,
 )
@@ -395,30 +394,6 @@ class GatedProxy:
         await self.client.aclose()
 
 
-@contextlib.asynccontextmanager
-async def server_process(env: dict[str, str]):
-    proc = subprocess.Popen([sys.executable, "run.py"], cwd=ROOT, env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['PORT']}", timeout=10)
-
-    async def up():
-        try:
-            return (await client.get("/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-    try:
-        await wait_for(up, 30, "the server answers")
-        yield proc, client
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        await client.aclose()
-
-
 async def signed_post(client: httpx.AsyncClient, path: str, body: dict) -> httpx.Response:
     raw = compact(body)
     return await client.post(path, content=raw, headers={"Stripe-Signature":
@@ -434,7 +409,7 @@ async def test_kill_9_midway_then_resume_from_the_cursor(tmp_path, db_url, local
                    PORT=str(free_port()), TASK_LEASE_SECONDS="2", REPLICA_POLL_SECONDS="1",
                    **KEYS)
     try:
-        async with server_process(env) as (proc, client):
+        async with server_child("run.py", env) as (proc, client):
             raw = json.dumps(event(AUTH, "acct_k", livemode=False))
             await client.post("/webhooks", content=raw,
                               headers={"Stripe-Signature": sign(raw, WH_TEST)})
@@ -457,7 +432,7 @@ async def test_kill_9_midway_then_resume_from_the_cursor(tmp_path, db_url, local
         cursor = proxy.lists[2]["starting_after"]
         before = len(proxy.lists)
         proxy.gate.set()
-        async with server_process(env) as (proc, client):
+        async with server_child("run.py", env) as (proc, client):
             async def done():
                 body = (await signed_post(client, "/api/tasks/status",
                                           ident("acct_k", task_id=task_id))).json()

@@ -6,18 +6,22 @@ is 1), and the processes ran tasks side by side (the task's barrier needs both).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 
 import httpx
 import pytest
-from conftest import APP_SECRET, ROOT, base_env, compact, free_port, sign, wait_for
+from conftest import (
+    APP_SECRET,
+    base_env,
+    compact,
+    free_port,
+    server_child,
+    sign,
+    wait_for,
+)
 
 from models.db import open_database
 from models.installation import Installation
@@ -27,35 +31,6 @@ from models.tasks import Task, TaskStatus
 ACCOUNTS = [f"acct_p{i}" for i in range(6)]
 PER_ACCOUNT = 8
 SLOTS = 3  # per process: six accounts at once need both processes
-
-
-@contextlib.asynccontextmanager
-async def server(env: dict[str, str]):
-    """`python tests/task_server.py` as a child; stopped with SIGTERM (SIGKILL after 20 s)."""
-    proc = subprocess.Popen([sys.executable, "tests/task_server.py"], cwd=ROOT,
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['PORT']}", timeout=10)
-
-    async def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            return (await client.get("/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-    try:
-        await wait_for(up, 30, "the server answers")
-        yield client
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        await client.aclose()
 
 
 async def start(client: httpx.AsyncClient, account: str) -> str:
@@ -94,8 +69,9 @@ async def test_two_processes_run_each_task_once(tmp_path, db_url):
                    TASK_CONCURRENCY=str(SLOTS), TASK_MAX_PENDING="100",
                    TASK_RUN_DIR=str(run_dir), TASK_BARRIER=str(2 * SLOTS))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}, **env}
-    async with server({**env, "PORT": str(free_port())}) as one, \
-            server({**env, "PORT": str(free_port())}) as two:
+    script = "tests/task_server.py"
+    async with server_child(script, {**env, "PORT": str(free_port())}) as (_, one), \
+            server_child(script, {**env, "PORT": str(free_port())}) as (_, two):
         ids = []
         for i in range(PER_ACCOUNT):  # through both processes, each waking its worker
             for account in ACCOUNTS:
