@@ -12,7 +12,7 @@ from models.base import now
 from models.db import Storage, open_database
 from models.leases import LeaseKeeper, renew_rows_returning
 from models.migrate import migrate
-from models.tasks import Task, TaskStatus
+from models.tasks import Task, TaskStatus, running_count
 
 
 def _task(task_id: str, status: TaskStatus, holder: str | None, lease: float | None) -> None:
@@ -83,3 +83,22 @@ async def test_the_keeper_reports_a_held_row_it_could_not_renew(db_url):
         await keeper.stop()
         storage.close()
 
+
+
+def test_running_count_counts_live_leases_of_one_account_and_task(db_url):
+    """What a task's status note says it waits for: running tasks of the same account and name
+    under a live lease (a lapsed one belongs to a dead process and is claimable)."""
+    migrate(open_database(db_url))
+    t = now()
+    rows = [("t1", "acct_1", "sync", TaskStatus.RUNNING, t + 30),
+            ("t2", "acct_1", "sync", TaskStatus.RUNNING, t + 30),
+            ("t3", "acct_1", "sync", TaskStatus.RUNNING, t - 30),  # lapsed
+            ("t4", "acct_1", "sync", TaskStatus.QUEUED, None),
+            ("t5", "acct_1", "other", TaskStatus.RUNNING, t + 30),
+            ("t6", "acct_2", "sync", TaskStatus.RUNNING, t + 30)]
+    Task.insert_many([{"id": i, "account_id": a, "mode": "test", "name": n, "status": st,
+                       "lease_until": lease, "created_at": t, "next_attempt_at": t}
+                      for i, a, n, st, lease in rows]).execute()
+    assert running_count("acct_1", "sync") == 2
+    assert running_count("acct_2", "sync") == 1
+    assert running_count("acct_3", "sync") == 0
