@@ -11,10 +11,13 @@ answers 400 and drops the connection. `GuardedApplication` wraps each request's 
   body arrived;
 - a body whose declared `Content-Length` exceeds `MAX_BODY_SIZE` is answered 413 at once, before
   any of it is read, and so is a chunked body as soon as it grows past the limit.
-- a body that has not fully arrived `BODY_TIMEOUT` seconds after its headers gets the
-  connection closed (a slow client cannot hold a connection open by trickling its body): within
-  `BODY_TIMEOUT` plus at most a quarter of it (and at most 1 s), by one periodic sweep over the
-  requests whose bodies are arriving (`BodyDeadlines`), not a timer per request.
+- a request whose headers have not fully arrived `header_timeout` seconds (the application's
+  setting, `HEADER_TIMEOUT` by default) after the server began waiting for them, or whose body
+  has not fully arrived `BODY_TIMEOUT` seconds after its headers, gets the connection closed (a
+  slow client cannot hold a connection open by trickling its request; an idle keep-alive
+  connection waits for its next request's headers): within the timeout plus at most a quarter
+  of it (and at most 1 s), by one periodic sweep over the waiting requests (`Deadlines`), not
+  a timer per request.
 The 413 answer is the same JSON error every handler gives, with CORS when the handler the path
 routes to has `cors` set (asked only when refusing, so a request that fits pays nothing).
 """
@@ -35,6 +38,7 @@ from service.base import (
     JSON_CONTENT_TYPE,
     error_body,
 )
+from service.connections import HEADER_TIMEOUT
 from service.lean import LeanRoutes
 from service.metrics import Metrics
 from service.tracker import RequestTracker
@@ -53,21 +57,24 @@ def _too_large(limit: int, cors: bool) -> tuple[httputil.ResponseStartLine, http
     return httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body
 
 
-class BodyDeadlines:
-    """The requests whose bodies are still arriving, each with its deadline, and one timer that
-    sweeps them: a request costs two dict operations instead of a loop timer of its own. The
-    timer runs only while some body is arriving; each sweep closes the connections whose
-    deadline has passed."""
+class Deadlines:
+    """The requests waiting for their headers or their body, each with its deadline, and one
+    timer that sweeps them: a request costs a dict operation or two instead of a loop timer
+    (and, for its headers, two futures) of its own. The timer runs only while some request is
+    waiting; each sweep closes the connections whose deadline has passed, and forgets those
+    closed meanwhile (a connection closed while waiting for headers tells no delegate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, header_timeout: float = HEADER_TIMEOUT) -> None:
+        self.header_timeout = header_timeout
         self._due: dict[_Guard, float] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._due)
 
-    def add(self, guard: _Guard) -> None:
-        self._due[guard] = time.monotonic() + BODY_TIMEOUT
+    def wait(self, guard: _Guard, seconds: float) -> None:
+        """Close `guard`'s connection unless `discard` is called within `seconds`."""
+        self._due[guard] = time.monotonic() + seconds
         if self._timer is None:
             self._schedule()
 
@@ -75,14 +82,18 @@ class BodyDeadlines:
         self._due.pop(guard, None)
 
     def _schedule(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(min(1.0, BODY_TIMEOUT / 4),
-                                                            self._sweep)
+        every = min(1.0, self.header_timeout / 4, BODY_TIMEOUT / 4)
+        self._timer = asyncio.get_running_loop().call_later(every, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
         now = time.monotonic()
-        late = [guard for guard, due in self._due.items() if due <= now]
-        for guard in late:
+        ended = []
+        for guard, due in self._due.items():
+            stream = guard.conn.stream  # type: ignore[attr-defined]
+            if due <= now or stream is None or stream.closed():
+                ended.append(guard)
+        for guard in ended:
             del self._due[guard]
             guard.conn.close()  # type: ignore[attr-defined]
         if self._due:
@@ -101,7 +112,8 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.refused = False
         self.start_line: Any = None
         self.headers: httputil.HTTPHeaders | None = None
-        self.timed = False
+        self.timed = True  # waiting for the headers
+        app.deadlines.wait(self, app.deadlines.header_timeout)
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.app.tracker.begin(self.conn)
@@ -110,11 +122,13 @@ class _Guard(httputil.HTTPMessageDelegate):
         # ASCII digits only ("\xb2" passes str.isdigit, not int): Tornado answers 400 to the rest
         if (declared is not None and declared.isascii() and declared.isdigit()
                 and int(declared) > self.limit):
+            self._cancel_timer()
             self._refuse()
             return None
         if declared not in (None, "0") or "Transfer-Encoding" in headers:
-            self.timed = True
-            self.app.deadlines.add(self)
+            self.app.deadlines.wait(self, BODY_TIMEOUT)  # now waiting for the body
+        else:
+            self._cancel_timer()
         lean = self.app.lean
         if lean is not None:
             delegate = lean.delegate(self.conn, start_line, self.inner)
@@ -160,13 +174,14 @@ class _Guard(httputil.HTTPMessageDelegate):
 
 
 class GuardedApplication(tornado.web.Application):
-    """A Tornado application whose settings hold `tracker` and `metrics` (see `make_app`)."""
+    """A Tornado application whose settings hold `tracker` and `metrics` (see `make_app`), and
+    perhaps `header_timeout` (seconds; `HEADER_TIMEOUT` by default)."""
 
     def __init__(self, handlers: list[Any], **settings: Any) -> None:
         super().__init__(handlers, **settings)
         self.tracker: RequestTracker = self.settings["tracker"]
         self.metrics: Metrics = self.settings["metrics"]
-        self.deadlines = BodyDeadlines()
+        self.deadlines = Deadlines(self.settings.get("header_timeout", HEADER_TIMEOUT))
         #: Successful POSTs to `lean` handlers (signed reads, `/webhooks`) skip the handler
         #: machinery (`service/lean.py`); the `lean_path=False` setting turns that off.
         self.lean = (LeanRoutes.from_routes(self, handlers)

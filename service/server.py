@@ -179,19 +179,19 @@ class Backend:
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,
             tracker=self.tracker, extra_routes=self.extra_routes, task_worker=self.task_worker,
-            vault=self.vault)
+            vault=self.vault, header_timeout=self.header_timeout)
 
     def init_http(self, sockets: list[socket.socket] | None = None) -> None:
         # Bodies are limited per request by service/guard.py (413 before reading);
         # Tornado's own limit would answer 400 and drop the connection, so it is set out of
-        # the way. Tornado's idle_connection_timeout is its header timeout (connections.py).
+        # the way. The header timeout is the guard's too (connections.py).
         files = raise_file_limit()
         if files != resource.RLIM_INFINITY and self.config.max_connections > files - RESERVED_FILES:
             log.warning("MAX_CONNECTIONS=%d is more than the open-file limit (%d) allows; past "
                         "about %d connections, new ones wait", self.config.max_connections,
                         files, files - RESERVED_FILES)
         self.server = BoundedHTTPServer(
-            self.app, max_body_size=1 << 40, idle_connection_timeout=self.header_timeout,
+            self.app, max_body_size=1 << 40,
             max_connections=self.config.max_connections, metrics=self.metrics)
         if sockets is None:
             try:

@@ -1,12 +1,21 @@
-"""`service/guard.py`'s body deadlines: one sweep for every request whose body is arriving,
-which closes only the connections past their deadline and stops when no body is arriving."""
+"""`service/guard.py`'s deadlines: one sweep for every request waiting for its headers or its
+body, which closes only the connections past their deadline, forgets the ones their clients
+closed, and stops when nothing is waiting."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from conftest import base_env, running
+
+
+async def _answered(reader: asyncio.StreamReader, status: bytes) -> None:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 " + status), head
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -14,7 +23,7 @@ async def test_one_sweep_closes_only_the_late_body(tmp_path, monkeypatch):
     from service import guard
 
     monkeypatch.setattr(guard, "BODY_TIMEOUT", 0.4)
-    async with running(base_env(tmp_path)) as app:
+    async with running(base_env(tmp_path)) as app:  # headers: the default 10 s
         deadlines = app.backend.app.deadlines
         slow_r, slow_w = await asyncio.open_connection("127.0.0.1", app.backend.port)
         slow_w.write(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
@@ -24,19 +33,35 @@ async def test_one_sweep_closes_only_the_late_body(tmp_path, monkeypatch):
         for _ in range(3):
             ok_w.write(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
             await ok_w.drain()
-            head = await asyncio.wait_for(ok_r.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 404")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await ok_r.readexactly(length)
-        assert len(deadlines) == 1  # only the slow body is waited for
+            await _answered(ok_r, b"404")
+        # the slow body, and the idle connection's wait for its next request's headers
+        assert len(deadlines) == 2
         assert await asyncio.wait_for(slow_r.read(), 5) == b""  # closed, no answer
-        assert len(deadlines) == 0
-        await asyncio.sleep(0.3)
-        assert deadlines._timer is None  # nothing arriving: no timer left running
+        assert len(deadlines) == 1
         ok_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         await ok_w.drain()
-        assert (await asyncio.wait_for(ok_r.readuntil(b"\r\n\r\n"), 5)).startswith(
-            b"HTTP/1.1 200")
-        for w in (slow_w, ok_w):
-            w.close()
+        await _answered(ok_r, b"200")
+        # a client that closes its idle connection is forgotten by the next sweep
+        ok_w.close()
+        await asyncio.sleep(0.3)  # a sweep every BODY_TIMEOUT / 4
+        assert len(deadlines) == 0
+        assert deadlines._timer is None  # nothing waiting: no timer left running
+        slow_w.close()
         assert app.backend.tracker.in_flight == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(tmp_path):
+    async with running(base_env(tmp_path), header_timeout=0.8) as app:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
+        for _ in range(3):  # requests within the timeout keep it open
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            await _answered(reader, b"200")
+            await asyncio.sleep(0.4)
+        idle_since = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        # within the timeout plus one sweep (a quarter of it)
+        assert 0.3 <= time.monotonic() - idle_since < 0.8 + 0.2 + 0.5
+        writer.close()
+        assert len(app.backend.app.deadlines) == 0
