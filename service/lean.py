@@ -7,11 +7,11 @@ machinery (handler construction, `_execute`'s task, `finish`/`flush`).
 Only handlers with `lean = True` are routed here, by exact path, for `POST` only; HEAD, OPTIONS,
 other methods, a query string, and any path with arguments go the full way. The lean delegate
 runs the handler's own code: it makes the handler object without `RequestHandler.__init__` (its
-`application` and a real `HTTPServerRequest` set, so the shared accessors, `self.request` and
-`self.settings` work), runs the coroutine that computes the answer's JSON value (the handler's
-`lean_answer()`, or for a signed handler without one the same `handle(signed_request())` its
-`post` runs), and writes the same headers the full path writes (JSON type, `nosniff`,
-`no-store`, CORS when the handler has `cors`, `Date`).
+`application` and an `HTTPServerRequest` (a `LeanRequest`) set, so the shared accessors,
+`self.request` and `self.settings` work), runs the coroutine that computes the answer's JSON
+value (the handler's `lean_answer()`, or for a signed handler without one the same
+`handle(signed_request())` its `post` runs), and writes the same headers the full path writes
+(JSON type, `nosniff`, `no-store`, CORS when the handler has `cors`, `Date`).
 
 Two kinds of lean handlers:
 
@@ -36,6 +36,7 @@ connection's and the guard's, as for every request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -43,6 +44,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from tornado import httputil
+from tornado.httputil import _ABNF  # the Host rule HTTPServerRequest checks
 
 from service.base import CORS_ANY_ORIGIN, CORS_HEADER, JSON_CONTENT_TYPE, BaseHandler, json_dumps
 
@@ -55,6 +57,51 @@ log = logging.getLogger("app.http")
 _LITERAL = re.compile(r"/[A-Za-z0-9/_-]*")
 
 _OK = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
+
+
+@functools.lru_cache(maxsize=256)
+def _host_name(host: str) -> str | None:
+    """The host name in a `Host` value (`HTTPServerRequest.host_name`), or None when Tornado
+    would refuse the value; remembered per distinct value."""
+    if not _ABNF.host.fullmatch(host) or "," in host:
+        return None
+    return httputil.split_host_and_port(host.lower())[0]
+
+
+class LeanRequest(httputil.HTTPServerRequest):
+    """What a lean handler sees as `self.request`: the `HTTPServerRequest` Tornado would make
+    (every attribute its constructor sets, the same `HTTPInputError` for a missing or invalid
+    Host), for a POST whose target has no query string, the only kind routed here: so its
+    arguments are empty, without parsing and deep-copying an empty query; and the Host is
+    checked once per distinct value. `tests/test_lean.py` compares the two."""
+
+    def __init__(self, connection: httputil.HTTPConnection,
+                 start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
+                 body: bytes) -> None:
+        self.method, self.uri, self.version = start_line
+        self.headers = headers
+        self.body = body
+        context = getattr(connection, "context", None)
+        self.remote_ip = getattr(context, "remote_ip", None)
+        self.protocol = getattr(context, "protocol", "http")
+        host = headers.get("Host")
+        if host is None:
+            if self.version != "HTTP/1.0":
+                raise httputil.HTTPInputError("Missing Host header")
+            host = "127.0.0.1"
+        name = _host_name(host)
+        if name is None:
+            raise httputil.HTTPInputError(f"Invalid Host header: {host!r}")
+        self.host, self.host_name = host, name
+        self.files = {}
+        self.connection = connection
+        self.server_connection = None
+        self._start_time = time.time()
+        self._finish_time = None
+        self.path, self.query = start_line.path, ""
+        self.arguments = {}
+        self.query_arguments = {}
+        self.body_arguments = {}
 
 
 def take_failure(handler: BaseHandler) -> BaseException | None:
@@ -144,9 +191,8 @@ class LeanDelegate(httputil.HTTPMessageDelegate):
         handler = self.target.__new__(self.target)
         try:
             handler.application = self.routes.app
-            handler.request = httputil.HTTPServerRequest(
-                connection=self.conn, start_line=self.start_line, headers=self.headers,
-                body=self.body)
+            handler.request = LeanRequest(self.conn, self.start_line,
+                                          cast("httputil.HTTPHeaders", self.headers), self.body)
             self.coro = _answer_coroutine(handler)
         except Exception as exc:  # any failure is answered by the full path, as always
             self._failed(exc)

@@ -123,3 +123,38 @@ async def test_keep_alive_and_expect_continue_on_the_lean_path(tmp_path):
                 writer.write((head + "\r\n").encode() + body)
         finally:
             writer.close()
+
+
+@pytest.mark.parametrize("host,version", [
+    ("127.0.0.1:8000", "HTTP/1.1"), ("Example.COM", "HTTP/1.1"), ("[::1]:80", "HTTP/1.1"),
+    (None, "HTTP/1.0"), (None, "HTTP/1.1"), ("a,b", "HTTP/1.1"), ("bad host", "HTTP/1.1"),
+    ("", "HTTP/1.1"), ("x\u00e9", "HTTP/1.1"),
+])
+def test_lean_request_is_the_request_tornado_would_make(host, version):
+    """Every attribute Tornado's constructor sets, with the same values, and the same refusal
+    of a missing or invalid Host (a Tornado upgrade that adds one fails here)."""
+    from tornado import httputil
+
+    from service.lean import LeanRequest
+
+    headers = httputil.HTTPHeaders({"Content-Type": "application/json"})
+    if host is not None:
+        headers["Host"] = host
+    start = httputil.RequestStartLine("POST", "/api/whoami", version)
+    conn = type("Conn", (), {"context": type("Ctx", (), {"remote_ip": "10.0.0.7",
+                                                         "protocol": "https"})()})()
+    made: list[Any] = []
+    for make in (lambda: httputil.HTTPServerRequest(connection=conn, start_line=start,
+                                                    headers=headers, body=b"{}"),
+                 lambda: LeanRequest(conn, start, headers, b"{}")):
+        try:
+            made.append(vars(make()))
+        except httputil.HTTPInputError as exc:
+            made.append(type(exc))
+    tornado_made, lean_made = made
+    if isinstance(tornado_made, dict):
+        for attrs in made:
+            attrs.pop("_start_time")
+        assert lean_made == tornado_made
+    else:
+        assert lean_made is tornado_made
