@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from http.client import responses
 from typing import TYPE_CHECKING, Any
 
@@ -71,8 +72,21 @@ class APIError(HTTPError):
         self.code = code or ERROR_CODES.get(status, "error")
 
 
-#: One encoder for every answer (`json.dumps` with options builds a new one per call).
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _encoder() -> Callable[[Any], str]:
+    """One encoder for every answer (`json.dumps` with options builds a new one per call):
+    `JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode`, calling the C encoder it
+    would build per call, built once (without the circular-reference check: an answer is never
+    circular, and would fail with RecursionError instead)."""
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: the pure-Python encoder
+        return encoder.encode
+    encode = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False,
+                  False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_ENCODE = _encoder()
 
 
 def json_dumps(value: Any) -> bytes:

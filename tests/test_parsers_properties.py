@@ -127,3 +127,23 @@ def test_depth_limit_is_exact(depth, leaf):
         else:
             raise AssertionError(f"depth {depth} accepted")
 
+
+
+# ---- the answer encoder -----------------------------------------------------------------------
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=20)
+
+
+@fuzz
+@given(_json_values)
+def test_answers_are_encoded_as_the_json_encoder_would(value):
+    """`json_dumps` (the C encoder built once) writes what `JSONEncoder(separators=(",", ":"),
+    ensure_ascii=False).encode` writes, lone surrogates as escapes, on any JSON value."""
+    from service.base import json_dumps
+
+    expected = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode(value)
+    assert json_dumps(value) == expected.encode("utf-8", "backslashreplace")
