@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, USER_ID
@@ -41,9 +40,9 @@ from service.signatures import (
 log = logging.getLogger("app.signed")
 
 
-@dataclass(frozen=True)
-class SignedRequest:
-    """What the signature proved, handed to `handle()`."""
+class SignedRequest(NamedTuple):
+    """What the signature proved, handed to `handle()` (immutable; a named tuple, made once
+    per request, costs a third of a frozen dataclass)."""
 
     user_id: str
     account_id: str
