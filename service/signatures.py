@@ -103,30 +103,47 @@ def _hmac_key(secret: str) -> hmac.HMAC:
     return hmac.new(secret.encode("utf-8"), digestmod=sha256)
 
 
-def verify_header(payload: str, header: str | None, secret: str) -> None:
-    """`stripe.WebhookSignature.verify_header(payload, header, secret)` (no tolerance), with the
-    key object reused per secret: raises `stripe.SignatureVerificationError` exactly when the
-    library does (and whatever else it raises on the same input)."""
-    # The names are bound at import: `stripe.X` goes through the package's lazy `__getattr__`
-    # (an `import_module` call) on every access.
+def _parse(header: str) -> tuple[int, list[str]]:
+    """The `t=` and the `v1` signatures in `header`, as the library reads them (its own
+    `_get_timestamp_and_signatures`), or `SignatureVerificationError` where it would refuse
+    the header before comparing."""
     cls = WebhookSignature
-    if not header:
-        raise SignatureVerificationError("No Stripe-Signature header value", header,
-                                                payload)
-    if secret is None or secret.strip(" \t\r\n\f\v") == "":
-        raise SignatureVerificationError("No webhook secret value", header, payload)
     try:
         timestamp, signatures = cls._get_timestamp_and_signatures(header, cls.EXPECTED_SCHEME)
     except Exception:
         raise SignatureVerificationError(
-            "Unable to extract timestamp and signatures from header", header, payload) from None
+            "Unable to extract timestamp and signatures from header", header, None) from None
     if not signatures:
-        raise SignatureVerificationError("No signatures found with expected scheme",
-                                                header, payload)
+        raise SignatureVerificationError("No signatures found with expected scheme", header,
+                                         None)
+    return timestamp, signatures
+
+
+def _matches(signed: bytes, signatures: list[str], secret: str) -> bool:
+    """Whether any of `signatures` is the HMAC-SHA256 of `signed` (`b"<t>." + payload`) under
+    `secret`, compared in constant time."""
     mac = _hmac_key(secret).copy()
-    mac.update(("%d.%s" % (timestamp, payload)).encode("utf-8"))  # noqa: UP031 (as stripe)
+    mac.update(signed)
     expected = mac.hexdigest()
-    if not any(hmac.compare_digest(expected, s) for s in signatures):
+    return any(hmac.compare_digest(expected, s) for s in signatures)
+
+
+def _blank(secret: str | None) -> bool:
+    return secret is None or secret.strip(" \t\r\n\f\v") == ""
+
+
+def verify_header(payload: str, header: str | None, secret: str) -> None:
+    """`stripe.WebhookSignature.verify_header(payload, header, secret)` (no tolerance), with the
+    key object reused per secret: raises `stripe.SignatureVerificationError` exactly when the
+    library does (and whatever else it raises on the same input). `verify` is built from the
+    same parts."""
+    if not header:
+        raise SignatureVerificationError("No Stripe-Signature header value", header, payload)
+    if _blank(secret):
+        raise SignatureVerificationError("No webhook secret value", header, payload)
+    timestamp, signatures = _parse(header)
+    signed = ("%d.%s" % (timestamp, payload)).encode("utf-8")  # noqa: UP031 (as stripe)
+    if not _matches(signed, signatures, secret):
         raise SignatureVerificationError(
             "No signatures found matching the expected signature for payload", header, payload)
 
@@ -135,7 +152,9 @@ def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tol
            now: float | None = None, timestamp: int | None = None) -> str:
     """Return the secret that verified `payload`, or raise a `SignatureError` subclass.
 
-    `timestamp` is the header's `t=`, when the caller has parsed it already.
+    `timestamp` is the header's `t=`, when the caller has parsed it already. The header's
+    signatures are read once for every secret, and the signed bytes are the body's own (UTF-8
+    checked), not decoded and encoded again.
     """
     if not header:
         raise MissingHeader("missing Stripe-Signature header")
@@ -146,16 +165,23 @@ def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tol
     now = time.time() if now is None else now
     if timestamp > now + tolerance:
         raise TimestampInFuture(f"timestamp {timestamp} is more than {tolerance}s in the future")
-    if isinstance(payload, (bytes, bytearray)):  # noqa: UP038 (a tuple is faster)
+    if isinstance(payload, str):
+        body = payload.encode("utf-8")
+    else:
+        body = bytes(payload)
         try:
-            payload = bytes(payload).decode("utf-8")
+            body.decode("utf-8")
         except UnicodeDecodeError:
             raise BodyNotUTF8("body is not UTF-8") from None
+    try:
+        _, signatures = _parse(header)
+    except SignatureVerificationError:
+        raise NoMatch("no v1 signature matches any configured secret") from None
+    # The library signs the `t=` it reads, which is `timestamp` for any header
+    # `header_timestamp` accepts (its first item named `t`, digits only).
+    signed = b"%d." % timestamp + body
     for secret in secrets:
-        try:
-            # No tolerance here: the library would only say "too old" in its message.
-            verify_header(payload, header, secret)
-        except SignatureVerificationError:
+        if _blank(secret) or not _matches(signed, signatures, secret):
             continue
         if tolerance and timestamp < now - tolerance:
             raise TimestampTooOld(f"timestamp {timestamp} is more than {tolerance}s old")

@@ -57,3 +57,26 @@ def test_real_signatures_among_noise(payload, secret, signer, timestamp, noise, 
     header = ",".join([made, *noise] if first else [*noise, made])
     assert outcome(verify_header, payload, header, secret) == outcome(
         library, payload, header, secret)
+
+
+@same
+@given(payloads, secrets, secrets, st.integers(0, 10**12), st.lists(_item, max_size=3),
+       st.booleans())
+def test_verify_accepts_what_the_library_accepts(payload, secret, signer, timestamp, noise,
+                                                 first):
+    """`verify` (the header read once for every secret, the body's own bytes signed) accepts
+    exactly the headers the library accepts, among those whose `t=` it reads (tolerance left
+    out: the library's is not checked here)."""
+    from service.signatures import SignatureError, header_timestamp, verify
+
+    made = stripe.WebhookSignature.generate_signature_header(payload, signer or "s", timestamp)
+    header = ",".join([made, *noise] if first else [*noise, made])
+    try:
+        t = header_timestamp(header)
+    except SignatureError:
+        return
+    try:
+        ours = verify(payload.encode(), header, [secret], 0, now=t) == secret
+    except SignatureError:
+        ours = False
+    assert ours == (outcome(library, payload, header, secret) == "accepted")
