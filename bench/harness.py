@@ -46,7 +46,7 @@ def process_memory_mb(pid: int) -> dict[str, float]:
 class Server:
     def __init__(self, args: Sequence[str], env: dict[str, str], port: int,
                  health: str | None = "/healthz", cwd: str = ROOT,
-                 executable: str = sys.executable) -> None:
+                 executable: str = sys.executable, ready_timeout: float = 60) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
         full.update(env)
         self.port = port
@@ -54,10 +54,10 @@ class Server:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([executable, *args], env=full, cwd=cwd,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait(health)
+        self._wait(health, ready_timeout)
 
-    def _wait(self, health: str | None) -> None:
-        deadline = time.time() + 60
+    def _wait(self, health: str | None, timeout: float) -> None:
+        deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited; see {self.log_path}")
@@ -89,10 +89,10 @@ class Server:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = 30) -> int:
         self.proc.terminate()
         try:
-            code = self.proc.wait(30)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = -9

@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import install_sync  # noqa: E402
+import instructions  # noqa: E402
 import processes  # noqa: E402
 import prune  # noqa: E402
 import scheduled_runs  # noqa: E402
@@ -37,6 +38,7 @@ BENCHMARKS = {
     "prune": prune.run,
     "installs": install_sync.run,
     "tasks": tasks.run,
+    "instructions": instructions.run,
 }
 
 
