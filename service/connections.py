@@ -142,6 +142,9 @@ class BoundedHTTPServer(HTTPServer):
 
     def initialize(self, *args: Any, max_connections: int = 10000,
                    metrics: Metrics | None = None, **kwargs: Any) -> None:
+        if kwargs.get("idle_connection_timeout") is not None:
+            raise TypeError("the header timeout is the application's (GuardedApplication's "
+                            "header_timeout setting), not idle_connection_timeout")
         super().initialize(*args, **kwargs)
         # HTTPServer turns "no idle_connection_timeout" into an hour; the guard keeps the real
         # header deadline (module docstring).
@@ -168,11 +171,15 @@ class BoundedHTTPServer(HTTPServer):
             self._metrics.connections_open.set(self.open_connections)
         sock = stream.socket
         if type(stream) is iostream.IOStream and sock.family in _TCP:
-            # A stream of our own on the same socket (nothing is registered with the loop yet):
-            # changing the class of the one given would slow every attribute read on it.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            stream = _NoDelayStream(sock, max_buffer_size=stream.max_buffer_size,
-                                    read_chunk_size=stream.read_chunk_size)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset already (some systems say so here): Tornado's stream
+                pass
+            else:
+                # A stream of our own on the same socket (nothing is registered with the loop
+                # yet): changing the class of the one given would slow every attribute read.
+                stream = _NoDelayStream(sock, max_buffer_size=stream.max_buffer_size,
+                                        read_chunk_size=stream.read_chunk_size)
         super().handle_stream(stream, address)
 
     def on_close(self, server_conn: object) -> None:

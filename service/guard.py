@@ -65,6 +65,8 @@ class Deadlines:
     closed meanwhile (a connection closed while waiting for headers tells no delegate)."""
 
     def __init__(self, header_timeout: float = HEADER_TIMEOUT) -> None:
+        if not header_timeout > 0:
+            raise ValueError(f"header_timeout must be more than 0 seconds, not {header_timeout}")
         self.header_timeout = header_timeout
         self._due: dict[_Guard, float] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -112,8 +114,12 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.refused = False
         self.start_line: Any = None
         self.headers: httputil.HTTPHeaders | None = None
-        self.timed = True  # waiting for the headers
-        app.deadlines.wait(self, app.deadlines.header_timeout)
+        # Waiting for the headers; Tornado also starts a request on a connection that has just
+        # closed (after a `Connection: close` answer), which needs no deadline.
+        stream = getattr(conn, "stream", None)
+        self.timed = stream is not None and not stream.closed()
+        if self.timed:
+            app.deadlines.wait(self, app.deadlines.header_timeout)
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.app.tracker.begin(self.conn)

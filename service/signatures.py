@@ -103,7 +103,7 @@ def _hmac_key(secret: str) -> hmac.HMAC:
     return hmac.new(secret.encode("utf-8"), digestmod=sha256)
 
 
-def _parse(header: str) -> tuple[int, list[str]]:
+def _parse(header: str, payload: str | None = None) -> tuple[int, list[str]]:
     """The `t=` and the `v1` signatures in `header`, as the library reads them (its own
     `_get_timestamp_and_signatures`), or `SignatureVerificationError` where it would refuse
     the header before comparing."""
@@ -112,10 +112,10 @@ def _parse(header: str) -> tuple[int, list[str]]:
         timestamp, signatures = cls._get_timestamp_and_signatures(header, cls.EXPECTED_SCHEME)
     except Exception:
         raise SignatureVerificationError(
-            "Unable to extract timestamp and signatures from header", header, None) from None
+            "Unable to extract timestamp and signatures from header", header, payload) from None
     if not signatures:
         raise SignatureVerificationError("No signatures found with expected scheme", header,
-                                         None)
+                                         payload)
     return timestamp, signatures
 
 
@@ -141,7 +141,7 @@ def verify_header(payload: str, header: str | None, secret: str) -> None:
         raise SignatureVerificationError("No Stripe-Signature header value", header, payload)
     if _blank(secret):
         raise SignatureVerificationError("No webhook secret value", header, payload)
-    timestamp, signatures = _parse(header)
+    timestamp, signatures = _parse(header, payload)
     signed = ("%d.%s" % (timestamp, payload)).encode("utf-8")  # noqa: UP031 (as stripe)
     if not _matches(signed, signatures, secret):
         raise SignatureVerificationError(
@@ -174,12 +174,12 @@ def verify(payload: bytes | str, header: str | None, secrets: Sequence[str], tol
         except UnicodeDecodeError:
             raise BodyNotUTF8("body is not UTF-8") from None
     try:
-        _, signatures = _parse(header)
+        signed_at, signatures = _parse(header)
     except SignatureVerificationError:
         raise NoMatch("no v1 signature matches any configured secret") from None
-    # The library signs the `t=` it reads, which is `timestamp` for any header
-    # `header_timestamp` accepts (its first item named `t`, digits only).
-    signed = b"%d." % timestamp + body
+    # The `t=` the library reads and signs (the same as `timestamp`, checked above, for any
+    # header `header_timestamp` accepts: its first item named `t`, digits only).
+    signed = b"%d." % signed_at + body
     for secret in secrets:
         if _blank(secret) or not _matches(signed, signatures, secret):
             continue

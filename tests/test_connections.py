@@ -17,6 +17,8 @@ import httpx
 import pytest
 from conftest import ROOT, base_env, free_port, running
 
+from service.connections import BoundedHTTPServer
+
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
@@ -154,3 +156,37 @@ def test_out_of_file_descriptors_neither_spins_nor_floods_the_log(tmp_path):
         server.terminate()
         server.wait(20)
     assert "open-file limit: 48" in log_path.read_text()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_tcp_nodelay_is_on_for_the_whole_connection(tmp_path):
+    """Set once when accepted and left on (Tornado would turn it off and on around every
+    answer), on every accepted TCP connection, across keep-alive requests."""
+    from service.connections import _NoDelayStream
+
+    async with running(base_env(tmp_path)) as app:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        streams = [conn.stream for conn in app.backend.server._connections]
+        assert streams and all(type(s) is _NoDelayStream for s in streams)
+        assert all(s.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in streams)
+        writer.close()
+
+
+def test_the_header_timeout_is_the_guards_alone():
+    """Tornado's own header timeout is refused (it would wrap every header read in a timer of
+    its own), and a header timeout must be more than 0 s."""
+    from service.guard import Deadlines
+
+    with pytest.raises(TypeError):
+        BoundedHTTPServer(lambda request: None, idle_connection_timeout=5)
+    assert BoundedHTTPServer(lambda request: None).conn_params.header_timeout is None
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError):
+            Deadlines(bad)

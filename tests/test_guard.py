@@ -65,3 +65,18 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(
         assert 0.3 <= time.monotonic() - idle_since < 0.8 + 0.2 + 0.5
         writer.close()
         assert len(app.backend.app.deadlines) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_connection_closed_after_its_answer_leaves_no_deadline(tmp_path):
+    """Tornado starts one more request on a connection it closes after a `Connection: close`
+    answer; that one waits for nothing, so nothing is left for the sweep to find."""
+    async with running(base_env(tmp_path)) as app:
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+            writer.close()
+        await asyncio.sleep(0.05)  # the server's loop turns past each close
+        assert len(app.backend.app.deadlines) == 0
