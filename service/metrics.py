@@ -85,6 +85,10 @@ class _LatencyCollector(Collector):
         yield family
 
 
+#: The `outcome` labels of `webhook_events_total`.
+WEBHOOK_OUTCOMES = ("stored", "duplicate", "rejected", "store_failed")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -104,6 +108,10 @@ class Metrics:
                                registry=r)
         self.webhooks = Counter("webhook_events_total", "Webhook deliveries by outcome",
                                 ["outcome"], registry=r)
+        #: Its child per outcome, looked up once (`labels()` takes a lock and a dict lookup per
+        #: call), so every outcome is exposed from the start, at 0.
+        self.webhook_outcomes = {outcome: self.webhooks.labels(outcome)
+                                 for outcome in WEBHOOK_OUTCOMES}
         self.event_processing = Counter("webhook_processing_total",
                                         "Event processing attempts by type and outcome",
                                         ["type", "outcome"], registry=r)

@@ -77,7 +77,7 @@ class WebhookHandler(BaseHandler):
                 break  # the other mode's secrets would fail the same way
             except SignatureError as exc:
                 errors.append(str(exc))
-        self.metrics.webhooks.labels("rejected").inc()
+        self.metrics.webhook_outcomes["rejected"].inc()
         raise APIError(400, "webhook signature verification failed", code="bad_signature",
                        reason_for_log="; ".join(dict.fromkeys(errors)))
 
@@ -112,7 +112,7 @@ class WebhookHandler(BaseHandler):
                                                  and ACCOUNT_ID.fullmatch(account)))):
             raise APIError(400, "the event lacks a valid id, type, livemode or created")
         if livemode and secret_mode != "live":
-            self.metrics.webhooks.labels("rejected").inc()
+            self.metrics.webhook_outcomes["rejected"].inc()
             raise APIError(400, "a live event must be signed with a live webhook secret",
                            code="bad_signature",
                            reason_for_log=f"live event {event_id} signed with a test secret")
@@ -121,14 +121,14 @@ class WebhookHandler(BaseHandler):
             stored = await self.storage.grouped(store_events).submit(NewEvent(
                 event_id, type_, account, livemode, created, self.body.decode("utf-8"), process))
         except Exception as exc:  # anything but stored-for-sure makes Stripe retry
-            self.metrics.webhooks.labels("store_failed").inc()
+            self.metrics.webhook_outcomes["store_failed"].inc()
             raise APIError(503, "the event could not be stored; please retry",
                            code="unavailable",
                            reason_for_log=f"storing {event_id} failed: {type(exc).__name__}: "
                                           f"{str(exc)[:200]}") from None
         if stored and process:
             self.events.submit(event_id)
-        self.metrics.webhooks.labels("stored" if stored else "duplicate").inc()
+        self.metrics.webhook_outcomes["stored" if stored else "duplicate"].inc()
         log.debug("event %s %s %s/%s%s", event_id, type_, account or "platform",
                  "live" if livemode else "test", "" if stored else " (duplicate)")
         return {"received": True, "duplicate": not stored}
