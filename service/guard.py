@@ -132,6 +132,7 @@ class _Guard(httputil.HTTPMessageDelegate):
             self._refuse()
             return None
         if declared not in (None, "0") or "Transfer-Encoding" in headers:
+            self.timed = True
             self.app.deadlines.wait(self, BODY_TIMEOUT)  # now waiting for the body
         else:
             self._cancel_timer()
