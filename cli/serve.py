@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 from typing import Any
 
@@ -22,12 +21,12 @@ def run_server(config: Config, args: argparse.Namespace | None = None) -> int:
     `WORKERS` above 1: that many processes on the one port (`service/workers.py`)."""
     if config.workers > 1:
         return run_workers(config, _serve_one)
-    return _serve_one(config, None)
+    return _serve_one(config)
 
 
-def _serve_one(config: Config, sockets: list[socket.socket] | None) -> int:
+def _serve_one(config: Config, reuse_port: bool = False) -> int:
     try:
-        asyncio.run(serve(config, sockets=sockets))
+        asyncio.run(serve(config, reuse_port=reuse_port))
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1

@@ -120,7 +120,7 @@ class Backend:
         return self.services.http
 
     # ---- start-up -------------------------------------------------------------------------
-    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
         for line in self.config.disabled_features():
             log.info("%s", line)
         try:
@@ -133,7 +133,7 @@ class Backend:
         self.init_integrations()
         self.init_jobs()
         self.init_app()
-        self.init_http(sockets)
+        self.init_http(reuse_port)
         self.init_background()
         # Everything built so far (100,000 scheduled jobs and installations, say) lives as long
         # as the process: keep it out of the cyclic collector's full passes, which would
@@ -181,7 +181,11 @@ class Backend:
             tracker=self.tracker, extra_routes=self.extra_routes, task_worker=self.task_worker,
             vault=self.vault, header_timeout=self.header_timeout)
 
-    def init_http(self, sockets: list[socket.socket] | None = None) -> None:
+    def init_http(self, reuse_port: bool = False) -> None:
+        """Listen, last: until now connections wait in no queue of ours (with `reuse_port`, a
+        worker's own `SO_REUSEPORT` socket, `service/workers.py`: the kernel gives new
+        connections to the workers already listening, not to one still building its
+        schedule)."""
         # Bodies are limited per request by service/guard.py (413 before reading);
         # Tornado's own limit would answer 400 and drop the connection, so it is set out of
         # the way. The header timeout is the guard's too (connections.py).
@@ -193,12 +197,12 @@ class Backend:
         self.server = BoundedHTTPServer(
             self.app, max_body_size=1 << 40,
             max_connections=self.config.max_connections, metrics=self.metrics)
-        if sockets is None:
-            try:
-                sockets = bind_sockets(self.config.port, self.config.host, backlog=1024)
-            except OSError as exc:
-                raise StartupError(f"cannot listen on {self.config.host}:{self.config.port}: "
-                                   f"{exc.strerror}") from None
+        try:
+            sockets = bind_sockets(self.config.port, self.config.host, backlog=1024,
+                                   reuse_port=reuse_port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.config.host}:{self.config.port}: "
+                               f"{exc.strerror}") from None
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
 
@@ -246,17 +250,16 @@ class Backend:
         log.info("stopped")
 
 
-async def serve(config: Config, sockets: list[socket.socket] | None = None,
-                **kwargs: Any) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully (on `sockets` when given: a
-    worker's own `SO_REUSEPORT` listening socket, `service/workers.py`)."""
+async def serve(config: Config, reuse_port: bool = False, **kwargs: Any) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully (`reuse_port`: listen with
+    `SO_REUSEPORT`, as each of `service/workers.py`'s workers does)."""
     backend = Backend(config, **kwargs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await backend.start(sockets)
+        await backend.start(reuse_port)
     except StartupError:
         await backend.stop()
         raise

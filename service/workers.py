@@ -5,12 +5,14 @@
 The parent brings the schema up to date (once, before any worker opens the database), reserves
 the port (a socket bound with `SO_REUSEPORT` but not listening: it holds the port, picks one
 for `PORT=0`, and receives no connections), and forks N workers. Each worker binds its own
-listening socket on that port with `SO_REUSEPORT`, and the kernel spreads new connections
-over the workers' sockets by a hash of their addresses. (With one listening socket shared by
-all, whichever worker woke first took the connection, and 32 keep-alive connections could
-land mostly on one worker: with `bench/processes.py`'s load, two workers gave 0.99 to 1.50
-times one process that way, against 1.22 to 1.66 with a socket each, in the same runs.)
-Each worker is a whole server (`serve_one(worker_config(config, i), sockets)`):
+listening socket on that port with `SO_REUSEPORT` once it is ready to serve (worker 0 after
+building its schedule: meanwhile the kernel gives new connections to the others), and the
+kernel spreads new connections over the listening sockets by a hash of their addresses.
+(With one listening socket shared by all, whichever worker woke first took the connection,
+and 32 keep-alive connections could land mostly on one worker: with `bench/processes.py`'s
+load, two workers gave 0.99 to 1.50 times one process that way, against 1.22 to 1.66 with a
+socket each, in the same runs.)
+Each worker is a whole server (`serve_one(worker_config(config, i), reuse_port=True)`):
 signed requests, webhooks, tasks and its own installation index, which follows the other
 workers' writes as it follows other replicas' (`REPLICA_POLL_SECONDS`). Only worker 0 runs the
 scheduler (and with it the Install API reconciliation), so the schedule is not multiplied.
@@ -35,8 +37,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-
-from tornado.netutil import bind_sockets
 
 from models.db import open_database
 from models.migrate import migrate
@@ -86,7 +86,7 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_workers(config: Config, serve_one: Callable[[Config, list[socket.socket]], int]) -> int:
+def run_workers(config: Config, serve_one: Callable[[Config, bool], int]) -> int:
     db = open_database(config.database_url)
     try:
         applied = migrate(db)
@@ -119,13 +119,8 @@ def run_workers(config: Config, serve_one: Callable[[Config, list[socket.socket]
                 _die_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
                 reserved.close()
-                try:
-                    sockets = bind_sockets(port, config.host, backlog=1024, reuse_port=True)
-                except OSError as exc:
-                    log.error("worker %d cannot listen on %s:%s: %s", index, config.host,
-                              port, exc.strerror)
-                else:
-                    code = serve_one(worker_config(config, index), sockets)
+                code = serve_one(dataclasses.replace(worker_config(config, index), port=port),
+                                 True)
             finally:
                 os._exit(code)
         workers[pid] = index

@@ -120,7 +120,7 @@ def test_each_worker_listens_on_its_own_socket_and_a_taken_port_fails_cleanly(tm
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 30
-        # a worker listens before its server is ready (the kernel queues connections till then)
+        # a worker listens once its server is ready (till then the others take its share)
         while (len(_children(proc.pid)) < 2 or _listening(port) < 2
                or not _healthy(f"http://127.0.0.1:{port}")):
             assert time.time() < deadline, "workers did not start"
