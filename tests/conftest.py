@@ -114,6 +114,23 @@ def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.
     raise AssertionError("server did not start")
 
 
+async def read_answer(reader: Any, timeout: float = 10.0) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer read off a raw connection (an `asyncio.StreamReader`): its head
+    (status line and headers) and its body, by its `Content-Length`."""
+    import asyncio
+
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return head, await asyncio.wait_for(reader.readexactly(length), timeout)
+
+
+async def read_response(reader: Any, timeout: float = 10.0) -> tuple[int, bytes]:
+    """`read_answer`'s status code and body."""
+    head, body = await read_answer(reader, timeout)
+    return int(head.split(b" ", 2)[1]), body
+
+
 @contextlib.asynccontextmanager
 async def server_child(script: str, env: dict[str, str]
                        ) -> AsyncIterator[tuple[subprocess.Popen[bytes], httpx.AsyncClient]]:

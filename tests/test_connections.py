@@ -15,19 +15,11 @@ import time
 
 import httpx
 import pytest
-from conftest import ROOT, base_env, free_port, running
+from conftest import ROOT, base_env, free_port, read_response, running
 
 from service.connections import BoundedHTTPServer
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    status = int(head.split(b" ", 2)[1])
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    return status, await asyncio.wait_for(reader.readexactly(length), 10)
 
 
 async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 10) -> bool:
@@ -167,12 +159,9 @@ async def test_tcp_nodelay_is_on_for_the_whole_connection(tmp_path):
     async with running(base_env(tmp_path)) as app:
         reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
         for _ in range(2):
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(HEALTHZ)
             await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 200")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            assert (await read_response(reader))[0] == 200
         streams = [conn.stream for conn in app.backend.server._connections]
         assert streams and all(type(s) is _NoDelayStream for s in streams)
         assert all(s.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in streams)

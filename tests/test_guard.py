@@ -8,14 +8,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import base_env, running
-
-
-async def _answered(reader: asyncio.StreamReader, status: bytes) -> None:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 " + status), head
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    await reader.readexactly(length)
+from conftest import base_env, read_response, running
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -33,14 +26,14 @@ async def test_one_sweep_closes_only_the_late_body(tmp_path, monkeypatch):
         for _ in range(3):
             ok_w.write(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
             await ok_w.drain()
-            await _answered(ok_r, b"404")
+            assert (await read_response(ok_r, 5))[0] == 404
         # the slow body, and the idle connection's wait for its next request's headers
         assert len(deadlines) == 2
         assert await asyncio.wait_for(slow_r.read(), 5) == b""  # closed, no answer
         assert len(deadlines) == 1
         ok_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         await ok_w.drain()
-        await _answered(ok_r, b"200")
+        assert (await read_response(ok_r, 5))[0] == 200
         # a client that closes its idle connection is forgotten by the next sweep
         ok_w.close()
         await asyncio.sleep(0.3)  # a sweep every BODY_TIMEOUT / 4
@@ -57,7 +50,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(
         for _ in range(3):  # requests within the timeout keep it open
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             await writer.drain()
-            await _answered(reader, b"200")
+            assert (await read_response(reader, 5))[0] == 200
             await asyncio.sleep(0.4)
         idle_since = time.monotonic()
         assert await asyncio.wait_for(reader.read(), 5) == b""

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import APP_SECRET, base_env, compact, running, same_answer, sign
+from conftest import APP_SECRET, base_env, compact, read_answer, running, same_answer, sign
 
 from models.installation import apply_state
 from service.signed import SignedHandler, SignedRequest
@@ -116,10 +116,9 @@ async def test_keep_alive_and_expect_continue_on_the_lean_path(tmp_path):
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
             writer.write(body)
             for _ in range(2):  # the same connection answers again
-                answer = await reader.readuntil(b"\r\n\r\n")
+                answer, payload = await read_answer(reader)
                 assert answer.startswith(b"HTTP/1.1 200"), answer
-                length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                assert b'"account_id":"acct_1"' in await reader.readexactly(length)
+                assert b'"account_id":"acct_1"' in payload
                 writer.write((head + "\r\n").encode() + body)
         finally:
             writer.close()

@@ -11,7 +11,16 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import WH_LIVE, WH_TEST, base_env, event, running, same_answer, sign
+from conftest import (
+    WH_LIVE,
+    WH_TEST,
+    base_env,
+    event,
+    read_answer,
+    running,
+    same_answer,
+    sign,
+)
 
 from models.events import WebhookEvent, store_events
 
@@ -165,12 +174,6 @@ def request_bytes(raw: str, extra: str = "") -> tuple[bytes, bytes]:
     head = (f"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
             f"Stripe-Signature: {sign(raw, WH_LIVE)}\r\n{extra}\r\n").encode()
     return head, body
-
-
-async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    return head, await reader.readexactly(length)
 
 
 @pytest.mark.parametrize("lean", [True, False])
