@@ -12,7 +12,8 @@ kernel spreads new connections over the listening sockets by a hash of their add
 and 32 keep-alive connections could land mostly on one worker: with `bench/processes.py`'s
 load, two workers gave 0.99 to 1.50 times one process that way, against 1.22 to 1.66 with a
 socket each, in the same runs.)
-Each worker is a whole server (`serve_one(worker_config(config, i), reuse_port=True)`):
+Each worker is a whole server (`serve_one(worker_config(config, i, port), True)`, listening
+with `SO_REUSEPORT`):
 signed requests, webhooks, tasks and its own installation index, which follows the other
 workers' writes as it follows other replicas' (`REPLICA_POLL_SECONDS`). Only worker 0 runs the
 scheduler (and with it the Install API reconciliation), so the schedule is not multiplied.
@@ -48,9 +49,11 @@ _SIGNALS = {signal.SIGTERM, signal.SIGINT}
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def worker_config(config: Config, index: int) -> Config:
-    """The configuration of worker `index`: the scheduler only in worker 0."""
-    return dataclasses.replace(config, workers=1, scheduler=config.scheduler and index == 0)
+def worker_config(config: Config, index: int, port: int | None = None) -> Config:
+    """The configuration of worker `index`: the scheduler only in worker 0; `port`, the one the
+    parent reserved (the kernel's pick for `PORT=0`)."""
+    return dataclasses.replace(config, workers=1, scheduler=config.scheduler and index == 0,
+                               port=config.port if port is None else port)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -119,8 +122,7 @@ def run_workers(config: Config, serve_one: Callable[[Config, bool], int]) -> int
                 _die_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
                 reserved.close()
-                code = serve_one(dataclasses.replace(worker_config(config, index), port=port),
-                                 True)
+                code = serve_one(worker_config(config, index, port), True)
             finally:
                 os._exit(code)
         workers[pid] = index

@@ -34,6 +34,8 @@ def test_only_worker_zero_runs_the_scheduler():
     config = Config.from_env({"WORKERS": "3"})
     assert [worker_config(config, i).scheduler for i in range(3)] == [True, False, False]
     assert {worker_config(config, i).workers for i in range(3)} == {1}
+    # each worker listens on the port the parent reserved (the kernel's pick for PORT=0)
+    assert worker_config(Config.from_env({"WORKERS": "3", "PORT": "0"}), 1, 4321).port == 4321
     off = Config.from_env({"WORKERS": "3", "SCHEDULER": "off"})
     assert not any(worker_config(off, i).scheduler for i in range(3))
     assert Config.from_env({"WORKERS": "auto"}).workers == (os.cpu_count() or 1)
