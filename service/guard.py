@@ -103,8 +103,7 @@ class Deadlines:
 
 
 class _Guard(httputil.HTTPMessageDelegate):
-    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "start_line", "headers",
-                 "timed")
+    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "start_line", "headers")
 
     def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
                  conn: httputil.HTTPConnection) -> None:
@@ -117,8 +116,7 @@ class _Guard(httputil.HTTPMessageDelegate):
         # Waiting for the headers; Tornado also starts a request on a connection that has just
         # closed (after a `Connection: close` answer), which needs no deadline.
         stream = getattr(conn, "stream", None)
-        self.timed = stream is not None and not stream.closed()
-        if self.timed:
+        if stream is not None and not stream.closed():
             app.deadlines.wait(self, app.deadlines.header_timeout)
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
@@ -128,14 +126,13 @@ class _Guard(httputil.HTTPMessageDelegate):
         # ASCII digits only ("\xb2" passes str.isdigit, not int): Tornado answers 400 to the rest
         if (declared is not None and declared.isascii() and declared.isdigit()
                 and int(declared) > self.limit):
-            self._cancel_timer()
+            self.app.deadlines.discard(self)
             self._refuse()
             return None
         if declared not in (None, "0") or "Transfer-Encoding" in headers:
-            self.timed = True
             self.app.deadlines.wait(self, BODY_TIMEOUT)  # now waiting for the body
         else:
-            self._cancel_timer()
+            self.app.deadlines.discard(self)
         lean = self.app.lean
         if lean is not None:
             delegate = lean.delegate(self.conn, start_line, self.inner)
@@ -152,18 +149,13 @@ class _Guard(httputil.HTTPMessageDelegate):
             return None
         return self.inner.data_received(chunk)
 
-    def _cancel_timer(self) -> None:
-        if self.timed:
-            self.timed = False
-            self.app.deadlines.discard(self)
-
     def finish(self) -> None:
-        self._cancel_timer()
+        self.app.deadlines.discard(self)
         if not self.refused:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
-        self._cancel_timer()
+        self.app.deadlines.discard(self)
         if not self.refused:  # a refused request has ended already
             self.app.tracker.end(self.conn)
         self.inner.on_connection_close()
