@@ -8,7 +8,16 @@ import time
 from typing import Any
 
 import pytest
-from conftest import APP_SECRET, base_env, compact, read_answer, running, same_answer, sign
+from conftest import (
+    APP_SECRET,
+    base_env,
+    compact,
+    read_answer,
+    running,
+    same_answer,
+    sign,
+    wait_for,
+)
 
 from models.installation import apply_state
 from service.signed import SignedHandler, SignedRequest
@@ -157,3 +166,35 @@ def test_lean_request_is_the_request_tornado_would_make(host, version):
         assert lean_made == tornado_made
     else:
         assert lean_made is tornado_made
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_bad_host_on_a_lean_route_is_answered_as_the_full_path_answers_it(tmp_path):
+    """Over the wire: a missing or invalid Host on a signed lean POST gets the full path's
+    answer (LeanRequest refuses it as Tornado does, and the request is replayed)."""
+    async with running(base_env(tmp_path)) as app:
+        await install(app)
+        body = compact(IDS).encode()
+        signed = (f"Content-Length: {len(body)}\r\nStripe-Signature: {sign(body, APP_SECRET)}\r\n"
+                  "Content-Type: application/json\r\n")
+        for host in ("", "Host: a,b\r\n", "Host: bad host\r\n"):
+            heads = []
+            for lean in (app.backend.app.lean, None):
+                saved, app.backend.app.lean = app.backend.app.lean, lean
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1",
+                                                                   app.backend.port)
+                    writer.write(f"POST /api/installation HTTP/1.1\r\n{host}{signed}\r\n"
+                                 .encode() + body)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    writer.close()
+                finally:
+                    app.backend.app.lean = saved
+                heads.append(head.split(b"\r\n", 1)[0])
+            assert heads[0] == heads[1], (host, heads)
+            assert heads[0].startswith(b"HTTP/1.1 400"), (host, heads)
+
+        async def idle() -> bool:
+            return app.backend.tracker.in_flight == 0
+
+        await wait_for(idle, 10, "no request left in flight")
