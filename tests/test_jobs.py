@@ -17,6 +17,7 @@ from stripe_proxy import StripeProxy
 from jobs.events import EventProcessor
 from jobs.registry import Registry, job, on_event
 from jobs.runner import JobRunner
+from jobs.scheduler import job_id
 from jobs.stripe_api import LimitedHTTPClient, RateLimiter, StripeClients
 from models.db import Storage, open_database
 from models.events import store_event
@@ -373,3 +374,40 @@ async def test_jobs_endpoint_shape(tmp_path, scheduler):
         assert time.time() < row["next_run"] <= time.time() + 86400
         health = (await app.client.get("/healthz")).json()
         assert health["scheduler"]["running"] is (scheduler == "on")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_start_adds_jobs_soonest_first_with_their_trigger_times(tmp_path):
+    """Start-up plans every job's next fire, sorts by (fire time, id) and adds them in that
+    order: the schedule holds each job at its trigger's next fire time, in that order, and a
+    cron that never fires again (30 February) is held paused, as APScheduler itself holds it."""
+
+    @job(every=100)
+    async def periodic(ctx):
+        pass
+
+    @job(cron="0 0 30 2 *")
+    async def never(ctx):
+        pass
+
+    registry = registry_with(periodic, never)
+    env = base_env(tmp_path, SCHEDULER="on")
+    db = open_database(env["DATABASE_URL"])
+    migrate(db)
+    accounts = [f"acct_{i}" for i in range(5)]
+    for account in accounts:
+        apply_state(account, "live", True, int(time.time()) - 50, "before")
+    db.close()
+    async with running(env, registry=registry) as app:
+        sched = app.backend.scheduler
+        now = datetime.now(UTC)
+        for account in accounts:
+            expected = registry.jobs["periodic"].trigger(account, "live").get_next_fire_time(
+                None, now)
+            assert sched.next_run("periodic", account, "live") == expected
+            assert sched.next_run("never", account, "live") is None
+            assert sched._aps.get_job(job_id("never", account, "live")) is not None
+        held = [(j.next_run_time, j.id) for j in sched._aps.get_jobs()]
+        assert len(held) == 2 * len(accounts)
+        timed = [h for h in held if h[0] is not None]
+        assert timed == sorted(timed) and held[len(timed):] == [h for h in held if h[0] is None]
