@@ -198,3 +198,52 @@ async def test_a_bad_host_on_a_lean_route_is_answered_as_the_full_path_answers_i
             return app.backend.tracker.in_flight == 0
 
         await wait_for(idle, 10, "no request left in flight")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_pre_rendered_head_is_what_tornado_writes(tmp_path):
+    """A keep-alive HTTP/1.1 answer's head is written pre-rendered; an answer Tornado gives a
+    `Connection` line (the client asked to close, or HTTP/1.0) goes through `write_headers`.
+    Over the wire, the heads differ by that line only, and each connection is kept or closed
+    as Tornado's own rule says."""
+    async with running(base_env(tmp_path)) as app:
+        await install(app)
+        body = compact(IDS).encode()
+        signed = (f"Content-Length: {len(body)}\r\nStripe-Signature: {sign(body, APP_SECRET)}"
+                  "\r\nContent-Type: application/json\r\n")
+
+        async def exchange(version: str, extra: str) -> tuple[list[bytes], bytes, bool]:
+            """The answer's head lines (without `Date`), its body, and whether the connection
+            answered a second request on it (else it was closed)."""
+            request = (f"POST /api/installation {version}\r\nHost: x\r\n{extra}{signed}\r\n"
+                       .encode() + body)
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
+            try:
+                writer.write(request)
+                head, payload = await read_answer(reader)
+                writer.write(request)
+                try:
+                    again, _ = await read_answer(reader)
+                    kept = again.startswith(b"HTTP/1.1 200")
+                except asyncio.IncompleteReadError as exc:
+                    assert exc.partial == b""
+                    kept = False
+            finally:
+                writer.close()
+            lines = head.rstrip(b"\r\n").split(b"\r\n")
+            assert sum(line.startswith(b"Date: ") for line in lines) == 1, lines
+            return [line for line in lines if not line.startswith(b"Date: ")], payload, kept
+
+        plain, payload, kept = await exchange("HTTP/1.1", "")
+        assert kept and plain[0] == b"HTTP/1.1 200 OK" and plain[-1].startswith(b"Content-Len")
+        assert b"Access-Control-Allow-Origin: *" in plain and b'"acct_1"' in payload
+        for version, extra, line, keeps in (
+                ("HTTP/1.1", "Connection: keep-alive\r\n", None, True),
+                ("HTTP/1.1", "Connection: close\r\n", b"Connection: close", False),
+                ("HTTP/1.1", "Connection: Close\r\n", b"Connection: close", False),
+                ("HTTP/1.0", "Connection: keep-alive\r\n", b"Connection: Keep-Alive", True),
+                ("HTTP/1.0", "", None, False)):
+            lines, other, kept = await exchange(version, extra)
+            assert (other, kept) == (payload, keeps), (version, extra)
+            assert [x for x in lines if not x.startswith(b"Connection:")] == plain
+            assert [x for x in lines if x.startswith(b"Connection:")] == ([line] if line else [])
