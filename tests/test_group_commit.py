@@ -9,6 +9,7 @@ which every acknowledged event is in the database; and `SQLITE_SYNCHRONOUS`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import peewee as pw
@@ -42,73 +46,139 @@ from service.config import Config, ConfigError
 
 
 class Recorder:
-    """A batch function that records its batches; it doubles each item, fails on negative ones,
-    and waits for `gate` when one is given."""
+    """A batch function that records its batches (it runs in the writer thread); it doubles
+    each item, fails on negative ones, and holds each batch until `gate` is set when one is
+    given."""
 
-    def __init__(self, gate: asyncio.Event | None = None) -> None:
+    def __init__(self, gate: threading.Event | None = None) -> None:
         self.batches: list[list[int]] = []
         self.gate = gate
+        self.threads: set[str] = set()
 
-    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+    def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.threads.add(threading.current_thread().name)
         self.batches.append(list(items))
         if self.gate is not None:
-            await self.gate.wait()
+            assert self.gate.wait(20), "the test never opened the gate"
         if 999 in items:
             raise RuntimeError("the whole batch failed")
         return [ValueError(f"bad {i}") if i < 0 else 2 * i for i in items]
 
 
+@contextlib.contextmanager
+def writer() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(1, thread_name_prefix="test-writer")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def started(recorder: Recorder, batches: int) -> None:
+    """Wait until the writer has started this many batches."""
+    await wait_for(lambda: asyncio.sleep(0, len(recorder.batches) >= batches), 10,
+                   f"{batches} batches started")
+
+
 @pytest.mark.gen_test
-async def test_items_submitted_together_share_one_batch_and_get_their_own_results():
+async def test_items_that_arrive_during_a_batch_share_the_next_one():
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
+        first = asyncio.ensure_future(group.submit(0))
+        await started(recorder, 1)  # written at once, in the writer thread
+        rest = [asyncio.ensure_future(group.submit(i)) for i in range(1, 20)]
+        await asyncio.sleep(0)
+        assert group.waiting == 20
+        gate.set()
+        assert await asyncio.gather(first, *rest) == [2 * i for i in range(20)]
+    assert recorder.batches == [[0], list(range(1, 20))]
+    assert (group.batches, group.items, group.waiting) == (2, 20, 0)
+    assert recorder.threads == {"test-writer_0"}
+
+
+@pytest.mark.gen_test
+async def test_a_window_lets_items_arriving_together_join_the_first_batch():
     recorder = Recorder()
-    group: GroupCommit[int, int] = GroupCommit(recorder, window=0.001)
-    results = await asyncio.gather(*(group.submit(i) for i in range(20)))
-    assert results == [2 * i for i in range(20)]
-    assert recorder.batches == [list(range(20))]
-    assert (group.batches, group.items) == (1, 20)
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(recorder, pool, window=0.5)
+        assert await asyncio.gather(*(group.submit(i) for i in range(5))) == [0, 2, 4, 6, 8]
+    assert recorder.batches == [[0, 1, 2, 3, 4]]
 
 
 @pytest.mark.gen_test
 async def test_no_answer_before_the_batch_finished_and_the_next_batch_waits_for_it():
-    gate = asyncio.Event()
+    gate = threading.Event()
     recorder = Recorder(gate)
-    group: GroupCommit[int, int] = GroupCommit(recorder, window=0)
-    first = [asyncio.ensure_future(group.submit(i)) for i in range(3)]
-    while not recorder.batches:
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
+        first = asyncio.ensure_future(group.submit(0))
+        await started(recorder, 1)
+        later = [asyncio.ensure_future(group.submit(i)) for i in range(1, 4)]
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        assert not first.done() and not any(f.done() for f in later)  # not committed yet
+        assert recorder.batches == [[0]]  # one batch at a time; the others queue behind it
+        gate.set()
+        assert await asyncio.gather(first, *later) == [0, 2, 4, 6]
+    assert recorder.batches == [[0], [1, 2, 3]]
+
+
+async def one_batch(items: tuple[int, ...]) -> tuple[list[Any], Recorder, GroupCommit[int, int]]:
+    """The outcomes of `items` submitted while a first batch (item 0) is held: one batch."""
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
+        blocker = asyncio.ensure_future(group.submit(0))
+        await started(recorder, 1)
+        waiting = [asyncio.ensure_future(group.submit(i)) for i in items]
         await asyncio.sleep(0)
-    later = [asyncio.ensure_future(group.submit(i)) for i in range(3, 6)]
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not any(f.done() for f in first + later)  # the batch has not finished
-    assert recorder.batches == [[0, 1, 2]]  # one batch in flight; the others queue behind it
-    gate.set()
-    assert await asyncio.gather(*first, *later) == [0, 2, 4, 6, 8, 10]
-    assert recorder.batches == [[0, 1, 2], [3, 4, 5]]
+        gate.set()
+        assert await blocker == 0
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert await group.submit(5) == 10  # and the group carries on
+    assert recorder.batches == [[0], list(items), [5]]
+    return outcomes, recorder, group
 
 
 @pytest.mark.gen_test
 async def test_a_failed_item_fails_alone_and_a_failed_batch_fails_all_of_it():
-    group: GroupCommit[int, int] = GroupCommit(Recorder(), window=0.001)
-    outcomes = await asyncio.gather(*(group.submit(i) for i in (1, -1, 2)),
-                                    return_exceptions=True)
+    outcomes, _, _ = await one_batch((1, -1, 2))
     assert outcomes[0] == 2 and outcomes[2] == 4
     assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad -1"
-    outcomes = await asyncio.gather(*(group.submit(i) for i in (1, 999)), return_exceptions=True)
+    outcomes, _, _ = await one_batch((1, 999))
+    assert [str(o) for o in outcomes] == ["the whole batch failed"] * 2
     assert all(isinstance(o, RuntimeError) for o in outcomes)
-    assert await group.submit(5) == 10  # and the group carries on
 
 
 @pytest.mark.gen_test
 async def test_max_batch_splits_a_crowd_and_a_cancelled_caller_does_not_hurt_the_others():
-    recorder = Recorder()
-    group: GroupCommit[int, int] = GroupCommit(recorder, window=0.001, max_batch=4)
-    tasks = [asyncio.ensure_future(group.submit(i)) for i in range(10)]
-    await asyncio.sleep(0)
-    tasks[1].cancel()
-    done = await asyncio.gather(*tasks, return_exceptions=True)
-    assert isinstance(done[1], asyncio.CancelledError)
-    assert [d for i, d in enumerate(done) if i != 1] == [2 * i for i in range(10) if i != 1]
-    assert [len(b) for b in recorder.batches] == [4, 4, 2]
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(recorder, pool, max_batch=4)
+        blocker = asyncio.ensure_future(group.submit(0))
+        await started(recorder, 1)
+        tasks = [asyncio.ensure_future(group.submit(i)) for i in range(1, 11)]
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        gate.set()
+        done = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [d for i, d in enumerate(done) if i != 2] == [2 * i for i in range(11) if i != 2]
+    assert recorder.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]  # item 2 written
+
+
+@pytest.mark.gen_test
+async def test_a_stopped_writer_refuses_new_items():
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(Recorder(), pool)
+        assert await group.submit(1) == 2
+    with pytest.raises(RuntimeError, match="the writer is stopped"):
+        await group.submit(2)
+    assert group.waiting == 0
 
 
 # ---- store_events on SQLite and PostgreSQL -------------------------------------------------------
