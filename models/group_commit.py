@@ -32,7 +32,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Generic, TypeVar
 
 I = TypeVar("I")  # noqa: E741 (an item)
@@ -69,15 +69,29 @@ class GroupCommit(Generic[I, R]):
             self._draining = True
         if start:
             try:
-                self.writer.submit(self._drain, loop)
-            except RuntimeError as exc:  # the writer is shut down: nothing will be written
-                with self._lock:
-                    failed, self._queue = self._queue, []
-                    self._draining = False
-                for _, waiting in failed:
-                    if not waiting.done():
-                        waiting.set_exception(RuntimeError(f"the writer is stopped: {exc}"))
+                job = self.writer.submit(self._drain, loop)
+            except RuntimeError:  # the writer is shut down: nothing will be written
+                self._abandon(loop)
+            else:
+                job.add_done_callback(lambda job: self._abandoned(job, loop))
         return await future
+
+    def _abandoned(self, job: Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        """A drain cancelled before it ran (the writer was shut down meanwhile) writes
+        nothing: its items fail as if the writer had been stopped before `submit`."""
+        if job.cancelled():
+            self._abandon(loop)
+
+    def _abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer will not run: every queued item fails (from any thread)."""
+        with self._lock:
+            failed, self._queue = self._queue, []
+            self._draining = False
+        outcomes: list[R | BaseException] = [RuntimeError("the writer is stopped")] * len(failed)
+        try:
+            loop.call_soon_threadsafe(_settle, failed, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """In the writer thread: run batches until the queue is empty."""

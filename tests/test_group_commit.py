@@ -172,6 +172,21 @@ async def test_max_batch_splits_a_crowd_and_a_cancelled_caller_does_not_hurt_the
 
 
 @pytest.mark.gen_test
+async def test_items_whose_writer_is_shut_down_before_it_ran_fail():
+    busy = threading.Event()
+    with writer() as pool:
+        pool.submit(busy.wait, 20)  # the one writer thread is busy: the drain waits its turn
+        group: GroupCommit[int, int] = GroupCommit(Recorder(), pool)
+        items = [asyncio.ensure_future(group.submit(i)) for i in range(3)]
+        await asyncio.sleep(0)
+        pool.shutdown(wait=False, cancel_futures=True)  # as Storage.close does
+        busy.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*items, return_exceptions=True), 10)
+    assert [str(o) for o in outcomes] == ["the writer is stopped"] * 3
+    assert group.waiting == 0
+
+
+@pytest.mark.gen_test
 async def test_a_stopped_writer_refuses_new_items():
     with writer() as pool:
         group: GroupCommit[int, int] = GroupCommit(Recorder(), pool)
