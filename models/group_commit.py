@@ -17,7 +17,8 @@ contract for the caller:
   seconds, waited in the writer thread, when one is given);
 - a caller cancelled while waiting does not stop its batch (its item may still be written; its
   outcome is dropped);
-- once the writer executor is shut down, `submit` raises `RuntimeError`.
+- once the writer executor is shut down, `submit` raises `RuntimeError`, and so do the
+  callers whose items were still queued when the shutdown cancelled the writer's turn.
 
 Why the batches are taken in the writer thread, not by a task on the loop: when 32 webhooks
 arrive at once, the loop handles all of them in one turn, and a task (or a timer) that starts
