@@ -4,14 +4,17 @@ message delegate, everything else by the full handler path, with the same answer
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 from conftest import (
     APP_SECRET,
+    WH_LIVE,
     base_env,
     compact,
+    event,
     read_answer,
     running,
     same_answer,
@@ -200,28 +203,52 @@ async def test_a_bad_host_on_a_lean_route_is_answered_as_the_full_path_answers_i
         await wait_for(idle, 10, "no request left in flight")
 
 
+@pytest.mark.parametrize("path", ["/api/installation", "/webhooks"])
 @pytest.mark.gen_test(timeout=30)
-async def test_the_pre_rendered_head_is_what_tornado_writes(tmp_path):
+async def test_the_pre_rendered_head_is_what_tornado_writes(tmp_path, monkeypatch, path):
     """A keep-alive HTTP/1.1 answer's head is written pre-rendered; an answer Tornado gives a
     `Connection` line (the client asked to close, or HTTP/1.0) goes through `write_headers`.
-    Over the wire, the heads differ by that line only, and each connection is kept or closed
-    as Tornado's own rule says."""
+    Over the wire, the heads differ by that line only (with CORS, and without for webhooks),
+    each connection is kept or closed as Tornado's own rule says, and `write_headers` is used
+    for exactly the answers with a `Connection` line."""
+    from tornado.http1connection import HTTP1Connection
+
+    calls: list[int] = []
+    write_headers = HTTP1Connection.write_headers
+
+    def counting(self: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return write_headers(self, *args, **kw)
+
+    monkeypatch.setattr(HTTP1Connection, "write_headers", counting)
+    sent = iter(range(100))
+
+    def signed_body() -> tuple[bytes, str]:
+        if path == "/webhooks":  # a new event each time: each is stored, not a duplicate
+            body = json.dumps(event("invoice.paid", event_id=f"evt_head{next(sent)}")).encode()
+            return body, sign(body, WH_LIVE)
+        body = compact(IDS).encode()
+        return body, sign(body, APP_SECRET)
+
     async with running(base_env(tmp_path)) as app:
         await install(app)
-        body = compact(IDS).encode()
-        signed = (f"Content-Length: {len(body)}\r\nStripe-Signature: {sign(body, APP_SECRET)}"
-                  "\r\nContent-Type: application/json\r\n")
 
-        async def exchange(version: str, extra: str) -> tuple[list[bytes], bytes, bool]:
-            """The answer's head lines (without `Date`), its body, and whether the connection
-            answered a second request on it (else it was closed)."""
-            request = (f"POST /api/installation {version}\r\nHost: x\r\n{extra}{signed}\r\n"
-                       .encode() + body)
+        async def exchange(version: str, extra: str) -> tuple[list[bytes], bytes, bool, int]:
+            """The answer's head lines (without `Date`), its body, whether the connection
+            answered a second request on it (else it was closed), and how many answers went
+            through `write_headers`."""
+            def request() -> bytes:
+                body, header = signed_body()
+                return (f"POST {path} {version}\r\nHost: x\r\n{extra}Content-Length: "
+                        f"{len(body)}\r\nStripe-Signature: {header}\r\n"
+                        "Content-Type: application/json\r\n\r\n").encode() + body
+
+            del calls[:]
             reader, writer = await asyncio.open_connection("127.0.0.1", app.backend.port)
             try:
-                writer.write(request)
+                writer.write(request())
                 head, payload = await read_answer(reader)
-                writer.write(request)
+                writer.write(request())
                 try:
                     again, _ = await read_answer(reader)
                     kept = again.startswith(b"HTTP/1.1 200")
@@ -232,18 +259,22 @@ async def test_the_pre_rendered_head_is_what_tornado_writes(tmp_path):
                 writer.close()
             lines = head.rstrip(b"\r\n").split(b"\r\n")
             assert sum(line.startswith(b"Date: ") for line in lines) == 1, lines
-            return [line for line in lines if not line.startswith(b"Date: ")], payload, kept
+            return ([line for line in lines if not line.startswith(b"Date: ")], payload, kept,
+                    len(calls))
 
-        plain, payload, kept = await exchange("HTTP/1.1", "")
-        assert kept and plain[0] == b"HTTP/1.1 200 OK" and plain[-1].startswith(b"Content-Len")
-        assert b"Access-Control-Allow-Origin: *" in plain and b'"acct_1"' in payload
-        for version, extra, line, keeps in (
-                ("HTTP/1.1", "Connection: keep-alive\r\n", None, True),
-                ("HTTP/1.1", "Connection: close\r\n", b"Connection: close", False),
-                ("HTTP/1.1", "Connection: Close\r\n", b"Connection: close", False),
-                ("HTTP/1.0", "Connection: keep-alive\r\n", b"Connection: Keep-Alive", True),
-                ("HTTP/1.0", "", None, False)):
-            lines, other, kept = await exchange(version, extra)
-            assert (other, kept) == (payload, keeps), (version, extra)
+        plain, payload, kept, slow = await exchange("HTTP/1.1", "")
+        assert kept and slow == 0, "a keep-alive answer went through write_headers"
+        assert plain[0] == b"HTTP/1.1 200 OK" and plain[-1].startswith(b"Content-Length: ")
+        cors = b"Access-Control-Allow-Origin: *" in plain
+        assert cors is (path != "/webhooks")
+        assert (b'"acct_1"' if cors else b'"duplicate":false') in payload
+        for version, extra, line, keeps, through_tornado in (
+                ("HTTP/1.1", "Connection: keep-alive\r\n", None, True, 0),
+                ("HTTP/1.1", "Connection: close\r\n", b"Connection: close", False, 1),
+                ("HTTP/1.1", "Connection: Close\r\n", b"Connection: close", False, 1),
+                ("HTTP/1.0", "Connection: keep-alive\r\n", b"Connection: Keep-Alive", True, 2),
+                ("HTTP/1.0", "", None, False, 1)):
+            lines, other, kept, slow = await exchange(version, extra)
+            assert (other, kept, slow) == (payload, keeps, through_tornado), (version, extra)
             assert [x for x in lines if not x.startswith(b"Connection:")] == plain
             assert [x for x in lines if x.startswith(b"Connection:")] == ([line] if line else [])
