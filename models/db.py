@@ -164,7 +164,9 @@ class Storage:
 
     def grouped(self, fn: Callable[[list[I]], list[T | BaseException]]) -> GroupCommit[I, T]:
         """The group commit of the batch function `fn` (made on first use): `fn(items)` runs in
-        the writer thread and returns one result or exception per item, in order."""
+        the writer thread and returns one result or exception per item, in order. Every group
+        shares that one thread, and a group holds it until its queue is empty (there is one
+        group today, `store_events`)."""
         group = self._groups.get(fn)
         if group is None:
             def run_batch(items: list[I]) -> list[T | BaseException]:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 I = TypeVar("I")  # noqa: E741 (an item)
 R = TypeVar("R")  # a result
@@ -70,44 +70,42 @@ class GroupCommit(Generic[I, R]):
             self._draining = True
         if start:
             try:
-                job = self.writer.submit(self._drain, loop)
+                job = self.writer.submit(self._drain)
             except RuntimeError:  # the writer is shut down: nothing will be written
-                self._abandon(loop)
+                self._abandon()
             else:
-                job.add_done_callback(lambda job: self._abandoned(job, loop))
+                job.add_done_callback(self._ended)
         return await future
 
-    def _abandoned(self, job: Future[None], loop: asyncio.AbstractEventLoop) -> None:
-        """A drain cancelled before it ran (the writer was shut down meanwhile) writes
-        nothing: its items fail as if the writer had been stopped before `submit`."""
-        if job.cancelled():
-            self._abandon(loop)
+    def _ended(self, job: Future[None]) -> None:
+        """A drain cancelled before it ran (the writer was shut down meanwhile), or one that
+        failed (a bug), leaves nobody to write what is queued: those items fail, and the next
+        `submit` starts a drain again."""
+        if job.cancelled() or job.exception() is not None:
+            self._abandon()
 
-    def _abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _abandon(self) -> None:
         """The writer will not run: every queued item fails (from any thread)."""
         with self._lock:
             failed, self._queue = self._queue, []
             self._draining = False
         outcomes: list[R | BaseException] = [RuntimeError("the writer is stopped")] * len(failed)
-        try:
-            loop.call_soon_threadsafe(_settle, failed, outcomes)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+        _hand_back(failed, outcomes)
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self) -> None:
         """In the writer thread: run batches until the queue is empty."""
         if self.window > 0:
             time.sleep(self.window)  # let the items arriving together join
         while True:
-            with self._lock:
+            with self._lock:  # counted in `waiting` all along: queued, then running
                 batch = self._queue[:self.max_batch]
                 del self._queue[:self.max_batch]
                 if not batch:
                     self._draining = False
                     return
-            self.batches += 1
-            self.items += len(batch)
-            self._running = len(batch)
+                self.batches += 1
+                self.items += len(batch)
+                self._running = len(batch)
             outcomes: list[R | BaseException]
             try:
                 outcomes = self.run_batch([item for item, _ in batch])
@@ -120,10 +118,22 @@ class GroupCommit(Generic[I, R]):
                 outcomes = [RuntimeError(f"the batch was interrupted: {exc!r}")] * len(batch)
             finally:
                 self._running = 0
-            try:
-                loop.call_soon_threadsafe(_settle, batch, outcomes)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            _hand_back(batch, outcomes)
+
+
+def _hand_back(batch: list[tuple[I, asyncio.Future[R]]],
+               outcomes: list[R | BaseException]) -> None:
+    """From any thread: settle each caller's future on its own event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Any], list[Any]]] = {}
+    for waiting, outcome in zip(batch, outcomes, strict=True):
+        items, results = by_loop.setdefault(waiting[1].get_loop(), ([], []))
+        items.append(waiting)
+        results.append(outcome)
+    for loop, (items, results) in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items, results)
+        except RuntimeError:  # that loop is closed: nobody there is waiting any more
+            pass
 
 
 def _settle(batch: list[tuple[I, asyncio.Future[R]]],
@@ -132,7 +142,9 @@ def _settle(batch: list[tuple[I, asyncio.Future[R]]],
     for (_, future), outcome in zip(batch, outcomes, strict=True):
         if future.done():  # its caller was cancelled
             continue
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, StopIteration):  # a future refuses to raise StopIteration
+            future.set_exception(RuntimeError(f"the batch raised {outcome!r}"))
+        elif isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
             future.set_result(outcome)

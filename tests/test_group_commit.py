@@ -187,6 +187,45 @@ async def test_items_whose_writer_is_shut_down_before_it_ran_fail():
 
 
 @pytest.mark.gen_test
+async def test_each_caller_is_answered_on_its_own_event_loop():
+    """Items from two event loops in one batch: each future is settled on its own loop (a
+    callback from the other loop's thread would neither be safe nor wake it)."""
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
+        first = asyncio.ensure_future(group.submit(0))
+        await started(recorder, 1)  # held: what comes next waits for the second batch
+        mine = asyncio.ensure_future(group.submit(1))  # this loop's item first in the batch
+        await asyncio.sleep(0)
+        other: list[Any] = []
+
+        def other_loop() -> None:
+            async def two() -> list[int]:
+                return list(await asyncio.gather(group.submit(2), group.submit(3)))
+
+            other.append(asyncio.run(two()))
+
+        thread = threading.Thread(target=other_loop, daemon=True)
+        thread.start()
+        await wait_for(lambda: asyncio.sleep(0, group.waiting == 4), 10, "the other loop's items")
+        gate.set()
+        assert await asyncio.gather(first, mine) == [0, 2]
+        thread.join(10)
+    assert other == [[4, 6]], "the other loop was never told"
+    assert recorder.batches == [[0], [1, 2, 3]]
+
+
+@pytest.mark.gen_test
+async def test_a_batch_outcome_a_future_cannot_hold_fails_as_runtime_error():
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(lambda items: [StopIteration()], pool)
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await group.submit(1)
+        assert group.waiting == 0
+
+
+@pytest.mark.gen_test
 async def test_a_stopped_writer_refuses_new_items():
     with writer() as pool:
         group: GroupCommit[int, int] = GroupCommit(Recorder(), pool)
