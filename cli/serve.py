@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
 from service.config import Config
+from service.loops import loop_runner
 from service.server import StartupError, serve
 from service.workers import run_workers
 
@@ -26,7 +26,8 @@ def run_server(config: Config, args: argparse.Namespace | None = None) -> int:
 
 def _serve_one(config: Config, reuse_port: bool = False) -> int:
     try:
-        asyncio.run(serve(config, reuse_port=reuse_port))
+        with loop_runner(config.event_loop) as runner:
+            runner.run(serve(config, reuse_port=reuse_port))
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1

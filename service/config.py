@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from models.db import SQLITE_SYNCHRONOUS
 from models.enums import MODES
+from service.loops import EVENT_LOOPS, resolve
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -128,6 +129,16 @@ def _workers(name: str, raw: str) -> int:
     if raw.strip().lower() == "auto":
         return max(1, os.cpu_count() or 1)
     return _Int(1, 256)(name, raw)
+
+
+def _event_loop(name: str, raw: str) -> str:
+    """One of `EVENT_LOOPS`; `uvloop` only where it is installed."""
+    choice = _Choice(EVENT_LOOPS)(name, raw)
+    try:
+        resolve(choice)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return choice
 
 
 def _database_url(name: str, raw: str) -> str:
@@ -317,6 +328,10 @@ class Config:
     shutdown_timeout: float = setting(
         "SHUTDOWN_TIMEOUT", 10.0, _Float(0.0, 600.0),
         "seconds in-flight requests and jobs get on SIGTERM")
+    event_loop: str = setting(
+        "EVENT_LOOP", "auto", _event_loop,
+        "the event loop: `uvloop` (faster webhook ingest, docs/performance.md), `asyncio`, or "
+        "`auto`: uvloop when it is installed (it is a dependency), else asyncio")
     db_workers: int = setting(
         "DB_WORKERS", 4, _Int(1, 64),
         "database threads (the event loop never blocks on the database)")

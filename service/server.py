@@ -51,6 +51,7 @@ from service.connections import (
     raise_file_limit,
 )
 from service.doctor import log_findings
+from service.loops import running_loop_name
 from service.services import Services
 from service.status import version
 from service.tracker import RequestTracker
@@ -140,7 +141,8 @@ class Backend:
         # otherwise stall the event loop for tens of milliseconds each.
         gc.collect()
         gc.freeze()
-        log.info("listening on http://%s:%s", self.config.host, self.port)
+        log.info("listening on http://%s:%s (event loop: %s)", self.config.host, self.port,
+                 running_loop_name())
 
     async def init_database(self) -> None:
         applied = await self.services.open_storage()
