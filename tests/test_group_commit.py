@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,6 +74,23 @@ def writer() -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=True)
 
 
+@contextlib.asynccontextmanager
+async def held(**kw: Any) -> AsyncIterator[tuple[GroupCommit[int, int], Recorder,
+                                                 threading.Event, asyncio.Future[int]]]:
+    """A group whose first batch, item 0, is under way in the writer thread (it was written at
+    once) and held there until the gate is set: what is submitted meanwhile waits behind it."""
+    gate = threading.Event()
+    recorder = Recorder(gate)
+    with writer() as pool:
+        group: GroupCommit[int, int] = GroupCommit(recorder, pool, **kw)
+        first = asyncio.ensure_future(group.submit(0))
+        await started(recorder, 1)
+        try:
+            yield group, recorder, gate, first
+        finally:
+            gate.set()
+
+
 async def started(recorder: Recorder, batches: int) -> None:
     """Wait until the writer has started this many batches."""
     await wait_for(lambda: asyncio.sleep(0, len(recorder.batches) >= batches), 10,
@@ -82,12 +99,7 @@ async def started(recorder: Recorder, batches: int) -> None:
 
 @pytest.mark.gen_test
 async def test_items_that_arrive_during_a_batch_share_the_next_one():
-    gate = threading.Event()
-    recorder = Recorder(gate)
-    with writer() as pool:
-        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
-        first = asyncio.ensure_future(group.submit(0))
-        await started(recorder, 1)  # written at once, in the writer thread
+    async with held() as (group, recorder, gate, first):
         rest = [asyncio.ensure_future(group.submit(i)) for i in range(1, 20)]
         await asyncio.sleep(0)
         assert group.waiting == 20
@@ -109,12 +121,7 @@ async def test_a_window_lets_items_arriving_together_join_the_first_batch():
 
 @pytest.mark.gen_test
 async def test_no_answer_before_the_batch_finished_and_the_next_batch_waits_for_it():
-    gate = threading.Event()
-    recorder = Recorder(gate)
-    with writer() as pool:
-        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
-        first = asyncio.ensure_future(group.submit(0))
-        await started(recorder, 1)
+    async with held() as (group, recorder, gate, first):
         later = [asyncio.ensure_future(group.submit(i)) for i in range(1, 4)]
         for _ in range(20):
             await asyncio.sleep(0.001)
@@ -127,16 +134,11 @@ async def test_no_answer_before_the_batch_finished_and_the_next_batch_waits_for_
 
 async def one_batch(items: tuple[int, ...]) -> tuple[list[Any], Recorder, GroupCommit[int, int]]:
     """The outcomes of `items` submitted while a first batch (item 0) is held: one batch."""
-    gate = threading.Event()
-    recorder = Recorder(gate)
-    with writer() as pool:
-        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
-        blocker = asyncio.ensure_future(group.submit(0))
-        await started(recorder, 1)
+    async with held() as (group, recorder, gate, first):
         waiting = [asyncio.ensure_future(group.submit(i)) for i in items]
         await asyncio.sleep(0)
         gate.set()
-        assert await blocker == 0
+        assert await first == 0
         outcomes = await asyncio.gather(*waiting, return_exceptions=True)
         assert await group.submit(5) == 10  # and the group carries on
     assert recorder.batches == [[0], list(items), [5]]
@@ -155,17 +157,12 @@ async def test_a_failed_item_fails_alone_and_a_failed_batch_fails_all_of_it():
 
 @pytest.mark.gen_test
 async def test_max_batch_splits_a_crowd_and_a_cancelled_caller_does_not_hurt_the_others():
-    gate = threading.Event()
-    recorder = Recorder(gate)
-    with writer() as pool:
-        group: GroupCommit[int, int] = GroupCommit(recorder, pool, max_batch=4)
-        blocker = asyncio.ensure_future(group.submit(0))
-        await started(recorder, 1)
+    async with held(max_batch=4) as (group, recorder, gate, first):
         tasks = [asyncio.ensure_future(group.submit(i)) for i in range(1, 11)]
         await asyncio.sleep(0)
         tasks[1].cancel()
         gate.set()
-        done = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+        done = await asyncio.gather(first, *tasks, return_exceptions=True)
     assert isinstance(done[2], asyncio.CancelledError)
     assert [d for i, d in enumerate(done) if i != 2] == [2 * i for i in range(11) if i != 2]
     assert recorder.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]  # item 2 written
@@ -190,12 +187,7 @@ async def test_items_whose_writer_is_shut_down_before_it_ran_fail():
 async def test_each_caller_is_answered_on_its_own_event_loop():
     """Items from two event loops in one batch: each future is settled on its own loop (a
     callback from the other loop's thread would neither be safe nor wake it)."""
-    gate = threading.Event()
-    recorder = Recorder(gate)
-    with writer() as pool:
-        group: GroupCommit[int, int] = GroupCommit(recorder, pool)
-        first = asyncio.ensure_future(group.submit(0))
-        await started(recorder, 1)  # held: what comes next waits for the second batch
+    async with held() as (group, recorder, gate, first):
         mine = asyncio.ensure_future(group.submit(1))  # this loop's item first in the batch
         await asyncio.sleep(0)
         other: list[Any] = []
