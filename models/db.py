@@ -154,7 +154,14 @@ class Storage:
         self._sqlite = is_sqlite(db)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self._run_in(self._executor, fn, args, kwargs)
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self._call, fn, args, kwargs)
+            )
+        finally:
+            self.pending -= 1
 
     @property
     def backlog(self) -> int:
@@ -170,23 +177,12 @@ class Storage:
         group = self._groups.get(fn)
         if group is None:
             def run_batch(items: list[I]) -> list[T | BaseException]:
-                # counted by item in `backlog` (GroupCommit.waiting), not as one call
+                # counted by item in `backlog` (GroupCommit.waiting), not in `pending`
                 return self._call(fn, (items,), {})
 
             group = self._groups[fn] = GroupCommit(run_batch, self._writer, GROUP_WINDOW,
                                                    GROUP_MAX)
         return cast(GroupCommit[I, T], group)
-
-    async def _run_in(self, executor: ThreadPoolExecutor, fn: Callable[..., T],
-                      args: tuple[Any, ...], kwargs: dict[str, Any], count: bool = True) -> T:
-        loop = asyncio.get_running_loop()
-        self.pending += count
-        try:
-            return await loop.run_in_executor(
-                executor, functools.partial(self._call, fn, args, kwargs)
-            )
-        finally:
-            self.pending -= count
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self.db.is_closed():

@@ -39,6 +39,7 @@ from typing import Any, Generic, TypeVar
 I = TypeVar("I")  # noqa: E741 (an item)
 R = TypeVar("R")  # a result
 
+
 class GroupCommit(Generic[I, R]):
     """Batches `submit(item)` calls into `run_batch(items)` calls in a writer thread; see the
     module docstring."""
