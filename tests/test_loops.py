@@ -37,6 +37,19 @@ def test_event_loop_setting_refuses_anything_else():
     assert EVENT_LOOPS == ("auto", "uvloop", "asyncio")
 
 
+def test_without_uvloop_auto_runs_on_asyncio_and_asking_for_uvloop_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert resolve("auto") == "asyncio"
+    loop = loop_factory("auto")()
+    try:
+        assert type(loop).__module__.split(".")[0] == "asyncio"
+    finally:
+        loop.close()
+    assert Config.from_env({"EVENT_LOOP": "auto"}).event_loop == "auto"
+    with pytest.raises(ConfigError, match="EVENT_LOOP: uvloop is not installed"):
+        Config.from_env({"EVENT_LOOP": "uvloop"})
+
+
 @pytest.mark.parametrize("choice", ["uvloop", "asyncio"])
 def test_a_server_on_each_loop_answers_signed_requests_and_webhooks(tmp_path, choice):
     port = free_port()
