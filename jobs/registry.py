@@ -33,6 +33,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from jobs.endpoints import EndpointSpec
 from jobs.tasks import TaskSpec
 from models.enums import MODES
 from models.loader import DEFAULT_PACKAGES, load_modules
@@ -151,17 +152,25 @@ def on_event(*types: str) -> Callable[[JobFunc], JobFunc]:
 
 @dataclass
 class Registry:
-    """What the app declares: jobs and tasks by name, event handlers by type. Two declarations
-    under one name are refused."""
+    """What the app declares: jobs and tasks by name, event handlers by type, endpoints by
+    path. Two declarations under one name (or path) are refused."""
 
     jobs: dict[str, JobSpec] = field(default_factory=dict)
     handlers: dict[str, list[JobFunc]] = field(default_factory=dict)
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    endpoints: dict[str, EndpointSpec] = field(default_factory=dict)
 
     def add_module(self, module: Any) -> None:
         for _, value in inspect.getmembers(module):
             _add(self.jobs, "jobs", getattr(value, "__job_spec__", None), JobSpec, module)
             _add(self.tasks, "tasks", getattr(value, "__task_spec__", None), TaskSpec, module)
+            spec = getattr(value, "__endpoint_spec__", None)
+            if isinstance(spec, EndpointSpec):
+                known = self.endpoints.get(spec.path)
+                if known is not None and known.read is not spec.read:
+                    raise ValueError(f"two endpoints answer {spec.path!r} (one in "
+                                     f"{module.__name__})")
+                self.endpoints[spec.path] = spec
             for type_ in getattr(value, "__event_types__", ()):
                 funcs = self.handlers.setdefault(type_, [])
                 if value not in funcs:

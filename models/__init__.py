@@ -15,11 +15,10 @@ from models.install_state import InstallState
 from models.installation import Installation, InstallationView
 from models.jobs import JobRun
 from models.loader import load_modules
-from models.snapshots import BalanceSnapshot
 from models.tasks import Task
 
 __all__ = [
-    "AccountModel", "BalanceSnapshot", "BaseModel", "Credential", "InstallState",
-    "Installation", "InstallationView", "JobRun", "Storage", "Task", "WebhookEvent", "database",
+    "AccountModel", "BaseModel", "Credential", "InstallState", "Installation",
+    "InstallationView", "JobRun", "Storage", "Task", "WebhookEvent", "database",
     "discover_models", "load_modules", "models_of", "open_database",
 ]

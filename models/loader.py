@@ -33,9 +33,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 
-#: What the backend walks when no app is named: its own models and jobs (the shipped examples
-#: among them).
-DEFAULT_PACKAGES: tuple[str, ...] = ("models", "jobs")
+#: What the backend walks when no app is named: its own jobs and models, and the shipped
+#: examples.
+DEFAULT_PACKAGES: tuple[str, ...] = ("models", "jobs", "example_app")
 #: Subpackages that hold no declarations and must not be imported at start-up.
 SKIPPED = frozenset({"migrations", "tests"})
 
