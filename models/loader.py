@@ -46,7 +46,9 @@ class LoadError(ImportError):
 
 def load_modules(packages: Iterable[str] = DEFAULT_PACKAGES) -> tuple[ModuleType, ...]:
     """Every module of `packages`, imported (see the module doc for the order and what is
-    skipped); raises `LoadError` naming the module that failed."""
+    skipped); raises `LoadError` naming the module that failed. A lone string is one entry."""
+    if isinstance(packages, str):  # not its letters
+        packages = (packages,)
     seen: dict[str, ModuleType] = {}
     for entry in packages:
         for module in _walk(_import(_name_of(entry))):

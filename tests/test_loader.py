@@ -133,6 +133,7 @@ def test_a_package_by_name_gives_the_same_modules_once(app_dir, monkeypatch):
     # a module two entries reach comes once, where the first entry reached it
     assert load_modules([APP, f"{APP}.work"]) == by_path
     assert load_modules([f"{APP}.work"]) == (sys.modules[f"{APP}.work"],)  # a plain module
+    assert load_modules(f"{APP}.work") == (sys.modules[f"{APP}.work"],)  # one name, not letters
 
 
 def test_the_default_is_what_the_backend_walks_jobs_models_and_the_examples():
