@@ -15,6 +15,7 @@ COPY cli cli
 COPY service service
 COPY jobs jobs
 COPY models models
+COPY example_app example_app
 # A virtual environment, so that the runtime stage copies one folder and nothing else.
 RUN python3 -m venv /opt/app \
  && /opt/app/bin/pip install --no-cache-dir --disable-pip-version-check 'setuptools<81' \

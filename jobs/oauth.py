@@ -1,6 +1,7 @@
 """OAuth 2 providers of third-party systems, declared in code; tokens kept in the vault.
 
-Declare a provider in any module of `jobs/` (discovered like jobs):
+Declare a provider at the top level of any module the loader walks (`models/loader.py`; found
+like jobs):
 
     from jobs.oauth import OAuthProvider
 
@@ -23,9 +24,7 @@ variable is unset is "not configured" (the endpoint answers 503).
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -43,6 +42,7 @@ with warnings.catch_warnings(record=True):
     from authlib.oauth2.rfc6749 import OAuth2Token
 
 from jobs.http import TIMEOUT, USER_AGENT
+from models.loader import DEFAULT_PACKAGES, load_modules
 
 NAME = re.compile(r"[a-z0-9_]{1,64}")
 #: A token is refreshed when it expires within this many seconds.
@@ -99,18 +99,25 @@ class OAuthProviders:
         self.timeout = timeout
 
     @classmethod
-    def discover(cls, package: str = "jobs", env: Mapping[str, str] | None = None
-                 ) -> OAuthProviders:
-        """Every `OAuthProvider` declared at the top level of a module of `package`."""
+    def from_modules(cls, modules: Iterable[Any], env: Mapping[str, str] | None = None
+                     ) -> OAuthProviders:
+        """Every `OAuthProvider` declared at the top level of one of `modules` (those
+        `models.loader.load_modules` imported); two different ones of one name are refused."""
         found: dict[str, OAuthProvider] = {}
-        pkg = importlib.import_module(package)
-        for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
-            for value in vars(importlib.import_module(info.name)).values():
+        for module in modules:
+            for value in vars(module).values():
                 if isinstance(value, OAuthProvider):
                     if found.get(value.name, value) != value:
-                        raise ValueError(f"two OAuth providers are named {value.name!r}")
+                        raise ValueError(f"two OAuth providers are named {value.name!r} (one "
+                                         f"in {module.__name__})")
                     found[value.name] = value
         return cls(found.values(), env)
+
+    @classmethod
+    def discover(cls, packages: Iterable[str] = DEFAULT_PACKAGES,
+                 env: Mapping[str, str] | None = None) -> OAuthProviders:
+        """The providers of the modules of `packages` (the default: what the backend walks)."""
+        return cls.from_modules(load_modules(packages), env)
 
     def get(self, name: str) -> OAuthProvider | None:
         return self.providers.get(name)

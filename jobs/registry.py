@@ -10,9 +10,10 @@
     async def welcome(ctx: EventContext) -> None:
         ...
 
-The decorators only mark the function; `Registry.discover()` imports every module of the
-`jobs` package and collects what is marked, so there is no global registry to mutate and a new
-module in `jobs/` is picked up without touching any other file.
+The decorators only mark the function; `Registry.from_modules()` collects what is marked in the
+modules the loader imported (`models/loader.py`: every module of the packages it walks), so
+there is no global registry to mutate and a new module in one of those packages is picked up
+without touching any other file. `Registry.discover()` is the two together.
 
 Fire times are the same on every replica: interval jobs are anchored to a fixed epoch, and the
 spread of an account (its offset within `spread` seconds) is a hash of the job, account and mode,
@@ -21,11 +22,9 @@ not a random draw. That is what lets replicas claim a fire by its time (see `mod
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,8 +33,10 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from jobs.endpoints import EndpointSpec
 from jobs.tasks import TaskSpec
 from models.enums import MODES
+from models.loader import DEFAULT_PACKAGES, load_modules
 
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -151,33 +152,50 @@ def on_event(*types: str) -> Callable[[JobFunc], JobFunc]:
 
 @dataclass
 class Registry:
+    """What the app declares: jobs and tasks by name, event handlers by type, endpoints by
+    path. Two declarations under one name (or path) are refused."""
+
     jobs: dict[str, JobSpec] = field(default_factory=dict)
     handlers: dict[str, list[JobFunc]] = field(default_factory=dict)
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    endpoints: dict[str, EndpointSpec] = field(default_factory=dict)
 
     def add_module(self, module: Any) -> None:
         for _, value in inspect.getmembers(module):
-            spec = getattr(value, "__job_spec__", None)
-            if isinstance(spec, JobSpec):
-                existing = self.jobs.get(spec.name)
-                if existing is not None and existing.func is not spec.func:
-                    raise ValueError(f"two jobs are named {spec.name!r}")
-                self.jobs[spec.name] = spec
-            task_spec = getattr(value, "__task_spec__", None)
-            if isinstance(task_spec, TaskSpec):
-                known = self.tasks.get(task_spec.name)
-                if known is not None and known.func is not task_spec.func:
-                    raise ValueError(f"two tasks are named {task_spec.name!r}")
-                self.tasks[task_spec.name] = task_spec
+            _add(self.jobs, "jobs", getattr(value, "__job_spec__", None), JobSpec, module)
+            _add(self.tasks, "tasks", getattr(value, "__task_spec__", None), TaskSpec, module)
+            spec = getattr(value, "__endpoint_spec__", None)
+            if isinstance(spec, EndpointSpec):
+                known = self.endpoints.get(spec.path)
+                if known is not None and known.read is not spec.read:
+                    raise ValueError(f"two endpoints answer {spec.path!r} (one in "
+                                     f"{module.__name__})")
+                self.endpoints[spec.path] = spec
             for type_ in getattr(value, "__event_types__", ()):
                 funcs = self.handlers.setdefault(type_, [])
                 if value not in funcs:
                     funcs.append(value)
 
     @classmethod
-    def discover(cls, package: str = "jobs") -> Registry:
+    def from_modules(cls, modules: Iterable[Any]) -> Registry:
+        """What `modules` declare (those `models.loader.load_modules` imported)."""
         registry = cls()
-        pkg = importlib.import_module(package)
-        for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
-            registry.add_module(importlib.import_module(info.name))
+        for module in modules:
+            registry.add_module(module)
         return registry
+
+    @classmethod
+    def discover(cls, packages: Iterable[str] = DEFAULT_PACKAGES) -> Registry:
+        """What the modules of `packages` declare (the default: what the backend walks)."""
+        return cls.from_modules(load_modules(packages))
+
+
+def _add(known: dict[str, Any], kind: str, spec: JobSpec | TaskSpec | None,
+         spec_type: type[JobSpec] | type[TaskSpec], module: Any) -> None:
+    """Record a job's or a task's spec under its name, refusing another function of that name."""
+    if not isinstance(spec, spec_type):
+        return
+    existing = known.get(spec.name)
+    if existing is not None and existing.func is not spec.func:
+        raise ValueError(f"two {kind} are named {spec.name!r} (one in {module.__name__})")
+    known[spec.name] = spec

@@ -10,8 +10,9 @@
             await ctx.progress(0.5, note="halfway")
         return {"exported": 42}                           # the task's result (JSON)
 
-Like `@job`, the decorator only marks the function; `Registry.discover()` collects it from any
-module of the `jobs` package. The name `status` is reserved (`POST /api/tasks/status`).
+Like `@job`, the decorator only marks the function; the registry collects it from any module
+the loader walks (`models/loader.py`: `jobs/`, `example_app/`, ...). The name `status` is
+reserved (`POST /api/tasks/status`).
 """
 
 from __future__ import annotations

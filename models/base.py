@@ -5,21 +5,23 @@ belongs to one connected account in one mode: when an account uninstalls the app
 every `AccountModel` table loses that account's rows in that mode (the installation record and
 the event audit trail stay).
 
-`discover_models()` imports every module of the `models` package and returns the models they
-define, so a table added in a new module is migrated and cleaned up on uninstall without being
-imported or listed anywhere (as `Registry.discover()` does for jobs). A base class meant only to
-be subclassed sets `__abstract__ = True` in its body and is not a table.
+`models_of(modules)` picks the models out of the modules the loader imported
+(`models/loader.py`), and `discover_models()` is the two together for the default packages, so
+a table added in a new module is migrated and cleaned up on uninstall without being imported or
+listed anywhere (as `Registry.from_modules()` does for jobs). A base class meant only to be
+subclassed sets `__abstract__ = True` in its body and is not a table.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import time
+from collections.abc import Iterable
+from types import ModuleType
 
 import peewee as pw
 
 from models.db import database
+from models.loader import DEFAULT_PACKAGES, load_modules
 
 
 def now() -> float:
@@ -41,13 +43,15 @@ class AccountModel(BaseModel):
     mode = pw.CharField(max_length=4)  # a Mode: "live" or "test"
 
     @classmethod
-    def delete_account_data(cls, account_id: str, mode: str) -> int:
+    def delete_account_data(cls, account_id: str, mode: str,
+                            models: Iterable[type[BaseModel]] | None = None) -> int:
         """Delete this account's rows in `mode` from every AccountModel table; return the count.
 
-        The tables are those of `discover_models()`, whether or not anything imported them.
+        The tables are those of `models`, by default of `discover_models()`, whether or not
+        anything imported them.
         """
         deleted = 0
-        for model in discover_models():
+        for model in discover_models() if models is None else models:
             if issubclass(model, cls):
                 deleted += (
                     model.delete()
@@ -57,18 +61,19 @@ class AccountModel(BaseModel):
         return deleted
 
 
-def discover_models(package: str = "models") -> list[type[BaseModel]]:
-    """Import every module of `package` (not its subpackages, such as `migrations`) and return
-    the concrete models they define, by module name, then in the order of definition."""
-    pkg = importlib.import_module(package)
+def models_of(modules: Iterable[ModuleType]) -> list[type[BaseModel]]:
+    """The concrete models defined in `modules` (a model imported into a module counts only
+    where it is defined), in the order of the modules, then of definition."""
     found: list[type[BaseModel]] = []
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.ispkg:
-            continue
-        module = importlib.import_module(f"{package}.{info.name}")
+    for module in modules:
         for value in vars(module).values():
             if (isinstance(value, type) and issubclass(value, BaseModel)
                     and value.__module__ == module.__name__
                     and not value.__dict__.get("__abstract__", False)):
                 found.append(value)
     return found
+
+
+def discover_models(packages: Iterable[str] = DEFAULT_PACKAGES) -> list[type[BaseModel]]:
+    """The models of `packages`, as `load_modules` walks them (migrations are not imported)."""
+    return models_of(load_modules(packages))

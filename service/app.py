@@ -3,9 +3,10 @@
     make_app(config, storage, scheduler=None, *, installations, events, registry, metrics,
              tracker) -> tornado.web.Application
 
-Routes (README, "Endpoints"): `/api/...` signed extension endpoints, `/install` and the install
-callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404 (with CORS, and a
-preflight, under `/api/`).
+Routes (README, "Endpoints"): `/api/...` signed extension endpoints (the built-in ones of
+`API_ROUTES`, then those the registry's code declares: `service/declared.py`), `/install` and
+the install callback, `/webhooks`, `/healthz`, `/metrics`; anything else is a JSON 404 (with
+CORS, and a preflight, under `/api/`).
 """
 
 from __future__ import annotations
@@ -29,14 +30,9 @@ from service.credentials import (
     OAuthExchangeHandler,
     SetCredentialHandler,
 )
-from service.customers import CustomerSummaryHandler
+from service.declared import declared_routes
 from service.doctor import DoctorReport
-from service.extension import (
-    BalanceHandler,
-    InstallationStatusHandler,
-    JobsHandler,
-    WhoAmIHandler,
-)
+from service.extension import InstallationStatusHandler, JobsHandler, WhoAmIHandler
 from service.guard import GuardedApplication
 from service.health import HealthHandler, MetricsHandler
 from service.install import CallbackHandler, InstallHandler
@@ -46,15 +42,14 @@ from service.tasks import TaskStartHandler, TaskStatusHandler
 from service.tracker import RequestTracker
 from service.webhooks import WebhookHandler
 
-#: Signed extension endpoints; add yours here (paths must start with /api/).
+#: The built-in signed extension endpoints (paths start with /api/). The app's own come from
+#: its declarations (`jobs/endpoints.py`), after these.
 API_ROUTES: list[tuple[str, type]] = [
     (r"/api/installation", InstallationStatusHandler),
     (r"/api/jobs", JobsHandler),
-    (r"/api/balance", BalanceHandler),
     (r"/api/whoami", WhoAmIHandler),
     (r"/api/tasks/status", TaskStatusHandler),  # before the task names: "status" is reserved
     (r"/api/tasks/([a-z][a-z0-9_]{0,63})", TaskStartHandler),
-    (r"/api/customers/summary", CustomerSummaryHandler),
     (r"/api/credentials/set", SetCredentialHandler),
     (r"/api/credentials/list", ListCredentialsHandler),
     (r"/api/credentials/delete", DeleteCredentialHandler),
@@ -69,6 +64,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
              **settings: Any) -> tornado.web.Application:
     routes: list[Any] = [
         *API_ROUTES,
+        *declared_routes(registry, taken=API_ROUTES),
         *(extra_routes or []),
         (r"/api/.*", ApiNotFoundHandler),
         (r"/install", InstallHandler),

@@ -7,12 +7,12 @@
     POST /api/jobs         -> {"account_id", "jobs": [{"job", "mode", "paused", "next_run",
                                                        "last_run": {"started", "outcome", ...}}]}
         403 when the account is not installed in any mode.
-    POST /api/balance      -> {"account_id", "live": snapshot|null, "test": snapshot|null}
-        the example job's latest balance snapshot in each installed mode; 403 when not installed.
     POST /api/whoami       -> what the signature proved: ids, signed fields, roles.
         403 when not installed.
 
-Write your own: subclass `SignedHandler`, implement `handle`, add the route in `service/app.py`.
+Write your own: subclass `SignedHandler`, implement `handle`, add the route in `service/app.py`;
+or, for a read of app data per installed mode, declare it beside its job with
+`@per_mode_endpoint` (`jobs/endpoints.py`, as the examples in `example_app/` do).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 from jobs.scheduler import describe_jobs
 from models.enums import MODES
 from models.jobs import attach_last_runs
-from models.snapshots import latest_snapshot
 from service.signed import SignedHandler, SignedRequest
 
 
@@ -52,17 +51,6 @@ class JobsHandler(SignedHandler):
                              req.account_id)
         rows = await self.storage.run(attach_last_runs, rows, req.account_id)
         return {"account_id": req.account_id, "jobs": rows}
-
-
-class BalanceHandler(SignedHandler):
-    async def handle(self, req: SignedRequest) -> dict[str, Any]:
-        answer: dict[str, Any] = {"account_id": req.account_id}
-        for mode in MODES:
-            if self.installations.is_active(req.account_id, mode):
-                answer[mode] = await self.storage.run(latest_snapshot, req.account_id, mode)
-            else:
-                answer[mode] = None
-        return answer
 
 
 class WhoAmIHandler(SignedHandler):

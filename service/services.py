@@ -39,6 +39,7 @@ from jobs.stripe_api import StripeClients
 from jobs.task_worker import TaskWorker
 from models.db import Storage, open_database
 from models.installation_index import InstallationIndex
+from models.loader import load_modules
 from models.migrate import migrate
 from service.config import Config
 from service.metrics import Metrics
@@ -57,8 +58,9 @@ class Services:
     def __init__(self, config: Config, *, registry: Registry | None = None,
                  replica: str | None = None, oauth: OAuthProviders | None = None) -> None:
         self.config = config
-        self.registry = registry or Registry.discover()
-        self.oauth = oauth or OAuthProviders.discover()
+        modules = load_modules()  # one walk: the registry and the providers both come from it
+        self.registry = registry or Registry.from_modules(modules)
+        self.oauth = oauth or OAuthProviders.from_modules(modules)
         self.metrics = Metrics()
         self.replica = replica
         self.scheduler: JobScheduler | None = None

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,16 +53,17 @@ async def record_run(ctx: TaskContext) -> dict[str, int]:
     return {"pid": os.getpid()}
 
 
-_discover = Registry.discover.__func__  # type: ignore[attr-defined]
+_from_modules = Registry.from_modules.__func__  # type: ignore[attr-defined]
 
 
-def _discover_with_record_run(cls: type[Registry], package: str = "jobs") -> Registry:
-    registry: Registry = _discover(cls, package)
+def _from_modules_with_record_run(cls: type[Registry], modules: Any) -> Registry:
+    registry: Registry = _from_modules(cls, modules)
     registry.tasks["record_run"] = record_run.__task_spec__  # type: ignore[attr-defined]
     return registry
 
 
-Registry.discover = classmethod(_discover_with_record_run)  # type: ignore[method-assign,assignment]
+Registry.from_modules = classmethod(  # type: ignore[method-assign,assignment]
+    _from_modules_with_record_run)
 
 if __name__ == "__main__":
     os.makedirs(os.path.join(RUN_DIR, "active"), exist_ok=True)

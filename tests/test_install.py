@@ -10,7 +10,7 @@ import httpx
 import pytest
 from conftest import APP_SECRET, APP_SECRET_2, base_env, compact, event, running, sign
 
-from models import ALL_MODELS
+from models.base import discover_models
 from models.install_state import InstallState
 from models.installation import Installation
 from service.install import COOKIE
@@ -250,7 +250,7 @@ async def test_unauthenticated_install_requests_write_nothing(tmp_path):
     async with running(base_env(tmp_path)) as app:
 
         def rows() -> dict[str, int]:
-            return {m.__name__: m.select().count() for m in ALL_MODELS}
+            return {m.__name__: m.select().count() for m in discover_models()}
 
         before = await app.backend.storage.run(rows)
         assert before["Replica"] == 1  # written before the server listens, never in between

@@ -13,11 +13,11 @@ from conftest import ROOT, WH_TEST, base_env, event, running, wait_for
 from test_e2e import cli
 
 from cli.fake_installs import FakeInstalls, install_object
+from example_app.balance_snapshot import BalanceSnapshot
 from jobs.installs import SyncFailed
 from jobs.registry import Registry, job
 from models.installation import Installation
 from models.jobs import JobRun
-from models.snapshots import BalanceSnapshot
 
 APP = "com.example.testapp"
 AUTH, DEAUTH = "account.application.authorized", "account.application.deauthorized"

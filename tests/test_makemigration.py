@@ -19,10 +19,10 @@ import peewee as pw
 import pytest
 
 from cli.devtools import free_port
+from example_app.balance_snapshot import BalanceSnapshot as RealSnapshot
 from models.base import AccountModel, discover_models
 from models.db import open_database
 from models.migrate import MIGRATIONS_DIR, make_migration, migrate
-from models.snapshots import BalanceSnapshot as RealSnapshot
 from tests.conftest import ROOT, base_env, start_server
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import APP_SECRET
 
 import models
+from example_app.balance_snapshot import BalanceSnapshot
 from models.backoff import Jitter, backoff_delay
 from models.base import AccountModel, discover_models
 from models.db import Storage, open_database, write_transaction
@@ -28,7 +29,6 @@ from models.install_state import InstallState, use_state
 from models.installation import Installation, apply_state, set_paused
 from models.jobs import JobRun, claim_run
 from models.migrate import migrate, pending
-from models.snapshots import BalanceSnapshot
 from service.state_token import STATE_TTL, StateTokens
 
 

@@ -21,10 +21,10 @@ from conftest import (
     sign_many,
 )
 
+from example_app.balance_snapshot import BalanceSnapshot
 from jobs.registry import Registry
 from models.events import WebhookEvent
 from models.installation import Installation
-from models.snapshots import BalanceSnapshot
 
 AUTH = "account.application.authorized"
 DEAUTH = "account.application.deauthorized"

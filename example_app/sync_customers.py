@@ -1,12 +1,15 @@
-"""The example task that ships with the product: count an account's customers, resumably.
+"""The example task: count an account's customers, resumably, and the endpoint that shows it.
 
 It shows the whole path of a long-running task: the extension starts it (`POST
 /api/tasks/sync_customers`, optional signed `page_size`), it pages through the account's
 customers with the library's auto-pagination (`ctx.stripe`, so `Stripe-Account` is set), stores
 a checkpoint after every page (the last customer counted and the partial figures, in
 `CustomerSummary`, an `AccountModel` that an uninstall deletes), reports progress, and stores the
-summary (count, most recent customer) that the extension reads with `POST
-/api/customers/summary`.
+summary (count, most recent customer) that the extension reads:
+
+    POST /api/customers/summary -> {"account_id", "live": summary|null, "test": summary|null}
+        summary: {"count", "latest": {"id", "created"}|null, "synced_at", "syncing"}, per
+        installed mode, null before the first sync; 403 when not installed.
 
 A restart midway (a crash, a deploy) resumes: the next attempt of the same task starts the list
 after its last checkpoint instead of from the beginning. Stripe lists carry no total, so the
@@ -18,23 +21,45 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import peewee as pw
 from stripe.params import CustomerListParams
 
+from jobs.endpoints import per_mode_endpoint
 from jobs.tasks import BadInput, TaskContext, task
-from models.customers import CustomerSummary
+from models.base import AccountModel
 
 DEFAULT_PAGE = 100
 
 
-def _row(account_id: str, mode: str) -> CustomerSummary:
-    CustomerSummary.insert(account_id=account_id, mode=mode).on_conflict_ignore().execute()
-    return CustomerSummary.get((CustomerSummary.account_id == account_id)
-                               & (CustomerSummary.mode == mode))
+# ---- the table and its queries (run in a database thread) ------------------------------------
+class CustomerSummary(AccountModel):
+    """One customer summary per account and mode, with the cursor of the sync in progress."""
+
+    count = pw.IntegerField(null=True)  # of the last finished sync
+    latest_id = pw.CharField(max_length=255, null=True)  # the most recently created customer
+    latest_created = pw.BigIntegerField(null=True)
+    synced_at = pw.DoubleField(null=True)
+    # the sync in progress: its task, the last customer it counted, its partial figures
+    run_task = pw.CharField(max_length=40, null=True)
+    run_cursor = pw.CharField(max_length=255, null=True)
+    run_count = pw.IntegerField(default=0)
+    run_latest_id = pw.CharField(max_length=255, null=True)
+    run_latest_created = pw.BigIntegerField(null=True)
+
+    class Meta:
+        indexes = ((("account_id", "mode"), True),)
+
+
+def _of(account_id: str, mode: str, task_id: str | None = None) -> Any:
+    """The condition selecting the account's row in `mode` (and only while `task_id` runs)."""
+    where = (CustomerSummary.account_id == account_id) & (CustomerSummary.mode == mode)
+    return where if task_id is None else where & (CustomerSummary.run_task == task_id)
 
 
 def begin(account_id: str, mode: str, task_id: str) -> dict[str, Any]:
     """The checkpoint to resume from: this task's own, or a fresh one."""
-    row = _row(account_id, mode)
+    CustomerSummary.insert(account_id=account_id, mode=mode).on_conflict_ignore().execute()
+    row = CustomerSummary.get(_of(account_id, mode))
     if row.run_task != task_id:
         row.run_task, row.run_cursor, row.run_count = task_id, None, 0
         row.run_latest_id = row.run_latest_created = None
@@ -44,25 +69,27 @@ def begin(account_id: str, mode: str, task_id: str) -> dict[str, Any]:
 
 
 def checkpoint(account_id: str, mode: str, task_id: str, state: dict[str, Any]) -> None:
+    """Store the partial figures after a page, unless another run of the task took over."""
     (CustomerSummary.update(run_cursor=state["cursor"], run_count=state["count"],
                             run_latest_id=state["latest_id"],
                             run_latest_created=state["latest_created"])
-     .where((CustomerSummary.account_id == account_id) & (CustomerSummary.mode == mode)
-            & (CustomerSummary.run_task == task_id)).execute())
+     .where(_of(account_id, mode, task_id)).execute())
 
 
 def complete(account_id: str, mode: str, task_id: str, state: dict[str, Any]) -> None:
+    """Store the final figures as the summary and clear the sync in progress."""
     (CustomerSummary.update(count=state["count"], latest_id=state["latest_id"],
                             latest_created=state["latest_created"], synced_at=time.time(),
                             run_task=None, run_cursor=None, run_count=0, run_latest_id=None,
                             run_latest_created=None)
-     .where((CustomerSummary.account_id == account_id) & (CustomerSummary.mode == mode)
-            & (CustomerSummary.run_task == task_id)).execute())
+     .where(_of(account_id, mode, task_id)).execute())
 
 
-def summary(account_id: str, mode: str) -> dict[str, Any] | None:
-    row = CustomerSummary.get_or_none((CustomerSummary.account_id == account_id)
-                                      & (CustomerSummary.mode == mode))
+# ---- the endpoint ----------------------------------------------------------------------------
+@per_mode_endpoint("/api/customers/summary")
+def customer_summary(account_id: str, mode: str) -> dict[str, Any] | None:
+    """The summary as the API shows it, or None before the first sync."""
+    row = CustomerSummary.get_or_none(_of(account_id, mode))
     if row is None:
         return None
     latest = ({"id": row.latest_id, "created": row.latest_created} if row.latest_id else None)
@@ -71,6 +98,7 @@ def summary(account_id: str, mode: str) -> dict[str, Any] | None:
             "syncing": row.run_task is not None}
 
 
+# ---- the task --------------------------------------------------------------------------------
 @task(attempts=5, timeout=6 * 3600, concurrency_per_account=1,
       permissions=["customer_read"])
 async def sync_customers(ctx: TaskContext) -> dict[str, Any]:
