@@ -270,9 +270,9 @@ def test_bulk_activation_leaves_a_row_a_webhook_wrote_meanwhile(db_url):
     """A sync inserts the installs it found missing in one statement per chunk; an account a
     webhook wrote between the sync's read and its write keeps the newer state (the ordering
     rule), and both kinds come back as rows."""
-    from jobs.installs import InstallFacts, _apply_many
+    from jobs.installs import InstallFacts
     from models.db import open_database
-    from models.installation import apply_state
+    from models.installation import Change, InstallChange, apply_state, change_many
     from models.migrate import migrate
 
     db = open_database(db_url)
@@ -282,9 +282,10 @@ def test_bulk_activation_leaves_a_row_a_webhook_wrote_meanwhile(db_url):
              for a in ("acct_new1", "acct_new2", "acct_raced")}
     # a deauthorization newer than the sync's listing arrived after the sync read the table
     apply_state("acct_raced", "test", False, t + 5, "evt_newer")
-    changes = [(a, "test", True, f) for a, f in facts.items()]
-    out = _apply_many(changes, t - 1, "sync", frozenset(facts))
-    assert [(v.account_id, v.active, changed) for v, changed, _ in out] == [
+    changes = [InstallChange(a, "test", Change.INSTALLED, t - 1, "sync", facts=f)
+               for a, f in facts.items()]
+    out = change_many(changes, frozenset((a, "test") for a in facts))
+    assert [(o.view.account_id, o.view.active, o.flipped) for o in out] == [
         ("acct_new1", True, True), ("acct_new2", True, True), ("acct_raced", False, False)]
     rows = {r.account_id: r for r in Installation.select()}
     assert rows["acct_new1"].confirmed and rows["acct_new1"].install_id == "apinst_acct_new1"
