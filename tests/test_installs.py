@@ -292,3 +292,44 @@ def test_bulk_activation_leaves_a_row_a_webhook_wrote_meanwhile(db_url):
     assert rows["acct_new1"].permissions_granted == '["balance_read"]'
     assert rows["acct_raced"].state_source == "evt_newer" and not rows["acct_raced"].active
     db.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_install_callbacks_ask_the_install_api_at_once(tmp_path, localstripe):
+    """Issue 23: with a platform key for the mode, the callback asks the Install API at once:
+    a Marketplace install Stripe has takes effect (the common case stays immediate), one it
+    lacks stays pending; an install link's mode Stripe has is confirmed, and a mode it
+    contradicts is undone, its jobs stopped."""
+    from test_install import BROWSER, callback_params, marketplace_params, start
+
+    json_hdr = {"Accept": "application/json"}
+    async with with_fake(tmp_path, localstripe) as (app, fake):
+        fake.add("acct_mk", APP, livemode=False)
+        resp = await app.client.get("/callback/stripe", headers=BROWSER,
+                                    params=marketplace_params("usr_1", "acct_mk",
+                                                              livemode="false"))
+        assert resp.status_code == 200 and "The app is installed" in resp.text
+        view = app.backend.installations.get("acct_mk", "test")
+        assert view.active and view.confirmed and view.install_id
+        assert app.backend.scheduler.next_run("balance_snapshot", "acct_mk", "test") is not None
+        # installed in test only: a live-mode Marketplace callback stays pending
+        resp = await app.client.get("/callback/stripe", headers=json_hdr,
+                                    params=marketplace_params("usr_2", "acct_mk"))
+        assert resp.status_code == 202 and resp.json()["pending"] is True
+        assert not app.backend.installations.is_active("acct_mk", "live")
+        # an install link that did not say its mode (live assumed): Stripe has the install in
+        # test mode only, so live is undone at once and no job is left for it
+        fake.add("acct_link", APP, livemode=False)
+        state, _ = await start(app.client)
+        resp = await app.client.get("/callback/stripe", headers=json_hdr,
+                                    params=callback_params(state, account="acct_link"))
+        assert resp.status_code == 409 and resp.json()["error"]["code"] == "not_installed"
+        assert not app.backend.installations.is_active("acct_link")
+        assert app.backend.scheduler.next_run("balance_snapshot", "acct_link", "live") is None
+        # the same link in the mode Stripe has: confirmed at once
+        state, _ = await start(app.client)
+        resp = await app.client.get("/callback/stripe", headers=json_hdr, params=callback_params(
+            state, account="acct_link", livemode="false"))
+        assert resp.status_code == 200
+        assert resp.json()["confirmed"] is True and "mode_assumed" not in resp.json()
+        assert app.backend.installations.is_active("acct_link", "test")

@@ -257,3 +257,46 @@ async def test_real_delivery_from_localstripe(tmp_path, localstripe):
         assert "\n  " in stored.payload  # pretty-printed: the raw body was what got verified
         assert json.loads(stored.payload)["data"]["object"]["id"] == customer["id"]
         assert stored.livemode is False
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_handlers_run_only_for_the_platform_and_accounts_with_the_app(tmp_path):
+    """Issue 23: an event about an account that does not have the app installed (in the event's
+    mode) is stored and marked processed, but reaches no `@on_event` handler; the platform's own
+    events and those of installed accounts do, and the lifecycle is applied first, so the
+    event that installs reaches the handlers of the install it makes."""
+    from jobs.registry import on_event
+    from models.installation import apply_state
+
+    seen: list[tuple[str | None, str, str]] = []
+
+    @on_event("*")
+    async def note(ctx):
+        seen.append((ctx.account_id, str(ctx.mode), ctx.type))
+
+    registry = Registry(handlers={"*": [note]})
+    async with running(base_env(tmp_path), registry=registry) as app:
+        sent = [event("account.application.authorized", "acct_in"),
+                event("customer.created", "acct_in"),
+                event("customer.created", "acct_out"),  # no installation at all
+                event("customer.created", None),  # the platform's own
+                ]
+        for ev in sent:
+            assert (await app.webhook(ev)).status_code == 200
+            await app.settle()
+        test_mode = event("customer.created", "acct_in", livemode=False)  # installed live only
+        assert (await app.webhook(test_mode, secret=WH_TEST)).status_code == 200
+        await app.settle()
+        assert seen == [("acct_in", "live", "account.application.authorized"),
+                        ("acct_in", "live", "customer.created"),
+                        (None, "live", "customer.created")]
+        rows = await app.backend.storage.run(lambda: {r.id: r.status
+                                                      for r in WebhookEvent.select()})
+        assert rows == {ev["id"]: "processed" for ev in [*sent, test_mode]}
+        # installed by another replica, not yet heard of here: the database is asked
+        await app.backend.storage.run(apply_state, "acct_out", "live", True, int(time.time()),
+                                      "elsewhere", confirm=True)
+        assert not app.backend.installations.is_active("acct_out")
+        await app.webhook(event("customer.updated", "acct_out"))
+        await app.settle()
+        assert seen[-1] == ("acct_out", "live", "customer.updated")
