@@ -16,7 +16,8 @@ account's app data only when the installation really goes from active to inactiv
 Confirmation (`InstallSync.confirm`): the install callback asks the Install API, within
 `CONFIRM_TIMEOUT`, whether the app is installed on the account in the mode the callback claims:
 a Marketplace install (pending) takes effect, an install link's provisional mode is confirmed,
-or, when Stripe has no install in that mode, undone (`Change.CONTRADICTED`).
+or, when Stripe has the install in the other mode instead, undone (`Change.CONTRADICTED`) while
+the other mode is installed.
 
 Reconciliation (`InstallSync`): list the app's installs per mode (`app=STRIPE_APP_ID`, pages of
 100, auto-pagination, the mode's rate limit), then activate what Stripe has and the table lacks
@@ -259,18 +260,12 @@ class InstallSync:
                  f", {out.deleted} app rows deleted" if out.deleted else "")
         return out.view
 
-    async def confirm(self, account_id: str, mode: str,
-                      timeout: float = CONFIRM_TIMEOUT) -> Outcome | None:
-        """Ask the Install API whether the app is installed on `account_id` in `mode`, and apply
-        the answer: `INSTALLED` when it is (a pending or provisional install takes effect, or
-        is confirmed), `CONTRADICTED` when Stripe has no install of the app there (a provisional
-        one is undone; a pending one stays pending). None, changing nothing, when there is no
-        platform key for `mode`, or the API fails or takes longer than `timeout` seconds: the
-        event, or the next sync, decides then. An answer is dated when it was asked for, so an
-        uninstall recorded after that is never undone by it."""
+    async def _installed(self, account_id: str, mode: str,
+                         timeout: float) -> InstallFacts | None | bool:
+        """The account's installed install of the app in `mode`; False when Stripe lists none
+        there; None when that cannot be known now (no key, an error, too slow, `installing`)."""
         if mode not in self.modes():
             return None
-        asked = int(time.time()) - 1
         client = self.clients.for_platform(mode)
         try:
             page = await asyncio.wait_for(client.v1.apps.installs.list_async(
@@ -279,16 +274,49 @@ class InstallSync:
             log.warning("install of %s/%s not confirmed now (the Install API: %s); waiting for "
                         "Stripe's event", account_id, mode, type(exc).__name__)
             return None
-        found = [InstallFacts.of(inst) for inst in page.data]
-        found = [f for f in found if f.account_id == account_id and f.mode == mode]
-        if any(f.installed for f in found):
-            facts = next(f for f in found if f.installed)
+        found = [f for f in map(InstallFacts.of, page.data)
+                 if f.account_id == account_id and f.mode == mode]
+        installed = [f for f in found if f.installed]
+        if installed:
+            return installed[0]
+        return None if found else False  # installing, or failed: no answer yet either way
+
+    async def confirm(self, account_id: str, mode: str, user_id: str | None = None,
+                      timeout: float = CONFIRM_TIMEOUT) -> Outcome | None:
+        """Ask the Install API whether the app is installed on `account_id` in `mode` (each
+        question bounded by `timeout` seconds), and apply what Stripe says:
+
+        - installed in `mode`: `INSTALLED` there (a pending install takes effect, a provisional
+          mode is confirmed); its outcome is returned;
+        - not in `mode` but installed in the other mode: the claimed mode was wrong (it is not
+          signed). `CONTRADICTED` undoes a provisional `mode` (its jobs stop) and `INSTALLED`
+          applies the other mode, whose outcome is returned;
+        - anything else (no key, an error, a timeout, listed nowhere, perhaps not yet): nothing
+          changes and None is returned; the event, or the daily sync, decides. A listing that
+          shows nothing anywhere undoes nothing: it may lag behind the install.
+
+        An answer is dated when it was asked for, so an uninstall recorded after that is never
+        undone by it."""
+        asked = int(time.time()) - 1
+        here = await self._installed(account_id, mode, timeout)
+        if isinstance(here, InstallFacts):
             return await self.installations.apply(InstallChange(
-                account_id, mode, Change.INSTALLED, asked, "install_api", facts=facts))
-        if found:  # installing, or failed: no answer yet either way
+                account_id, mode, Change.INSTALLED, asked, "install_api", user_id=user_id,
+                facts=here))
+        if here is None:
             return None
-        return await self.installations.apply(InstallChange(
+        other = "test" if mode == "live" else "live"
+        there = await self._installed(account_id, other, timeout)
+        if not isinstance(there, InstallFacts):
+            return None
+        undone = await self.installations.apply(InstallChange(
             account_id, mode, Change.CONTRADICTED, asked, "install_api"))
+        if undone.flipped:
+            log.warning("install link for %s claimed %s mode, but Stripe has it in %s mode: %s "
+                        "undone", account_id, mode, other, mode)
+        return await self.installations.apply(InstallChange(
+            account_id, other, Change.INSTALLED, asked, "install_api", user_id=user_id,
+            facts=there))
 
     # ---- claimed runs: start-up and daily -------------------------------------------------
     async def run_claimed(self, mode: str, fire_time: int) -> SyncResult | None:

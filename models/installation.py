@@ -12,8 +12,9 @@ an `InstallChange` of one `Change` kind:
   (the unsigned `livemode`) is provisional (`confirmed` false) until Stripe agrees;
 - `PENDING`: the Marketplace callback, without `state`: nothing takes effect; the row records
   who asked and since when (`pending_at`) until Stripe confirms with an `INSTALLED`;
-- `CONTRADICTED`: the Install API has no install in the mode a `LINK` claimed: a provisional
-  (active, unconfirmed) row is undone; a confirmed one is left alone;
+- `CONTRADICTED`: the Install API has the install in the other mode than a callback claimed: a
+  provisional (active, unconfirmed) row is undone, a pending one stops waiting; a confirmed one
+  is left alone;
 - `DETAILS`: what an `apps.install` object says (id, status, permissions) and nothing else.
 
 The ordering rule: changes are ordered by the time they describe (`at`: the event's `created`,
@@ -249,7 +250,11 @@ def _apply(row: Installation, change: InstallChange, seq: float) -> bool:
             return False
         _set(row, True, row.active and row.confirmed, change, change.at, seq)
     elif kind is Change.CONTRADICTED:
-        # Only a provisional row; ordered after what it contradicts, whatever its `at`.
+        # Only a provisional row (ordered after what it contradicts, whatever its `at`), or a
+        # pending one, which stops waiting.
+        if not row.active and row.pending_at is not None:
+            row.pending_at, row.updated_at = None, now()
+            return True
         if not row.active or row.confirmed:
             return False
         _set(row, False, False, change, max(change.at, row.state_at), seq)

@@ -22,13 +22,14 @@ unauthenticated request writes nothing to the database. 503 without `STRIPE_APP_
   installation for (account, mode) takes effect at once (`Change.LINK`), dated by the
   signature's timestamp: an uninstall recorded after that moment is never undone by it.
   Its mode is not signed by Stripe, so it is provisional (`confirmed` false) until the
-  `authorized` event or the Install API agrees; the Install API undoes a mode it contradicts.
+  `authorized` event or the Install API agrees; when the Install API has the install in the
+  other mode instead, the claimed mode is undone and the other one installed.
   The mode is test when `livemode=false` and live otherwise, as Stripe's redirect adds
   `livemode=false` only in test mode. With `livemode` absent, live is assumed and the answer
   says so (`mode_assumed`): a wrong guess can lose nothing, since the live row it activates was
   inactive and so held no app data, and crosses no account, since the account is signed and a
   live key acts only where the app is installed live (Stripe refuses the rest, and the jobs
-  pause); the Install API or the daily sync undoes it.
+  pause); the Install API, the daily sync or an operator undoes it.
 
 Whenever a platform key for the mode is set, the callback asks the Install API at once, for at
 most `jobs.installs.CONFIRM_TIMEOUT` seconds (`InstallSync.confirm`), so that the common case
@@ -228,7 +229,7 @@ class CallbackHandler(PageMixin):
         view = outcome.view
         if sync is None or view.confirmed or not (view.active or view.pending):
             return outcome
-        return await sync.confirm(view.account_id, view.mode) or outcome
+        return await sync.confirm(view.account_id, view.mode, view.installed_by) or outcome
 
     def _answer(self, view: InstallationView, mode_assumed: bool) -> None:
         account_id, mode = view.account_id, view.mode
@@ -264,5 +265,7 @@ class CallbackHandler(PageMixin):
                       f"Stripe does not show the app installed on account {account_id} in "
                       f"{mode} mode, or it was uninstalled after this link was made. Nothing "
                       "was installed; you can start again from the install link.",
-                      {**data, "error": {"code": "not_installed",
-                                         "message": "Stripe does not confirm this install"}})
+                      {"error": {"code": "not_installed",
+                                 "message": f"Stripe does not show the app installed on "
+                                 f"{account_id} in {mode} mode, or it was uninstalled after "
+                                 "the install signature was made"}})

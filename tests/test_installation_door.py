@@ -11,19 +11,19 @@ from dataclasses import dataclass
 import pytest
 
 from models.db import Storage, open_database
-from models.installation import Change, InstallChange, Installation, change_installation
+from models.installation import Change, Installation, InstallChange, change_installation
 from models.installation_index import InstallationIndex
 from models.migrate import migrate
 from models.snapshots import BalanceSnapshot
 
 ACCT, MODE = "acct_door", "live"
-I, U, L, P, C = (Change.INSTALLED, Change.UNINSTALLED, Change.LINK, Change.PENDING,
-                 Change.CONTRADICTED)
+IN, U, L, P, C = (Change.INSTALLED, Change.UNINSTALLED, Change.LINK, Change.PENDING,
+                  Change.CONTRADICTED)
 
 
 def _seed(before: str) -> None:
     """Make the row `before` names (every change at `at` 100), and one app-data row."""
-    steps = {"none": [], "uninstalled": [(U, 100)], "installed": [(I, 100)],
+    steps = {"none": [], "uninstalled": [(U, 100)], "installed": [(IN, 100)],
              "provisional": [(L, 100)], "pending": [(U, 100), (P, 150)]}[before]
     for kind, at in steps:
         change_installation(InstallChange(ACCT, MODE, kind, at, f"seed-{kind}", arrived=1.0))
@@ -46,31 +46,31 @@ OFF = After(False)
 # (before, change kind, change `at`, after). A change arrives after the seed (arrived=2.0), so on
 # a tie of `at` it is the newer one.
 TABLE = [
-    ("none", I, 200, After(True, True)),
+    ("none", IN, 200, After(True, True)),
     ("none", L, 200, After(True, False)),  # an install link: at once, mode provisional
     ("none", P, 200, After(False, pending=True)),  # a Marketplace callback: nothing yet
     ("none", U, 200, OFF),
     ("none", C, 200, After(False, applied=False)),
     # an uninstall is never undone by anything older than it
     ("uninstalled", L, 50, After(False, applied=False)),
-    ("uninstalled", I, 50, After(False, applied=False)),  # an older Install API answer
+    ("uninstalled", IN, 50, After(False, applied=False)),  # an older Install API answer
     ("uninstalled", P, 50, After(False, applied=False)),
     ("uninstalled", L, 200, After(True, False)),
-    ("uninstalled", I, 100, After(True, True)),  # a tie: the later arrival wins
+    ("uninstalled", IN, 100, After(True, True)),  # a tie: the later arrival wins
     ("uninstalled", U, 200, OFF),  # already inactive: its leftover data is not touched
     ("installed", U, 200, OFF),  # the install ends: its data goes
     ("installed", U, 50, After(True, True, applied=False)),
     ("installed", L, 200, After(True, True)),  # a link never unconfirms
     ("installed", P, 200, After(True, True, applied=False)),
     ("installed", C, 200, After(True, True, applied=False)),  # only a provisional row
-    ("provisional", I, 50, After(True, True, applied=False)),  # a late confirmation
-    ("provisional", I, 200, After(True, True)),
+    ("provisional", IN, 50, After(True, True, applied=False)),  # a late confirmation
+    ("provisional", IN, 200, After(True, True)),
     ("provisional", C, 50, OFF),  # contradicted, whatever its date: undone, data gone
     ("provisional", U, 200, OFF),
     ("provisional", U, 50, After(True, False, applied=False)),
-    ("pending", I, 200, After(True, True)),  # Stripe confirms: it takes effect
-    ("pending", I, 50, After(False, pending=True, applied=False)),  # older than the uninstall
-    ("pending", C, 200, After(False, pending=True, applied=False)),  # stays pending
+    ("pending", IN, 200, After(True, True)),  # Stripe confirms: it takes effect
+    ("pending", IN, 50, After(False, pending=True, applied=False)),  # older than the uninstall
+    ("pending", C, 200, OFF),  # Stripe has it in the other mode: it stops waiting
     ("pending", U, 200, OFF),  # an uninstall ends the wait
     ("pending", L, 200, After(True, False)),
 ]

@@ -312,24 +312,34 @@ async def test_install_callbacks_ask_the_install_api_at_once(tmp_path, localstri
         view = app.backend.installations.get("acct_mk", "test")
         assert view.active and view.confirmed and view.install_id
         assert app.backend.scheduler.next_run("balance_snapshot", "acct_mk", "test") is not None
-        # installed in test only: a live-mode Marketplace callback stays pending
+        # installed in test only: a live-mode Marketplace callback shows the test install, and
+        # installs nothing in live
         resp = await app.client.get("/callback/stripe", headers=json_hdr,
                                     params=marketplace_params("usr_2", "acct_mk"))
-        assert resp.status_code == 202 and resp.json()["pending"] is True
+        assert resp.status_code == 200 and resp.json()["mode"] == "test"
         assert not app.backend.installations.is_active("acct_mk", "live")
+        assert not app.backend.installations.get("acct_mk", "live").pending
+        # Stripe lists the app on the account in no mode (yet): pending
+        resp = await app.client.get("/callback/stripe", headers=json_hdr,
+                                    params=marketplace_params("usr_1", "acct_none"))
+        assert resp.status_code == 202 and resp.json()["pending"] is True
+        assert not app.backend.installations.is_active("acct_none")
         # an install link that did not say its mode (live assumed): Stripe has the install in
-        # test mode only, so live is undone at once and no job is left for it
+        # test mode only, so live is undone at once, no job is left for it, and test is
+        # installed instead
         fake.add("acct_link", APP, livemode=False)
         state, _ = await start(app.client)
         resp = await app.client.get("/callback/stripe", headers=json_hdr,
                                     params=callback_params(state, account="acct_link"))
-        assert resp.status_code == 409 and resp.json()["error"]["code"] == "not_installed"
-        assert not app.backend.installations.is_active("acct_link")
+        assert resp.status_code == 200
+        assert resp.json() == {"installed": True, "account_id": "acct_link", "mode": "test",
+                               "confirmed": True, "pending": False}
+        assert not app.backend.installations.is_active("acct_link", "live")
         assert app.backend.scheduler.next_run("balance_snapshot", "acct_link", "live") is None
-        # the same link in the mode Stripe has: confirmed at once
+        assert app.backend.installations.get("acct_link", "test").installed_by == "usr_1"
+        # a link in a mode Stripe lists nowhere yet (perhaps not yet): provisional, not undone
         state, _ = await start(app.client)
         resp = await app.client.get("/callback/stripe", headers=json_hdr, params=callback_params(
-            state, account="acct_link", livemode="false"))
-        assert resp.status_code == 200
-        assert resp.json()["confirmed"] is True and "mode_assumed" not in resp.json()
-        assert app.backend.installations.is_active("acct_link", "test")
+            state, account="acct_lag", livemode="false"))
+        assert resp.status_code == 200 and resp.json()["confirmed"] is False
+        assert app.backend.installations.is_active("acct_lag", "test")

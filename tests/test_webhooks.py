@@ -43,6 +43,14 @@ def counting_registry(fail_times: int = 0) -> tuple[Registry, list[str]]:
     return registry, calls
 
 
+async def installed(app, account: str, mode: str) -> None:
+    """Install the app on `account` in `mode` (handlers run only for installed accounts)."""
+    from models.installation import Change, InstallChange
+
+    await app.backend.installations.apply(InstallChange(account, mode, Change.INSTALLED,
+                                                        int(time.time()) - 60, "setup"))
+
+
 async def rows(app, model, *where):
     return await app.backend.storage.run(lambda: list(model.select().where(*where))
                                          if where else list(model.select()))
@@ -70,6 +78,7 @@ async def test_authorized_event_is_stored_and_installs(tmp_path):
 async def test_duplicate_delivery_sequential_and_concurrent(tmp_path):
     registry, calls = counting_registry()
     async with running(base_env(tmp_path), registry=registry) as app:
+        await installed(app, "acct_1", "test")
         ev = event("customer.created", "acct_1", livemode=False)
         first = await app.webhook(ev, secret=WH_TEST)
         second = await app.webhook(ev, secret=WH_TEST)
@@ -193,6 +202,7 @@ async def test_failing_handler_is_retried_and_recorded(tmp_path):
     registry, calls = counting_registry(fail_times=2)
     async with running(base_env(tmp_path), registry=registry) as app:
         app.backend.events.retry_base = 0.01
+        await installed(app, "acct_1", "live")
         ev = event("customer.created", "acct_1")
         assert (await app.webhook(ev)).status_code == 200
         await app.settle()
