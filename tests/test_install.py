@@ -248,6 +248,9 @@ async def test_marketplace_install_without_state(tmp_path):
         assert rows == [("acct_market", "test", False, "usr_m", True)]
         assert not app.backend.installations.is_active("acct_market")
         assert app.backend.installations.get("acct_market", "test").pending
+        seen = (await app.signed("/api/installation", {"user_id": "usr_m",
+                                                       "account_id": "acct_market"})).json()
+        assert seen["test"]["pending"] is True and seen["test"]["active"] is False
         # the same signature again: refused
         again = await app.client.get("/callback/stripe", params=params,
                                      headers={"Accept": "application/json"})
