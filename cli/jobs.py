@@ -16,7 +16,6 @@ from typing import Any
 from cli.offline import when, with_services
 from jobs.scheduler import describe_jobs
 from models.enums import Mode
-from models.installation import set_paused
 from models.jobs import attach_last_runs
 from service.services import Services
 
@@ -85,8 +84,8 @@ async def list_jobs(services: Services, args: argparse.Namespace) -> int:
 
 async def pause_or_resume(services: Services, args: argparse.Namespace) -> int:
     mode, pause = _mode(args), args.jobs_command == "pause"
-    view = await services.storage.run(set_paused, args.account, mode, pause,
-                                      "paused by an operator")
+    view = await services.installations.pause(args.account, mode, pause,
+                                              "paused by an operator")
     if view is None:
         print(f"no installation for {args.account} in {_mode_note(args)}", file=sys.stderr)
         return 1

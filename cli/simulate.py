@@ -192,11 +192,11 @@ def install(client: httpx.Client, config: Config, account: str, user: str, test:
                                         config.app_secrets[0])}
     if test:
         params["livemode"] = "false"
+    register_install(config, account, not test)  # Stripe records the install, then redirects
     print(f"-> GET {callback} (as Stripe's redirect) {json.dumps(params)}")
     resp = client.get(callback, params=params, headers={"Accept": "application/json"})
     code = _answer(resp)
     if code == 0:
-        register_install(config, account, not test)
         print("-> and the webhook Stripe sends with it")
         code = send_event(client, config, make_event("account.application.authorized", account,
                                                      not test))

@@ -14,8 +14,16 @@ Built in:
 - `account.application.deauthorized` deactivates it and deletes the account's app data in that
   mode (every `AccountModel` table), in one transaction; the scheduler hears of it and stops the
   account's jobs in that mode.
-Both are applied only if not older than the last change applied (see `models/installation.py`).
+Both are applied only if not older than the last change applied (see `models/installation.py`),
+through the door every installation change goes through (`InstallationIndex.apply`).
 The mode is always the event's `livemode`, never the endpoint or secret it arrived with.
+
+The app's handlers (`@on_event`) then run only for an event about the platform itself (no
+`account`) or about an account that has the app installed, active, in the event's mode (after
+the lifecycle above: an `authorized` event reaches the handlers of the install it makes). An
+event for any other account, a Connect account without the app for instance, or one whose
+install is pending or ended, is stored like every event and marked processed without reaching a
+handler; replay it from the status page once the app is installed there.
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ from jobs import installs
 from jobs.credentials import NOT_CONFIGURED, AccountCredentials, Vault
 from jobs.registry import JobFunc, Registry
 from jobs.stripe_api import StripeClients
-from models.base import AccountModel, now
-from models.db import Storage, write_transaction
+from models.base import now
+from models.db import Storage
 from models.enums import EventStatus, Mode
 from models.events import (
     WebhookEvent,
@@ -49,7 +57,7 @@ from models.events import (
     next_claimable_at,
     renew_events,
 )
-from models.installation import InstallationView, apply_state
+from models.installation import Change, InstallChange
 from models.installation_index import InstallationIndex
 from models.leases import LEASE_SECONDS, LeaseKeeper
 
@@ -101,19 +109,6 @@ class EventContext:
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.storage.run(fn, *args, **kwargs)
-
-
-def _apply_lifecycle(event: WebhookEvent) -> tuple[InstallationView, bool, int]:
-    """Runs in a database thread: apply an (un)install event; returns (row, applied, deleted)."""
-    active = event.type == AUTHORIZED
-    with write_transaction():
-        view, applied = apply_state(event.account_id, event.mode, active, event.created,
-                                    source=event.id, confirm=active,
-                                    arrived=event.received_at)
-        deleted = 0
-        if applied and not active:
-            deleted = AccountModel.delete_account_data(event.account_id, event.mode)
-    return view, applied, deleted
 
 
 class EventProcessor:
@@ -193,15 +188,24 @@ class EventProcessor:
 
     async def _dispatch(self, event: WebhookEvent) -> None:
         if self._is_lifecycle(event.type, event.account_id):
-            view, applied, deleted = await self.storage.run(_apply_lifecycle, event)
-            self.installations.put(view)
+            assert event.account_id is not None
+            kind = Change.INSTALLED if event.type == AUTHORIZED else Change.UNINSTALLED
+            out = await self.installations.apply(InstallChange(
+                event.account_id, event.mode, kind, event.created, event.id,
+                event.received_at))
             log.info("%s %s/%s: %s%s", event.type, event.account_id, event.mode,
-                     "applied" if applied else "older than the current state, ignored",
-                     f", {deleted} app rows deleted" if deleted else "")
+                     "applied" if out.applied else "older than the current state, ignored",
+                     f", {out.deleted} app rows deleted" if out.deleted else "")
         if installs.handles(event.type):
-            await installs.process_event(event, self.storage, self.installations)
+            await installs.process_event(event, self.installations)
         handlers = self._handlers(event.type)
         if not handlers:
+            return
+        if event.account_id and not await self.installations.is_active_now(event.account_id,
+                                                                           event.mode):
+            log.info("event %s (%s) for %s/%s: the app is not installed there; stored, not "
+                     "dispatched to handlers", event.id, event.type, event.account_id,
+                     event.mode)
             return
         body = json.loads(event.payload)
         for handler in handlers:

@@ -4,14 +4,20 @@ Events (sent to the app developer's own account: no top-level `account`; the ins
 `account` and `livemode`, is `data.object`):
 - `apps.install.created` / `apps.install.deleted` activate / deactivate the installation like
   `account.application.authorized` / `deauthorized`, through the same ordering rule
-  (`models/installation.apply_state`); when both kinds arrive for one change, the second finds
-  the state already set and changes nothing (jobs start once, app data is deleted once);
+  (`models/installation.py`); when both kinds arrive for one change, the second finds the
+  state already set and changes nothing (jobs start once, app data is deleted once);
 - every `apps.install.*` records the install's id, `status`, `permissions_granted`,
   `permissions_pending` and `approval_required` unless a newer change already did.
 
-`apply_change` is the one code path for these events, for reconciliation and for
-`run.py installs uninstall`: it deletes the account's app data only when the installation
-really goes from active to inactive.
+Every change goes through the door, `InstallationIndex.apply` / `apply_many`
+(models/installation_index.py), as for the webhooks and the install callback: it deletes the
+account's app data only when the installation really goes from active to inactive.
+
+Confirmation (`InstallSync.confirm`): the install callback asks the Install API, within
+`CONFIRM_TIMEOUT`, whether the app is installed on the account in the mode the callback claims:
+a Marketplace install (pending) takes effect, an install link's provisional mode is confirmed,
+or, when Stripe has the install in the other mode instead, undone (`Change.CONTRADICTED`) while
+the other mode is installed.
 
 Reconciliation (`InstallSync`): list the app's installs per mode (`app=STRIPE_APP_ID`, pages of
 100, auto-pagination, the mode's rate limit), then activate what Stripe has and the table lacks
@@ -36,16 +42,23 @@ import traceback
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import peewee as pw
 
 from jobs.stripe_api import StripeClients
-from models.base import AccountModel, now
-from models.db import Storage, write_transaction
+from models.base import now
+from models.db import Storage
 from models.enums import MODES
 from models.events import WebhookEvent
-from models.installation import Installation, InstallationView, apply_state
+from models.installation import (
+    INACTIVE_STATUSES,
+    Change,
+    Installation,
+    InstallationView,
+    InstallChange,
+    InstallFacts,
+    Outcome,
+)
 from models.installation_index import InstallationIndex
 from models.jobs import JobRun, update_run
 
@@ -56,51 +69,13 @@ UPDATED = "apps.install.updated"
 DELETED = "apps.install.deleted"
 INSTALL_EVENTS = (CREATED, UPDATED, DELETED)
 
-#: Install statuses that mean "installed" and "not installed"; `installing` is left alone.
-ACTIVE_STATUSES = ("installed", "uninstall_failed")
-INACTIVE_STATUSES = ("install_failed", "uninstalling")
-
 SYNC_JOB = "installs.sync"
 PLATFORM = "platform"
 DAY = 86400
 SYNC_SPREAD = 3600  # the daily sync runs at a stable moment within the first hour (UTC)
 STARTUP_BUCKET = 600  # replicas starting within the same ten minutes share one start-up sync
 CHUNK = 500  # changes per database transaction during a sync
-
-
-@dataclass(frozen=True, slots=True)
-class InstallFacts:
-    """What one `apps.install` object says."""
-
-    account_id: str
-    mode: str
-    install_id: str | None
-    status: str | None
-    permissions_granted: tuple[str, ...]
-    permissions_pending: tuple[str, ...]
-    approval_required: bool
-
-    @classmethod
-    def of(cls, obj: Any) -> InstallFacts:
-        """From a dict (an event's `data.object`) or a `stripe.apps.Install`."""
-        def get(name: str) -> Any:
-            return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-        return cls(str(get("account")), "live" if get("livemode") else "test", get("id"),
-                   get("status"), tuple(get("permissions_granted") or ()),
-                   tuple(get("permissions_pending") or ()), bool(get("approval_required")))
-
-    @property
-    def installed(self) -> bool:
-        return self.status in ACTIVE_STATUSES
-
-    def differs(self, row: Installation) -> bool:
-        return (row.install_id, row.install_status, row.permissions_granted,
-                row.permissions_pending, bool(row.approval_required)) != self._columns()
-
-    def _columns(self) -> tuple[Any, ...]:
-        return (self.install_id, self.status, json.dumps(list(self.permissions_granted)),
-                json.dumps(list(self.permissions_pending)), self.approval_required)
+CONFIRM_TIMEOUT = 3.0  # seconds the install callback waits for the Install API's answer
 
 
 def handles(type_: str) -> bool:
@@ -114,54 +89,9 @@ def missing_permissions(declared: Iterable[str], view: InstallationView | None) 
     return [p for p in declared if p not in view.permissions_granted]
 
 
-# ---- the one code path (database threads) ---------------------------------------------------
-
-def _where(account_id: str, mode: str) -> Any:
-    return (Installation.account_id == account_id) & (Installation.mode == mode)
-
-
-def _record_facts(facts: InstallFacts, at: int) -> None:
-    row = Installation.get_or_none(_where(facts.account_id, facts.mode))
-    if row is None or at < row.details_at or not facts.differs(row):
-        return
-    (row.install_id, row.install_status, row.permissions_granted, row.permissions_pending,
-     row.approval_required) = facts._columns()
-    row.details_at, row.updated_at = at, now()
-    row.save()
-
-
-def record_facts(facts: InstallFacts, at: int) -> InstallationView:
-    """Record what an install says (unless a newer change did); the row as it now stands."""
-    with write_transaction():
-        Installation.insert(account_id=facts.account_id, mode=facts.mode).on_conflict_ignore(
-        ).execute()
-        _record_facts(facts, at)
-        return InstallationView.of(Installation.get(_where(facts.account_id, facts.mode)))
-
-
-def apply_change(account_id: str, mode: str, active: bool, at: int, source: str,
-                 facts: InstallFacts | None = None,
-                 arrived: float | None = None) -> tuple[InstallationView, bool, int]:
-    """(De)activate like a lifecycle webhook; returns (row, whether `active` flipped, app rows
-    deleted). App data goes only when the installation really goes from active to inactive."""
-    with write_transaction():
-        before = Installation.get_or_none(_where(account_id, mode))
-        was_active = before is not None and before.active
-        _, applied = apply_state(account_id, mode, active, at, source=source, confirm=active,
-                                 arrived=arrived)
-        if facts is not None:
-            _record_facts(facts, at)
-        deleted = 0
-        if applied and was_active and not active:
-            deleted = AccountModel.delete_account_data(account_id, mode)
-        view = InstallationView.of(Installation.get(_where(account_id, mode)))
-        return view, view.active != was_active, deleted
-
-
 # ---- events ---------------------------------------------------------------------------------
 
-async def process_event(event: WebhookEvent, storage: Storage,
-                        installations: InstallationIndex) -> None:
+async def process_event(event: WebhookEvent, installations: InstallationIndex) -> None:
     """Apply one stored `apps.install.*` event (called by jobs/events.py)."""
     obj = json.loads(event.payload).get("data", {}).get("object", {})
     if not isinstance(obj, dict) or not obj.get("account"):
@@ -170,20 +100,19 @@ async def process_event(event: WebhookEvent, storage: Storage,
     if "livemode" not in obj:
         obj = {**obj, "livemode": event.livemode}
     facts = InstallFacts.of(obj)
-    if event.type == UPDATED:
-        view = await storage.run(record_facts, facts, event.created)
-        installations.put(view)
+    kind = {CREATED: Change.INSTALLED, DELETED: Change.UNINSTALLED}.get(event.type,
+                                                                        Change.DETAILS)
+    out = await installations.apply(InstallChange(
+        facts.account_id, facts.mode, kind, event.created, event.id, event.received_at,
+        facts=facts))
+    if kind is Change.DETAILS:
         log.info("%s %s/%s: status %s, granted %s, pending %s", event.type, facts.account_id,
                  facts.mode, facts.status, ",".join(facts.permissions_granted) or "-",
                  ",".join(facts.permissions_pending) or "-")
         return
-    view, changed, deleted = await storage.run(
-        apply_change, facts.account_id, facts.mode, event.type == CREATED, event.created,
-        event.id, facts, event.received_at)
-    installations.put(view)
     log.info("%s %s/%s: %s%s", event.type, facts.account_id, facts.mode,
-             "applied" if changed else "already so, or older than the current state",
-             f", {deleted} app rows deleted" if deleted else "")
+             "applied" if out.flipped else "already so, or older than the current state",
+             f", {out.deleted} app rows deleted" if out.deleted else "")
 
 
 # ---- reconciliation -------------------------------------------------------------------------
@@ -210,58 +139,6 @@ class SyncResult:
 def _rows_of_mode(mode: str) -> dict[str, Installation]:
     query = Installation.select().where(Installation.mode == mode)
     return {row.account_id: row for row in query.iterator()}
-
-
-def _insert_new(changes: list[tuple[str, str, bool | None, InstallFacts | None]], at: int,
-                source: str) -> dict[tuple[str, str], InstallationView]:
-    """Inside the caller's transaction: insert, in one statement, the active rows of accounts
-    that had no row at all; returns the views of the rows this inserted. A row another writer
-    (a webhook) inserted meanwhile is left alone: the caller applies that change one by one."""
-    stamp, seq = now(), time.time()
-    fresh = [(a, m, f) for a, m, active, f in changes if active and f is not None]
-    if not fresh:
-        return {}
-    rows = []
-    for account_id, mode, facts in fresh:
-        granted, pending = (json.dumps(list(facts.permissions_granted)),
-                            json.dumps(list(facts.permissions_pending)))
-        rows.append({"account_id": account_id, "mode": mode, "active": True,
-                     "installed_at": stamp, "confirmed": True, "state_at": at, "state_seq": seq,
-                     "state_source": source, "created_at": stamp, "updated_at": stamp,
-                     "install_id": facts.install_id, "install_status": facts.status,
-                     "permissions_granted": granted, "permissions_pending": pending,
-                     "approval_required": facts.approval_required, "details_at": at})
-    Installation.insert_many(rows).on_conflict_ignore().execute()
-    mine = (Installation.select()
-            .where(Installation.account_id.in_([a for a, _, _ in fresh])
-                   & (Installation.mode == fresh[0][1]) & (Installation.state_seq == seq)
-                   & (Installation.state_source == source)))
-    return {(r.account_id, r.mode): InstallationView.of(r) for r in mine}
-
-
-def _apply_many(changes: list[tuple[str, str, bool | None, InstallFacts | None]], at: int,
-                source: str, new: frozenset[str] = frozenset()
-                ) -> list[tuple[InstallationView, bool, int]]:
-    """Runs in a database thread: apply a chunk of a sync's changes in one transaction.
-
-    `new` names the accounts that had no row when the sync read the table: their activations
-    are inserted in bulk (100,000 of them take seconds, not minutes); every other change goes
-    through `apply_change`, the webhook's path, one by one."""
-    out = []
-    with write_transaction():
-        inserted = _insert_new([c for c in changes if c[0] in new], at, source)
-        for account_id, mode, active, facts in changes:
-            view = inserted.get((account_id, mode))
-            if view is not None:
-                out.append((view, True, 0))
-            elif active is None:
-                assert facts is not None
-                _record_facts(facts, at)
-                view = InstallationView.of(Installation.get(_where(account_id, mode)))
-                out.append((view, False, 0))
-            else:
-                out.append(apply_change(account_id, mode, active, at, source, facts))
-    return out
 
 
 def _claim(mode: str, fire_time: int, replica: str) -> int | None:
@@ -320,42 +197,44 @@ class InstallSync:
         at = int(started) - 1
         rows = await self.storage.run(_rows_of_mode, mode)
         result = SyncResult(mode, listed=len(listed))
-        changes: list[tuple[str, str, bool | None, InstallFacts | None]] = []
+        changes: list[InstallChange] = []
         for i, (account_id, facts) in enumerate(listed.items()):
             if i % 5000 == 4999:
                 await asyncio.sleep(0)
             row = rows.get(account_id)
             active = row is not None and row.active
             if facts.installed and not active:
-                changes.append((account_id, mode, True, facts))
+                kind = Change.INSTALLED
             elif active and facts.status in INACTIVE_STATUSES:
-                changes.append((account_id, mode, False, facts))
+                kind = Change.UNINSTALLED
             elif row is not None and facts.differs(row):
-                changes.append((account_id, mode, None, facts))
+                kind = Change.DETAILS
+            else:
+                continue
+            changes.append(InstallChange(account_id, mode, kind, at, "sync", facts=facts))
         for account_id, row in rows.items():
             if row.active and account_id not in listed:
-                changes.append((account_id, mode, False, None))
+                changes.append(InstallChange(account_id, mode, Change.UNINSTALLED, at, "sync"))
         for start in range(0, len(changes), CHUNK):
             chunk = changes[start:start + CHUNK]
-            new = frozenset(a for a, _, active, _ in chunk if active and a not in rows)
-            applied = await self.storage.run(_apply_many, chunk, at, "sync", new)
-            for (account_id, _, active, _facts), (view, changed, deleted) in zip(
-                    chunk, applied, strict=True):
-                self.installations.put(view)
-                if active is None:
+            new = frozenset((c.account_id, mode) for c in chunk
+                            if c.kind is Change.INSTALLED and c.account_id not in rows)
+            applied = await self.installations.apply_many(chunk, new)
+            for change, out in zip(chunk, applied, strict=True):
+                if change.kind is Change.DETAILS:
                     result.updated += 1
-                    kind = "details"
-                elif not changed:
+                    label = "details"
+                elif not out.flipped:
                     continue  # a newer event decided meanwhile
                 else:
-                    kind = "activated" if active else "deactivated"
-                    setattr(result, kind, getattr(result, kind) + 1)
-                    log.info("install sync %s/%s: %s (%s)%s", account_id, mode, kind,
-                             "Stripe has it, the table did not" if active
+                    label = "activated" if change.kind is Change.INSTALLED else "deactivated"
+                    setattr(result, label, getattr(result, label) + 1)
+                    log.info("install sync %s/%s: %s (%s)%s", change.account_id, mode, label,
+                             "Stripe has it, the table did not" if label == "activated"
                              else "the table had it, Stripe does not",
-                             f", {deleted} app rows deleted" if deleted else "")
+                             f", {out.deleted} app rows deleted" if out.deleted else "")
                 if self.on_change is not None:
-                    self.on_change(mode, kind)
+                    self.on_change(mode, label)
             await asyncio.sleep(0)
         result.seconds = time.time() - started
         log.info("install sync %s", result.line())
@@ -375,12 +254,69 @@ class InstallSync:
             install_id = page.data[0].id
         obj = await client.v1.apps.installs.uninstall_async(install_id)
         facts = InstallFacts.of(obj)
-        after, _, deleted = await self.storage.run(
-            apply_change, account_id, mode, False, int(time.time()), "uninstall", facts)
-        self.installations.put(after)
+        out = await self.installations.apply(InstallChange(
+            account_id, mode, Change.UNINSTALLED, int(time.time()), "uninstall", facts=facts))
         log.info("uninstalled %s/%s through the API (%s)%s", account_id, mode, facts.status,
-                 f", {deleted} app rows deleted" if deleted else "")
-        return after
+                 f", {out.deleted} app rows deleted" if out.deleted else "")
+        return out.view
+
+    async def _installed(self, account_id: str, mode: str,
+                         timeout: float) -> InstallFacts | None | bool:
+        """The account's installed install of the app in `mode`; False when Stripe lists none
+        there; None when that cannot be known now (no key, an error, too slow, `installing`)."""
+        if mode not in self.modes():
+            return None
+        client = self.clients.for_platform(mode)
+        try:
+            page = await asyncio.wait_for(client.v1.apps.installs.list_async(
+                {"app": self.app_id, "account": account_id, "limit": 10}), timeout)
+        except Exception as exc:
+            log.warning("install of %s/%s not confirmed now (the Install API: %s); waiting for "
+                        "Stripe's event", account_id, mode, type(exc).__name__)
+            return None
+        found = [f for f in map(InstallFacts.of, page.data)
+                 if f.account_id == account_id and f.mode == mode]
+        installed = [f for f in found if f.installed]
+        if installed:
+            return installed[0]
+        return None if found else False  # installing, or failed: no answer yet either way
+
+    async def confirm(self, account_id: str, mode: str, user_id: str | None = None,
+                      timeout: float = CONFIRM_TIMEOUT) -> Outcome | None:
+        """Ask the Install API whether the app is installed on `account_id` in `mode` (each
+        question bounded by `timeout` seconds), and apply what Stripe says:
+
+        - installed in `mode`: `INSTALLED` there (a pending install takes effect, a provisional
+          mode is confirmed); its outcome is returned;
+        - not in `mode` but installed in the other mode: the claimed mode was wrong (it is not
+          signed). `CONTRADICTED` undoes a provisional `mode` (its jobs stop) and `INSTALLED`
+          applies the other mode, whose outcome is returned;
+        - anything else (no key, an error, a timeout, listed nowhere, perhaps not yet): nothing
+          changes and None is returned; the event, or the daily sync, decides. A listing that
+          shows nothing anywhere undoes nothing: it may lag behind the install.
+
+        An answer is dated when it was asked for, so an uninstall recorded after that is never
+        undone by it."""
+        asked = int(time.time()) - 1
+        here = await self._installed(account_id, mode, timeout)
+        if isinstance(here, InstallFacts):
+            return await self.installations.apply(InstallChange(
+                account_id, mode, Change.INSTALLED, asked, "install_api", user_id=user_id,
+                facts=here))
+        if here is None:
+            return None
+        other = "test" if mode == "live" else "live"
+        there = await self._installed(account_id, other, timeout)
+        if not isinstance(there, InstallFacts):
+            return None
+        undone = await self.installations.apply(InstallChange(
+            account_id, mode, Change.CONTRADICTED, asked, "install_api"))
+        if undone.flipped:
+            log.warning("install link for %s claimed %s mode, but Stripe has it in %s mode: %s "
+                        "undone", account_id, mode, other, mode)
+        return await self.installations.apply(InstallChange(
+            account_id, other, Change.INSTALLED, asked, "install_api", user_id=user_id,
+            facts=there))
 
     # ---- claimed runs: start-up and daily -------------------------------------------------
     async def run_claimed(self, mode: str, fire_time: int) -> SyncResult | None:

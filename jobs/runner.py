@@ -42,7 +42,6 @@ from models.backoff import Jitter, backoff_delay
 from models.base import now
 from models.db import Storage
 from models.enums import JobOutcome, RunKind
-from models.installation import set_paused
 from models.installation_index import InstallationIndex
 from models.jobs import (
     JobRun,
@@ -276,6 +275,4 @@ class JobRunner:
     async def _pause(self, account_id: str, mode: str, reason: str) -> None:
         log.error("Stripe refused the platform key for %s/%s (%s): pausing its jobs until the "
                   "app is reinstalled or `run.py jobs resume` is run", account_id, mode, reason)
-        view = await self.storage.run(set_paused, account_id, mode, True, reason)
-        if view is not None:
-            self.installations.put(view)
+        await self.installations.pause(account_id, mode, True, reason)

@@ -1,19 +1,37 @@
-"""An in-memory index of installations, so that the hot paths never wait on the database.
+"""The door for installation changes, and an in-memory index of installations, so that the hot
+paths never wait on the database.
+
+Every change of an installation goes through `InstallationIndex.apply` (or `apply_many`, for
+the Install API sync, or `pause`): it runs `models.installation.change_installation` (the one
+rule: the row, the ordering, app data deleted when an install ends) in a database thread, then
+takes the row as it now stands into the index, which tells the listeners (the scheduler and the
+task worker subscribe) of every change of `active` or `jobs_paused`. Nothing else writes an
+installation, so no caller has to remember to tell anyone.
 
 Signed requests ask `is_active(account)` on every call; the scheduler asks which accounts to run.
-The index is loaded once at start-up, updated at once by this process's own writes (`put`), and
-re-read every `REPLICA_POLL_SECONDS` for rows other replicas changed (`refresh`). Listeners
-(the scheduler) hear of every change of `active` or `jobs_paused`.
+The index is loaded once at start-up, updated at once by this process's own changes, and
+re-read every `REPLICA_POLL_SECONDS` for rows other replicas changed (`refresh`). `put` takes a
+row as it already stands in the database (loading, refreshing, seeding in tests): it changes
+no installation, only what this process knows of one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from models.db import Storage
 from models.enums import Mode
-from models.installation import Installation, InstallationView
+from models.installation import (
+    Installation,
+    InstallationView,
+    InstallChange,
+    Outcome,
+    change_installation,
+    change_many,
+    row_view,
+    set_paused,
+)
 
 log = logging.getLogger("app.installations")
 
@@ -52,6 +70,43 @@ class InstallationIndex:
         rows = await self.storage.run(_load_since, self._watermark - CLOCK_SLACK)
         return sum(1 for view in rows if self.put(view))
 
+    # ---- the door ---------------------------------------------------------------------------
+    async def apply(self, change: InstallChange,
+                    precondition: Callable[[], str | None] | None = None) -> Outcome:
+        """Apply one change (the rule: `models/installation.py`) and take its result in; a
+        `precondition` runs first in the same transaction (`Refused` when it says no)."""
+        outcome = await self.storage.run(change_installation, change, precondition)
+        self.put(outcome.view)
+        return outcome
+
+    async def apply_many(self, changes: Iterable[InstallChange],
+                         new: frozenset[tuple[str, str]] = frozenset()) -> list[Outcome]:
+        """Apply changes in one transaction (`change_many`), then take each result in."""
+        outcomes = await self.storage.run(change_many, list(changes), new)
+        for outcome in outcomes:
+            self.put(outcome.view)
+        return outcomes
+
+    async def pause(self, account_id: str, mode: str, paused: bool,
+                    reason: str | None = None) -> InstallationView | None:
+        """Pause or resume an installation's jobs; None when there is no such installation."""
+        view = await self.storage.run(set_paused, account_id, mode, paused, reason)
+        if view is not None:
+            self.put(view)
+        return view
+
+    async def is_active_now(self, account_id: str, mode: str) -> bool:
+        """`is_active`, asking the database when the index says no (another replica may have
+        activated it since the last refresh)."""
+        if self.is_active(account_id, mode):
+            return True
+        view = await self.storage.run(row_view, account_id, mode)
+        if view is None:
+            return False
+        self.put(view)
+        return view.active
+
+    # ---- the index ---------------------------------------------------------------------------
     def put(self, view: InstallationView) -> bool:
         """Take a row as it now stands in the database; True if it changed what we knew."""
         key = (view.account_id, view.mode)

@@ -41,7 +41,8 @@ class InstallationStatusHandler(SignedHandler):
                                 "confirmed": view.confirmed, "jobs_paused": view.jobs_paused,
                                 "permissions_granted": None if granted is None else list(granted),
                                 "permissions_pending": list(view.permissions_pending),
-                                "approval_required": view.approval_required}
+                                "approval_required": view.approval_required,
+                                "pending": view.pending}
         return answer
 
 

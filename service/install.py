@@ -11,15 +11,33 @@ unauthenticated request writes nothing to the database. 503 without `STRIPE_APP_
 - `error`/`error_description` (the user cancelled): 400 page, nothing recorded, state unused;
 - 400 for a missing, repeated or malformed parameter (`user_id`, `account_id`,
   `install_signature`, optional `state` and `livemode=true|false`);
-- without `state`, an install started from the App Marketplace: see service/marketplace.py;
+- without `state`, an install started from the App Marketplace: it is pending until Stripe
+  confirms it (service/marketplace.py);
 - 401 when `install_signature` does not verify over `{"state","user_id","account_id"}` with an
   app secret (rotation as for signed requests) within the tolerance;
 - 403 when the state is unknown, expired, used, or was issued to another browser;
+- 403 `signature_used` when the install signature was accepted before (each is accepted once,
+  on every replica: `models.install_state.use_signature`);
 - otherwise the state is used up (its nonce recorded, so a second use is refused) and the
-  installation for (account, mode) recorded: mode is
-  test when `livemode=false`, live otherwise; the `authorized` webhook confirms it. Then a
-  redirect to `INSTALL_SUCCESS_URL` (configuration, never the request) or a success page.
-Answers are HTML pages for browsers (`Accept: text/html`) and JSON for everything else.
+  installation for (account, mode) takes effect at once (`Change.LINK`), dated by the
+  signature's timestamp: an uninstall recorded after that moment is never undone by it.
+  Its mode is not signed by Stripe, so it is provisional (`confirmed` false) until the
+  `authorized` event or the Install API agrees; when the Install API has the install in the
+  other mode instead, the claimed mode is undone and the other one installed.
+  The mode is test when `livemode=false` and live otherwise, as Stripe's redirect adds
+  `livemode=false` only in test mode. With `livemode` absent, live is assumed and the answer
+  says so (`mode_assumed`): a wrong guess can lose nothing, since the live row it activates was
+  inactive and so held no app data, and crosses no account, since the account is signed and a
+  live key acts only where the app is installed live (Stripe refuses the rest, and the jobs
+  pause); the Install API, the daily sync or an operator undoes it.
+
+Whenever a platform key for the mode is set, the callback asks the Install API at once, for at
+most `jobs.installs.CONFIRM_TIMEOUT` seconds (`InstallSync.confirm`), so that the common case
+is confirmed before the page is shown. Then, when the app is active, a redirect to
+`INSTALL_SUCCESS_URL` (configuration, never the request) or a success page; when it waits for
+Stripe, a 202 "pending" page; when Stripe contradicts it, or an uninstall newer than the
+signature stands, a 409 page saying nothing was installed. Answers are HTML pages for browsers
+(`Accept: text/html`) and JSON for everything else.
 """
 
 from __future__ import annotations
@@ -28,18 +46,26 @@ import html
 import logging
 import re
 import secrets
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from models.db import write_transaction
-from models.install_state import use_state
-from models.installation import InstallationView, apply_state
+from models.install_state import signature_digest, use_signature, use_state
+from models.installation import Change, InstallationView, InstallChange, Outcome, Refused
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, USER_ID
-from service.marketplace import record_marketplace_install, verify_marketplace
-from service.signatures import SignatureError, install_signed_string, verify
+from service.marketplace import marketplace_change, verify_marketplace
+from service.signatures import (
+    SignatureError,
+    canonical_identity,
+    header_timestamp,
+    install_signed_string,
+    verify,
+)
 from service.state_token import STATE_TTL, CheckedState, StateTokens
+
+if TYPE_CHECKING:
+    from jobs.installs import InstallSync
 
 log = logging.getLogger("app.install")
 
@@ -101,20 +127,19 @@ class InstallHandler(PageMixin):
         self.redirect(install_link(self.config.app_id, self.config.install_redirect_uri, state))
 
 
-def _complete(checked: CheckedState, account_id: str, user_id: str,
-              mode: str) -> tuple[str | None, InstallationView | None]:
-    """Runs in a database thread: use the state and record the installation, atomically."""
-    if checked.reason is not None:
-        return checked.reason, None
-    with write_transaction():
-        reason = None
-        if not use_state(checked.nonce, checked.expires_at, account_id):
-            reason = "state already used"
-        if reason is not None:
-            return reason, None
-        view, _ = apply_state(account_id, mode, True, int(time.time()), source="callback",
-                              user_id=user_id)
-        return None, view
+def _once(signed_at: int, signed: str, account_id: str, tolerance: int,
+          checked: CheckedState | None = None) -> Callable[[], str | None]:
+    """The precondition of a callback's change (run in its transaction): use the state, when
+    there is one, and the signature; a reason when either was used before."""
+    digest = signature_digest(signed_at, signed)
+
+    def use() -> str | None:
+        if checked is not None and not use_state(checked.nonce, checked.expires_at, account_id):
+            return "state already used"
+        if not use_signature(digest, signed_at + tolerance + 1, account_id):
+            return "signature already used"
+        return None
+    return use
 
 
 class CallbackHandler(PageMixin):
@@ -158,32 +183,89 @@ class CallbackHandler(PageMixin):
             raise APIError(400, "the parameter livemode must be true or false")
         mode = "test" if livemode == "false" else "live"
         assert user_id and account_id and signature
+        tolerance = self.config.signature_tolerance
         if state is None:  # started from the App Marketplace (service/marketplace.py)
-            verify_marketplace(self.config, user_id, account_id, signature)
-            view = await self.storage.run(record_marketplace_install, account_id, user_id, mode)
+            signed_at = verify_marketplace(self.config, user_id, account_id, signature)
+            change = marketplace_change(account_id, user_id, mode, signed_at)
+            once = _once(signed_at, canonical_identity(user_id, account_id), account_id,
+                         tolerance)
         else:
+            signed = install_signed_string(state, user_id, account_id)
             try:
-                verify(install_signed_string(state, user_id, account_id), signature,
-                       self.config.app_secrets, self.config.signature_tolerance)
+                verify(signed, signature, self.config.app_secrets, tolerance)
+                signed_at = header_timestamp(signature)
             except SignatureError as exc:
                 raise APIError(401, "the install signature is not valid", code="bad_signature",
                                reason_for_log=f"install signature for {account_id}: {exc}"
                                ) from None
             checked = StateTokens(self.config.app_secrets).check(state, self.get_cookie(COOKIE))
-            reason, completed = await self.storage.run(
-                _complete, checked, account_id, user_id, mode)
-            if reason is not None or completed is None:
-                raise APIError(403, "this install link has expired or was not started in this "
-                               "browser; please start the installation again",
-                               code="bad_state", reason_for_log=f"{reason} ({account_id})")
-            view = completed
-        self.installations.put(view)
+            if checked.reason is not None:
+                raise self._bad_state(checked.reason, account_id)
+            change = InstallChange(account_id, mode, Change.LINK, signed_at, "callback",
+                                   user_id=user_id)
+            once = _once(signed_at, signed, account_id, tolerance, checked)
+        try:
+            outcome = await self.installations.apply(change, once)
+        except Refused as exc:
+            if exc.reason == "state already used":
+                raise self._bad_state(exc.reason, account_id) from None
+            raise APIError(403, "this install signature was used already; please start the "
+                           "installation again", code="signature_used",
+                           reason_for_log=f"install signature replayed ({account_id})") from None
+        outcome = await self._confirm(outcome)
         self.clear_cookie(COOKIE, path="/")
-        log.info("installed for %s in %s mode by %s", account_id, mode, user_id)
-        if self.config.install_success_url:
-            self.redirect(self.config.install_success_url)
-            return
-        self.page(200, "The app is installed",
-                  f"The app is now installed on account {account_id} in {mode} mode. You can "
-                  "close this page and return to the Stripe Dashboard.",
-                  {"installed": True, "account_id": account_id, "mode": mode})
+        self._answer(outcome.view, livemode is None)
+
+    @staticmethod
+    def _bad_state(reason: str, account_id: str) -> APIError:
+        return APIError(403, "this install link has expired or was not started in this "
+                        "browser; please start the installation again",
+                        code="bad_state", reason_for_log=f"{reason} ({account_id})")
+
+    async def _confirm(self, outcome: Outcome) -> Outcome:
+        """Ask the Install API at once (bounded) whether Stripe agrees, when it can be asked
+        and Stripe has not agreed yet."""
+        sync: InstallSync | None = self.settings.get("install_sync")
+        view = outcome.view
+        if sync is None or view.confirmed or not (view.active or view.pending):
+            return outcome
+        return await sync.confirm(view.account_id, view.mode, view.installed_by) or outcome
+
+    def _answer(self, view: InstallationView, mode_assumed: bool) -> None:
+        account_id, mode = view.account_id, view.mode
+        data: dict[str, Any] = {"installed": view.active, "account_id": account_id,
+                                "mode": str(mode), "confirmed": view.confirmed,
+                                "pending": view.pending}
+        if view.active:
+            log.info("installed for %s in %s mode by %s%s", account_id, mode, view.installed_by,
+                     "" if view.confirmed else " (mode provisional)")
+            if self.config.install_success_url:
+                self.redirect(self.config.install_success_url)
+                return
+            text = (f"The app is now installed on account {account_id} in {mode} mode. You can "
+                    "close this page and return to the Stripe Dashboard.")
+            if not view.confirmed:
+                data["mode_assumed"] = mode_assumed
+                text += (" Stripe has not confirmed the mode yet"
+                         + (" (the link did not say which, so live mode is assumed)"
+                            if mode_assumed else "")
+                         + "; if Stripe reports another, this is undone.")
+            self.page(200, "The app is installed", text, data)
+        elif view.pending:
+            log.info("install for %s in %s mode pending Stripe's confirmation", account_id, mode)
+            self.page(202, "Installation pending",
+                      f"Stripe has not confirmed the installation on account {account_id} in "
+                      f"{mode} mode yet. It takes effect as soon as Stripe does, usually within "
+                      "a minute. You can close this page and return to the Stripe Dashboard.",
+                      data)
+        else:
+            log.info("install for %s in %s mode not taken: Stripe contradicts it, or an "
+                     "uninstall newer than its signature stands", account_id, mode)
+            self.page(409, "The app was not installed",
+                      f"Stripe does not show the app installed on account {account_id} in "
+                      f"{mode} mode, or it was uninstalled after this link was made. Nothing "
+                      "was installed; you can start again from the install link.",
+                      {"error": {"code": "not_installed",
+                                 "message": f"Stripe does not show the app installed on "
+                                 f"{account_id} in {mode} mode, or it was uninstalled after "
+                                 "the install signature was made"}})

@@ -181,7 +181,8 @@ class Backend:
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,
             tracker=self.tracker, extra_routes=self.extra_routes, task_worker=self.task_worker,
-            vault=self.vault, header_timeout=self.header_timeout)
+            vault=self.vault, header_timeout=self.header_timeout,
+            install_sync=self.install_sync)
 
     def init_http(self, reuse_port: bool = False) -> None:
         """Listen, last: until now connections wait in no queue of ours (with `reuse_port`, a

@@ -37,7 +37,6 @@ from tornado.web import create_signed_value, decode_signed_value
 
 from models.enums import MODES
 from models.events import WebhookEvent
-from models.installation import set_paused
 from models.status import HOURS, PAGE_SIZE, Pages, snapshot
 from service.base import APIError, BaseHandler
 from service.doctor import DoctorReport, Status
@@ -311,11 +310,10 @@ class ResumeHandler(OperatorHandler):
         mode = self.get_body_argument("mode", "")
         if mode not in MODES or not account:
             raise APIError(400, "give account_id and mode (live or test)")
-        view = await self.storage.run(set_paused, account, mode, False)
+        view = await self.installations.pause(account, mode, False)  # resumes here at once
         if view is None:
             self.done("not_found", f"{account} ({mode})")
             return
-        self.installations.put(view)  # this process's scheduler resumes at once
         log.info("status page: jobs resumed for %s (%s)", account, mode)
         self.done("resumed", f"{account} ({mode})")
 

@@ -8,7 +8,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import APP_SECRET, APP_SECRET_2, base_env, compact, event, running, sign
+from conftest import (
+    APP_SECRET,
+    APP_SECRET_2,
+    WH_TEST,
+    base_env,
+    compact,
+    event,
+    running,
+    sign,
+)
 
 from models.base import discover_models
 from models.install_state import InstallState
@@ -16,7 +25,7 @@ from models.installation import Installation
 from service.install import COOKIE
 from service.state_token import STATE_TTL, StateTokens
 
-DEAUTH = "account.application.deauthorized"
+AUTH, DEAUTH = "account.application.authorized", "account.application.deauthorized"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
 
@@ -215,22 +224,45 @@ async def test_install_uninstall_reinstall_one_record_per_mode(tmp_path):
         assert installs[0].active and installs[0].uninstalled_at is not None
 
 
+def marketplace_params(user: str, account: str, ts: int | None = None,
+                       **extra: str) -> dict[str, str]:
+    signed = compact({"user_id": user, "account_id": account})
+    return {"user_id": user, "account_id": account,
+            "install_signature": sign(signed, APP_SECRET, ts), **extra}
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_marketplace_install_without_state(tmp_path):
-    """Issue 14: the callback without `state` verifies the signature over
-    {"user_id","account_id"}, records the install in its mode and shows the success page."""
+    """Issue 14, then issue 23: the callback without `state` verifies the signature over
+    {"user_id","account_id"}, but installs nothing until Stripe confirms it (here the
+    `authorized` event: no Install API is configured); the page says it is pending, and the
+    signature is accepted once."""
     async with running(base_env(tmp_path)) as app:
-        signed = compact({"user_id": "usr_m", "account_id": "acct_market"})
-        params = {"user_id": "usr_m", "account_id": "acct_market", "livemode": "false",
-                  "install_signature": sign(signed, APP_SECRET)}
+        params = marketplace_params("usr_m", "acct_market", livemode="false")
         resp = await app.client.get("/callback/stripe", params=params, headers=BROWSER)
-        assert resp.status_code == 200 and "The app is installed" in resp.text
+        assert resp.status_code == 202 and "Installation pending" in resp.text
+        assert "The app is installed" not in resp.text
         rows = await app.backend.storage.run(lambda: [
-            (r.account_id, r.mode, r.active, r.installed_by, r.state_source)
+            (r.account_id, r.mode, r.active, r.installed_by, r.pending_at is not None)
             for r in Installation.select()])
-        assert rows == [("acct_market", "test", True, "usr_m", "marketplace")]
+        assert rows == [("acct_market", "test", False, "usr_m", True)]
+        assert not app.backend.installations.is_active("acct_market")
+        assert app.backend.installations.get("acct_market", "test").pending
+        seen = (await app.signed("/api/installation", {"user_id": "usr_m",
+                                                       "account_id": "acct_market"})).json()
+        assert seen["test"]["pending"] is True and seen["test"]["active"] is False
+        # the same signature again: refused
+        again = await app.client.get("/callback/stripe", params=params,
+                                     headers={"Accept": "application/json"})
+        assert again.status_code == 403 and again.json()["error"]["code"] == "signature_used"
+        # Stripe confirms: now it is installed, by the user who asked
+        await app.webhook(event(AUTH, "acct_market", livemode=False), secret=WH_TEST)
+        await app.settle()
         assert app.backend.installations.is_active("acct_market", "test")
+        view = app.backend.installations.get("acct_market", "test")
+        assert view.confirmed and not view.pending and view.installed_by == "usr_m"
         # a wrong signature: 401 and nothing recorded
+        signed = compact({"user_id": "usr_m", "account_id": "acct_market"})
         for bad in (sign(signed, APP_SECRET_2),
                     sign(compact({"account_id": "acct_other", "user_id": "usr_m"}), APP_SECRET),
                     install_signature("s" * 43, "usr_m", "acct_other")):
@@ -241,6 +273,70 @@ async def test_marketplace_install_without_state(tmp_path):
             assert resp.json()["error"]["code"] == "bad_signature"
         count = await app.backend.storage.run(Installation.select().count)
         assert count == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_replayed_install_signature_neither_installs_nor_reinstalls(tmp_path):
+    """Issue 23: any user of an account can make a Marketplace install signature (it is what
+    the extension's `fetchStripeSignature()` signs with no payload). Replayed 50 times, and 2 s
+    after a signed deauthorization, it set the install active again and restarted its jobs.
+    Now: each signature is accepted once, and nothing signed before an uninstall undoes it."""
+    t0 = int(time.time())
+    json_hdr = {"Accept": "application/json"}
+    async with running(base_env(tmp_path)) as app:
+        await app.webhook(event(AUTH, "acct_r", created=t0 - 30))
+        await app.settle()
+        assert app.backend.installations.is_active("acct_r", "live")
+        params = marketplace_params("usr_1", "acct_r", ts=t0 - 10)
+        first = await app.client.get("/callback/stripe", params=params, headers=json_hdr)
+        assert first.status_code == 200 and first.json()["installed"] is True  # it was
+        # uninstalled: a signed deauthorization, after the signature was made
+        await app.webhook(event(DEAUTH, "acct_r", created=t0 - 5))
+        await app.settle()
+        assert not app.backend.installations.is_active("acct_r")
+        for _ in range(50):
+            replay = await app.client.get("/callback/stripe", params=params, headers=json_hdr)
+            assert replay.status_code == 403
+            assert replay.json()["error"]["code"] == "signature_used"
+        # a signature never used, but made before the uninstall: it does not undo it
+        fresh = await app.client.get("/callback/stripe", headers=json_hdr,
+                                     params=marketplace_params("usr_2", "acct_r", ts=t0 - 8))
+        assert fresh.status_code == 409 and fresh.json()["error"]["code"] == "not_installed"
+        # nor does an install link signed before it (its state fresh and unused)
+        state, _ = await start(app.client)
+        link = {**callback_params(state, account="acct_r"),
+                "install_signature": install_signature(state, "usr_1", "acct_r", ts=t0 - 8)}
+        resp = await app.client.get("/callback/stripe", params=link, headers=json_hdr)
+        assert resp.status_code == 409
+        assert not app.backend.installations.is_active("acct_r")
+        assert app.backend.scheduler.next_run("balance_snapshot", "acct_r", "live") is None
+        row = await app.backend.storage.run(Installation.get, Installation.account_id == "acct_r")
+        assert not row.active and row.state_source != "callback" and row.pending_at is None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_install_links_mode_is_provisional_until_stripe_agrees(tmp_path):
+    """Issue 23: with `state` the install takes effect at once, but its mode (`livemode`, which
+    Stripe does not sign) is provisional until the event or the Install API agrees; without
+    `livemode`, live is assumed, and the answer says so."""
+    async with running(base_env(tmp_path)) as app:
+        state, _ = await start(app.client)
+        resp = await app.client.get("/callback/stripe", params=callback_params(state),
+                                    headers={"Accept": "application/json"})
+        assert resp.status_code == 200
+        assert resp.json() == {"installed": True, "account_id": "acct_1", "mode": "live",
+                               "confirmed": False, "pending": False, "mode_assumed": True}
+        assert app.backend.installations.is_active("acct_1", "live")
+        assert app.backend.installations.get("acct_1", "live").provisional
+        state, _ = await start(app.client)
+        page = await app.client.get("/callback/stripe", headers=BROWSER, params=callback_params(
+            state, account="acct_2", livemode="false"))
+        assert page.status_code == 200 and "has not confirmed the mode yet" in page.text
+        assert "assumed" not in page.text  # the link said which mode
+        # Stripe agrees: confirmed
+        await app.webhook(event(AUTH, "acct_1", created=int(time.time())))
+        await app.settle()
+        assert not app.backend.installations.get("acct_1", "live").provisional
 
 
 @pytest.mark.gen_test(timeout=30)

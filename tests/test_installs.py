@@ -270,9 +270,9 @@ def test_bulk_activation_leaves_a_row_a_webhook_wrote_meanwhile(db_url):
     """A sync inserts the installs it found missing in one statement per chunk; an account a
     webhook wrote between the sync's read and its write keeps the newer state (the ordering
     rule), and both kinds come back as rows."""
-    from jobs.installs import InstallFacts, _apply_many
+    from jobs.installs import InstallFacts
     from models.db import open_database
-    from models.installation import apply_state
+    from models.installation import Change, InstallChange, apply_state, change_many
     from models.migrate import migrate
 
     db = open_database(db_url)
@@ -282,12 +282,64 @@ def test_bulk_activation_leaves_a_row_a_webhook_wrote_meanwhile(db_url):
              for a in ("acct_new1", "acct_new2", "acct_raced")}
     # a deauthorization newer than the sync's listing arrived after the sync read the table
     apply_state("acct_raced", "test", False, t + 5, "evt_newer")
-    changes = [(a, "test", True, f) for a, f in facts.items()]
-    out = _apply_many(changes, t - 1, "sync", frozenset(facts))
-    assert [(v.account_id, v.active, changed) for v, changed, _ in out] == [
+    changes = [InstallChange(a, "test", Change.INSTALLED, t - 1, "sync", facts=f)
+               for a, f in facts.items()]
+    out = change_many(changes, frozenset((a, "test") for a in facts))
+    assert [(o.view.account_id, o.view.active, o.flipped) for o in out] == [
         ("acct_new1", True, True), ("acct_new2", True, True), ("acct_raced", False, False)]
     rows = {r.account_id: r for r in Installation.select()}
     assert rows["acct_new1"].confirmed and rows["acct_new1"].install_id == "apinst_acct_new1"
     assert rows["acct_new1"].permissions_granted == '["balance_read"]'
     assert rows["acct_raced"].state_source == "evt_newer" and not rows["acct_raced"].active
     db.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_install_callbacks_ask_the_install_api_at_once(tmp_path, localstripe):
+    """Issue 23: with a platform key for the mode, the callback asks the Install API at once:
+    a Marketplace install Stripe has takes effect (the common case stays immediate), one it
+    lacks stays pending; an install link's mode Stripe has is confirmed, and a mode it
+    contradicts is undone, its jobs stopped."""
+    from test_install import BROWSER, callback_params, marketplace_params, start
+
+    json_hdr = {"Accept": "application/json"}
+    async with with_fake(tmp_path, localstripe) as (app, fake):
+        fake.add("acct_mk", APP, livemode=False)
+        resp = await app.client.get("/callback/stripe", headers=BROWSER,
+                                    params=marketplace_params("usr_1", "acct_mk",
+                                                              livemode="false"))
+        assert resp.status_code == 200 and "The app is installed" in resp.text
+        view = app.backend.installations.get("acct_mk", "test")
+        assert view.active and view.confirmed and view.install_id
+        assert app.backend.scheduler.next_run("balance_snapshot", "acct_mk", "test") is not None
+        # installed in test only: a live-mode Marketplace callback shows the test install, and
+        # installs nothing in live
+        resp = await app.client.get("/callback/stripe", headers=json_hdr,
+                                    params=marketplace_params("usr_2", "acct_mk"))
+        assert resp.status_code == 200 and resp.json()["mode"] == "test"
+        assert not app.backend.installations.is_active("acct_mk", "live")
+        assert not app.backend.installations.get("acct_mk", "live").pending
+        # Stripe lists the app on the account in no mode (yet): pending
+        resp = await app.client.get("/callback/stripe", headers=json_hdr,
+                                    params=marketplace_params("usr_1", "acct_none"))
+        assert resp.status_code == 202 and resp.json()["pending"] is True
+        assert not app.backend.installations.is_active("acct_none")
+        # an install link that did not say its mode (live assumed): Stripe has the install in
+        # test mode only, so live is undone at once, no job is left for it, and test is
+        # installed instead
+        fake.add("acct_link", APP, livemode=False)
+        state, _ = await start(app.client)
+        resp = await app.client.get("/callback/stripe", headers=json_hdr,
+                                    params=callback_params(state, account="acct_link"))
+        assert resp.status_code == 200
+        assert resp.json() == {"installed": True, "account_id": "acct_link", "mode": "test",
+                               "confirmed": True, "pending": False}
+        assert not app.backend.installations.is_active("acct_link", "live")
+        assert app.backend.scheduler.next_run("balance_snapshot", "acct_link", "live") is None
+        assert app.backend.installations.get("acct_link", "test").installed_by == "usr_1"
+        # a link in a mode Stripe lists nowhere yet (perhaps not yet): provisional, not undone
+        state, _ = await start(app.client)
+        resp = await app.client.get("/callback/stripe", headers=json_hdr, params=callback_params(
+            state, account="acct_lag", livemode="false"))
+        assert resp.status_code == 200 and resp.json()["confirmed"] is False
+        assert app.backend.installations.is_active("acct_lag", "test")

@@ -43,6 +43,14 @@ def counting_registry(fail_times: int = 0) -> tuple[Registry, list[str]]:
     return registry, calls
 
 
+async def installed(app, account: str, mode: str) -> None:
+    """Install the app on `account` in `mode` (handlers run only for installed accounts)."""
+    from models.installation import Change, InstallChange
+
+    await app.backend.installations.apply(InstallChange(account, mode, Change.INSTALLED,
+                                                        int(time.time()) - 60, "setup"))
+
+
 async def rows(app, model, *where):
     return await app.backend.storage.run(lambda: list(model.select().where(*where))
                                          if where else list(model.select()))
@@ -70,6 +78,7 @@ async def test_authorized_event_is_stored_and_installs(tmp_path):
 async def test_duplicate_delivery_sequential_and_concurrent(tmp_path):
     registry, calls = counting_registry()
     async with running(base_env(tmp_path), registry=registry) as app:
+        await installed(app, "acct_1", "test")
         ev = event("customer.created", "acct_1", livemode=False)
         first = await app.webhook(ev, secret=WH_TEST)
         second = await app.webhook(ev, secret=WH_TEST)
@@ -193,6 +202,7 @@ async def test_failing_handler_is_retried_and_recorded(tmp_path):
     registry, calls = counting_registry(fail_times=2)
     async with running(base_env(tmp_path), registry=registry) as app:
         app.backend.events.retry_base = 0.01
+        await installed(app, "acct_1", "live")
         ev = event("customer.created", "acct_1")
         assert (await app.webhook(ev)).status_code == 200
         await app.settle()
@@ -257,3 +267,46 @@ async def test_real_delivery_from_localstripe(tmp_path, localstripe):
         assert "\n  " in stored.payload  # pretty-printed: the raw body was what got verified
         assert json.loads(stored.payload)["data"]["object"]["id"] == customer["id"]
         assert stored.livemode is False
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_handlers_run_only_for_the_platform_and_accounts_with_the_app(tmp_path):
+    """Issue 23: an event about an account that does not have the app installed (in the event's
+    mode) is stored and marked processed, but reaches no `@on_event` handler; the platform's own
+    events and those of installed accounts do, and the lifecycle is applied first, so the
+    event that installs reaches the handlers of the install it makes."""
+    from jobs.registry import on_event
+    from models.installation import apply_state
+
+    seen: list[tuple[str | None, str, str]] = []
+
+    @on_event("*")
+    async def note(ctx):
+        seen.append((ctx.account_id, str(ctx.mode), ctx.type))
+
+    registry = Registry(handlers={"*": [note]})
+    async with running(base_env(tmp_path), registry=registry) as app:
+        sent = [event("account.application.authorized", "acct_in"),
+                event("customer.created", "acct_in"),
+                event("customer.created", "acct_out"),  # no installation at all
+                event("customer.created", None),  # the platform's own
+                ]
+        for ev in sent:
+            assert (await app.webhook(ev)).status_code == 200
+            await app.settle()
+        test_mode = event("customer.created", "acct_in", livemode=False)  # installed live only
+        assert (await app.webhook(test_mode, secret=WH_TEST)).status_code == 200
+        await app.settle()
+        assert seen == [("acct_in", "live", "account.application.authorized"),
+                        ("acct_in", "live", "customer.created"),
+                        (None, "live", "customer.created")]
+        rows = await app.backend.storage.run(lambda: {r.id: r.status
+                                                      for r in WebhookEvent.select()})
+        assert rows == {ev["id"]: "processed" for ev in [*sent, test_mode]}
+        # installed by another replica, not yet heard of here: the database is asked
+        await app.backend.storage.run(apply_state, "acct_out", "live", True, int(time.time()),
+                                      "elsewhere", confirm=True)
+        assert not app.backend.installations.is_active("acct_out")
+        await app.webhook(event("customer.updated", "acct_out"))
+        await app.settle()
+        assert seen[-1] == ("acct_out", "live", "customer.updated")
