@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from example_app.balance_snapshot import BalanceSnapshot
 from models.db import Storage, open_database
 from models.installation import Change, Installation, InstallChange, change_installation
 from models.installation_index import InstallationIndex
 from models.migrate import migrate
-from models.snapshots import BalanceSnapshot
 
 ACCT, MODE = "acct_door", "live"
 IN, U, L, P, C = (Change.INSTALLED, Change.UNINSTALLED, Change.LINK, Change.PENDING,
