@@ -32,7 +32,6 @@ import json
 import logging
 import socket
 import time
-import traceback
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 
 import peewee as pw
 
+from jobs.errors import error_text
 from jobs.stripe_api import StripeClients
 from models.base import AccountModel, now
 from models.db import Storage, write_transaction
@@ -309,7 +309,7 @@ class InstallSync:
                     await asyncio.sleep(0)
         except Exception as exc:
             raise SyncFailed(f"listing {mode}-mode installs failed after {len(found)}: "
-                             f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+                             + error_text(exc, limit=300)) from exc
         return found
 
     async def sync(self, mode: str) -> SyncResult:
@@ -393,7 +393,7 @@ class InstallSync:
             result = await self.sync(mode)
             outcome = "succeeded"
         except Exception as exc:
-            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+            error = error_text(exc)
             log.warning("install sync %s failed, nothing changed: %s", mode, error)
         finally:
             await asyncio.shield(self.storage.run(update_run, run_id, outcome=outcome,

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import peewee as pw
 
+from jobs.context import Toolbox
 from jobs.credentials import Vault
 from jobs.events import EventProcessor
 from jobs.http import make_http_client
@@ -53,6 +54,7 @@ class Services:
     vault: Vault
     http: httpx.AsyncClient
     task_worker: TaskWorker
+    tools: Toolbox
 
     def __init__(self, config: Config, *, registry: Registry | None = None,
                  replica: str | None = None, oauth: OAuthProviders | None = None) -> None:
@@ -123,20 +125,16 @@ class Services:
             cfg.secret_keys, cfg.rate_limits, cfg.api_base,
             on_response=lambda mode, status: metrics.stripe_calls.labels(
                 mode, str(status)).inc())
+        self.tools = tools = Toolbox(self.registry, self.storage, self.installations,
+                                     self.clients, self.vault, self.http, self.replica)
         self.events = EventProcessor(
-            self.registry, self.storage, self.installations, self.clients,
-            vault=self.vault, http=self.http,
-            on_processed=lambda type_, status: metrics.event_processing.labels(
+            tools, on_processed=lambda type_, status: metrics.event_processing.labels(
                 type_, status).inc())
         self.runner = JobRunner(
-            self.registry, self.storage, self.installations, self.clients,
-            concurrency=cfg.job_concurrency, replica=self.replica, vault=self.vault,
-            http=self.http,
+            tools, concurrency=cfg.job_concurrency,
             on_outcome=lambda job, outcome: metrics.job_runs.labels(job, outcome).inc())
         self.task_worker = TaskWorker(
-            self.registry, self.storage, self.installations, self.clients,
-            slots=cfg.task_concurrency, lease=cfg.task_lease_seconds, replica=self.replica,
-            vault=self.vault, http=self.http,
+            tools, slots=cfg.task_concurrency, lease=cfg.task_lease_seconds,
             on_outcome=lambda task, outcome: metrics.task_runs.labels(task, outcome).inc(),
             on_stats=metrics.observe_task_queue)
         self.install_sync = None if not cfg.app_id else InstallSync(
