@@ -338,10 +338,10 @@ def test_three_schedulers_on_postgresql_run_each_fire_once(pg_url):
     async def replica(name: str, stop_at: float) -> None:
         registry = Registry()
         registry.jobs["tick"] = tick.__job_spec__
-        services = await Services.open(config, registry=registry, replica=name, scheduler=True,
-                                       database=db)
+        services = await Services.open(config, until="scheduler", registry=registry,
+                                       replica=name, database=db)
         await asyncio.sleep(stop_at - time.time())
-        await services.close(5)
+        await services.stop(5)
 
     async def main() -> None:
         stop_at = time.time() + 3.5
