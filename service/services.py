@@ -150,6 +150,7 @@ class Services:
         self.migrations_applied: list[str] = []
         self._background: list[asyncio.Task[Any]] = []
         self._started: list[Step] = []
+        self._serving = False  # every step runs: the start-up is told at INFO
 
     # ---- the one list, and how it is run ----------------------------------------------------
     def steps(self) -> tuple[Step, ...]:
@@ -173,6 +174,7 @@ class Services:
         names = [s.name for s in steps]
         if until is not None and until not in names:
             raise ValueError(f"no start-up step {until!r}; the steps are {names}")
+        self._serving = until in (None, names[-1])
         for step in steps[:names.index(until) + 1 if until else len(steps)]:
             try:
                 await step.start()
@@ -198,6 +200,11 @@ class Services:
                 log.warning("shutdown: undoing %s failed: %s", step.name, type(exc).__name__)
         if served:
             log.info("stopped")
+
+    def _tell(self, message: str, *args: object) -> None:
+        """A line of the start-up's story: INFO for the server, DEBUG for a command's prefix
+        (whose output is the command's own)."""
+        log.log(logging.INFO if self._serving else logging.DEBUG, message, *args)
 
     @classmethod
     async def open(cls, config: Config, *, until: str, **kwargs: Any) -> Services:
@@ -231,7 +238,7 @@ class Services:
             raise
         self.storage = storage
         if self.migrations_applied:
-            log.info("database brought up to date: %s", ", ".join(self.migrations_applied))
+            self._tell("database brought up to date: %s", ", ".join(self.migrations_applied))
 
     async def close_database(self, timeout: float) -> None:
         self.storage.close()
@@ -239,7 +246,7 @@ class Services:
     async def init_installations(self) -> None:
         self.installations = InstallationIndex(self.storage)
         active = await self.installations.load()
-        log.info("%d accounts have the app installed", active)
+        self._tell("%d accounts have the app installed", active)
 
     async def init_integrations(self) -> None:
         """The credentials vault and `ctx.http`, the shared client for third-party calls."""
@@ -322,7 +329,8 @@ class Services:
     async def close_background(self, timeout: float) -> None:
         for task in self._background:
             task.cancel()
-        await asyncio.wait(self._background, timeout=5)
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
 
     async def _heartbeat_forever(self) -> None:
         """Say in the database that this process is alive (the status page's replicas)."""
