@@ -114,6 +114,9 @@ class Step:
 
 
 class Services:
+    """One process's objects and their start-up (`steps()`), for the server, a command or a
+    test alike; see the module docstring."""
+
     storage: Storage
     installations: InstallationIndex
     vault: Vault
@@ -150,7 +153,7 @@ class Services:
         self.migrations_applied: list[str] = []
         self._background: list[asyncio.Task[Any]] = []
         self._started: list[Step] = []
-        self._serving = False  # every step runs: the start-up is told at INFO
+        self._serving = False  # all the steps run (a server): its start-up is told at INFO
 
     # ---- the one list, and how it is run ----------------------------------------------------
     def steps(self) -> tuple[Step, ...]:
