@@ -65,6 +65,7 @@ def prepare(url: str, tasks: int, accounts: int) -> None:
 
 
 async def work(url: str, name: str, slots: int, duration: float, out: str) -> None:
+    from jobs.context import Toolbox
     from jobs.registry import Registry
     from jobs.stripe_api import StripeClients
     from jobs.task_worker import TaskWorker
@@ -88,8 +89,8 @@ async def work(url: str, name: str, slots: int, duration: float, out: str) -> No
     index = InstallationIndex(storage)
     await index.load()
     clients = StripeClients({}, {"live": 80, "test": 20})
-    worker = TaskWorker(registry, storage, index, clients, slots=slots, lease=10,
-                        replica=name)
+    worker = TaskWorker(Toolbox(registry, storage, index, clients, replica=name), slots=slots,
+                        lease=10)
     worker.start()
     while True:
         await asyncio.sleep(0.5)

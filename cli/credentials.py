@@ -27,13 +27,13 @@ def add_parser(sub: Any) -> None:
 def rotate(config: Config, args: argparse.Namespace) -> int:
     from jobs.credentials import Cipher
     from models.credentials import rotate_all
-    from models.db import open_database
     from models.migrate import migrate
+    from service.services import open_configured_database
 
     if not config.credentials_keys:
         print("CREDENTIALS_KEYS is not set: there is no key to rotate to", file=sys.stderr)
         return 2
-    db = open_database(config.database_url)
+    db = open_configured_database(config)
     try:
         migrate(db)
         done, unreadable = rotate_all(Cipher(config.credentials_keys).rotate)

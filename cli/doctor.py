@@ -39,12 +39,13 @@ def _print(findings: list[Finding], as_json: bool) -> None:
 
 async def _checks(config: Config, args: argparse.Namespace) -> list[Finding]:
     from jobs.registry import Registry
-    from models.db import UNAVAILABLE, Storage, open_database
+    from models.db import UNAVAILABLE, Storage
+    from service.services import open_configured_database
 
     storage = None
     findings: list[Finding] = []
     try:
-        storage = Storage(open_database(config.database_url), workers=1)
+        storage = Storage(open_configured_database(config), workers=1)
     except UNAVAILABLE as exc:
         findings.append(Finding(Status.FAILED, "DATABASE_URL", f"cannot open: {exc}"[:200],
                                 "check DATABASE_URL and that the database is running"))

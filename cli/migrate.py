@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from models.db import open_database
 from models.migrate import make_migration, migrate
 from service.config import Config
+from service.services import open_configured_database
 
 
 def add_parser(sub: Any) -> None:
@@ -19,13 +19,13 @@ def add_parser(sub: Any) -> None:
 
 
 def run_migrate(config: Config, args: argparse.Namespace) -> int:
-    applied = migrate(open_database(config.database_url))
+    applied = migrate(open_configured_database(config))
     print("applied: " + ", ".join(applied) if applied else "the database is up to date")
     return 0
 
 
 def run_makemigration(config: Config, args: argparse.Namespace) -> int:
-    db = open_database(config.database_url)
+    db = open_configured_database(config)
     migrate(db)
     name = make_migration(db, args.name)
     print(f"wrote models/migrations/{name}.py" if name else "no model changes found")

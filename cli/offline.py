@@ -2,9 +2,10 @@
 
     sub.add_parser("list").set_defaults(func=with_services(list_jobs))
 
-`with_services(body)` makes a `func(config, args) -> exit code` that opens
-`service.services.Services` (database migrated, installations loaded, no scheduler; job runs
-recorded with replica `cli`), awaits `body(services, args)` and closes it again.
+`with_services(body)` makes a `func(config, args) -> exit code` that starts
+`service.services.Services` through its `OFFLINE` steps (database migrated, installations
+loaded, the Stripe clients and workers built; no scheduler, nothing served; job runs recorded
+with replica `cli`), awaits `body(services, args)` and undoes the steps again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from service.config import Config
-from service.services import Services
+from service.services import OFFLINE, Services
 
 Body = Callable[[Services, argparse.Namespace], Awaitable[int]]
 Command = Callable[[Config, argparse.Namespace], int]
@@ -24,7 +25,7 @@ Command = Callable[[Config, argparse.Namespace], int]
 def with_services(body: Body) -> Command:
     def command(config: Config, args: argparse.Namespace) -> int:
         async def main() -> int:
-            async with Services.opened(config, replica="cli") as services:
+            async with Services.opened(config, until=OFFLINE, replica="cli") as services:
                 return await body(services, args)
 
         return asyncio.run(main())

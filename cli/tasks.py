@@ -15,7 +15,6 @@ import sys
 from typing import Any
 
 from cli.offline import when
-from models.db import open_database
 from models.migrate import migrate
 from models.tasks import (
     FINISHED,
@@ -27,6 +26,7 @@ from models.tasks import (
     retry_task,
 )
 from service.config import Config
+from service.services import open_configured_database
 
 
 def add_parser(sub: Any) -> None:
@@ -51,7 +51,7 @@ def _line(v: TaskView) -> str:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    db = open_database(config.database_url)
+    db = open_configured_database(config)
     try:
         migrate(db)
         if args.tasks_command == "list":

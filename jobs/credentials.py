@@ -206,10 +206,15 @@ class Vault:
 
 
 class AccountCredentials:
-    """`ctx.credentials`: one account's credentials in the run's mode (no vault: all missing)."""
+    """`ctx.credentials`: one account's credentials in the run's mode (no vault: all missing).
 
-    def __init__(self, vault: Vault | None, account_id: str, mode: str) -> None:
+    Every value it hands out is added to `revealed` (the context's), so that the run's error
+    text can leave it out (`jobs/errors.py`)."""
+
+    def __init__(self, vault: Vault | None, account_id: str, mode: str,
+                 revealed: set[str] | None = None) -> None:
         self._vault, self.account_id, self.mode = vault, account_id, mode
+        self.revealed: set[str] = set() if revealed is None else revealed
 
     @property
     def vault(self) -> Vault:
@@ -222,11 +227,16 @@ class AccountCredentials:
 
         Raises `CredentialMissing` when it is not set (or the vault is off).
         """
-        return await self.vault.get(self.account_id, self.mode, name)
+        value = await self.vault.get(self.account_id, self.mode, name)
+        self.revealed.add(value)
+        return value
 
     async def oauth_token(self, provider: str) -> dict[str, Any]:
         """The provider's whole token (access_token, token_type, expires_at, scope...)."""
-        return await self.vault.oauth_token(self.account_id, self.mode, provider)
+        token = await self.vault.oauth_token(self.account_id, self.mode, provider)
+        self.revealed.update(str(token[k]) for k in ("access_token", "refresh_token", "id_token")
+                             if token.get(k))
+        return token
 
     def __repr__(self) -> str:
         return f"<credentials of {self.account_id}/{self.mode}>"

@@ -32,22 +32,17 @@ import asyncio
 import json
 import logging
 import socket
-import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
-import stripe
-
 from jobs import installs
-from jobs.credentials import NOT_CONFIGURED, AccountCredentials, Vault
-from jobs.registry import JobFunc, Registry
-from jobs.stripe_api import StripeClients
+from jobs.context import AccountTools, Toolbox
+from jobs.credentials import NOT_CONFIGURED
+from jobs.errors import error_text
+from jobs.registry import JobFunc
 from models.base import now
-from models.db import Storage
 from models.enums import EventStatus, Mode
 from models.events import (
     WebhookEvent,
@@ -58,7 +53,6 @@ from models.events import (
     renew_events,
 )
 from models.installation import Change, InstallChange
-from models.installation_index import InstallationIndex
 from models.leases import LEASE_SECONDS, LeaseKeeper
 
 log = logging.getLogger("app.events")
@@ -75,17 +69,15 @@ def _ignore_processed(type_: str, status: EventStatus) -> None:
 
 
 @dataclass
-class EventContext:
-    """What an event handler receives."""
+class EventContext(AccountTools):
+    """What an event handler receives: the event, and the tools (`AccountTools`; `account_id`
+    is None for an event about the platform account, which has no `stripe` or `credentials`).
+    """
 
     event: dict[str, Any]
     account_id: str | None
     mode: Mode
     attempt: int
-    storage: Storage
-    clients: StripeClients = field(repr=False)
-    vault: Vault | None = field(default=None, repr=False)
-    http: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @property
     def type(self) -> str:
@@ -95,36 +87,18 @@ class EventContext:
     def data(self) -> dict[str, Any]:
         return self.event.get("data", {}).get("object", {})
 
-    @cached_property
-    def stripe(self) -> stripe.StripeClient:
-        if not self.account_id:
-            raise RuntimeError("this event is about the platform account; it has no account")
-        return self.clients.for_account(self.account_id, self.mode)
-
-    @cached_property
-    def credentials(self) -> AccountCredentials:
-        if not self.account_id:
-            raise RuntimeError("this event is about the platform account; it has no account")
-        return AccountCredentials(self.vault, self.account_id, self.mode)
-
-    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await self.storage.run(fn, *args, **kwargs)
-
 
 class EventProcessor:
     """Processes stored events; `on_processed(type, status)` hears each attempt (a no-op when
     not given)."""
 
-    def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, concurrency: int = 8, poll_interval: float = 5.0,
-                 on_processed: ProcessedListener | None = None, vault: Vault | None = None,
-                 http: httpx.AsyncClient | None = None, lease: float = LEASE_SECONDS) -> None:
-        self.registry = registry
-        self.storage = storage
-        self.installations = installations
-        self.clients = clients
+    def __init__(self, tools: Toolbox, concurrency: int = 8, poll_interval: float = 5.0,
+                 on_processed: ProcessedListener | None = None,
+                 lease: float = LEASE_SECONDS) -> None:
+        self.tools = tools
+        self.registry, self.storage = tools.registry, tools.storage
+        self.installations = tools.installations
         self.on_processed: ProcessedListener = on_processed or _ignore_processed
-        self.vault, self.http = vault, http
         self.poll_interval = poll_interval
         self.retry_base = 2.0  # seconds; attempt n waits up to retry_base ** n
         self._slots = asyncio.Semaphore(concurrency)
@@ -134,7 +108,7 @@ class EventProcessor:
         #: taken over is never renewed or finished by its former holder.
         self.holder = f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
         self.leases: LeaseKeeper[str] = LeaseKeeper(
-            storage, lambda ids, until: renew_events(ids, until, self.holder), clock=now,
+            self.storage, lambda ids, until: renew_events(ids, until, self.holder), clock=now,
             lease=lease, name="event lease")
 
     @staticmethod
@@ -165,17 +139,19 @@ class EventProcessor:
             if event is None:
                 return None
             self.leases.hold(event.id)
+            revealed: set[str] = set()  # the credential values its handlers were given
             try:
                 error, final = None, False
                 try:
-                    await self._dispatch(event)
+                    await self._dispatch(event, revealed)
                 except NOT_CONFIGURED as exc:  # a retry cannot mend it: dead, replay later
-                    error, final = f"not_configured: {exc}"[:2000], True
+                    error = error_text(exc, revealed, prefix="not_configured: ",
+                                       message_only=True)
+                    final = True
                     log.warning("event %s (%s) not processed: %s; replay it once configured",
-                                event.id, event.type, exc)
+                                event.id, event.type, error)
                 except Exception as exc:
-                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                    error = error[:2000]
+                    error = error_text(exc, revealed)
                     log.warning("event %s (%s) failed, attempt %d: %s", event.id, event.type,
                                 event.attempts, error)
                 status = await asyncio.shield(self.storage.run(
@@ -186,7 +162,7 @@ class EventProcessor:
             self.on_processed(event.type, status)
             return status
 
-    async def _dispatch(self, event: WebhookEvent) -> None:
+    async def _dispatch(self, event: WebhookEvent, revealed: set[str]) -> None:
         if self._is_lifecycle(event.type, event.account_id):
             assert event.account_id is not None
             kind = Change.INSTALLED if event.type == AUTHORIZED else Change.UNINSTALLED
@@ -209,8 +185,9 @@ class EventProcessor:
             return
         body = json.loads(event.payload)
         for handler in handlers:
-            ctx = EventContext(body, event.account_id, event.mode, event.attempts, self.storage,
-                               self.clients, self.vault, self.http)
+            ctx = EventContext(body, event.account_id, event.mode, event.attempts,
+                               storage=self.storage, clients=self.tools.clients,
+                               vault=self.tools.vault, http=self.tools.http, revealed=revealed)
             await handler(ctx)
 
     async def poll(self) -> int:

@@ -38,13 +38,13 @@ import json
 import logging
 import socket
 import time
-import traceback
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import peewee as pw
 
+from jobs.errors import error_text
 from jobs.stripe_api import StripeClients
 from models.base import now
 from models.db import Storage
@@ -186,7 +186,7 @@ class InstallSync:
                     await asyncio.sleep(0)
         except Exception as exc:
             raise SyncFailed(f"listing {mode}-mode installs failed after {len(found)}: "
-                             f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+                             + error_text(exc, limit=300)) from exc
         return found
 
     async def sync(self, mode: str) -> SyncResult:
@@ -329,7 +329,7 @@ class InstallSync:
             result = await self.sync(mode)
             outcome = "succeeded"
         except Exception as exc:
-            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+            error = error_text(exc)
             log.warning("install sync %s failed, nothing changed: %s", mode, error)
         finally:
             await asyncio.shield(self.storage.run(update_run, run_id, outcome=outcome,

@@ -24,25 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import traceback
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
 import stripe
 
-from jobs.context import AccountTools, idempotency_key
-from jobs.credentials import NOT_CONFIGURED, Vault
+from jobs.context import AccountTools, Toolbox, idempotency_key
+from jobs.credentials import NOT_CONFIGURED
+from jobs.errors import error_text
 from jobs.installs import missing_permissions
-from jobs.registry import JobSpec, Registry
-from jobs.stripe_api import StripeClients
+from jobs.registry import JobSpec
 from models.backoff import Jitter, backoff_delay
 from models.base import now
-from models.db import Storage
 from models.enums import JobOutcome, RunKind
-from models.installation_index import InstallationIndex
 from models.jobs import (
     JobRun,
     claim_manual_run,
@@ -66,18 +61,13 @@ def _ignore_outcome(job: str, outcome: JobOutcome) -> None:
 
 @dataclass
 class JobContext(AccountTools):
-    """What a job receives: who it runs for, and the tools to do it."""
+    """What a job receives: who it runs for, and the tools to do it (`AccountTools`)."""
 
     job: str
     account_id: str
     mode: str
     fire_time: datetime
     attempt: int
-    storage: Storage
-    clients: StripeClients = field(repr=False)
-    vault: Vault | None = field(default=None, repr=False)
-    #: The process's client for third-party calls (jobs/http.py): timeouts, retries, User-Agent.
-    http: httpx.AsyncClient | None = field(default=None, repr=False)
     kind: RunKind = RunKind.FIRE
     seq: int = 0  # a manual run's number within its second
 
@@ -123,29 +113,20 @@ class Slot:
             self.held = True
 
 
-def _short_error(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return text[:2000]
-
-
 class JobRunner:
     """Runs fires; `on_outcome(job, outcome)` hears each that ran (a no-op when not given)."""
 
-    def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, concurrency: int = 10, replica: str | None = None,
-                 on_outcome: OutcomeListener | None = None, vault: Vault | None = None,
-                 http: httpx.AsyncClient | None = None, lease: float = LEASE_SECONDS) -> None:
-        self.registry = registry
-        self.storage = storage
-        self.installations = installations
-        self.clients = clients
+    def __init__(self, tools: Toolbox, concurrency: int = 10,
+                 on_outcome: OutcomeListener | None = None, lease: float = LEASE_SECONDS) -> None:
+        self.tools = tools
+        self.registry, self.storage = tools.registry, tools.storage
+        self.installations = tools.installations
         self.on_outcome: OutcomeListener = on_outcome or _ignore_outcome
-        self.vault, self.http = vault, http
-        self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
+        self.replica = tools.replica_name(self)
         self._slots = asyncio.Semaphore(concurrency)
         self.running = 0
         self.leases: LeaseKeeper[int] = LeaseKeeper(
-            storage, lambda ids, until: renew_runs(ids, until, self.replica), clock=now,
+            self.storage, lambda ids, until: renew_runs(ids, until, self.replica), clock=now,
             lease=lease, name="job run lease")
 
     async def stop(self) -> None:
@@ -236,8 +217,9 @@ class JobRunner:
         outcome, error, attempt = JobOutcome.FAILED, None, 0
         try:
             for attempt in range(1, spec.attempts + 1):
-                ctx = JobContext(spec.name, account_id, mode, fire_time, attempt, self.storage,
-                                 self.clients, self.vault, self.http, kind=kind, seq=seq)
+                ctx = JobContext(spec.name, account_id, mode, fire_time, attempt, kind=kind,
+                                 seq=seq, storage=self.storage, clients=self.tools.clients,
+                                 vault=self.tools.vault, http=self.tools.http)
                 try:
                     log.info("job %s for %s/%s (%s, attempt %d)", spec.name, account_id, mode,
                              reason, attempt)
@@ -245,15 +227,16 @@ class JobRunner:
                     outcome, error = JobOutcome.SUCCEEDED, None
                     break
                 except NOT_CONFIGURED as exc:
-                    outcome, error = JobOutcome.NOT_CONFIGURED, str(exc)
-                    log.warning("job %s for %s/%s: %s", spec.name, account_id, mode, exc)
+                    error = error_text(exc, ctx.revealed, message_only=True)
+                    outcome = JobOutcome.NOT_CONFIGURED
+                    log.warning("job %s for %s/%s: %s", spec.name, account_id, mode, error)
                     break
                 except REVOKED as exc:
-                    outcome, error = JobOutcome.REVOKED, _short_error(exc)
+                    outcome, error = JobOutcome.REVOKED, error_text(exc, ctx.revealed)
                     await self._pause(account_id, mode, f"{spec.name}: {type(exc).__name__}")
                     break
                 except Exception as exc:
-                    error = _short_error(exc)
+                    error = error_text(exc, ctx.revealed)
                     log.warning("job %s for %s/%s failed (attempt %d/%d): %s", spec.name,
                                 account_id, mode, attempt, spec.attempts, error)
                     if attempt < spec.attempts:

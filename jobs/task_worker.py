@@ -1,6 +1,6 @@
 """The task worker: claims queued tasks while it has free slots, runs them, keeps their leases.
 
-    worker = TaskWorker(registry, storage, installations, clients, slots=10, lease=10)
+    worker = TaskWorker(tools, slots=10, lease=10)   # tools: jobs.context.Toolbox
     worker.start()          # poll loop; `wake()` makes it look at once (a task was just queued)
     await worker.stop(10)   # stop claiming; running tasks get the grace, then go back queued
 
@@ -16,7 +16,9 @@ from without a database round trip. A ready task that waits longer than `READY_W
 given back to the queue (its attempt not counted).
 
 Each claimed task runs in its own asyncio task with a `TaskContext`. One `LeaseKeeper` renews the
-leases of every task this worker holds in one UPDATE every third of `lease` seconds; a task the
+leases of every task this worker holds in one UPDATE every third of `lease` seconds, with the
+progress reported since the last (what to renew and write is taken on the loop, a `Renewal`,
+and the database thread is given only that); a task the
 renewal no longer finds ours (cancelled by `run.py tasks cancel`, deleted by an uninstall, or
 taken over after a stall) is cancelled at its next `await`. An uninstall seen by this process
 cancels the account's runs here at once. A process that dies leaves leases that lapse within
@@ -34,26 +36,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from jobs.credentials import NOT_CONFIGURED, Vault
+from jobs.context import Toolbox
+from jobs.credentials import NOT_CONFIGURED
+from jobs.errors import error_text
 from jobs.installs import missing_permissions
-from jobs.registry import Registry
-from jobs.stripe_api import StripeClients
 from jobs.tasks import BadInput, TaskContext, TaskSpec
 from models.backoff import Jitter, backoff_delay
 from models.base import now
-from models.db import Storage
 from models.installation import InstallationView
-from models.installation_index import InstallationIndex
 from models.leases import LeaseKeeper
 from models.tasks import (
     Outcome,
@@ -72,10 +68,6 @@ log = logging.getLogger("app.tasks")
 
 #: A due task queued longer than this is reported (log line, metric): no capacity.
 WAIT_WARNING = 30.0
-
-
-def _short_error(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
 
 
 def backoff(spec: TaskSpec, attempt: int, cap: float = 3600.0) -> float:
@@ -104,6 +96,21 @@ READY_WAIT = 2.0
 AHEAD = 4
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """One lease renewal, as the loop saw the runs just before it: the database thread is given
+    this, never the worker's runs (which the loop keeps changing)."""
+
+    replica: str
+    renew: tuple[str, ...]  # leases to push on
+    ending: frozenset[str]  # runs whose work ended: their outcome is on its way; count as renewed
+    reports: tuple[Progress, ...]  # progress not written yet
+
+    def run(self, until: float) -> set[str]:
+        """In a database thread: the ids still ours (see `models.tasks.renew_tasks`)."""
+        return renew_tasks(list(self.renew), until, self.replica, self.reports) | self.ending
+
+
 @dataclass(eq=False)
 class _Run:
     view: TaskView
@@ -114,28 +121,23 @@ class _Run:
 
 
 class TaskWorker:
-    def __init__(self, registry: Registry, storage: Storage, installations: InstallationIndex,
-                 clients: StripeClients, slots: int = 10, lease: float = 10.0,
-                 poll_interval: float = 1.0, replica: str | None = None,
-                 on_outcome: OutcomeListener = _ignore, on_stats: StatsListener = _ignore,
-                 vault: Vault | None = None, http: httpx.AsyncClient | None = None,
-                 claim_ahead: bool = True) -> None:
-        self.registry = registry
-        self.storage = storage
-        self.installations = installations
-        self.clients = clients
+    def __init__(self, tools: Toolbox, slots: int = 10, lease: float = 10.0,
+                 poll_interval: float = 1.0, on_outcome: OutcomeListener = _ignore,
+                 on_stats: StatsListener = _ignore, claim_ahead: bool = True) -> None:
+        self.tools = tools
+        self.registry, self.storage = tools.registry, tools.storage
+        self.installations = installations = tools.installations
         self.on_outcome, self.on_stats = on_outcome, on_stats
-        self.vault, self.http = vault, http
         self.slots = slots
         self.lease = lease
         self.poll_interval = poll_interval
         self.claim_ahead = claim_ahead
-        self.replica = replica or f"{socket.gethostname()}:{id(self):x}"
+        self.replica = tools.replica_name(self)
         #: Every run not over yet, by task id (working, or waiting for its outcome's record).
         self.running: dict[str, _Run] = {}
         self.leases: LeaseKeeper[str] = LeaseKeeper(
-            storage, self._renew, clock=now, lease=lease, name="task lease",
-            on_lost=self._lost_ids)
+            self.storage, renewal=lambda ids: self._snapshot(ids).run, clock=now, lease=lease,
+            name="task lease", on_lost=self._lost_ids)
         self._held: dict[str, int] = {}  # task id -> the attempt whose lease the keeper renews
         self._ready: deque[tuple[TaskView, float]] = deque()  # claimed ahead, since (monotonic)
         self._busy = 0  # slots in use
@@ -277,10 +279,11 @@ class TaskWorker:
             self._cancel(old)
 
     def _launch(self, view: TaskView) -> None:
+        tools = self.tools
         ctx = TaskContext(view.id, view.name, view.account_id, view.mode, view.input,
-                          view.attempts, self.storage, self.clients, self.replica,
-                          progress_value=view.progress, progress_note=view.note,
-                          vault=self.vault, http=self.http)
+                          view.attempts, self.replica, progress_value=view.progress,
+                          progress_note=view.note, storage=self.storage, clients=tools.clients,
+                          vault=tools.vault, http=tools.http)
         run = _Run(view, ctx)
         self._busy += 1
         run.task = asyncio.get_running_loop().create_task(self._run(run))
@@ -354,13 +357,14 @@ class TaskWorker:
             raise
         except NOT_CONFIGURED as exc:
             outcome = "not_configured"
-            await self._record(self._outcome(ctx, TaskStatus.FAILED, error=str(exc)))
+            await self._record(self._outcome(ctx, TaskStatus.FAILED, error=error_text(
+                exc, ctx.revealed, message_only=True)))
         except BadInput as exc:
             outcome = "bad_input"
-            await self._record(self._outcome(ctx, TaskStatus.FAILED,
-                                                  error=f"bad input: {exc}"))
+            await self._record(self._outcome(ctx, TaskStatus.FAILED, error=error_text(
+                exc, ctx.revealed, prefix="bad input: ", message_only=True)))
         except Exception as exc:
-            error = _short_error(exc)
+            error = error_text(exc, ctx.revealed)
             if ctx.attempt < view.max_attempts:
                 outcome = "retrying"
                 delay = backoff(spec, ctx.attempt)
@@ -413,9 +417,9 @@ class TaskWorker:
             del self._held[task_id]
             self.leases.release(task_id)
 
-    def _renew(self, task_ids: list[str], until: float) -> set[str]:
-        """Runs in a database thread (the keeper's renewal): one UPDATE for every lease held,
-        and the progress the runs reported since their last write.
+    def _snapshot(self, task_ids: list[str]) -> Renewal:
+        """On the loop, right before a renewal: which leases to renew, and the progress the runs
+        reported since their last write (taken now: counted as written).
 
         A run whose work ended is left out: its outcome is on its way (the loop's turn writes
         it, and renewing its row at the same time could deadlock with that write); it counts
@@ -432,7 +436,7 @@ class TaskWorker:
             report = run.ctx.take_report() if run is not None else None
             if report is not None:
                 reports.append(report)
-        return renew_tasks(renew, until, self.replica, reports) | ending
+        return Renewal(self.replica, tuple(renew), frozenset(ending), tuple(reports))
 
     def _lost_ids(self, task_ids: set[str]) -> None:
         """The renewal did not find these tasks ours any more."""

@@ -24,12 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from jobs.context import AccountTools, idempotency_key
-from jobs.credentials import Vault
-from jobs.stripe_api import StripeClients
-from models.db import Storage
 from models.tasks import Progress, report_progress
 
 TaskFunc = Callable[..., Awaitable[Any]]
@@ -81,7 +76,7 @@ def task(name: str | None = None, *, attempts: int = 3, timeout: float = 3600.0,
 
 @dataclass
 class TaskContext(AccountTools):
-    """What a task receives: whose it is, its input, and the tools to do it."""
+    """What a task receives: whose it is, its input, and the tools to do it (`AccountTools`)."""
 
     task_id: str
     name: str
@@ -89,12 +84,7 @@ class TaskContext(AccountTools):
     mode: str
     input: dict[str, Any]
     attempt: int
-    storage: Storage = field(repr=False)
-    clients: StripeClients = field(repr=False)
     holder: str = field(repr=False, default="")
-    vault: Vault | None = field(repr=False, default=None)
-    #: The process's client for third-party calls (jobs/http.py): timeouts, retries, User-Agent.
-    http: httpx.AsyncClient | None = field(repr=False, default=None)
     progress_value: float | None = None
     progress_note: str | None = None
     unreported: bool = field(repr=False, default=False)  # progress not written to the row yet

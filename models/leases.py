@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
@@ -96,6 +97,10 @@ K = TypeVar("K", bound=Hashable)
 Renew = Callable[[list[K], float], "int | set[K]"]
 #: `on_lost(ids)`: these held rows were not renewed: they are no longer this holder's.
 Lost = Callable[[set[K]], None]
+#: `renewal(ids)`, on the event loop right before a renewal of `ids`: what the database thread
+#: then runs with the new `until`, holding (immutable) whatever else of the holder's state the
+#: renewal needs, taken now, so that the thread reads nothing the loop changes meanwhile.
+Renewal = Callable[[list[K]], Callable[[float], "int | set[K]"]]
 
 
 class LeaseKeeper(Generic[K]):
@@ -111,13 +116,24 @@ class LeaseKeeper(Generic[K]):
     thread). `clock` gives the time the database rows are compared with (`models.base.now`).
     When `renew` returns the set of ids it renewed, `on_lost` hears of the held ids it did not
     renew (still held when the answer came back), at most one interval after the row changed.
+    A holder whose renewal needs more of its state than the ids gives `renewal` instead of
+    `renew`.
     """
 
-    def __init__(self, storage: Storage, renew: Renew[K], clock: Callable[[], float],
-                 lease: float = LEASE_SECONDS, name: str = "lease",
-                 on_lost: Lost[K] | None = None) -> None:
+    def __init__(self, storage: Storage, renew: Renew[K] | None = None, *,
+                 clock: Callable[[], float], lease: float = LEASE_SECONDS,
+                 name: str = "lease", on_lost: Lost[K] | None = None,
+                 renewal: Renewal[K] | None = None) -> None:
+        if renewal is None:
+            if renew is None:
+                raise ValueError("give renew or renewal")
+            plain = renew
+
+            def renewal(ids: list[K]) -> Callable[[float], int | set[K]]:
+                return functools.partial(plain, ids)
+
         self.storage = storage
-        self.renew = renew
+        self.renewal: Renewal[K] = renewal
         self.on_lost = on_lost
         self.clock = clock
         self.lease = lease
@@ -148,7 +164,7 @@ class LeaseKeeper(Generic[K]):
             if not ids:
                 break
             try:
-                renewed = await self.storage.run(self.renew, ids, self.until())
+                renewed = await self.storage.run(self.renewal(ids), self.until())
             except Exception as exc:  # the database may be down: try again next interval
                 log.warning("%s renewal failed: %s", self.name, type(exc).__name__)
                 continue

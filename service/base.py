@@ -27,8 +27,12 @@ from tornado.web import HTTPError, RequestHandler
 from models.db import UNAVAILABLE
 
 if TYPE_CHECKING:
+    from jobs.credentials import Vault
     from jobs.events import EventProcessor
+    from jobs.installs import InstallSync
+    from jobs.registry import Registry
     from jobs.scheduler import JobScheduler
+    from jobs.task_worker import TaskWorker
     from models.db import Storage
     from models.installation_index import InstallationIndex
     from service.config import Config
@@ -133,6 +137,25 @@ class BaseHandler(RequestHandler):
     @property
     def tracker(self) -> RequestTracker:
         return self.settings["tracker"]
+
+    @property
+    def registry(self) -> Registry:
+        return self.settings["registry"]
+
+    @property
+    def task_worker(self) -> TaskWorker | None:
+        """None in an app built without one (it then only queues tasks)."""
+        return self.settings.get("task_worker")
+
+    @property
+    def vault(self) -> Vault | None:
+        """None in an app built without one: every credential is missing."""
+        return self.settings.get("vault")
+
+    @property
+    def install_sync(self) -> InstallSync | None:
+        """None without `STRIPE_APP_ID`: the Install API cannot be asked."""
+        return self.settings.get("install_sync")
 
     # ---- request lifecycle ----------------------------------------------------------------
     def set_default_headers(self) -> None:

@@ -39,7 +39,7 @@ class VaultHandler(SignedHandler):
 
     @property
     def vault(self) -> Vault:
-        vault: Vault | None = self.settings.get("vault")
+        vault = super().vault
         if vault is None or not vault.enabled:
             raise APIError(503, "credentials are not configured on this server",
                            code="not_configured", reason_for_log="CREDENTIALS_KEYS unset")

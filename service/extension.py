@@ -48,7 +48,7 @@ class InstallationStatusHandler(SignedHandler):
 
 class JobsHandler(SignedHandler):
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
-        rows = describe_jobs(self.settings["registry"], self.installations, self.scheduler,
+        rows = describe_jobs(self.registry, self.installations, self.scheduler,
                              req.account_id)
         rows = await self.storage.run(attach_last_runs, rows, req.account_id)
         return {"account_id": req.account_id, "jobs": rows}

@@ -65,7 +65,7 @@ from service.signatures import (
 from service.state_token import STATE_TTL, CheckedState, StateTokens
 
 if TYPE_CHECKING:
-    from jobs.installs import InstallSync
+    pass
 
 log = logging.getLogger("app.install")
 
@@ -225,7 +225,7 @@ class CallbackHandler(PageMixin):
     async def _confirm(self, outcome: Outcome) -> Outcome:
         """Ask the Install API at once (bounded) whether Stripe agrees, when it can be asked
         and Stripe has not agreed yet."""
-        sync: InstallSync | None = self.settings.get("install_sync")
+        sync = self.install_sync
         view = outcome.view
         if sync is None or view.confirmed or not (view.active or view.pending):
             return outcome

@@ -250,7 +250,7 @@ class StatusPageHandler(OperatorHandler):
         now = time.time()
         data = await self.storage.run(snapshot, now, pages)
         upcoming = self.scheduler.upcoming() if self.scheduler else {}
-        registry = self.settings["registry"]
+        registry = self.registry
         jobs = data["jobs"]
         jobs["jobs"] = [{
             "job": name, "description": spec.description,
@@ -339,7 +339,7 @@ class DoctorHandler(OperatorHandler):
     async def post(self) -> None:
         self.check_csrf()
         findings = await self.doctor.refresh(self.config, self.storage,
-                                             self.settings["registry"])
+                                             self.registry)
         self.done("doctor", "", failed=sum(f.status is Status.FAILED for f in findings))
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.registry import Registry
-from jobs.task_worker import TaskWorker
 from models.base import now
 from models.enums import MODES
 from models.tasks import TaskStatus, TaskView, TooManyTasks, enqueue, get_task, running_count
@@ -45,10 +43,6 @@ def describe(view: TaskView) -> dict[str, Any]:
 
 
 class TaskStartHandler(SignedHandler):
-    @property
-    def registry(self) -> Registry:
-        return self.settings["registry"]
-
     async def handle(self, req: SignedRequest) -> Any:
         name = self.path_args[0]
         spec = self.registry.tasks.get(name)
@@ -62,7 +56,7 @@ class TaskStartHandler(SignedHandler):
         except TooManyTasks as exc:
             raise APIError(429, "too many unfinished tasks for this account; try again when "
                            "some have finished", reason_for_log=str(exc)) from None
-        worker: TaskWorker | None = self.settings.get("task_worker")
+        worker = self.task_worker
         if worker is not None:
             worker.wake()
         self.write_json({"task_id": view.id, "name": name, "mode": mode,
@@ -104,7 +98,7 @@ class TaskStatusHandler(SignedHandler):
     async def _waiting(self, view: TaskView) -> str:
         if view.next_attempt_at > now():
             return f"waiting to retry (attempt {view.attempts + 1} of {view.max_attempts})"
-        spec = self.settings["registry"].tasks.get(view.name)
+        spec = self.registry.tasks.get(view.name)
         if spec is not None:
             busy = await self.storage.run(running_count, view.account_id, view.name)
             if busy >= spec.concurrency_per_account:

@@ -39,9 +39,9 @@ import signal
 import socket
 from collections.abc import Callable
 
-from models.db import open_database
 from models.migrate import migrate
 from service.config import Config
+from service.services import open_configured_database
 
 log = logging.getLogger("app.workers")
 
@@ -90,7 +90,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def run_workers(config: Config, serve_one: Callable[[Config, bool], int]) -> int:
-    db = open_database(config.database_url)
+    db = open_configured_database(config)
     try:
         applied = migrate(db)
     finally:

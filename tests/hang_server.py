@@ -21,10 +21,10 @@ from jobs.events import AUTHORIZED, EventProcessor  # noqa: E402
 _dispatch = EventProcessor._dispatch
 
 
-async def _hanging_dispatch(self: EventProcessor, event: object) -> None:
+async def _hanging_dispatch(self: EventProcessor, event: object, *args: object) -> None:
     if getattr(event, "type", None) == AUTHORIZED:
         await asyncio.Event().wait()  # claimed, never finished: the process dies first
-    await _dispatch(self, event)
+    await _dispatch(self, event, *args)
 
 
 EventProcessor._dispatch = _hanging_dispatch  # type: ignore[method-assign]

@@ -36,6 +36,7 @@ from conftest import (
 )
 from stripe_proxy import StripeProxy
 
+from jobs.context import Toolbox
 from jobs.registry import Registry, job
 from jobs.runner import JobContext, JobRunner
 from jobs.scheduler import JobScheduler
@@ -160,6 +161,7 @@ def test_event_lease_is_short_renewed_by_its_holder_only_and_taken_over_when_it_
 
 @contextlib.asynccontextmanager
 async def runner_for(db_url: str, registry: Registry, accounts: tuple[str, ...] = ("acct_1",),
+                     replica: str | None = None,
                      **runner_kw: Any) -> AsyncIterator[tuple[Storage, JobRunner, JobScheduler]]:
     """A job runner (and a scheduler, not started) on a migrated database where `accounts` have
     the app installed in live mode; stopped and closed afterwards."""
@@ -171,8 +173,8 @@ async def runner_for(db_url: str, registry: Registry, accounts: tuple[str, ...] 
             await storage.run(apply_state, account, "live", True, 1, "setup")
         index = InstallationIndex(storage)
         await index.load()
-        runner = JobRunner(registry, storage, index, StripeClients({}, {"live": 1}),
-                           **runner_kw)
+        runner = JobRunner(Toolbox(registry, storage, index, StripeClients({}, {"live": 1}),
+                                   replica=replica), **runner_kw)
         yield storage, runner, JobScheduler(registry, runner, index)
         await runner.stop()
     finally:
@@ -284,8 +286,8 @@ def test_idempotency_key_is_the_same_for_every_attempt_of_a_fire_and_differs_bet
     clients = StripeClients({}, {"live": 1})
 
     def ctx(attempt=1, kind=RunKind.FIRE, at=fire, account="acct_1", seq=0):
-        return JobContext("balance_snapshot", account, "live", at, attempt, None, clients,
-                          kind=kind, seq=seq)
+        return JobContext("balance_snapshot", account, "live", at, attempt, kind=kind, seq=seq,
+                          storage=None, clients=clients)
 
     key = ctx().idempotency_key("payout")
     assert key == ctx(attempt=3).idempotency_key("payout")

@@ -14,6 +14,7 @@ import time_machine
 from conftest import WH_TEST, base_env, compact, event, running, wait_for
 from stripe_proxy import StripeProxy
 
+from jobs.context import Toolbox
 from jobs.events import EventProcessor
 from jobs.registry import Registry, job, on_event
 from jobs.runner import JobRunner
@@ -242,9 +243,9 @@ async def test_runner_and_processor_report_outcomes_through_callbacks(tmp_path):
     registry = Registry(jobs={"fine": fine.__job_spec__}, handlers={"customer.created": [greet]})
     clients = StripeClients({}, {"live": 10, "test": 10})
     outcomes, statuses = [], []
-    runner = JobRunner(registry, storage, index, clients, replica="r",
+    runner = JobRunner(Toolbox(registry, storage, index, clients, replica="r"),
                        on_outcome=lambda name, outcome: outcomes.append((name, outcome)))
-    processor = EventProcessor(registry, storage, index, clients,
+    processor = EventProcessor(Toolbox(registry, storage, index, clients),
                                on_processed=lambda type_, status: statuses.append((type_, status)))
     try:
         fire = datetime.fromtimestamp(int(time.time()), UTC)
@@ -254,7 +255,7 @@ async def test_runner_and_processor_report_outcomes_through_callbacks(tmp_path):
         await storage.run(store_event, "evt_1", "customer.created", "acct_1", True, 1, "{}")
         assert await processor.process("evt_1") == "failed"
         assert outcomes == [("fine", "succeeded")] and statuses == [("customer.created", "failed")]
-        quiet = JobRunner(registry, storage, index, clients, replica="q")  # no callback: no-op
+        quiet = JobRunner(Toolbox(registry, storage, index, clients, replica="q"))  # no callback
         later = datetime.fromtimestamp(int(time.time()) + 60, UTC)
         assert await quiet.fire("fine", "acct_1", "live", later) == "succeeded"
     finally:
@@ -344,10 +345,10 @@ def test_three_schedulers_on_postgresql_run_each_fire_once(pg_url):
     async def replica(name: str, stop_at: float) -> None:
         registry = Registry()
         registry.jobs["tick"] = tick.__job_spec__
-        services = await Services.open(config, registry=registry, replica=name, scheduler=True,
-                                       database=db)
+        services = await Services.open(config, until="scheduler", registry=registry,
+                                       replica=name, database=db)
         await asyncio.sleep(stop_at - time.time())
-        await services.close(5)
+        await services.stop(5)
 
     async def main() -> None:
         stop_at = time.time() + 3.5
