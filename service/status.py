@@ -134,11 +134,7 @@ class OperatorHandler(BaseHandler):
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
-        self._headers["Content-Security-Policy"] = (
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-        self._headers["X-Frame-Options"] = "DENY"
-        self._headers["Referrer-Policy"] = "no-referrer"
+        self.html_headers()  # every answer, JSON and errors too: a redirect may become a page
 
     @property
     def token(self) -> str:
