@@ -13,12 +13,13 @@ line of at most `MAX_LINE` characters:
 Tracebacks are logged only for genuine server bugs (`service/base.py`): a bad request is one
 short line at info or warning.
 
-Repeated lines are limited (`RepeatLimit`): of one kind (the logger, the level and the message
-before its `%s` values are filled in), at most `REPEAT_LIMIT` lines per `REPEAT_WINDOW` seconds
-are written; the rest are counted, and one line says how many were suppressed once the window
-is over (when anything is next logged, or at exit). This holds for warnings and errors of every
-logger, and for every line of `app.http`, which logs each refused request (a caller can send
-as many as it likes): 5,300 bad requests in 6 s no longer write 3,182 warnings.
+Repeated lines are limited (`RepeatLimit`): of one kind (the logger, the level, the message before
+its `%s` values are filled in, and the HTTP status of a refused request), at most `REPEAT_LIMIT`
+lines per `REPEAT_WINDOW` seconds are written; the rest are counted, and one line says how many were
+suppressed once the window is over (when anything is next logged, or at exit). This holds for
+warnings and errors of every logger, and for every line of `app.http`, which logs each refused
+request (a caller can send as many as it likes): 5,300 bad requests in 6 s no longer write 3,182
+warnings.
 """
 
 from __future__ import annotations
@@ -123,10 +124,12 @@ class _Kind:
 class RepeatLimit:
     """At most `limit` lines of one kind per `window` seconds (on `clock`, monotonic).
 
-    A kind is `(logger, level, message template)`. Only warnings and worse are limited, and
-    every line of the `loggers` named (whatever its level). `admit(record)` says whether to
-    write the record, and hands back the lines to write first: one per kind whose window ended
-    with lines suppressed, saying how many. Thread-safe (database threads log too)."""
+    A kind is `(logger, level, message template, status)` (`status`: the HTTP status a request
+    failure is logged with, `service/base.py`, so that a flood of 401s hides no 413). Only warnings
+    and worse are limited, and every line of the `loggers` named (whatever its level).
+    `admit(record)` says whether to write the record, and hands back the lines to write first: one
+    per kind whose window ended with lines suppressed, saying how many. Thread-safe (database
+    threads log too)."""
 
     def __init__(self, limit: int = REPEAT_LIMIT, window: float = REPEAT_WINDOW,
                  clock: Callable[[], float] = time.monotonic,
@@ -134,7 +137,7 @@ class RepeatLimit:
                  loggers: tuple[str, ...] = LIMITED_LOGGERS) -> None:
         self.limit, self.window, self.clock = limit, window, clock
         self.level, self.loggers = level, loggers
-        self._kinds: dict[tuple[str, int, str], _Kind] = {}
+        self._kinds: dict[tuple[str, int, str, object], _Kind] = {}
         self._lock = threading.Lock()
         self._swept = -float("inf")
 
@@ -147,7 +150,8 @@ class RepeatLimit:
             done = self._sweep(now) if now - self._swept >= 1.0 else []
             if not self.limits(record):
                 return True, done
-            key = (record.name, record.levelno, str(record.msg))
+            key = (record.name, record.levelno, str(record.msg),
+                   record.__dict__.get("status"))
             kind = self._kinds.get(key)
             if kind is not None and now - kind.start >= self.window:
                 done.extend(self._summary(kind))

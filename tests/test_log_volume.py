@@ -38,6 +38,9 @@ def test_a_kind_is_limited_per_window_and_the_rest_are_counted():
     assert limit.admit(record(msg="%s -> %d!"))[0]
     assert limit.admit(record(level=logging.ERROR))[0]
     assert limit.admit(record(name="app.webhooks"))[0]
+    status = record()
+    status.status = 413  # a refused request's status (service/base.py) makes another kind
+    assert limit.admit(status)[0]
     # below warning, other loggers are never limited; app.http's lines always are
     for _ in range(3 * REPEAT_LIMIT):
         assert limit.admit(record(name="app.jobs", level=logging.INFO))[0]
