@@ -31,6 +31,7 @@ from jobs.stripe_api import MissingKey
 from models.credentials import (
     OAUTH,
     SECRET,
+    KindClash,
     StoredCredential,
     delete_credential,
     fetch_credential,
@@ -54,6 +55,13 @@ class CredentialMissing(LookupError):
 
 class CredentialsDisabled(CredentialMissing):
     """`CREDENTIALS_KEYS` is not set: the vault cannot encrypt or decrypt."""
+
+
+class CredentialClash(ValueError):
+    """A secret and an OAuth token would share a name: refused, nothing changed. Both live in
+    one name space (`ctx.credentials.get(name)` reads either), so a secret may not take the name
+    of a declared OAuth provider or of a stored OAuth token, and an OAuth token may not replace a
+    secret stored under its provider's name. `str(self)` is safe to show to the caller."""
 
 
 class CredentialUnreadable(RuntimeError):
@@ -119,10 +127,29 @@ class Vault:
     # ---- what the extension's endpoints do ----------------------------------------------------
     async def set(self, account_id: str, mode: str, name: str, value: str,
                   updated_by: str | None = None, kind: str = SECRET) -> int:
-        """Store the value encrypted; returns the time it was stored (unix seconds)."""
+        """Store the value encrypted; returns the time it was stored (unix seconds).
+
+        Raises `CredentialClash` for a secret named like a declared OAuth provider, or when the
+        name holds a value of the other kind (an OAuth token or a secret)."""
+        if kind == SECRET and name in self.oauth.providers:
+            raise CredentialClash(f"the name {name!r} belongs to the OAuth provider {name!r}: "
+                                  "choose another name for this credential")
         token = self.cipher.encrypt(value)
-        return await self.storage.run(put_credential, account_id, mode, name, token, kind,
-                                      updated_by)
+        try:
+            return await self.storage.run(put_credential, account_id, mode, name, token, kind,
+                                          updated_by)
+        except KindClash as exc:
+            if exc.kind == OAUTH:
+                raise CredentialClash(f"{name!r} is an OAuth connection in {mode} mode: choose "
+                                      "another name, or delete the connection first") from None
+            raise CredentialClash(f"a credential named {name!r} is stored in {mode} mode: "
+                                  "delete it before connecting the OAuth provider of that "
+                                  "name") from None
+
+    async def kind(self, account_id: str, mode: str, name: str) -> str | None:
+        """The kind of the value stored under `name` (`secret` or `oauth`), or None."""
+        found = await self.storage.run(fetch_credential, account_id, mode, name)
+        return found[0] if found else None
 
     async def list(self, account_id: str, modes: tuple[str, ...] = MODES
                    ) -> list[StoredCredential]:

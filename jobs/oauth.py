@@ -11,6 +11,8 @@ like jobs):
         client_id_env="ACME_CLIENT_ID",                # read from the environment at start-up
         client_secret_env="ACME_CLIENT_SECRET",
         redirect_uri="https://dashboard.stripe.com/apps-oauth/com.example.app",
+        # any other redirect URI the extension may send (test mode's, say)
+        redirect_uris=("https://dashboard.stripe.com/test/apps-oauth/com.example.app",),
     )
 
 The UI extension runs the authorization step itself (the SDK's `createOAuthState` gives it a
@@ -20,6 +22,10 @@ URL (RFC 6749 section 4.1.3, with PKCE's `code_verifier`), `OAuthProviders.refre
 refresh token before the access token expires (section 6). Both go through Authlib's httpx
 client (`AsyncOAuth2Client`): no hand-written token code. A provider whose client id or secret
 variable is unset is "not configured" (the endpoint answers 503).
+
+The `redirect_uri` sent with the code must be the one the authorization request used, so the
+extension may send it; only the provider's own (`redirect_uri` and `redirect_uris`) are ever
+sent to the token URL: any other raises `RedirectNotAllowed` before anything is sent.
 """
 
 from __future__ import annotations
@@ -63,13 +69,20 @@ class OAuthNotConfigured(RuntimeError):
     """The provider's client id or secret variable is not set."""
 
 
+class RedirectNotAllowed(ValueError):
+    """A redirect URI that is not one of the provider's; `str(self)` is safe to show."""
+
+
 @dataclass(frozen=True)
 class OAuthProvider:
     name: str
     token_url: str
     client_id_env: str
     client_secret_env: str
+    #: The redirect URI sent when the exchange names none; also an allowed one.
     redirect_uri: str | None = None
+    #: The other redirect URIs an exchange may name (exactly, as registered at the provider).
+    redirect_uris: tuple[str, ...] = ()
     #: How the client authenticates at the token URL (RFC 6749 section 2.3.1):
     #: `client_secret_basic` (HTTP Basic, the default) or `client_secret_post` (form fields).
     auth_method: str = "client_secret_basic"
@@ -78,6 +91,23 @@ class OAuthProvider:
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
             raise ValueError(f"OAuth provider name {self.name!r} must match [a-z0-9_]{{1,64}}")
+
+
+    @property
+    def allowed_redirect_uris(self) -> tuple[str, ...]:
+        """Every redirect URI an exchange may send: `redirect_uri`, then `redirect_uris`."""
+        return ((self.redirect_uri,) if self.redirect_uri else ()) + tuple(self.redirect_uris)
+
+    def redirect_for(self, requested: str | None) -> str | None:
+        """The redirect URI to send: `requested` when it is one of the provider's (exactly),
+        the default `redirect_uri` when none is requested; `RedirectNotAllowed` otherwise."""
+        if requested is None:
+            return self.redirect_uri
+        if requested not in self.allowed_redirect_uris:
+            raise RedirectNotAllowed(
+                f"redirect_uri is not one of the OAuth provider {self.name!r}'s redirect URIs"
+                + ("" if self.allowed_redirect_uris else " (it declares none)"))
+        return requested
 
 
 def expired(token: Mapping[str, Any], leeway: float = LEEWAY) -> bool:
@@ -139,8 +169,10 @@ class OAuthProviders:
 
     async def exchange(self, provider: OAuthProvider, code: str, verifier: str,
                        redirect_uri: str | None = None) -> dict[str, Any]:
-        """Trade an authorization code and its PKCE verifier for a token (RFC 6749 4.1.3)."""
-        redirect = redirect_uri or provider.redirect_uri
+        """Trade an authorization code and its PKCE verifier for a token (RFC 6749 4.1.3).
+
+        `redirect_uri` must be one of the provider's (`RedirectNotAllowed`, nothing sent)."""
+        redirect = provider.redirect_for(redirect_uri)
         async with self._client(provider, redirect_uri=redirect) as client:
             try:
                 token = await client.fetch_token(

@@ -50,16 +50,34 @@ def _where(account_id: str, mode: str, name: str) -> pw.Expression:
             & (Credential.name == name))
 
 
+class KindClash(ValueError):
+    """(account, mode, name) holds a value of another kind: a secret never replaces an OAuth
+    token, nor an OAuth token a secret (`kind` is the stored one)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"a credential of kind {kind!r} has this name")
+        self.kind = kind
+
+
 def put_credential(account_id: str, mode: str, name: str, token: str, kind: str = SECRET,
                    updated_by: str | None = None) -> int:
-    """Insert or replace the encrypted value of (account, mode, name); returns the time."""
+    """Insert or replace the encrypted value of (account, mode, name); returns the time.
+
+    Raises `KindClash`, changing nothing, when the name holds a value of another kind: the
+    upsert updates only a row of the same kind, in one statement, so that two writers of
+    different kinds cannot both win on either database."""
     t = now()
-    (Credential.insert(account_id=account_id, mode=mode, name=name, kind=kind, value=token,
-                       updated_by=updated_by, created_at=t, updated_at=t)
-     .on_conflict(conflict_target=[Credential.account_id, Credential.mode, Credential.name],
-                  update={Credential.value: token, Credential.kind: kind,
-                          Credential.updated_by: updated_by, Credential.updated_at: t})
-     .execute())
+    with write_transaction():
+        (Credential.insert(account_id=account_id, mode=mode, name=name, kind=kind, value=token,
+                           updated_by=updated_by, created_at=t, updated_at=t)
+         .on_conflict(conflict_target=[Credential.account_id, Credential.mode, Credential.name],
+                      update={Credential.value: token, Credential.updated_by: updated_by,
+                              Credential.updated_at: t},
+                      where=(Credential.kind == kind))
+         .execute())
+        stored = fetch_credential(account_id, mode, name)
+        if stored is not None and stored[0] != kind:
+            raise KindClash(stored[0])
     return int(t)
 
 

@@ -59,20 +59,14 @@ UNAVAILABLE = (pw.OperationalError, pw.InterfaceError)
 
 
 def open_database(url: str, synchronous: str = "normal") -> pw.Database:
-    """Connect the model proxy to `url`. A SQLite file and its folder are created if missing;
-    `synchronous` is SQLite's (one of `SQLITE_SYNCHRONOUS`), ignored by PostgreSQL."""
+    """Connect the model proxy to `url`. A SQLite file and its folder are created if missing,
+    this user's only (`create_private`); `synchronous` is SQLite's (one of
+    `SQLITE_SYNCHRONOUS`), ignored by PostgreSQL."""
     if synchronous not in SQLITE_SYNCHRONOUS:
         raise ValueError(f"synchronous must be one of {SQLITE_SYNCHRONOUS}, got {synchronous!r}")
     pragmas = {**SQLITE_PRAGMAS, "synchronous": synchronous}
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        folder = os.path.dirname(path)
-        if folder:
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:  # reported like any other unreachable database
-                raise pw.OperationalError(
-                    f"cannot create the folder {folder}: {exc.strerror}") from None
+        create_private(url[len("sqlite:///"):].split("?", 1)[0])
         db = connect(url, pragmas=pragmas, timeout=10, check_same_thread=False)
     elif url.startswith("sqlite"):
         db = connect(url, pragmas=pragmas)
@@ -80,6 +74,32 @@ def open_database(url: str, synchronous: str = "normal") -> pw.Database:
         db = connect(url, connect_timeout=5)
     database.initialize(db)
     return db
+
+
+#: The modes of a SQLite file and of the folder made for it: this user's only. The file holds
+#: event payloads, task inputs and encrypted credentials; SQLite gives its `-wal` and `-shm`
+#: files the main file's mode.
+PRIVATE_FILE, PRIVATE_FOLDER = 0o600, 0o700
+
+
+def create_private(path: str) -> None:
+    """Create the SQLite file `path` (empty, which SQLite reads as an empty database) with mode
+    `PRIVATE_FILE`, and its missing folders with `PRIVATE_FOLDER`, whatever the umask; an
+    existing file or folder keeps its mode. A failure is a `pw.OperationalError`, reported
+    like any other unreachable database."""
+    folder = os.path.dirname(path)
+    try:
+        if folder and not os.path.isdir(folder):
+            os.makedirs(folder, mode=PRIVATE_FOLDER, exist_ok=True)
+            os.chmod(folder, PRIVATE_FOLDER)  # `makedirs` leaves the mode to the umask
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        what = f"the folder {folder}" if folder and not os.path.isdir(folder) else path
+        raise pw.OperationalError(f"cannot create {what}: {exc.strerror}") from None
+    os.fchmod(fd, PRIVATE_FILE)
+    os.close(fd)
 
 
 def is_sqlite(db: pw.Database | pw.DatabaseProxy) -> bool:

@@ -39,6 +39,7 @@ from service.install import CallbackHandler, InstallHandler
 from service.metrics import Metrics
 from service.status import status_routes
 from service.tasks import TaskStartHandler, TaskStatusHandler
+from service.throttle import LoginThrottle
 from service.tracker import RequestTracker
 from service.webhooks import WebhookHandler
 
@@ -88,6 +89,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         compress_response=False,
         xheaders=False,
         doctor=settings.pop("doctor", None) or DoctorReport(),
+        login_throttle=settings.pop("login_throttle", None) or LoginThrottle(),
         started_at=time.time(),
         **settings,
     )

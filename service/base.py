@@ -6,6 +6,8 @@ What it guarantees, so that no handler repeats it:
   "Endpoints";
   an unexpected exception is logged with its traceback and answered as a bare 500, a database
   outage as 503, and a caller never sees a traceback or a secret; a 405 carries `Allow`;
+- every HTML page carries `HTML_HEADERS` (it cannot be framed), set in one place: `render`
+  and `write_html`;
 - a request body larger than `MAX_BODY_SIZE` never reaches a handler: `service/guard.py`
   answers 413 from the headers, and counts requests in flight from their headers on;
 - every request is counted and timed in the metrics, by handler class (by the application in
@@ -27,6 +29,8 @@ from tornado.web import HTTPError, RequestHandler
 from models.db import UNAVAILABLE
 
 if TYPE_CHECKING:
+    from asyncio import Future
+
     from jobs.credentials import Vault
     from jobs.events import EventProcessor
     from jobs.installs import InstallSync
@@ -47,6 +51,16 @@ JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 #: UI extension's origin is `null`, so any origin is allowed.
 CORS_HEADER = "Access-Control-Allow-Origin"
 CORS_ANY_ORIGIN = "*"
+#: Headers of every HTML page (the status pages, the install callback's pages): no page may be
+#: framed by another site (clickjacking: `frame-ancestors` for browsers with CSP, and
+#: `X-Frame-Options` for those without), and a page loads nothing but inline styles and
+#: `data:` images, posts forms only to this origin, and sends no referrer.
+HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 ERROR_CODES = {
     400: "bad_request",
@@ -171,6 +185,11 @@ class BaseHandler(RequestHandler):
     def compute_etag(self) -> None:
         return None
 
+    def html_headers(self) -> None:
+        """Set `HTML_HEADERS`: called by `render` and `write_html`, the two ways a handler
+        answers with a page."""
+        self._headers.update(HTML_HEADERS)
+
     @property
     def body(self) -> bytes:
         """The raw request body, exactly as received."""
@@ -181,6 +200,18 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         self._headers["Content-Type"] = JSON_CONTENT_TYPE
         self.finish(json_dumps(value))
+
+    def write_html(self, page: str, status: int = 200) -> None:
+        """Answer with an HTML page (with `HTML_HEADERS`)."""
+        self.set_status(status)
+        self._headers["Content-Type"] = "text/html; charset=utf-8"
+        self.html_headers()
+        self.finish(page)
+
+    def render(self, template_name: str, **kwargs: Any) -> Future[None]:
+        """Tornado's `render`, with `HTML_HEADERS`."""
+        self.html_headers()
+        return super().render(template_name, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, HTTPError):

@@ -15,8 +15,10 @@ feature disabled, and `Config.disabled_features()` says which, one line each, fo
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
@@ -171,10 +173,26 @@ def _origin(name: str, raw: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+#: The weakest `OPERATOR_TOKEN` accepted: this many characters, and this many bits by
+#: `estimated_bits` (`secrets.token_urlsafe(32)` makes 43 characters of about 200).
+OPERATOR_TOKEN_CHARS, OPERATOR_TOKEN_BITS = 32, 128
+MAKE_TOKEN = "python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+
+
+def estimated_bits(secret: str) -> float:
+    """A secret's entropy as its length times the Shannon entropy of its characters'
+    frequencies: low for short, repetitive or small-alphabet values (`password12345678` is
+    about 60). A heuristic: a random value scores high, and so may a long phrase."""
+    n = len(secret)
+    return -sum(c / n * math.log2(c / n) for c in Counter(secret).values()) * n
+
+
 def _operator_token(name: str, raw: str) -> str:
-    if len(raw) < 16:  # never echoed: it is a secret
-        raise ConfigError(f"{name}: must be at least 16 characters (make one with "
-                          "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    # never echoed: it is a secret
+    if len(raw) < OPERATOR_TOKEN_CHARS or estimated_bits(raw) < OPERATOR_TOKEN_BITS:
+        raise ConfigError(f"{name}: too weak: it must be at least {OPERATOR_TOKEN_CHARS} "
+                          f"random characters (an estimated {OPERATOR_TOKEN_BITS} bits or "
+                          f"more); make one with {MAKE_TOKEN}")
     return raw
 
 
@@ -370,7 +388,8 @@ class Config:
 
     operator_token: str | None = setting(
         "OPERATOR_TOKEN", None, _operator_token,
-        "the operator's secret for `/status` (16+ characters); unset: `/status` answers 503")
+        "the operator's secret for `/status`: 32+ random characters (an estimated 128+ bits; "
+        "make one with `secrets.token_urlsafe(32)`); unset: `/status` answers 503")
     credentials_keys: tuple[str, ...] = setting(
         "CREDENTIALS_KEYS", (), _fernet_keys,
         "Fernet keys for the credentials vault, comma-separated: the first encrypts, all decrypt")

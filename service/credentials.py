@@ -12,10 +12,18 @@ All are signed and need the app installed. Beyond `SignedHandler`'s checks, in t
 - 401 when a field they read is not covered by the signature: the value must come in the
   raw body the extension signed, never beside the two-key `{"user_id","account_id"}` fallback;
 - 400 for a malformed field: `mode` is `live` or `test`, `name` matches `[a-z0-9_]{1,64}`,
-  `value` is a string of at most 4096 characters;
+  `value` is a string of at most 4096 characters; every string read (`value`, `code`,
+  `verifier`, `redirect_uri`) must be text that UTF-8 can encode (JSON may escape a lone UTF-16
+  surrogate, `"\\ud800"`, which cannot be stored or sent): 400, nothing stored;
 - 403 `role_required` unless the signed `stripe_roles` hold a role id in `CREDENTIAL_ROLES`
   (set, delete and exchange; list needs none), 403 `not_installed` for a mode the account
-  has not installed the app in.
+  has not installed the app in;
+- 400 `bad_redirect_uri` when the exchange names a `redirect_uri` that is not one of the
+  provider's (`OAuthProvider.redirect_uri`/`redirect_uris`): nothing is sent to the provider;
+- 409 `name_taken`: secrets and OAuth tokens share one name space (`ctx.credentials.get(name)`
+  reads either), so a secret may not take the name of a declared OAuth provider or of a stored
+  OAuth token, and an exchange may not replace a secret stored under its provider's name (it
+  answers 409 before the code is sent to the provider); nothing changes.
 A value or token is never in an answer or a log line: answers carry names, modes and times.
 """
 
@@ -24,14 +32,31 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from jobs.credentials import Vault
-from jobs.oauth import OAuthFailure, OAuthNotConfigured
+from jobs.credentials import CredentialClash, Vault
+from jobs.oauth import OAuthFailure, OAuthNotConfigured, RedirectNotAllowed
+from models.credentials import SECRET
 from models.enums import MODES
 from service.base import APIError
 from service.signed import SignedHandler, SignedRequest
 
 NAME = re.compile(r"[a-z0-9_]{1,64}")
 MAX_VALUE = 4096
+
+
+def text(field: str, value: Any, limit: int) -> str:
+    """`value` as a string of 1 to `limit` characters that UTF-8 can encode (400 otherwise)."""
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise APIError(400, f"{field} must be a string of 1 to {limit} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, f"{field} must be valid text: it holds a lone UTF-16 surrogate "
+                       "(\\ud800 to \\udfff without its pair)") from None
+    return value
+
+
+def clash(exc: CredentialClash) -> APIError:
+    return APIError(409, str(exc), code="name_taken")
 
 
 class VaultHandler(SignedHandler):
@@ -74,11 +99,12 @@ class SetCredentialHandler(VaultHandler):
     async def handle(self, req: SignedRequest) -> dict[str, Any]:
         vault = self.vault
         mode, name = self.mode(req), self.name(req)
-        value = req.signed("value")
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_VALUE:
-            raise APIError(400, f"value must be a string of 1 to {MAX_VALUE} characters")
+        value = text("value", req.signed("value"), MAX_VALUE)
         self.require_role(req)
-        updated = await vault.set(req.account_id, mode, name, value, req.user_id)
+        try:
+            updated = await vault.set(req.account_id, mode, name, value, req.user_id)
+        except CredentialClash as exc:
+            raise clash(exc) from None
         return {"name": name, "mode": mode, "updated": updated}
 
 
@@ -105,14 +131,21 @@ class OAuthExchangeHandler(VaultHandler):
         if provider is None:
             raise APIError(404, "no such OAuth provider")
         mode = self.mode(req)
-        code, verifier = req.signed("code"), req.signed("verifier")
-        for field, value in (("code", code), ("verifier", verifier)):
-            if not isinstance(value, str) or not 0 < len(value) <= 2048:
-                raise APIError(400, f"{field} must be a non-empty string")
-        redirect_uri = req.signed("redirect_uri") if "redirect_uri" in req.body else None
-        if redirect_uri is not None and not isinstance(redirect_uri, str):
-            raise APIError(400, "redirect_uri must be a string")
+        code = text("code", req.signed("code"), 2048)
+        verifier = text("verifier", req.signed("verifier"), 2048)
+        redirect_uri = (text("redirect_uri", req.signed("redirect_uri"), 2048)
+                        if "redirect_uri" in req.body else None)
         self.require_role(req)
+        try:
+            provider.redirect_for(redirect_uri)
+        except RedirectNotAllowed as exc:
+            raise APIError(400, str(exc), code="bad_redirect_uri",
+                           reason_for_log=f"{provider.name} exchange for {req.account_id} "
+                           "named a redirect_uri that is not the provider's") from None
+        if await vault.kind(req.account_id, mode, provider.name) == SECRET:
+            raise APIError(409, f"a credential named {provider.name!r} is stored in {mode} "
+                           "mode: delete it before connecting the OAuth provider of that name",
+                           code="name_taken")
         try:
             token = await vault.oauth.exchange(provider, code, verifier, redirect_uri)
         except OAuthNotConfigured as exc:
@@ -127,6 +160,9 @@ class OAuthExchangeHandler(VaultHandler):
         if not token.get("access_token"):
             raise APIError(502, f"{provider.name} answered without an access token",
                            code="bad_gateway")
-        await vault.set_oauth(req.account_id, mode, provider.name, token, req.user_id)
+        try:
+            await vault.set_oauth(req.account_id, mode, provider.name, token, req.user_id)
+        except CredentialClash as exc:  # a secret of that name stored meanwhile
+            raise clash(exc) from None
         return {"provider": provider.name, "mode": mode, "connected": True,
                 "expires_at": token.get("expires_at"), "scope": token.get("scope")}

@@ -93,14 +93,11 @@ class PageMixin(BaseHandler):
         if self.wants_json():
             self.write_json(data, status)
             return
-        self.set_status(status)
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-        self.finish(
+        self.write_html(
             "<!doctype html><html><head><meta charset='utf-8'><title>"
             f"{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:36em;"
             "margin:4em auto;line-height:1.5}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>")
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>", status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

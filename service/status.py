@@ -3,10 +3,17 @@
 
 Authentication (`OPERATOR_TOKEN`; unset, every route here answers 503):
 - `Authorization: Bearer <token>` for scripts;
-- or the session cookie that the login form (`GET/POST /status/login`) sets: a Tornado signed
-  value under a key derived from the token (changing the token ends every session), HttpOnly,
-  SameSite=Strict, Secure when `PUBLIC_URL` is https, valid for `SESSION_HOURS`.
+- or the session cookie that the login form (`GET/POST /status/login`) sets: a random session id
+  as a Tornado signed value under a key derived from the token (changing the token ends every
+  session), HttpOnly, SameSite=Strict, Secure when `PUBLIC_URL` is https, valid for
+  `SESSION_HOURS` and only while the session's row exists in the database
+  (models/operator_sessions.py): log-out deletes it, so the old cookie is refused by every
+  process and replica.
 Without either, `/status` redirects to the login form and everything else answers 401.
+
+Wrong tokens (on the form or as a bearer) are throttled per client address and per process
+(`service/throttle.py`, the application's `login_throttle`): past the allowance, a token is
+not even checked and the answer is 429 with `Retry-After` (the form says when to try again).
 
 Every action (`/status/resume`, `/status/replay`, `/status/doctor`, `/status/logout`) is a
 POST. With the cookie it must carry the form field `_csrf`, an HMAC of the session under
@@ -37,9 +44,11 @@ from tornado.web import create_signed_value, decode_signed_value
 
 from models.enums import MODES
 from models.events import WebhookEvent
+from models.operator_sessions import close_session, open_session, session_alive
 from models.status import HOURS, PAGE_SIZE, Pages, snapshot
 from service.base import APIError, BaseHandler
 from service.doctor import DoctorReport, Status
+from service.throttle import LoginThrottle
 
 log = logging.getLogger("app.status")
 
@@ -61,6 +70,16 @@ DONE = {
 MISSING = frozenset({"not_found", "no_event"})
 CHART_COLOURS = (("processed", "#3a8f4a"), ("pending", "#9aa3ad"), ("processing", "#5b7fbf"),
                  ("failed", "#e0912f"), ("dead", "#c8412f"))
+
+
+class Throttled(APIError):
+    """Too many wrong tokens from this client or overall: 429, try again in `retry_after` s."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(429, f"too many wrong operator tokens: try again in {retry_after} s",
+                         code="too_many_requests",
+                         reason_for_log="operator token not checked: too many wrong ones")
+        self.retry_after = retry_after
 
 
 def _derive(token: str, purpose: str) -> bytes:
@@ -133,11 +152,7 @@ class OperatorHandler(BaseHandler):
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
-        self._headers["Content-Security-Policy"] = (
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-        self._headers["X-Frame-Options"] = "DENY"
-        self._headers["Referrer-Policy"] = "no-referrer"
+        self.html_headers()  # every answer, JSON and errors too: a redirect may become a page
 
     @property
     def token(self) -> str:
@@ -151,21 +166,50 @@ class OperatorHandler(BaseHandler):
     def doctor(self) -> DoctorReport:
         return self.settings["doctor"]
 
-    def prepare(self) -> None:
-        token = self.token
+    @property
+    def throttle(self) -> LoginThrottle:
+        return self.settings["login_throttle"]
+
+    def check_token(self, given: str) -> bool:
+        """Whether `given` is the operator token; a wrong one counts against this client, and
+        while it has too many, nothing is checked (`Throttled`, 429)."""
+        client = self.request.remote_ip or ""
+        wait = self.throttle.wait(client)
+        if wait:
+            raise Throttled(wait)
+        if hmac.compare_digest(given.encode(), self.token.encode()):
+            return True
+        self.throttle.failed(client)
+        return False
+
+    def session(self) -> str | None:
+        """The session id the signed cookie carries (alive or not), or None."""
+        value = self.get_cookie(COOKIE)
+        if not value:
+            return None
+        session = decode_signed_value(_derive(self.token, "cookie"), COOKIE, value,
+                                      max_age_days=SESSION_HOURS / 24)
+        return session.decode() if session is not None else None
+
+    async def prepare(self) -> None:
+        self.token  # noqa: B018  (503 when the page is off)
         header = self.request.headers.get("Authorization", "")
         if header:
             scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    given.strip().encode(), token.encode()):
+            if scheme.lower() != "bearer" or not self.check_token(given.strip()):
                 raise APIError(401, "wrong operator token",
                                reason_for_log="wrong bearer token for the status page")
             self.auth = "bearer"
             return
-        value = self.get_cookie(COOKIE)
-        if value and decode_signed_value(_derive(token, "cookie"), COOKIE, value,
-                                         max_age_days=SESSION_HOURS / 24) is not None:
+        session = self.session()
+        if session is not None and await self.storage.run(session_alive, session, time.time()):
             self.auth = "cookie"
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Throttled):  # set here: an error answer starts from cleared headers
+            self.set_header("Retry-After", str(exc.retry_after))
+        super().write_error(status_code, **kwargs)
 
     def require_auth(self) -> None:
         if self.auth is None:
@@ -205,24 +249,36 @@ class LoginHandler(OperatorHandler):
         self.token  # noqa: B018  (503 when the page is off)
         self.render("login.html", error=None)
 
-    def post(self) -> None:
-        token = self.token
+    async def post(self) -> None:
         given = self.get_body_argument("token", "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        try:
+            right = self.check_token(given)
+        except Throttled as exc:
+            log.warning("status page: log-in refused: too many wrong tokens")
+            self.set_status(429)
+            self.set_header("Retry-After", str(exc.retry_after))
+            self.render("login.html", error="Too many wrong tokens: try again in "
+                        f"{exc.retry_after} seconds.")
+            return
+        if not right:
             log.warning("status page: failed login from %s", self.request.remote_ip)
             self.set_status(401)
             self.render("login.html", error="That is not the operator token.")
             return
-        session = secrets.token_urlsafe(16)
-        signed = create_signed_value(_derive(token, "cookie"), COOKIE, session).decode()
+        session = secrets.token_urlsafe(32)
+        await self.storage.run(open_session, session, time.time(), SESSION_HOURS * 3600)
+        signed = create_signed_value(_derive(self.token, "cookie"), COOKIE, session).decode()
         self.set_cookie(COOKIE, signed, path="/", httponly=True, samesite="Strict",
                         secure=self.config.public_url.startswith("https://"))
         self.redirect("/status", status=303)
 
 
 class LogoutHandler(OperatorHandler):
-    def post(self) -> None:
+    async def post(self) -> None:
         self.check_csrf()
+        session = self.session()
+        if session is not None:  # ended here, so in every process: the cookie is refused
+            await self.storage.run(close_session, session)
         self.clear_cookie(COOKIE, path="/")
         self.redirect("/status/login", status=303)
 

@@ -35,7 +35,7 @@ def binary(tmp_path_factory):
     return folder, str(target)
 
 
-OPERATOR_TOKEN = "operator-token-" + "x" * 16
+OPERATOR_TOKEN = "bin-Hq7Rw2Kx9Tz4Lm8Vb3Nc6Pd1Fs5Gj0Ya"  # random-looking: 32+ characters
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -595,3 +595,128 @@ async def test_the_vault_on_sqlite_and_postgresql(tmp_path, db_url, monkeypatch)
     assert cli_main(["credentials", "rotate"]) == 0
     async with running(env(tmp_path, DATABASE_URL=db_url, CREDENTIALS_KEYS=KEY_2)) as app:
         assert await app.backend.vault.get("acct_1", "live", "acme_key") == "second"
+
+
+# ---- issue 23: odd text, redirect URIs, one name space ------------------------------------------
+
+def escaped(value) -> str:
+    """JSON as `JSON.stringify` writes a lone surrogate: as its `\\ud800` escape."""
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_lone_surrogate_in_a_value_is_a_400_and_nothing_is_stored(tmp_path, caplog):
+    async with running(env(tmp_path)) as app:
+        await install(app)
+        raw = escaped(body(mode="live", name="acme_key", value="a\ud800b"))
+        assert "\\ud800" in raw
+        resp = await app.signed("/api/credentials/set", raw)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["code"] == "bad_request"
+        assert "surrogate" in resp.json()["error"]["message"]
+        assert await stored_rows(app) == []
+        assert "Traceback" not in caplog.text and "-> 500" not in caplog.text
+        # a pair is text: stored and read back
+        raw = escaped(body(mode="live", name="acme_key", value="a\ud83d\ude00b"))
+        assert (await app.signed("/api/credentials/set", raw)).status_code == 200
+        assert await app.backend.vault.get("acct_1", "live", "acme_key") == "a\U0001F600b"
+
+
+def acme_at(url, **kw):
+    return OAuthProvider("acme", f"{url}/oauth/token", "ACME_CLIENT_ID", "ACME_CLIENT_SECRET",
+                         redirect_uri=REDIRECT, **kw)
+
+
+ACME_ENV = {"ACME_CLIENT_ID": "client-1", "ACME_CLIENT_SECRET": "client-secret-1"}
+LIVE_REDIRECT = "https://dashboard.stripe.com/apps-oauth/com.example.testapp"
+
+
+def token_server(code_redirects):
+    verifier, challenge = pkce_pair()
+    return verifier, {"codes": {code: {"challenge": challenge, "redirect_uri": uri}
+                                for code, uri in code_redirects.items()},
+                      "issued": 0, "refresh_tokens": set(), "refreshes": 0, "requests": [],
+                      "first_expires_in": 3600}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_exchange_sends_only_the_providers_redirect_uris(tmp_path):
+    verifier, server = token_server({"code-1": LIVE_REDIRECT, "code-2": REDIRECT})
+    async with loopback([(r"/oauth/token", TokenEndpoint, {"server": server})]) as url:
+        providers = OAuthProviders([acme_at(url, redirect_uris=(LIVE_REDIRECT,))], ACME_ENV)
+        async with running(env(tmp_path), oauth=providers) as app:
+            await install(app)
+            path = "/api/oauth/acme/exchange"
+            for evil in ("https://evil.example/cb", REDIRECT + "/", REDIRECT.upper(), ""):
+                resp = await app.signed(path, body(mode="live", code="code-1", verifier=verifier,
+                                                   redirect_uri=evil))
+                assert resp.status_code == 400, (evil, resp.text)
+                assert resp.json()["error"]["code"] in ("bad_redirect_uri", "bad_request")
+            resp = await app.signed(path, body(mode="live", code="code-1", verifier=verifier,
+                                               redirect_uri="https://evil.example/cb"))
+            assert resp.json()["error"]["code"] == "bad_redirect_uri"
+            # a lone surrogate in the code is refused before anything is sent, too
+            raw = escaped(body(mode="live", code="code-\udc00", verifier=verifier))
+            assert (await app.signed(path, raw)).status_code == 400
+            assert server["requests"] == [] and await stored_rows(app) == []
+            # one of the provider's: sent as given; none given: the default
+            resp = await app.signed(path, body(mode="live", code="code-1", verifier=verifier,
+                                               redirect_uri=LIVE_REDIRECT))
+            assert resp.status_code == 200, resp.text
+            resp = await app.signed(path, body(mode="test", code="code-2", verifier=verifier))
+            assert resp.status_code == 403  # not installed in test mode: nothing sent
+            resp = await app.signed(path, body(mode="live", code="code-2", verifier=verifier))
+            assert resp.status_code == 200, resp.text
+            sent = [parse_qs(r.body.decode())["redirect_uri"] for r in server["requests"]]
+            assert sent == [[LIVE_REDIRECT], [REDIRECT]]
+        # the jobs layer refuses it too, whoever calls it
+        with pytest.raises(ValueError, match="not one of the OAuth provider"):
+            await providers.exchange(providers.get("acme"), "code-3", verifier,
+                                     "https://evil.example/cb")
+        assert len(server["requests"]) == 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_credential_never_replaces_an_oauth_token_nor_the_reverse(tmp_path):
+    verifier, server = token_server({"code-1": REDIRECT, "code-2": REDIRECT})
+    async with loopback([(r"/oauth/token", TokenEndpoint, {"server": server})]) as url:
+        providers = OAuthProviders([acme_at(url)], ACME_ENV)
+        # a secret named "acme", stored while no provider of that name was declared
+        async with running(env(tmp_path), oauth=OAuthProviders([])) as app:
+            await install(app)
+            assert (await set_credential(app, name="acme", value="plain")).status_code == 200
+        async with running(env(tmp_path), oauth=providers) as app:
+            # the exchange may not replace it: 409 before the code is sent
+            path = "/api/oauth/acme/exchange"
+            resp = await app.signed(path, body(mode="live", code="code-1", verifier=verifier))
+            assert resp.status_code == 409, resp.text
+            assert resp.json()["error"]["code"] == "name_taken"
+            assert "delete it" in resp.json()["error"]["message"]
+            assert server["requests"] == []
+            assert await app.backend.vault.get("acct_1", "live", "acme") == "plain"
+            # and the vault refuses it whoever calls it
+            with pytest.raises(ValueError, match="delete it before connecting"):
+                await app.backend.vault.set_oauth("acct_1", "live", "acme",
+                                                  {"access_token": "x"})
+            assert await app.backend.vault.get("acct_1", "live", "acme") == "plain"
+            # once deleted, the provider connects
+            resp = await app.signed("/api/credentials/delete", body(mode="live", name="acme"))
+            assert resp.json()["deleted"] is True
+            resp = await app.signed(path, body(mode="live", code="code-1", verifier=verifier))
+            assert resp.status_code == 200, resp.text
+            # now a secret may not take its name: 409, the token untouched
+            resp = await set_credential(app, name="acme", value="overwrite")
+            assert resp.status_code == 409, resp.text
+            assert resp.json()["error"]["code"] == "name_taken"
+            assert await app.backend.vault.get("acct_1", "live", "acme") == "access-token-1"
+            (row,) = await stored_rows(app)
+            assert row.kind == "oauth"
+        # nor when the provider is no longer declared: the stored token keeps its name
+        async with running(env(tmp_path), oauth=OAuthProviders([])) as app:
+            resp = await set_credential(app, name="acme", value="overwrite")
+            assert resp.status_code == 409, resp.text
+            assert "OAuth connection" in resp.json()["error"]["message"]
+            (row,) = await stored_rows(app)
+            assert row.kind == "oauth"

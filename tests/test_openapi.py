@@ -39,15 +39,18 @@ from models.tasks import enqueue
 from service.config import Config
 from service.server import Backend
 from service.signatures import extension_signed_string
+from service.throttle import LoginThrottle
 
 #: Generated cases per operation and phase (kept modest: the suite stays fast).
 MAX_EXAMPLES = 15
-OPERATOR_TOKEN = "operator-token-for-the-openapi-test"
+OPERATOR_TOKEN = "oas-Wm3Kq8Zt1Rx6Lb9Hv4Nd7Cp2Gf5Js0Ye"  # random-looking: 32+ characters
 #: A fixed Fernet key (32 bytes, URL-safe base64): the vault is on.
 CREDENTIALS_KEY = "b3BlbmFwaS10ZXN0LWtleS0zMi1ieXRlcy1sb25nISE="
 #: The code the loopback OAuth provider accepts (the description's example sends it).
 GOOD_CODE = "good-code"
 TASK_ID = re.compile(r"task_[0-9a-f]{32}")
+#: A log-in throttle that never holds anyone up (the fuzzed cases; throttling has its test).
+UNTHROTTLED = LoginThrottle(per_client=(10**9, 1.0), overall=(10**9, 1.0))
 
 schema = schemathesis.openapi.from_path(
     os.path.join(ROOT, "docs", "openapi.yaml"),
@@ -127,6 +130,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_LiveBackend]:
                    OPERATOR_TOKEN=OPERATOR_TOKEN, TASK_CONCURRENCY="0", TASK_MAX_PENDING="5")
     backend = _LiveBackend(env)
     with backend:
+        # generated cases send wrong operator tokens: throttled, the right one half of them
+        # carry would be refused too (429), and the pages' answers would go untested
+        backend.backend.app.settings["login_throttle"] = UNTHROTTLED
         yield backend
 
 
@@ -240,6 +246,26 @@ def test_the_operator_session_answers_match_the_description(live: _LiveBackend,
         resp = _conforms(browser.post("/status/logout", data={"_csrf": csrf[1]}),
                          "/status/logout", "POST")
         assert resp.status_code == 303 and resp.headers["location"] == "/status/login"
+
+
+def test_throttled_log_ins_match_the_description(live: _LiveBackend, live_url: str) -> None:
+    """Too many wrong tokens: the form's 429 (a page) and a bearer request's (JSON), each with
+    `Retry-After`."""
+    settings = live.backend.app.settings
+    settings["login_throttle"] = LoginThrottle(per_client=(1, 3600.0))
+    try:
+        with httpx.Client(base_url=live_url, timeout=20, follow_redirects=False) as client:
+            assert _conforms(client.post("/status/login", data={"token": "wrong"}),
+                             "/status/login", "POST").status_code == 401
+            resp = _conforms(client.post("/status/login", data={"token": OPERATOR_TOKEN}),
+                             "/status/login", "POST")
+            assert resp.status_code == 429 and resp.headers["retry-after"] == "3600"
+            for path in ("/status", "/status.json"):
+                resp = _conforms(client.get(path, headers={
+                    "Authorization": f"Bearer {OPERATOR_TOKEN}"}), path, "GET")
+                assert resp.status_code == 429, path
+    finally:
+        settings["login_throttle"] = UNTHROTTLED
 
 
 def test_features_off_and_writes_refused_match_the_description(

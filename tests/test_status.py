@@ -19,7 +19,7 @@ from models.installation import Installation, apply_state, set_paused
 from models.migrate import migrate
 from service.status import COOKIE, _derive
 
-TOKEN = "operator-token-" + "x" * 20
+TOKEN = "status-Pz4Xk9Qm2Wr7Lt1Hb6Vn3Cd8Gs5Jf0Ya"  # random-looking: 32+ characters
 
 
 class Flaky:

@@ -590,3 +590,19 @@ async def test_a_task_claimed_ahead_goes_back_to_the_queue_when_no_slot_frees(tm
                                                           ("running", 1, True)] else None
         await wait_for(one_given_back, 20, "the task claimed ahead went back to the queue")
         assert len(app.backend.task_worker.running) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_lone_surrogate_in_a_task_input_is_kept_as_its_escape(tmp_path, caplog):
+    """JSON may escape a lone UTF-16 surrogate (`JSON.stringify` writes `"\\ud800"`): a task's
+    input is stored as JSON with every non-ASCII character escaped, so it reaches the task and
+    comes back in its status as the same escape, never a 500 (issue 23)."""
+    async with running(base_env(tmp_path), registry=registry_of(echo)) as app:
+        await install(app)
+        raw = json.dumps(ident(note="a\ud800b", **{"k\udfff": 1}), separators=(",", ":"))
+        assert "\\ud800" in raw
+        resp = await app.signed("/api/tasks/echo", raw)
+        assert resp.status_code == 202, resp.text
+        done = await finished(app, resp.json()["task_id"])
+        assert done["result"]["input"] == {"note": "a\ud800b", "k\udfff": 1}
+        assert "Traceback" not in caplog.text
