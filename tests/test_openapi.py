@@ -40,9 +40,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 import schemathesis
 import tornado.web
+import yaml
 from conftest import (
     APP_SECRET,
     ROOT,
@@ -53,7 +55,8 @@ from conftest import (
     make_event,
     sign,
 )
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.generation.meta import REQUEST_SHAPE_PROBES, coverage_scenario
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
@@ -61,10 +64,12 @@ from jobs.oauth import OAuthProvider, OAuthProviders
 from models.installation import apply_state
 from models.tasks import enqueue
 from service.config import Config
-from service.install import COOKIE
+from service.ids import ACCOUNT_ID, EVENT_ID, USER_ID
+from service.install import _PARAM, COOKIE
 from service.server import Backend
 from service.signatures import canonical_identity, extension_signed_string, install_signed_string
 from service.state_token import StateTokens
+from service.webhooks import EVENT_TYPE
 
 #: Generated cases per operation and phase (kept modest: the suite stays fast).
 MAX_EXAMPLES = 15
@@ -379,3 +384,65 @@ def test_features_off_and_writes_refused_match_the_description(
         resp = _conforms(client.get("/healthz"), "/healthz", "GET")
         assert resp.status_code == 503 and resp.json()["status"] == "degraded"
         assert resp.json()["database"]["writable"] is False
+
+
+def _resolved(node: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        document_part: Any = document
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            document_part = document_part[part]
+        node = document_part
+    return node
+
+
+def _field_schemas() -> list[tuple[str, dict[str, Any], re.Pattern[str]]]:
+    """(where, the description's schema, the code's pattern) for each string field of the
+    Stripe-only operations and of every signed body."""
+    with open(os.path.join(ROOT, "docs", "openapi.yaml")) as f:
+        doc = yaml.safe_load(f)
+    callback = {p["name"]: p["schema"] for p in doc["paths"]["/callback/stripe"]["get"][
+        "parameters"]}
+    event = doc["paths"]["/webhooks"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]
+    signed = doc["components"]["schemas"]["SignedBody"]["properties"]
+    pairs = [("callback state", callback["state"], _PARAM["state"]),
+             ("callback user_id", callback["user_id"], USER_ID),
+             ("callback account_id", callback["account_id"], ACCOUNT_ID),
+             ("callback install_signature", callback["install_signature"],
+              _PARAM["install_signature"]),
+             ("event id", event["id"], EVENT_ID), ("event type", event["type"], EVENT_TYPE),
+             ("event account", event["account"], ACCOUNT_ID),
+             ("signed user_id", signed["user_id"], USER_ID),
+             ("signed account_id", signed["account_id"], ACCOUNT_ID)]
+    return [(where, _resolved(schema, doc), code) for where, schema, code in pairs]
+
+
+FIELDS = _field_schemas()
+_ALPHABET = [chr(c) for c in range(0x20, 0x7f)] + ["\t", "\n", "\x7f", "é", "\u2028", "😀"]
+
+
+@pytest.mark.parametrize("where,described,code", FIELDS, ids=[f[0] for f in FIELDS])
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_each_field_accepts_what_the_code_accepts(where: str, described: dict[str, Any],
+                                                  code: re.Pattern[str],
+                                                  data: st.DataObject) -> None:
+    """The description's pattern and length limits accept exactly the strings the code's
+    pattern accepts: strings either would accept (and arbitrary text), each also with its last
+    character replaced by every printable ASCII character (and a few others), and stretched to
+    the length limits and one past them."""
+    schema = {k: v for k, v in described.items() if k in ("type", "pattern", "minLength",
+                                                          "maxLength")}
+    valid = jsonschema_rs.validator_for(schema).is_valid
+    text = data.draw(st.one_of(st.from_regex(code, fullmatch=True),
+                               st.from_regex(described["pattern"]), st.text(max_size=20)))
+    low, high = schema.get("minLength", 0), schema["maxLength"]
+    candidates = [text]
+    if text:
+        candidates += [text[:-1] + c for c in _ALPHABET]
+        candidates += [text[:n] for n in (low - 1, low) if n >= 0]
+        candidates += [text + text[-1] * (n - len(text)) for n in (high, high + 1)
+                       if n > len(text)]
+    for value in candidates:
+        assert valid(value) == bool(code.fullmatch(value)), (where, value[:80], len(value))
