@@ -5,12 +5,26 @@ examples and coverage phases), and sends them to a real backend on loopback. No 
 
 Half of the generated `/api/...` bodies (chosen by the body, not by chance) are signed as the
 UI extension's would be, so that the endpoints' success paths are described and checked too;
-the account `acct_1` is installed in live mode. Every feature is on: the credentials vault
-(`CREDENTIALS_KEYS`), an OAuth provider `acme` whose token endpoint is served on loopback, the
-registry's tasks (queued only: `TASK_CONCURRENCY=0`), and the status page (`OPERATOR_TOKEN`):
-half of the `/status` requests (chosen the same way) carry the operator's bearer token, as an
-explicit credential, so that schemathesis also checks that the pages refuse a request without
-it or with a wrong one. Example counts: docs/reliability.md.
+the account `acct_1` is installed in live mode. A webhook is valid data only when Stripe signed
+it, and no header value is valid without the secret: every webhook otherwise valid is signed,
+and half of the others. Half of the install callbacks without `error` carry a valid
+`install_signature` (and, with a `state`, a state issued to their install cookie), so that the
+callback's success answers are checked too.
+
+schemathesis's check that valid data is not refused (`positive_data_acceptance`) runs on every
+operation but the `/status` requests without the operator's token. Two valid requests answer
+400 by design, as the description says, and for those alone the test checks the exact answer
+instead: a callback holding `error` (the user cancelled: always 400 `install_cancelled`) and a
+signed OAuth exchange whose code the provider refuses (400 `oauth_refused`). The field
+shapes of those two Stripe-only operations are also compared with the code's own patterns
+directly (generated cases rarely reach a length limit).
+
+Every feature is on: the credentials vault (`CREDENTIALS_KEYS`), an OAuth provider `acme` whose
+token endpoint is served on loopback, the registry's tasks (queued only: `TASK_CONCURRENCY=0`),
+and the status page (`OPERATOR_TOKEN`): half of the `/status` requests (chosen the same way)
+carry the operator's bearer token, as an explicit credential, so that schemathesis also checks
+that the pages refuse a request without it or with a wrong one. Example counts:
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -26,23 +40,42 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 import schemathesis
 import tornado.web
-from conftest import APP_SECRET, ROOT, WH_LIVE, base_env, free_port, make_event, sign
-from hypothesis import HealthCheck, settings
+import yaml
+from conftest import (
+    APP_SECRET,
+    ROOT,
+    WH_LIVE,
+    WH_TEST,
+    base_env,
+    free_port,
+    make_event,
+    sign,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.generation.meta import REQUEST_SHAPE_PROBES, coverage_scenario
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from jobs.oauth import OAuthProvider, OAuthProviders
 from models.installation import apply_state
 from models.tasks import enqueue
 from service.config import Config
+from service.ids import ACCOUNT_ID, EVENT_ID, USER_ID
+from service.install import _PARAM, COOKIE
 from service.server import Backend
-from service.signatures import extension_signed_string
+from service.signatures import canonical_identity, extension_signed_string, install_signed_string
+from service.state_token import StateTokens
 from service.throttle import LoginThrottle
+from service.webhooks import EVENT_TYPE
 
 #: Generated cases per operation and phase (kept modest: the suite stays fast).
 MAX_EXAMPLES = 15
+#: The same for the two operations only Stripe calls.
+STRIPE_EXAMPLES = 50
 OPERATOR_TOKEN = "oas-Wm3Kq8Zt1Rx6Lb9Hv4Nd7Cp2Gf5Js0Ye"  # random-looking: 32+ characters
 #: A fixed Fernet key (32 bytes, URL-safe base64): the vault is on.
 CREDENTIALS_KEY = "b3BlbmFwaS10ZXN0LWtleS0zMi1ieXRlcy1sb25nISE="
@@ -57,6 +90,10 @@ schema = schemathesis.openapi.from_path(
     config=schemathesis.config.SchemathesisConfig.from_dict({
         "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True,
                        "mode": "all"},
+        # What only Stripe sends, and only signed: more cases, so that any difference between
+        # the description and the code is found (about 1 ms each).
+        "operations": [{"include-path": path, "generation": {"max-examples": STRIPE_EXAMPLES}}
+                       for path in ("/webhooks", "/callback/stripe")],
     }))
 
 
@@ -106,12 +143,13 @@ class _LiveBackend:
         self.task_id: str = self.run(install())
         return self
 
-    def answered(self) -> dict[str, int]:
-        """Requests answered so far, by status code."""
+    def answered(self, handler: str | None = None) -> dict[str, int]:
+        """Requests answered so far (by `handler`, or by all), by status code."""
         counts: dict[str, int] = {}
         for metric in self.backend.metrics.requests.collect():
             for sample in metric.samples:
-                if sample.name.endswith("_total"):
+                if sample.name.endswith("_total") and handler in (None,
+                                                                  sample.labels["handler"]):
                     code = sample.labels["code"]
                     counts[code] = counts.get(code, 0) + int(sample.value)
         return counts
@@ -141,20 +179,31 @@ def live_url(live: _LiveBackend) -> str:
     return f"http://127.0.0.1:{live.backend.port}"
 
 
+def _checksum(value: object) -> int:
+    return zlib.crc32(repr(value).encode("utf-8", "backslashreplace"))
+
+
 def _sign_like_stripe(case: Any, task_id: str) -> bool:
-    """Sign the case's body as Stripe would (for the extension, or a webhook), for about half
-    of the bodies (chosen by a checksum of the body); True when it did. A signed task status
-    request asks for `task_id` (a task that exists) instead of the well-formed one generated."""
+    """Sign the case's body as Stripe would (for the extension, or a webhook); True when it did.
+    Signed: every webhook that is valid data but for its signature (only Stripe can make a
+    valid one), and about half of the other bodies (chosen by a checksum of the body). A test
+    event is signed with the test secret or the live one (both are Stripe's ways), a live one
+    with the live secret. A signed task status request asks for `task_id` (a task that exists)
+    instead of the well-formed one generated."""
     body = case.body
     if "Stripe-Signature" not in (case.headers or {}):
         return False  # a case that leaves the header out on purpose
     if case.method != "POST" or not isinstance(body, dict):
         return False
-    if zlib.crc32(repr(body).encode("utf-8", "backslashreplace")) % 2:
+    meta = case.meta
+    valid = meta is not None and meta.generation.mode.is_positive
+    if _checksum(body) % 2 and not (case.path == "/webhooks" and valid):
         return False  # the generated Stripe-Signature stays
     try:
         if case.path == "/webhooks":
-            signed, secret = json.dumps(body), WH_LIVE
+            signed = json.dumps(body)
+            secret = WH_TEST if body.get("livemode") is False and _checksum(body) % 4 < 2 \
+                else WH_LIVE
         elif isinstance(body.get("user_id"), str) and isinstance(body.get("account_id"), str):
             payload = {k: v for k, v in body.items() if k not in ("user_id", "account_id")}
             signed = extension_signed_string(payload, body["user_id"], body["account_id"])
@@ -170,6 +219,51 @@ def _sign_like_stripe(case: Any, task_id: str) -> bool:
         return False
     case.headers = {**case.headers, "Stripe-Signature": sign(signed, secret)}
     return True
+
+
+def _sign_install(case: Any) -> bool:
+    """Give about half of the install callbacks without `error` (chosen by a checksum of the
+    query) a valid `install_signature`, as Stripe's redirect would carry; True when it did.
+    With a `state`, the state is replaced by one issued to the case's install cookie (its own,
+    or a new one), as `GET /install` would have."""
+    query = case.query or {}
+    user_id, account_id = query.get("user_id"), query.get("account_id")
+    if (case.path != "/callback/stripe" or case.method != "GET" or "error" in query
+            or not isinstance(user_id, str)
+            or not isinstance(account_id, str) or _checksum(sorted(query.items())) % 2):
+        return False
+    if "state" in query:
+        browser = (case.cookies or {}).get(COOKIE)
+        if not isinstance(browser, str):
+            browser = f"browser-{_checksum(sorted(query.items()))}"
+            case.cookies = {**(case.cookies or {}), COOKIE: browser}
+        state = StateTokens([APP_SECRET]).issue(browser)
+        signed = install_signed_string(state, user_id, account_id)
+        query = {**query, "state": state}
+    else:  # an install started in the App Marketplace
+        signed = canonical_identity(user_id, account_id)
+    case.query = {**query, "install_signature": sign(signed, APP_SECRET)}
+    return True
+
+
+def _refused_by_design(case: Any, signed: bool) -> str | None:
+    """The error code of the one 400 the description gives this request although it is valid
+    data, if it has one: a callback holding `error` (the user cancelled at Stripe), and a
+    signed exchange naming a redirect URI the provider does not declare, or of a code the
+    provider refuses. None for schemathesis's
+    request-shape probes (an undeclared method or content type), which only check for 5xx."""
+    if coverage_scenario(case) in REQUEST_SHAPE_PROBES:
+        return None
+    if (case.path == "/callback/stripe" and case.method == "GET"
+            and isinstance((case.query or {}).get("error"), str)):
+        return "install_cancelled"  # given once (twice is a malformed request)
+    if (case.path == "/api/oauth/{provider}/exchange" and signed
+            and case.path_parameters.get("provider") == "acme"):
+        if "redirect_uri" in case.body:  # `acme` declares no redirect URI: none is allowed
+            return "bad_redirect_uri"
+        if case.body.get("code") != GOOD_CODE:
+            return "oauth_refused"
+    return None
 
 
 def _operator_headers(case: Any) -> dict[str, str] | None:
@@ -188,31 +282,43 @@ def _operator_headers(case: Any) -> dict[str, str] | None:
           suppress_health_check=list(HealthCheck))
 def test_every_answer_matches_the_description(case: Any, live: _LiveBackend,
                                               live_url: str) -> None:
-    signed = _sign_like_stripe(case, live.task_id)
+    signed = _sign_like_stripe(case, live.task_id) or _sign_install(case)
     headers = _operator_headers(case)
     excluded = []
-    if case.path in ("/callback/stripe", "/api/oauth/{provider}/exchange") or (
-            case.path == "/webhooks" and not signed):
-        # By design, a valid `error` (the user cancelled) answers 400, and so do a webhook
-        # whose signature does not verify (Stripe's convention) and a code the OAuth provider
-        # refuses: see the description.
-        excluded.append(positive_data_acceptance)
+    by_design = _refused_by_design(case, signed)
+    if by_design is not None:
+        excluded.append(positive_data_acceptance)  # checked below instead, with its exception
     if case.path.startswith("/status") and headers is None:
         # Without the token the answer is 303 or 401 before the input is read, by design.
         excluded += [positive_data_acceptance, negative_data_rejection]
-    case.call_and_validate(base_url=live_url, timeout=20, excluded_checks=excluded,
-                           headers=headers)
+    resp = case.call_and_validate(base_url=live_url, timeout=20, excluded_checks=excluded,
+                                  headers=headers)
+    if by_design == "install_cancelled":  # whatever else the request holds
+        assert resp.status_code == 400, (resp.status_code, resp.text)
+        if "text/html" not in case.headers.get("Accept", ""):
+            assert resp.json()["error"]["code"] == by_design, resp.text
+    elif by_design is not None:
+        if resp.status_code == 400 and case.meta.generation.mode.is_positive:
+            assert resp.json()["error"]["code"] == by_design, resp.text
+        else:
+            case.validate_response(resp, checks=[positive_data_acceptance])
 
 
 def test_the_run_reached_every_kind_of_answer(live: _LiveBackend) -> None:
     """After the generated cases (this test runs after them, in file order): the server, not
-    only the client, saw many requests, a fair share of them signed successes, and no 5xx."""
+    only the client, saw many requests, a fair share of them signed successes (webhooks stored
+    and callbacks installed among them), and no 5xx."""
     answered = live.answered()
     if not answered:
         pytest.skip("selected without the generated cases")
     assert sum(answered.values()) >= 300, answered
     assert answered.get("200", 0) >= 10, answered
     assert not [code for code in answered if code.startswith("5")], answered
+    webhooks = live.answered("WebhookHandler")
+    assert webhooks.get("200", 0) >= 3 and webhooks.get("400", 0) >= 10, webhooks
+    callbacks = live.answered("CallbackHandler")
+    assert callbacks.get("200", 0) >= 5 and callbacks.get("400", 0) >= 10, callbacks
+    assert callbacks.get("401", 0) >= 3, callbacks
 
 
 def _conforms(resp: httpx.Response, path: str, method: str) -> httpx.Response:
@@ -307,3 +413,65 @@ def test_features_off_and_writes_refused_match_the_description(
         resp = _conforms(client.get("/healthz"), "/healthz", "GET")
         assert resp.status_code == 503 and resp.json()["status"] == "degraded"
         assert resp.json()["database"]["writable"] is False
+
+
+def _resolved(node: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        document_part: Any = document
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            document_part = document_part[part]
+        node = document_part
+    return node
+
+
+def _field_schemas() -> list[tuple[str, dict[str, Any], re.Pattern[str]]]:
+    """(where, the description's schema, the code's pattern) for each string field of the
+    Stripe-only operations and of every signed body."""
+    with open(os.path.join(ROOT, "docs", "openapi.yaml")) as f:
+        doc = yaml.safe_load(f)
+    callback = {p["name"]: p["schema"] for p in doc["paths"]["/callback/stripe"]["get"][
+        "parameters"]}
+    event = doc["paths"]["/webhooks"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]
+    signed = doc["components"]["schemas"]["SignedBody"]["properties"]
+    pairs = [("callback state", callback["state"], _PARAM["state"]),
+             ("callback user_id", callback["user_id"], USER_ID),
+             ("callback account_id", callback["account_id"], ACCOUNT_ID),
+             ("callback install_signature", callback["install_signature"],
+              _PARAM["install_signature"]),
+             ("event id", event["id"], EVENT_ID), ("event type", event["type"], EVENT_TYPE),
+             ("event account", event["account"], ACCOUNT_ID),
+             ("signed user_id", signed["user_id"], USER_ID),
+             ("signed account_id", signed["account_id"], ACCOUNT_ID)]
+    return [(where, _resolved(schema, doc), code) for where, schema, code in pairs]
+
+
+FIELDS = _field_schemas()
+_ALPHABET = [chr(c) for c in range(0x20, 0x7f)] + ["\t", "\n", "\x7f", "é", "\u2028", "😀"]
+
+
+@pytest.mark.parametrize("where,described,code", FIELDS, ids=[f[0] for f in FIELDS])
+@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_each_field_accepts_what_the_code_accepts(where: str, described: dict[str, Any],
+                                                  code: re.Pattern[str],
+                                                  data: st.DataObject) -> None:
+    """The description's pattern and length limits accept exactly the strings the code's
+    pattern accepts: strings either would accept (and arbitrary text), each also with its last
+    character replaced by every printable ASCII character (and a few others), and stretched to
+    the length limits and one past them."""
+    schema = {k: v for k, v in described.items() if k in ("type", "pattern", "minLength",
+                                                          "maxLength")}
+    valid = jsonschema_rs.validator_for(schema).is_valid
+    text = data.draw(st.one_of(st.from_regex(code, fullmatch=True),
+                               st.from_regex(described["pattern"]), st.text(max_size=20)))
+    low, high = schema.get("minLength", 0), schema["maxLength"]
+    candidates = [text]
+    if text:
+        candidates += [text[:-1] + c for c in _ALPHABET]
+        candidates += [text[:n] for n in (low - 1, low) if n >= 0]
+        candidates += [text + text[-1] * (n - len(text)) for n in (high, high + 1)
+                       if n > len(text)]
+    for value in candidates:
+        assert valid(value) == bool(code.fullmatch(value)), (where, value[:80], len(value))
