@@ -118,11 +118,13 @@ class Vault:
 
     # ---- what the extension's endpoints do ----------------------------------------------------
     async def set(self, account_id: str, mode: str, name: str, value: str,
-                  updated_by: str | None = None, kind: str = SECRET) -> int:
-        """Store the value encrypted; returns the time it was stored (unix seconds)."""
+                  updated_by: str | None = None, kind: str = SECRET,
+                  max_count: int | None = None) -> int:
+        """Store the value encrypted; returns the time it was stored (unix seconds). With
+        `max_count`, a new name past that many in the mode raises `TooManyCredentials`."""
         token = self.cipher.encrypt(value)
         return await self.storage.run(put_credential, account_id, mode, name, token, kind,
-                                      updated_by)
+                                      updated_by, max_count)
 
     async def list(self, account_id: str, modes: tuple[str, ...] = MODES
                    ) -> list[StoredCredential]:

@@ -19,6 +19,11 @@ claims never serialise the replicas on each other:
 Leases use the shared definitions of `models/leases.py` ("held", "expired", one renewing
 UPDATE for all the tasks a worker holds, `renew_tasks`).
 
+A start (`enqueue`) is bounded per account (`StartBounds`, docs/security.md): the input's
+size, starts in the last minute, unfinished tasks, and the bytes the account's task rows take
+(inputs, results, errors). The counts and the insert are one write transaction, serial per
+account across replicas. Stored errors are cut to `MAX_ERROR_CHARS`.
+
 `Task` is an `AccountModel`: an uninstall deletes the account's tasks in that mode (queued ones
 never start; a running one loses its row, so its runner's next lease renewal fails and it is
 cancelled) together with their results.
@@ -26,8 +31,10 @@ cancelled) together with their results.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
 import secrets
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -82,6 +89,7 @@ class Task(AccountModel):
             (("status", "next_attempt_at"), False),
             (("status", "finished_at"), False),  # the status page and retention (008)
             (("account_id", "name", "status"), False),
+            (("account_id", "created_at"), False),  # the per-account start limit (011)
         )
 
 
@@ -131,23 +139,109 @@ class TooManyTasks(Exception):
     """The account already has `limit` unfinished tasks."""
 
 
+class InputTooLarge(ValueError):
+    """The task's input, as stored (compact JSON), is longer than its task allows."""
+
+
+class StartsThrottled(Exception):
+    """The account started its `StartBounds.per_minute` tasks in the last minute."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        #: Seconds until the oldest of those starts is a minute old.
+        self.retry_after = retry_after
+
+
+class StorageFull(Exception):
+    """The account's tasks already take `StartBounds.stored_bytes`."""
+
+
+#: Bytes a task row counts for besides its input, result and error (its other columns and
+#: its index entries, roughly): so that many small tasks count too, and the sum that checks
+#: the bound reads at most `stored_bytes / ROW_BYTES` rows.
+ROW_BYTES = 256
+#: The longest error text stored for a task (an error may quote the task's input).
+MAX_ERROR_CHARS = 2000
+START_WINDOW = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartBounds:
+    """What one account may start and keep (README, "Configuration"; docs/security.md)."""
+
+    max_pending: int = 20  # unfinished tasks (`TASK_MAX_PENDING`)
+    per_minute: int = 30  # starts in the last minute (`TASK_STARTS_PER_MINUTE`)
+    stored_bytes: int = 10 * 1024 * 1024  # inputs, results, errors (`TASK_MAX_STORED_BYTES`)
+    input_bytes: int = 16 * 1024  # this task's input (`@task(max_input_bytes=...)`)
+
+
+def _octets(column: pw.Field) -> pw.Expression:
+    """The length of a text column in bytes (0 when NULL)."""
+    if is_sqlite(Task._meta.database):
+        length = pw.fn.LENGTH(pw.Cast(column, "BLOB"))
+    else:
+        length = pw.fn.OCTET_LENGTH(column)
+    return pw.fn.COALESCE(length, 0)
+
+
+def stored_bytes(account_id: str) -> int:
+    """What the account's task rows take, as the storage bound counts it: the bytes of their
+    inputs, results and errors, and `ROW_BYTES` per row."""
+    total = (Task.select(pw.fn.SUM(_octets(Task.input) + _octets(Task.result)
+                                   + _octets(Task.error) + ROW_BYTES))
+             .where(Task.account_id == account_id).scalar())
+    return int(total or 0)
+
+
+def _check_bounds(account_id: str, size: int, t: float, bounds: StartBounds) -> None:
+    """Inside the start's write transaction, under the account's lock: raise when this start
+    would pass one of the account's bounds; the cheapest count first."""
+    recent, oldest = (Task.select(pw.fn.COUNT(Task.id), pw.fn.MIN(Task.created_at))
+                      .where((Task.account_id == account_id)
+                             & (Task.created_at > t - START_WINDOW)).tuples().get())
+    if recent >= bounds.per_minute:
+        wait = max(1, math.ceil(oldest + START_WINDOW - t))
+        raise StartsThrottled(f"{account_id} started {recent} tasks in the last minute "
+                              f"(limit {bounds.per_minute})", wait)
+    pending = Task.select().where(
+        (Task.account_id == account_id)
+        & Task.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))).count()
+    if pending >= bounds.max_pending:
+        raise TooManyTasks(f"{account_id} has {pending} unfinished tasks")
+    used = stored_bytes(account_id)
+    if used + size + ROW_BYTES > bounds.stored_bytes:
+        raise StorageFull(f"{account_id}'s tasks take {used} bytes; this one would take "
+                          f"{size + ROW_BYTES} more (limit {bounds.stored_bytes})")
+
+
 def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
-            max_attempts: int, max_pending: int) -> TaskView:
-    """Insert a queued task, unless the account already has `max_pending` unfinished tasks."""
+            max_attempts: int, max_pending: int | None = None,
+            bounds: StartBounds | None = None) -> TaskView:
+    """Insert a queued task, unless it would pass one of the account's `bounds` (default
+    `StartBounds()`, with `max_pending` when given): `InputTooLarge` (checked before the
+    database is), `StartsThrottled`, `TooManyTasks` or `StorageFull`, and nothing is stored.
+
+    The counts and the insert are one write transaction, serial per account on every replica:
+    SQLite's write lock, or on PostgreSQL a transaction-level advisory lock on the account, so
+    two starts at once cannot both pass a count."""
+    bounds = bounds or StartBounds()
+    if max_pending is not None:
+        bounds = dataclasses.replace(bounds, max_pending=max_pending)
+    text = json.dumps(dict(input), separators=(",", ":"))
+    size = len(text)  # ensure_ascii: characters are bytes
+    if size > bounds.input_bytes:
+        raise InputTooLarge(f"the input takes {size} bytes as JSON; this task takes at most "
+                            f"{bounds.input_bytes}")
     with write_transaction():
         db = Task._meta.database
         if not is_sqlite(db):  # two starts of one account at once must not both pass the count
             db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)",
                            (START_LOCK_CLASS, _lock_key(account_id)))
-        pending = Task.select().where(
-            (Task.account_id == account_id)
-            & Task.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))).count()
-        if pending >= max_pending:
-            raise TooManyTasks(f"{account_id} has {pending} unfinished tasks")
         t = now()
+        _check_bounds(account_id, size, t, bounds)
         row = Task.create(id=new_task_id(), account_id=account_id, mode=mode, name=name,
-                          input=json.dumps(dict(input), separators=(",", ":")),
-                          max_attempts=max_attempts, created_at=t, next_attempt_at=t)
+                          input=text, max_attempts=max_attempts, created_at=t,
+                          next_attempt_at=t)
     return TaskView.of(row)
 
 
@@ -333,7 +427,8 @@ def _record(outcomes: Sequence[Outcome], holder: str) -> list[bool]:
         for o in chunk:
             retry = o.retry_at is not None
             params += [o.task_id, o.attempt, str(TaskStatus.QUEUED if retry else o.status),
-                       o.progress, o.note, o.error,
+                       o.progress, o.note,
+                       None if o.error is None else o.error[:MAX_ERROR_CHARS],
                        None if o.result is None or retry else json.dumps(o.result), o.retry_at]
         params += [str(TaskStatus.RUNNING), holder]
         done.update(row[0] for row in db.execute_sql(sql, params).fetchall())

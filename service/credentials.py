@@ -16,6 +16,10 @@ All are signed and need the app installed. Beyond `SignedHandler`'s checks, in t
 - 403 `role_required` unless the signed `stripe_roles` hold a role id in `CREDENTIAL_ROLES`
   (set, delete and exchange; list needs none), 403 `not_installed` for a mode the account
   has not installed the app in.
+- 429 `quota_exceeded` when `set` would store a new name past `CREDENTIALS_MAX_PER_MODE` in
+  that mode (replacing a stored value always works).
+Each signature is accepted once on all four (`single_use_signature`; 401 `signature_replayed`
+after that): three change state, and the list tells which secrets an account holds.
 A value or token is never in an answer or a log line: answers carry names, modes and times.
 """
 
@@ -26,6 +30,7 @@ from typing import Any
 
 from jobs.credentials import Vault
 from jobs.oauth import OAuthFailure, OAuthNotConfigured
+from models.credentials import TooManyCredentials
 from models.enums import MODES
 from service.base import APIError
 from service.signed import SignedHandler, SignedRequest
@@ -36,6 +41,8 @@ MAX_VALUE = 4096
 
 class VaultHandler(SignedHandler):
     """A signed endpoint on the credentials vault."""
+
+    single_use_signature = True
 
     @property
     def vault(self) -> Vault:
@@ -78,7 +85,13 @@ class SetCredentialHandler(VaultHandler):
         if not isinstance(value, str) or not 0 < len(value) <= MAX_VALUE:
             raise APIError(400, f"value must be a string of 1 to {MAX_VALUE} characters")
         self.require_role(req)
-        updated = await vault.set(req.account_id, mode, name, value, req.user_id)
+        try:
+            updated = await vault.set(req.account_id, mode, name, value, req.user_id,
+                                      max_count=self.config.credentials_max_per_mode)
+        except TooManyCredentials as exc:
+            raise APIError(429, f"this account already stores {exc.count} credentials in "
+                           f"{mode} mode, the most allowed: delete one first",
+                           code="quota_exceeded", reason_for_log=str(exc)) from None
         return {"name": name, "mode": mode, "updated": updated}
 
 
