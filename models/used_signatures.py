@@ -20,6 +20,7 @@ from hashlib import sha256
 import peewee as pw
 
 from models.base import BaseModel
+from models.db import write_transaction
 
 #: Seconds a row is kept past its expiry: covers clocks of replicas that disagree.
 CLOCK_SKEW = 300.0
@@ -40,6 +41,7 @@ def use_signature(key: str, expires_at: float) -> bool:
 
     One INSERT that does nothing on a conflict with the primary key, so two replicas recording
     the same key at once cannot both succeed (the database's unique index decides)."""
-    inserted = (UsedSignature.insert(key=key, expires_at=expires_at)
-                .on_conflict_ignore().as_rowcount().execute())
+    with write_transaction():  # on SQLite: queue with this process's other writers
+        inserted = (UsedSignature.insert(key=key, expires_at=expires_at)
+                    .on_conflict_ignore().as_rowcount().execute())
     return inserted == 1
