@@ -29,7 +29,7 @@ from jobs.context import AccountTools, idempotency_key
 from jobs.credentials import Vault
 from jobs.stripe_api import StripeClients
 from models.db import Storage
-from models.tasks import Progress, report_progress
+from models.tasks import DEFAULT_BOUNDS, Progress, report_progress
 
 TaskFunc = Callable[..., Awaitable[Any]]
 
@@ -37,7 +37,7 @@ NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 RESERVED = frozenset({"status"})
 #: The longest input a task takes unless it says otherwise, as stored: the compact JSON of the
 #: signed fields. A larger start answers 413 and stores nothing.
-DEFAULT_MAX_INPUT_BYTES = 16 * 1024
+DEFAULT_MAX_INPUT_BYTES = DEFAULT_BOUNDS.input_bytes
 
 
 class BadInput(ValueError):

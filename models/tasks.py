@@ -175,6 +175,10 @@ class StartBounds:
     input_bytes: int = 16 * 1024  # this task's input (`@task(max_input_bytes=...)`)
 
 
+#: The defaults of the settings and of `@task(max_input_bytes=...)` (declared here, once).
+DEFAULT_BOUNDS = StartBounds()
+
+
 def _octets(column: pw.Field) -> pw.Expression:
     """The length of a text column in bytes (0 when NULL)."""
     if is_sqlite(Task._meta.database):
@@ -224,7 +228,7 @@ def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
     The counts and the insert are one write transaction, serial per account on every replica:
     SQLite's write lock, or on PostgreSQL a transaction-level advisory lock on the account, so
     two starts at once cannot both pass a count."""
-    bounds = bounds or StartBounds()
+    bounds = bounds or DEFAULT_BOUNDS
     if max_pending is not None:
         bounds = dataclasses.replace(bounds, max_pending=max_pending)
     text = json.dumps(dict(input), separators=(",", ":"))

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from models.db import SQLITE_SYNCHRONOUS
 from models.enums import MODES
+from models.tasks import DEFAULT_BOUNDS
 from service.loops import EVENT_LOOPS, resolve
 
 T = TypeVar("T")
@@ -348,13 +349,13 @@ class Config:
         "TASK_LEASE_SECONDS", 10.0, _Float(1.0, 600.0),
         "lease of a running task: a task whose process died is taken up again after this")
     task_max_pending: int = setting(
-        "TASK_MAX_PENDING", 20, _Int(1, 100000),
+        "TASK_MAX_PENDING", DEFAULT_BOUNDS.max_pending, _Int(1, 100000),
         "unfinished tasks an account may have; more starts answer 429")
     task_starts_per_minute: int = setting(
-        "TASK_STARTS_PER_MINUTE", 30, _Int(1, 1_000_000),
+        "TASK_STARTS_PER_MINUTE", DEFAULT_BOUNDS.per_minute, _Int(1, 1_000_000),
         "tasks an account may start in a minute; more starts answer 429 with `Retry-After`")
     task_max_stored_bytes: int = setting(
-        "TASK_MAX_STORED_BYTES", 10 * 1024 * 1024, _Int(64 * 1024, 2**40),
+        "TASK_MAX_STORED_BYTES", DEFAULT_BOUNDS.stored_bytes, _Int(64 * 1024, 2**40),
         "bytes an account's stored tasks may take (inputs, results, errors, 256 a row); a start "
         "past it answers 429 until retention prunes old tasks", "`10485760` (10 MiB)")
     rate_limits: Mapping[str, float] = per_mode(
