@@ -83,13 +83,18 @@ class Task(AccountModel):
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
     next_attempt_at = pw.DoubleField(default=now)
+    #: What the row counts for against its account's storage bound: the bytes of its input,
+    #: result and error, and ROW_BYTES; kept by every write of those columns (`enqueue`,
+    #: `_record`, `retry_task`), so the bound sums one column of an index.
+    size = pw.IntegerField(default=0)
 
     class Meta:
         indexes = (
             (("status", "next_attempt_at"), False),
             (("status", "finished_at"), False),  # the status page and retention (008)
             (("account_id", "name", "status"), False),
-            (("account_id", "created_at"), False),  # the per-account start limit (011)
+            # the per-account start bounds (011): starts in the last minute, SUM(size)
+            (("account_id", "created_at", "size"), False),
         )
 
 
@@ -158,7 +163,7 @@ class StorageFull(Exception):
 
 #: Bytes a task row counts for besides its input, result and error (its other columns and
 #: its index entries, roughly): so that many small tasks count too, and the sum that checks
-#: the bound reads at most `stored_bytes / ROW_BYTES` rows.
+#: the bound reads at most `stored_bytes / ROW_BYTES` index entries.
 ROW_BYTES = 256
 #: The longest error text stored for a task (an error may quote the task's input).
 MAX_ERROR_CHARS = 2000
@@ -179,21 +184,23 @@ class StartBounds:
 DEFAULT_BOUNDS = StartBounds()
 
 
-def _octets(column: pw.Field) -> pw.Expression:
-    """The length of a text column in bytes (0 when NULL)."""
+def _octets(sql: str) -> str:
+    """SQL for the length in bytes of the text expression `sql` (0 when NULL)."""
     if is_sqlite(Task._meta.database):
-        length = pw.fn.LENGTH(pw.Cast(column, "BLOB"))
-    else:
-        length = pw.fn.OCTET_LENGTH(column)
-    return pw.fn.COALESCE(length, 0)
+        return f"COALESCE(LENGTH(CAST({sql} AS BLOB)), 0)"
+    return f"COALESCE(OCTET_LENGTH({sql}), 0)"
+
+
+def _size_of(input_: str, result: str, error: str) -> pw.SQL:
+    """The `size` of a row whose input, result and error are these SQL expressions."""
+    return pw.SQL(f"{_octets(input_)} + {_octets(result)} + {_octets(error)} + {ROW_BYTES}")
 
 
 def stored_bytes(account_id: str) -> int:
     """What the account's task rows take, as the storage bound counts it: the bytes of their
-    inputs, results and errors, and `ROW_BYTES` per row."""
-    total = (Task.select(pw.fn.SUM(_octets(Task.input) + _octets(Task.result)
-                                   + _octets(Task.error) + ROW_BYTES))
-             .where(Task.account_id == account_id).scalar())
+    inputs, results and errors, and `ROW_BYTES` per row (the sum of their `size`, read from
+    the (account_id, created_at, size) index)."""
+    total = Task.select(pw.fn.SUM(Task.size)).where(Task.account_id == account_id).scalar()
     return int(total or 0)
 
 
@@ -227,7 +234,8 @@ def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
 
     The counts and the insert are one write transaction, serial per account on every replica:
     SQLite's write lock, or on PostgreSQL a transaction-level advisory lock on the account, so
-    two starts at once cannot both pass a count."""
+    two starts at once cannot both pass a count. The counts run once before it too, without
+    a lock, so that a refused start costs no writer anything (three reads of one index)."""
     bounds = bounds or DEFAULT_BOUNDS
     if max_pending is not None:
         bounds = dataclasses.replace(bounds, max_pending=max_pending)
@@ -236,6 +244,9 @@ def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
     if size > bounds.input_bytes:
         raise InputTooLarge(f"the input takes {size} bytes as JSON; this task takes at most "
                             f"{bounds.input_bytes}")
+    # First without a lock: a start refused here (an account at a bound trying again and
+    # again) never waits for, or holds, the write lock.
+    _check_bounds(account_id, size, now(), bounds)
     with write_transaction():
         db = Task._meta.database
         if not is_sqlite(db):  # two starts of one account at once must not both pass the count
@@ -245,7 +256,7 @@ def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
         _check_bounds(account_id, size, t, bounds)
         row = Task.create(id=new_task_id(), account_id=account_id, mode=mode, name=name,
                           input=text, max_attempts=max_attempts, created_at=t,
-                          next_attempt_at=t)
+                          next_attempt_at=t, size=size + ROW_BYTES)
     return TaskView.of(row)
 
 
@@ -409,6 +420,9 @@ def _record(outcomes: Sequence[Outcome], holder: str) -> list[bool]:
     db = Task._meta.database
     table = Task._meta.table_name
     p = db.param
+    new_result = (f'CASE WHEN v.column8 IS NULL THEN CAST(v.column7 AS TEXT) '
+                  f'ELSE "{table}".result END')
+    size = _size_of(f'"{table}".input', new_result, "CAST(v.column6 AS TEXT)").sql
     for start in range(0, len(outcomes), RECORD_CHUNK):
         chunk = outcomes[start:start + RECORD_CHUNK]
         rows = ", ".join([f"({', '.join([p] * 8)})"] * len(chunk))
@@ -417,8 +431,7 @@ def _record(outcomes: Sequence[Outcome], holder: str) -> list[bool]:
             f'UPDATE "{table}" SET status = CAST(v.column3 AS TEXT), '
             f"progress = CAST(v.column4 AS DOUBLE PRECISION), note = CAST(v.column5 AS TEXT), "
             f"error = CAST(v.column6 AS TEXT), lease_until = NULL, "
-            f"result = CASE WHEN v.column8 IS NULL THEN CAST(v.column7 AS TEXT) "
-            f'ELSE "{table}".result END, '
+            f"result = {new_result}, size = {size}, "
             f"finished_at = CASE WHEN v.column8 IS NULL THEN {p} "
             f'ELSE "{table}".finished_at END, '
             f"next_attempt_at = COALESCE(CAST(v.column8 AS DOUBLE PRECISION), "
@@ -529,7 +542,8 @@ def cancel_task(task_id: str) -> TaskView | None:
 def retry_task(task_id: str) -> TaskView | None:
     """Queue a finished (failed or cancelled) task again now, with a fresh set of attempts."""
     Task.update(status=TaskStatus.QUEUED, attempts=0, next_attempt_at=now(), finished_at=None,
-                lease_until=None, claimed_by=None, error=None, result=None).where(
+                lease_until=None, claimed_by=None, error=None, result=None,
+                size=_size_of(f'"{Task._meta.table_name}".input', "NULL", "NULL")).where(
         (Task.id == task_id) & Task.status.in_(FINISHED)).execute()
     return get_task(task_id)
 

@@ -16,7 +16,6 @@ Real backends on loopback, real SQLite and PostgreSQL, an injected clock where t
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from models.tasks import (
     TaskStatus,
     TooManyTasks,
     enqueue,
+    retry_task,
     settle_and_claim,
     stored_bytes,
 )
@@ -132,13 +132,27 @@ def test_each_start_bound_refuses_and_stores_nothing(models_db):
         assert [t.id for t in Task.select().where(Task.account_id == "acct_s")] == [view.id]
         enqueue("acct_s", "test", "n", {"x": "c" * 800}, 1, bounds=storage)  # this one fits
 
-        # results and errors count too, in bytes (not characters)
-        first = enqueue("acct_r", "test", "n", {}, 1, bounds=StartBounds(stored_bytes=3500))
-        Task.update(result=json.dumps("r" * 1000), error="é" * 1000).where(
-            Task.id == first.id).execute()
-        assert stored_bytes("acct_r") == 2 + 1002 + 2000 + ROW_BYTES
-        with pytest.raises(StorageFull):
-            enqueue("acct_r", "test", "n", {}, 1, bounds=StartBounds(stored_bytes=3500))
+
+def test_results_and_errors_count_in_bytes(models_db):
+    """The size a row counts for follows its result and error as they are recorded, and a
+    retry that clears them; errors count in bytes, not characters."""
+    t = time.time()
+    Installation.create(account_id="acct_r", mode="test", active=True, installed_at=t,
+                        confirmed=True, state_at=1, created_at=t, updated_at=t)
+    bounds = StartBounds(stored_bytes=3500)
+    first = enqueue("acct_r", "test", "n", {}, 1, bounds=bounds)
+    assert stored_bytes("acct_r") == 2 + ROW_BYTES
+    _, (claimed,) = settle_and_claim([], {"n": 1}, 1, "me", 30)
+    outcome = Outcome(first.id, claimed.attempts, TaskStatus.FAILED, result="r" * 1000,
+                      error="é" * 1000)
+    assert settle_and_claim([outcome], {}, 0, "me", 30)[0] == [True]
+    assert stored_bytes("acct_r") == 2 + 1002 + 2000 + ROW_BYTES
+    with pytest.raises(StorageFull):
+        enqueue("acct_r", "test", "n", {}, 1, bounds=bounds)
+    retry_task(first.id)  # clears both
+    assert stored_bytes("acct_r") == 2 + ROW_BYTES
+    enqueue("acct_r", "test", "n", {"x": "é"}, 1, bounds=bounds)  # stored as \u00e9
+    assert stored_bytes("acct_r") == 2 + ROW_BYTES + len('{"x":"\\u00e9"}') + ROW_BYTES
 
 
 @pytest.mark.gen_test(timeout=60)
