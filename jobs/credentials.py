@@ -126,8 +126,10 @@ class Vault:
 
     # ---- what the extension's endpoints do ----------------------------------------------------
     async def set(self, account_id: str, mode: str, name: str, value: str,
-                  updated_by: str | None = None, kind: str = SECRET) -> int:
-        """Store the value encrypted; returns the time it was stored (unix seconds).
+                  updated_by: str | None = None, kind: str = SECRET,
+                  max_count: int | None = None) -> int:
+        """Store the value encrypted; returns the time it was stored (unix seconds). With
+        `max_count`, a new name past that many in the mode raises `TooManyCredentials`.
 
         Raises `CredentialClash` for a secret named like a declared OAuth provider, or when the
         name holds a value of the other kind (an OAuth token or a secret)."""
@@ -137,7 +139,7 @@ class Vault:
         token = self.cipher.encrypt(value)
         try:
             return await self.storage.run(put_credential, account_id, mode, name, token, kind,
-                                          updated_by)
+                                          updated_by, max_count)
         except KindClash as exc:
             if exc.kind == OAUTH:
                 raise CredentialClash(f"{name!r} is an OAuth connection in {mode} mode: choose "

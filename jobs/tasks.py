@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.context import AccountTools, idempotency_key
-from models.tasks import Progress, report_progress
+from models.tasks import DEFAULT_BOUNDS, Progress, report_progress
 
 TaskFunc = Callable[..., Awaitable[Any]]
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 RESERVED = frozenset({"status"})
+#: The longest input a task takes unless it says otherwise, as stored: the compact JSON of the
+#: signed fields. A larger start answers 413 and stores nothing.
+DEFAULT_MAX_INPUT_BYTES = DEFAULT_BOUNDS.input_bytes
 
 
 class BadInput(ValueError):
@@ -48,14 +51,20 @@ class TaskSpec:
     permissions: tuple[str, ...] = ()  # Stripe permissions it needs: `manifest` lists them;
     # a run whose install has not granted one fails as `missing_permission`, Stripe uncalled
     description: str = ""
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES  # the input's compact JSON, at most
 
 
 def task(name: str | None = None, *, attempts: int = 3, timeout: float = 3600.0,
          concurrency_per_account: int = 1, retry_delay: float = 5.0,
-         permissions: list[str] | tuple[str, ...] = ()) -> Callable[[TaskFunc], TaskFunc]:
-    """Mark `async def f(ctx: TaskContext)` as a task the extension can start."""
-    if attempts < 1 or concurrency_per_account < 1 or timeout <= 0:
-        raise ValueError("attempts and concurrency_per_account must be >= 1, timeout > 0")
+         permissions: list[str] | tuple[str, ...] = (),
+         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> Callable[[TaskFunc], TaskFunc]:
+    """Mark `async def f(ctx: TaskContext)` as a task the extension can start.
+
+    `max_input_bytes` bounds its input (the compact JSON of the signed fields; default 16 KiB):
+    a larger start answers 413 and stores nothing."""
+    if attempts < 1 or concurrency_per_account < 1 or timeout <= 0 or max_input_bytes < 2:
+        raise ValueError("attempts and concurrency_per_account must be >= 1, timeout > 0, "
+                         "max_input_bytes >= 2 (the empty input is {})")
 
     def mark(func: TaskFunc) -> TaskFunc:
         if not inspect.iscoroutinefunction(func):
@@ -67,7 +76,7 @@ def task(name: str | None = None, *, attempts: int = 3, timeout: float = 3600.0,
         func.__task_spec__ = TaskSpec(  # type: ignore[attr-defined]
             name=task_name, func=func, attempts=attempts, timeout=timeout,
             concurrency_per_account=concurrency_per_account, retry_delay=retry_delay,
-            permissions=tuple(permissions),
+            permissions=tuple(permissions), max_input_bytes=max_input_bytes,
             description=(inspect.getdoc(func) or "").split("\n")[0])
         return func
 

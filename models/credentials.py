@@ -6,20 +6,29 @@ encryption lives in `jobs/credentials.py` (`Vault`), these functions only move t
 
 `kind` says what the value is: `secret` (a string the extension stored) or `oauth` (a JSON token
 set from `/api/oauth/<provider>/exchange`, refreshed by the vault).
+
+`put_credential` with `max_count` bounds the rows of an account in a mode (`TooManyCredentials`:
+a new name past it is not stored; a stored name can always be replaced): the count and the
+insert are one write transaction, serial per account and mode across replicas (SQLite's write
+lock, or a PostgreSQL advisory lock), so two new names at once cannot both pass the count.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee as pw
 
 from models.base import AccountModel, now
-from models.db import write_transaction
+from models.db import is_sqlite, write_transaction
 from models.enums import MODES
 
 SECRET, OAUTH = "secret", "oauth"
+
+#: `pg_advisory_xact_lock(class, key)`: the class for the per-(account, mode) count bound.
+COUNT_LOCK_CLASS = 0x7A5E
 
 
 class Credential(AccountModel):
@@ -59,15 +68,32 @@ class KindClash(ValueError):
         self.kind = kind
 
 
+class TooManyCredentials(Exception):
+    """The account already stores `count` credentials in the mode, the most allowed."""
+
+    def __init__(self, message: str, count: int) -> None:
+        super().__init__(message)
+        self.count = count
+
+
+def _lock_key(text: str) -> int:
+    """A signed 32-bit key for `pg_advisory_xact_lock(int, int)`."""
+    value = zlib.crc32(text.encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def put_credential(account_id: str, mode: str, name: str, token: str, kind: str = SECRET,
-                   updated_by: str | None = None) -> int:
+                   updated_by: str | None = None, max_count: int | None = None) -> int:
     """Insert or replace the encrypted value of (account, mode, name); returns the time.
 
-    Raises `KindClash`, changing nothing, when the name holds a value of another kind: the
-    upsert updates only a row of the same kind, in one statement, so that two writers of
-    different kinds cannot both win on either database."""
+    With `max_count`, a name not stored yet is refused (`TooManyCredentials`) when the account
+    already has `max_count` rows in `mode`. Raises `KindClash`, changing nothing, when the name
+    holds a value of another kind: the upsert updates only a row of the same kind, in one
+    statement, so that two writers of different kinds cannot both win on either database."""
     t = now()
     with write_transaction():
+        if max_count is not None:
+            _check_count(account_id, mode, name, max_count)
         (Credential.insert(account_id=account_id, mode=mode, name=name, kind=kind, value=token,
                            updated_by=updated_by, created_at=t, updated_at=t)
          .on_conflict(conflict_target=[Credential.account_id, Credential.mode, Credential.name],
@@ -79,6 +105,20 @@ def put_credential(account_id: str, mode: str, name: str, token: str, kind: str 
         if stored is not None and stored[0] != kind:
             raise KindClash(stored[0])
     return int(t)
+
+
+def _check_count(account_id: str, mode: str, name: str, max_count: int) -> None:
+    db = Credential._meta.database
+    if not is_sqlite(db):  # two new names at once must not both pass the count
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)",
+                       (COUNT_LOCK_CLASS, _lock_key(f"{account_id}:{mode}")))
+    if Credential.select().where(_where(account_id, mode, name)).exists():
+        return  # a replacement adds no row
+    count = Credential.select().where((Credential.account_id == account_id)
+                                      & (Credential.mode == mode)).count()
+    if count >= max_count:
+        raise TooManyCredentials(f"{account_id} stores {count} credentials in {mode} mode "
+                                 f"(limit {max_count})", count)
 
 
 def fetch_credential(account_id: str, mode: str, name: str) -> tuple[str, str] | None:

@@ -10,7 +10,8 @@
 - install states past their expiry;
 - tasks that succeeded or were cancelled more than `RETENTION_DAYS` ago, failed ones three times
   as long ago (queued and running tasks are never touched);
-- processes not seen for a day (their heartbeat rows).
+- processes not seen for a day (their heartbeat rows);
+- used extension signatures expired for longer than `CLOCK_SKEW` (models/used_signatures.py).
 
 `prune(storage, days)` deletes them `BATCH` rows per short transaction (one `Storage.run` each,
 so the event loop never waits on it and no write lock is held for long), yielding to the loop
@@ -35,6 +36,7 @@ from models.install_state import InstallState
 from models.jobs import ACTIVE, JobRun
 from models.replicas import Replica
 from models.tasks import Task, TaskStatus
+from models.used_signatures import CLOCK_SKEW, UsedSignature
 
 log = logging.getLogger("app.retention")
 
@@ -62,6 +64,7 @@ def targets(retention_days: float, t: float) -> list[Target]:
         ("failed_tasks", Task, (Task.status == TaskStatus.FAILED)
          & (Task.finished_at < t - FAILED_FACTOR * keep)),
         ("replicas", Replica, Replica.seen_at < t - DAY),
+        ("used_signatures", UsedSignature, UsedSignature.expires_at < t - CLOCK_SKEW),
     ]
 
 

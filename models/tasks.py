@@ -19,6 +19,11 @@ claims never serialise the replicas on each other:
 Leases use the shared definitions of `models/leases.py` ("held", "expired", one renewing
 UPDATE for all the tasks a worker holds, `renew_tasks`).
 
+A start (`enqueue`) is bounded per account (`StartBounds`, docs/security.md): the input's
+size, starts in the last minute, unfinished tasks, and the bytes the account's task rows take
+(inputs, results, errors). The counts and the insert are one write transaction, serial per
+account across replicas. Stored errors are cut to `MAX_ERROR_CHARS`.
+
 `Task` is an `AccountModel`: an uninstall deletes the account's tasks in that mode (queued ones
 never start; a running one loses its row, so its runner's next lease renewal fails and it is
 cancelled) together with their results.
@@ -26,8 +31,10 @@ cancelled) together with their results.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
 import secrets
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -76,12 +83,18 @@ class Task(AccountModel):
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
     next_attempt_at = pw.DoubleField(default=now)
+    #: What the row counts for against its account's storage bound: the bytes of its input,
+    #: result and error, and ROW_BYTES; kept by every write of those columns (`enqueue`,
+    #: `_record`, `retry_task`), so the bound sums one column of an index.
+    size = pw.IntegerField(default=0)
 
     class Meta:
         indexes = (
             (("status", "next_attempt_at"), False),
             (("status", "finished_at"), False),  # the status page and retention (008)
             (("account_id", "name", "status"), False),
+            # the per-account start bounds (011): starts in the last minute, SUM(size)
+            (("account_id", "created_at", "size"), False),
         )
 
 
@@ -131,23 +144,119 @@ class TooManyTasks(Exception):
     """The account already has `limit` unfinished tasks."""
 
 
+class InputTooLarge(ValueError):
+    """The task's input, as stored (compact JSON), is longer than its task allows."""
+
+
+class StartsThrottled(Exception):
+    """The account started its `StartBounds.per_minute` tasks in the last minute."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        #: Seconds until the oldest of those starts is a minute old.
+        self.retry_after = retry_after
+
+
+class StorageFull(Exception):
+    """The account's tasks already take `StartBounds.stored_bytes`."""
+
+
+#: Bytes a task row counts for besides its input, result and error (its other columns and
+#: its index entries, roughly): so that many small tasks count too, and the sum that checks
+#: the bound reads at most `stored_bytes / ROW_BYTES` index entries.
+ROW_BYTES = 256
+#: The longest error text stored for a task (an error may quote the task's input).
+MAX_ERROR_CHARS = 2000
+START_WINDOW = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartBounds:
+    """What one account may start and keep (README, "Configuration"; docs/security.md)."""
+
+    max_pending: int = 20  # unfinished tasks (`TASK_MAX_PENDING`)
+    per_minute: int = 30  # starts in the last minute (`TASK_STARTS_PER_MINUTE`)
+    stored_bytes: int = 10 * 1024 * 1024  # inputs, results, errors (`TASK_MAX_STORED_BYTES`)
+    input_bytes: int = 16 * 1024  # this task's input (`@task(max_input_bytes=...)`)
+
+
+#: The defaults of the settings and of `@task(max_input_bytes=...)` (declared here, once).
+DEFAULT_BOUNDS = StartBounds()
+
+
+def _octets(sql: str) -> str:
+    """SQL for the length in bytes of the text expression `sql` (0 when NULL)."""
+    if is_sqlite(Task._meta.database):
+        return f"COALESCE(LENGTH(CAST({sql} AS BLOB)), 0)"
+    return f"COALESCE(OCTET_LENGTH({sql}), 0)"
+
+
+def _size_of(input_: str, result: str, error: str) -> pw.SQL:
+    """The `size` of a row whose input, result and error are these SQL expressions."""
+    return pw.SQL(f"{_octets(input_)} + {_octets(result)} + {_octets(error)} + {ROW_BYTES}")
+
+
+def stored_bytes(account_id: str) -> int:
+    """What the account's task rows take, as the storage bound counts it: the bytes of their
+    inputs, results and errors, and `ROW_BYTES` per row (the sum of their `size`, read from
+    the (account_id, created_at, size) index)."""
+    total = Task.select(pw.fn.SUM(Task.size)).where(Task.account_id == account_id).scalar()
+    return int(total or 0)
+
+
+def _check_bounds(account_id: str, size: int, t: float, bounds: StartBounds) -> None:
+    """Inside the start's write transaction, under the account's lock: raise when this start
+    would pass one of the account's bounds; the cheapest count first."""
+    recent, oldest = (Task.select(pw.fn.COUNT(Task.id), pw.fn.MIN(Task.created_at))
+                      .where((Task.account_id == account_id)
+                             & (Task.created_at > t - START_WINDOW)).tuples().get())
+    if recent >= bounds.per_minute:
+        wait = max(1, math.ceil(oldest + START_WINDOW - t))
+        raise StartsThrottled(f"{account_id} started {recent} tasks in the last minute "
+                              f"(limit {bounds.per_minute})", wait)
+    pending = Task.select().where(
+        (Task.account_id == account_id)
+        & Task.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))).count()
+    if pending >= bounds.max_pending:
+        raise TooManyTasks(f"{account_id} has {pending} unfinished tasks")
+    used = stored_bytes(account_id)
+    if used + size + ROW_BYTES > bounds.stored_bytes:
+        raise StorageFull(f"{account_id}'s tasks take {used} bytes; this one would take "
+                          f"{size + ROW_BYTES} more (limit {bounds.stored_bytes})")
+
+
 def enqueue(account_id: str, mode: str, name: str, input: Mapping[str, Any],
-            max_attempts: int, max_pending: int) -> TaskView:
-    """Insert a queued task, unless the account already has `max_pending` unfinished tasks."""
+            max_attempts: int, max_pending: int | None = None,
+            bounds: StartBounds | None = None) -> TaskView:
+    """Insert a queued task, unless it would pass one of the account's `bounds` (default
+    `StartBounds()`, with `max_pending` when given): `InputTooLarge` (checked before the
+    database is), `StartsThrottled`, `TooManyTasks` or `StorageFull`, and nothing is stored.
+
+    The counts and the insert are one write transaction, serial per account on every replica:
+    SQLite's write lock, or on PostgreSQL a transaction-level advisory lock on the account, so
+    two starts at once cannot both pass a count. The counts run once before it too, without
+    a lock, so that a refused start costs no writer anything (three reads of one index)."""
+    bounds = bounds or DEFAULT_BOUNDS
+    if max_pending is not None:
+        bounds = dataclasses.replace(bounds, max_pending=max_pending)
+    text = json.dumps(dict(input), separators=(",", ":"))
+    size = len(text)  # ensure_ascii: characters are bytes
+    if size > bounds.input_bytes:
+        raise InputTooLarge(f"the input takes {size} bytes as JSON; this task takes at most "
+                            f"{bounds.input_bytes}")
+    # First without a lock: a start refused here (an account at a bound trying again and
+    # again) never waits for, or holds, the write lock.
+    _check_bounds(account_id, size, now(), bounds)
     with write_transaction():
         db = Task._meta.database
         if not is_sqlite(db):  # two starts of one account at once must not both pass the count
             db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)",
                            (START_LOCK_CLASS, _lock_key(account_id)))
-        pending = Task.select().where(
-            (Task.account_id == account_id)
-            & Task.status.in_((TaskStatus.QUEUED, TaskStatus.RUNNING))).count()
-        if pending >= max_pending:
-            raise TooManyTasks(f"{account_id} has {pending} unfinished tasks")
         t = now()
+        _check_bounds(account_id, size, t, bounds)
         row = Task.create(id=new_task_id(), account_id=account_id, mode=mode, name=name,
-                          input=json.dumps(dict(input), separators=(",", ":")),
-                          max_attempts=max_attempts, created_at=t, next_attempt_at=t)
+                          input=text, max_attempts=max_attempts, created_at=t,
+                          next_attempt_at=t, size=size + ROW_BYTES)
     return TaskView.of(row)
 
 
@@ -311,6 +420,9 @@ def _record(outcomes: Sequence[Outcome], holder: str) -> list[bool]:
     db = Task._meta.database
     table = Task._meta.table_name
     p = db.param
+    new_result = (f'CASE WHEN v.column8 IS NULL THEN CAST(v.column7 AS TEXT) '
+                  f'ELSE "{table}".result END')
+    size = _size_of(f'"{table}".input', new_result, "CAST(v.column6 AS TEXT)").sql
     for start in range(0, len(outcomes), RECORD_CHUNK):
         chunk = outcomes[start:start + RECORD_CHUNK]
         rows = ", ".join([f"({', '.join([p] * 8)})"] * len(chunk))
@@ -319,8 +431,7 @@ def _record(outcomes: Sequence[Outcome], holder: str) -> list[bool]:
             f'UPDATE "{table}" SET status = CAST(v.column3 AS TEXT), '
             f"progress = CAST(v.column4 AS DOUBLE PRECISION), note = CAST(v.column5 AS TEXT), "
             f"error = CAST(v.column6 AS TEXT), lease_until = NULL, "
-            f"result = CASE WHEN v.column8 IS NULL THEN CAST(v.column7 AS TEXT) "
-            f'ELSE "{table}".result END, '
+            f"result = {new_result}, size = {size}, "
             f"finished_at = CASE WHEN v.column8 IS NULL THEN {p} "
             f'ELSE "{table}".finished_at END, '
             f"next_attempt_at = COALESCE(CAST(v.column8 AS DOUBLE PRECISION), "
@@ -333,7 +444,8 @@ def _record(outcomes: Sequence[Outcome], holder: str) -> list[bool]:
         for o in chunk:
             retry = o.retry_at is not None
             params += [o.task_id, o.attempt, str(TaskStatus.QUEUED if retry else o.status),
-                       o.progress, o.note, o.error,
+                       o.progress, o.note,
+                       None if o.error is None else o.error[:MAX_ERROR_CHARS],
                        None if o.result is None or retry else json.dumps(o.result), o.retry_at]
         params += [str(TaskStatus.RUNNING), holder]
         done.update(row[0] for row in db.execute_sql(sql, params).fetchall())
@@ -430,7 +542,8 @@ def cancel_task(task_id: str) -> TaskView | None:
 def retry_task(task_id: str) -> TaskView | None:
     """Queue a finished (failed or cancelled) task again now, with a fresh set of attempts."""
     Task.update(status=TaskStatus.QUEUED, attempts=0, next_attempt_at=now(), finished_at=None,
-                lease_until=None, claimed_by=None, error=None, result=None).where(
+                lease_until=None, claimed_by=None, error=None, result=None,
+                size=_size_of(f'"{Task._meta.table_name}".input', "NULL", "NULL")).where(
         (Task.id == task_id) & Task.status.in_(FINISHED)).execute()
     return get_task(task_id)
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from models.db import SQLITE_SYNCHRONOUS
 from models.enums import MODES
+from models.tasks import DEFAULT_BOUNDS
 from service.loops import EVENT_LOOPS, resolve
 
 T = TypeVar("T")
@@ -366,8 +367,15 @@ class Config:
         "TASK_LEASE_SECONDS", 10.0, _Float(1.0, 600.0),
         "lease of a running task: a task whose process died is taken up again after this")
     task_max_pending: int = setting(
-        "TASK_MAX_PENDING", 20, _Int(1, 100000),
+        "TASK_MAX_PENDING", DEFAULT_BOUNDS.max_pending, _Int(1, 100000),
         "unfinished tasks an account may have; more starts answer 429")
+    task_starts_per_minute: int = setting(
+        "TASK_STARTS_PER_MINUTE", DEFAULT_BOUNDS.per_minute, _Int(1, 1_000_000),
+        "tasks an account may start in a minute; more starts answer 429 with `Retry-After`")
+    task_max_stored_bytes: int = setting(
+        "TASK_MAX_STORED_BYTES", DEFAULT_BOUNDS.stored_bytes, _Int(64 * 1024, 2**40),
+        "bytes an account's stored tasks may take (inputs, results, errors, 256 a row); a start "
+        "past it answers 429 until retention prunes old tasks", "`10485760` (10 MiB)")
     rate_limits: Mapping[str, float] = per_mode(
         "STRIPE_RATE_LIMIT", {"live": 80.0, "test": 20.0},
         {"live": _Float(0.1, 100.0), "test": _Float(0.1, 25.0)},
@@ -396,6 +404,9 @@ class Config:
     credential_roles: tuple[str, ...] = setting(
         "CREDENTIAL_ROLES", ("admin", "super_admin"), _names,
         "role ids allowed to set or delete an account's credentials", "`admin,super_admin`")
+    credentials_max_per_mode: int = setting(
+        "CREDENTIALS_MAX_PER_MODE", 100, _Int(1, 100_000),
+        "credentials an account may store per mode; setting a new name past it answers 429")
 
     def __post_init__(self) -> None:
         if not self.public_url:

@@ -24,6 +24,10 @@ All are signed and need the app installed. Beyond `SignedHandler`'s checks, in t
   reads either), so a secret may not take the name of a declared OAuth provider or of a stored
   OAuth token, and an exchange may not replace a secret stored under its provider's name (it
   answers 409 before the code is sent to the provider); nothing changes.
+- 429 `quota_exceeded` when `set` would store a new name past `CREDENTIALS_MAX_PER_MODE` in
+  that mode (replacing a stored value always works).
+Each signature is accepted once on all four (`single_use_signature`; 401 `signature_replayed`
+after that): three change state, and the list tells which secrets an account holds.
 A value or token is never in an answer or a log line: answers carry names, modes and times.
 """
 
@@ -34,7 +38,7 @@ from typing import Any
 
 from jobs.credentials import CredentialClash, Vault
 from jobs.oauth import OAuthFailure, OAuthNotConfigured, RedirectNotAllowed
-from models.credentials import SECRET
+from models.credentials import SECRET, TooManyCredentials
 from models.enums import MODES
 from service.base import APIError
 from service.signed import SignedHandler, SignedRequest
@@ -61,6 +65,8 @@ def clash(exc: CredentialClash) -> APIError:
 
 class VaultHandler(SignedHandler):
     """A signed endpoint on the credentials vault."""
+
+    single_use_signature = True
 
     @property
     def vault(self) -> Vault:
@@ -102,9 +108,14 @@ class SetCredentialHandler(VaultHandler):
         value = text("value", req.signed("value"), MAX_VALUE)
         self.require_role(req)
         try:
-            updated = await vault.set(req.account_id, mode, name, value, req.user_id)
+            updated = await vault.set(req.account_id, mode, name, value, req.user_id,
+                                      max_count=self.config.credentials_max_per_mode)
         except CredentialClash as exc:
             raise clash(exc) from None
+        except TooManyCredentials as exc:
+            raise APIError(429, f"this account already stores {exc.count} credentials in "
+                           f"{mode} mode, the most allowed: delete one first",
+                           code="quota_exceeded", reason_for_log=str(exc)) from None
         return {"name": name, "mode": mode, "updated": updated}
 
 

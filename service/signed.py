@@ -13,7 +13,18 @@ the request has passed every check, in this order:
   JavaScript writes it, or the canonical `{"user_id":...,"account_id":...}` (then only those two
   fields are covered: see `SignedRequest.signed_fields`), or when the timestamp is more than
   `SIGNATURE_TOLERANCE` seconds away from now;
-- 403 when `requires_installation` is set and the account has no active installation.
+- 403 when `requires_installation` is set and the account has no active installation;
+- 401 `signature_replayed` when `single_use_signature` is set and the signature was already
+  used on such an endpoint, by any replica (`models/used_signatures.py`).
+
+Single-use signatures: an endpoint that changes state sets `single_use_signature = True`, and
+each signature is then accepted once, wherever it arrives (the endpoint itself does nothing for
+it). A signature is used when it passed every check above, before `handle` runs, whatever
+`handle` answers. Endpoints that only read leave it off, and lean ones must (`lean` answers
+from memory, without a database write): a replayed read changes nothing. Two requests with the
+same body signed in the same second carry the same signature (Stripe signs the timestamp, in
+seconds, and the body), so they are one request to a single-use endpoint: a client that means
+two sends a field that tells them apart.
 
 CORS: every answer, errors included, carries `Access-Control-Allow-Origin: *` (the extension's
 origin is `null`), and `OPTIONS` answers the preflight.
@@ -25,6 +36,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from models.used_signatures import signature_key, use_signature
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, USER_ID
 from service.jsonbody import MalformedJSON, parse_json
@@ -54,6 +66,8 @@ class SignedRequest(NamedTuple):
     #: user), or None when it sent none or the signature does not cover them.
     roles: list[str] | None
     timestamp: int
+    #: The string the matching `v1` signs (with `timestamp`): what identifies the signature.
+    signed_bytes: bytes = b""
 
     def has_role(self, *ids: str) -> bool:
         """Whether the signed `stripe_roles` hold one of these role ids."""
@@ -88,10 +102,34 @@ class SignedHandler(BaseHandler):
     #: (A handler that awaits, like `WebhookHandler`, sets `lean_awaits` too: see lean.py.)
     lean = False
 
+    #: Accept each signature once (401 `signature_replayed` after that), on every replica: set
+    #: on endpoints that change state. Never with `lean` (the lean path does not await a write).
+    single_use_signature = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.lean and cls.single_use_signature:
+            raise TypeError(f"{cls.__name__}: a lean handler cannot take single-use signatures")
+
     async def post(self, *args: Any) -> None:
-        result = await self.handle(self.signed_request())
+        req = self.signed_request()
+        if self.single_use_signature:
+            await self.use_signature(req)
+        result = await self.handle(req)
         if not self._finished:
             self.write_json(result)
+
+    async def use_signature(self, req: SignedRequest) -> None:
+        """Record the signature as used, or refuse it when it already was (401)."""
+        key = signature_key(req.timestamp, req.signed_bytes)
+        expires = req.timestamp + self.config.signature_tolerance
+        if not await self.storage.run(use_signature, key, expires):
+            raise APIError(401, "this signature was already used: sign each request anew (two "
+                           "requests with the same body signed in the same second carry the "
+                           "same signature; add a field that tells them apart)",
+                           code="signature_replayed",
+                           reason_for_log=f"replayed signature (account {req.account_id}, "
+                           f"t={req.timestamp})")
 
     def signed_request(self) -> SignedRequest:
         """Every check before `handle`: the signature (`verify_request`), then the
@@ -129,7 +167,8 @@ class SignedHandler(BaseHandler):
                 error = error or exc
                 continue
             roles = role_ids(body.get("stripe_roles")) if "stripe_roles" in fields else None
-            return SignedRequest(user_id, account_id, body, fields, roles, timestamp)
+            return SignedRequest(user_id, account_id, body, fields, roles, timestamp,
+                                 signed_bytes)
         raise APIError(401, "signature verification failed", code="bad_signature",
                        reason_for_log=f"{error} (account {account_id})")
 

@@ -5,10 +5,15 @@
                                             "started", "finished"}
         404 when the task does not exist or belongs to another account.
     POST /api/tasks/<name>  {...input} -> 202 {"task_id", "name", "mode", "status": "queued"}
-        404 for an unknown task; 429 when the account already has `TASK_MAX_PENDING` unfinished
-        tasks. Only the fields the signature covers reach the task as its input (never
-        `user_id`, `account_id`, `stripe_roles` or `mode`): with the two-key fallback signature
-        the input is empty.
+        404 for an unknown task; 413 `input_too_large` when the input's compact JSON is longer
+        than the task's `max_input_bytes` (16 KiB unless it says); 429 (nothing stored) when the
+        account started `TASK_STARTS_PER_MINUTE` tasks in the last minute (`Retry-After`: the
+        seconds until one of them is a minute old), has `TASK_MAX_PENDING` unfinished tasks
+        (`Retry-After: 10`), or its tasks take `TASK_MAX_STORED_BYTES` (`quota_exceeded`,
+        `Retry-After: 3600`: it lasts until retention, hourly, prunes old tasks). A signature
+        starts one task: the same signature again answers 401 `signature_replayed`. Only the
+        fields the signature covers reach the task as its input (never `user_id`, `account_id`,
+        `stripe_roles` or `mode`): with the two-key fallback signature the input is empty.
 
 Mode: the installation's. An account installed in both modes runs in live mode unless the
 signed field `mode` says "test".
@@ -23,7 +28,19 @@ from typing import Any
 
 from models.base import now
 from models.enums import MODES
-from models.tasks import TaskStatus, TaskView, TooManyTasks, enqueue, get_task, running_count
+from models.retention import PRUNE_INTERVAL
+from models.tasks import (
+    InputTooLarge,
+    StartBounds,
+    StartsThrottled,
+    StorageFull,
+    TaskStatus,
+    TaskView,
+    TooManyTasks,
+    enqueue,
+    get_task,
+    running_count,
+)
 from service.base import APIError
 from service.signed import SignedHandler, SignedRequest
 
@@ -42,7 +59,18 @@ def describe(view: TaskView) -> dict[str, Any]:
             "started": _ts(view.started_at), "finished": _ts(view.finished_at)}
 
 
+class TooMany(APIError):
+    """A 429 with its `Retry-After` seconds (None: no header)."""
+
+    def __init__(self, message: str, retry_after: int | None, *, code: str | None = None,
+                 reason_for_log: str | None = None) -> None:
+        super().__init__(429, message, code=code, reason_for_log=reason_for_log)
+        self.retry_after = retry_after
+
+
 class TaskStartHandler(SignedHandler):
+    single_use_signature = True
+
     async def handle(self, req: SignedRequest) -> Any:
         name = self.path_args[0]
         spec = self.registry.tasks.get(name)
@@ -50,12 +78,29 @@ class TaskStartHandler(SignedHandler):
             raise APIError(404, f"no task named {name!r}", code="unknown_task")
         mode = self._mode(req)
         fields = {k: req.body[k] for k in req.signed_fields - NOT_INPUT}
+        config = self.config
+        bounds = StartBounds(max_pending=config.task_max_pending,
+                             per_minute=config.task_starts_per_minute,
+                             stored_bytes=config.task_max_stored_bytes,
+                             input_bytes=spec.max_input_bytes)
         try:
             view = await self.storage.run(enqueue, req.account_id, mode, name, fields,
-                                          spec.attempts, self.config.task_max_pending)
+                                          spec.attempts, bounds=bounds)
+        except InputTooLarge as exc:
+            raise APIError(413, f"the task's input is too large: {exc}",
+                           code="input_too_large", reason_for_log=f"{name}: {exc}") from None
+        except StartsThrottled as exc:
+            raise TooMany("this account started too many tasks in the last minute; try again "
+                          f"in {exc.retry_after} s", exc.retry_after,
+                          reason_for_log=str(exc)) from None
         except TooManyTasks as exc:
-            raise APIError(429, "too many unfinished tasks for this account; try again when "
-                           "some have finished", reason_for_log=str(exc)) from None
+            raise TooMany("too many unfinished tasks for this account; try again when some "
+                          "have finished", 10, reason_for_log=str(exc)) from None
+        except StorageFull as exc:
+            raise TooMany("this account's tasks take all the storage allowed to them; old "
+                          "tasks are deleted as they pass the retention period",
+                          int(PRUNE_INTERVAL), code="quota_exceeded",
+                          reason_for_log=str(exc)) from None
         worker = self.task_worker
         if worker is not None:
             worker.wake()
@@ -63,8 +108,10 @@ class TaskStartHandler(SignedHandler):
                          "status": view.status}, status=202)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 429:  # set here: an error answer starts from cleared headers
-            self.set_header("Retry-After", "10")
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, TooMany) and exc.retry_after is not None:
+            # set here: an error answer starts from cleared headers
+            self.set_header("Retry-After", str(exc.retry_after))
         super().write_error(status_code, **kwargs)
 
     def _mode(self, req: SignedRequest) -> str:

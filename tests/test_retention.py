@@ -21,6 +21,7 @@ from models.migrate import migrate
 from models.replicas import Replica
 from models.retention import DAY, prune
 from models.tasks import Task, TaskStatus
+from models.used_signatures import CLOCK_SKEW, UsedSignature
 
 MOMENT = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 
@@ -59,6 +60,11 @@ def _fill(t: float) -> None:
          "seen_at": t - 2 * DAY},
         {"name": "here:2", "host": "here", "pid": 2, "version": "0", "started_at": t - DAY,
          "seen_at": t - 10},
+    ]).execute()
+    UsedSignature.insert_many([  # expired past the clock-skew margin, expired within it, live
+        {"key": "a" * 64, "expires_at": t - CLOCK_SKEW - 1},
+        {"key": "b" * 64, "expires_at": t - CLOCK_SKEW + 10},
+        {"key": "c" * 64, "expires_at": t + 100},
     ]).execute()
     Task.insert_many([
         _task("done_old", TaskStatus.SUCCEEDED, 31, t),
@@ -102,14 +108,16 @@ async def test_prune_keeps_what_is_young_failed_or_running_in_small_batches(db_u
         storage.run = counting  # count the transactions
         counts = await prune(storage, 30, batch=3)
         assert counts == {"events": 7, "failed_events": 1, "job_runs": 5, "install_states": 1,
-                          "tasks": 2, "failed_tasks": 1, "replicas": 1}
-        assert calls == 3 + 1 + 2 + 1 + 1 + 1 + 1  # 7 events in batches of 3, ...
+                          "tasks": 2, "failed_tasks": 1, "replicas": 1, "used_signatures": 1}
+        assert calls == 3 + 1 + 2 + 1 + 1 + 1 + 1 + 1  # 7 events in batches of 3, ...
         left = await original(lambda: sorted(e.id for e in WebhookEvent.select()))
         assert left == ["evt_dead_kept", "evt_new", "evt_pending_old"]
         outcomes = await original(lambda: sorted(r.outcome for r in JobRun.select()))
         assert outcomes == ["failed", "running"]
         assert await original(lambda: [s.state for s in InstallState.select()]) == ["live"]
         assert await original(lambda: [r.name for r in Replica.select()]) == ["here:2"]
+        assert await original(lambda: sorted(u.key[0] for u in UsedSignature.select())) == [
+            "b", "c"]
         assert await original(lambda: sorted(r.id for r in Task.select())) == [
             "task_done_new", "task_failed_kept", "task_queued_old"]
         assert await prune(storage, 30) == dict.fromkeys(counts, 0)

@@ -33,8 +33,9 @@ PER_ACCOUNT = 8
 SLOTS = 3  # per process: six accounts at once need both processes
 
 
-async def start(client: httpx.AsyncClient, account: str) -> str:
-    raw = compact({"user_id": "usr_1", "account_id": account})
+async def start(client: httpx.AsyncClient, account: str, n: int) -> str:
+    # `n` makes each start's body, and so its signature, new: a signature starts one task
+    raw = compact({"n": n, "user_id": "usr_1", "account_id": account})
     resp = await client.post("/api/tasks/record_run", content=raw,
                              headers={"Stripe-Signature": sign(raw, APP_SECRET)})
     assert resp.status_code == 202, resp.text
@@ -75,7 +76,7 @@ async def test_two_processes_run_each_task_once(tmp_path, db_url):
         ids = []
         for i in range(PER_ACCOUNT):  # through both processes, each waking its worker
             for account in ACCOUNTS:
-                ids.append(await start(one if i % 2 else two, account))
+                ids.append(await start(one if i % 2 else two, account, i))
 
         async def all_done() -> list[Task] | None:
             rows = await asyncio.to_thread(rows_of, db_url)
