@@ -89,9 +89,14 @@ describe("signed calls", () => {
   });
 
   test("whoami() says what the signature proved", async () => {
-    const { data } = await client(main, "acct_installed", { roles: ["admin"] }).whoami();
+    const api = client(main, "acct_installed", { roles: ["admin"] });
+    const { data } = await api.whoami();
     assert.equal(data?.account_id, "acct_installed");
     assert.deepEqual(data?.modes, ["test"]);
+    // a payload field is covered by the signature only if the body is exactly what was signed
+    const withRoles = await api.post("/api/whoami", { stripe_roles: [{ id: "admin" }] });
+    assert.deepEqual(withRoles.data?.signed_fields.sort(), ["account_id", "stripe_roles", "user_id"]);
+    assert.deepEqual(withRoles.data?.roles, ["admin"]);
   });
 });
 
@@ -117,6 +122,14 @@ describe("errors are results, never throws", () => {
     const { error } = await client(main, "acct_installed").tasks.start("no_such_task");
     assert.equal(error?.status, 404);
     assert.equal(error?.code, "unknown_task");
+  });
+
+  test("post() fills a path's {placeholders} from params, and says when one is missing", async () => {
+    const api = client(main, "acct_installed");
+    const filled = await api.post("/api/tasks/{name}", {}, { params: { name: "no_such_task" } });
+    assert.equal(filled.error?.code, "unknown_task", "the call reached /api/tasks/no_such_task");
+    const missing = await api.post("/api/tasks/{name}", {});
+    assert.deepEqual(missing.error, { code: "bad_path", message: "no value for {name} in /api/tasks/{name}", status: 0 });
   });
 
   test("a backend that cannot be reached is a network_error with status 0", async () => {
