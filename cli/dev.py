@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from cli import emulator, fake_installs
 from cli.serve import run_server
 from service.config import Config
+from service.manifest import connect_src
 
 #: The development environment file: written by `run.py dev`, read by `run.py simulate` and
 #: by every command given `--dev`.
@@ -196,6 +197,8 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
         print("development configuration (also in var/dev.env):")
         for line in shown_configuration(values, os.environ):
             print(line)
+        print(f"manifest connect-src: {connect_src(config)}  (PUBLIC_URL; a browser needs a "
+              "tunnel or https for it: docs/extension.md)")
         print(f"backend: http://{config.host}:{config.port}  try: .venv/bin/python run.py "
               "simulate install --account acct_demo --test; other commands take --dev")
         return run_server(config)
