@@ -91,7 +91,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** The example job's latest balance snapshot in each installed mode */
+        /** The example job's latest balance snapshot in each installed mode (example_app/balance_snapshot.py) */
         post: operations["apiBalance"];
         delete?: never;
         /** CORS preflight for the extension (origin null) */
@@ -227,7 +227,9 @@ export interface paths {
          * @description The fields the signature covers, except `user_id`, `account_id`, `stripe_roles` and
          *     `mode`, are the task's input (none with the two-key fallback signature). The mode is
          *     the installation's; an account installed in both modes runs in live mode unless the
-         *     signed `mode` says `test`.
+         *     signed `mode` says `test`. Each signature is accepted once (401 `signature_replayed`
+         *     after that, on any replica). 413 `input_too_large` when the input's compact JSON is
+         *     longer than the task's `max_input_bytes` (16 KiB unless the task says).
          */
         post: operations["apiTaskStart"];
         delete?: never;
@@ -307,7 +309,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** The example task's customer summary in each installed mode (service/customers.py) */
+        /** The example task's customer summary in each installed mode (example_app/sync_customers.py) */
         post: operations["apiCustomerSummary"];
         delete?: never;
         /** CORS preflight for the extension (origin null) */
@@ -350,7 +352,12 @@ export interface paths {
          * @description 503 `not_configured` without `CREDENTIALS_KEYS`; 401 when a field it reads is not
          *     covered by the signature; 400 for a malformed field; 403 `not_installed` for a mode the
          *     app is not installed in, 403 `role_required` unless the signed `stripe_roles` hold one
-         *     of `CREDENTIAL_ROLES`. The value is never in an answer.
+         *     of `CREDENTIAL_ROLES`; 409 `name_taken` for the name of a declared OAuth provider or of
+         *     a stored OAuth token (secrets and tokens share one name space); 429 `quota_exceeded`
+         *     for a new name when the account already stores `CREDENTIALS_MAX_PER_MODE` in that mode.
+         *     A value must be text UTF-8 can encode (a lone surrogate escape, `\ud800`, is a 400).
+         *     The value is never in an answer. Each signature is accepted once (401
+         *     `signature_replayed` after that), as on list, delete and the OAuth exchange.
          */
         post: operations["apiCredentialSet"];
         delete?: never;
@@ -389,7 +396,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** The account's stored credentials, names only (no role needed) */
+        /** The account's stored credentials, names only (no role needed; each signature is accepted once) */
         post: operations["apiCredentialList"];
         delete?: never;
         /** CORS preflight for the extension (origin null) */
@@ -471,6 +478,9 @@ export interface paths {
         /**
          * Trade the extension's authorization code (with its PKCE verifier) for a token
          * @description The same checks as `/api/credentials/set`, then 404 for an unknown provider; 400
+         *     `bad_redirect_uri` when `redirect_uri` is not one of the provider's declared redirect
+         *     URIs (nothing is sent); 409 `name_taken` when a secret of the provider's name is
+         *     stored (delete it first; nothing is sent); 400
          *     `oauth_refused` when the provider refuses the code; 502 when it cannot be reached or
          *     answers without an access token; 503 when its client id or secret is not configured.
          *     The token is stored in the vault, never answered.
@@ -532,10 +542,27 @@ export interface paths {
         };
         /**
          * The install redirect target (STRIPE_INSTALL_REDIRECT_URI)
-         * @description Stripe sends either the four required parameters (and `livemode`), or, when the user
-         *     cancelled, `error` and `error_description` instead: then the answer is 400 and nothing
-         *     is recorded (OpenAPI cannot say "one set or the other", so `error` is optional here).
-         *     Each parameter may be given once.
+         * @description Stripe redirects the browser here after an install, with `user_id`, `account_id`,
+         *     `install_signature`, `livemode=false` in test mode, and the `state` of the install link
+         *     (none when the install started in the App Marketplace). Each parameter may be given
+         *     once; a parameter missing, repeated, not UTF-8 or not of its pattern answers 400 (the
+         *     patterns are the code's, `service/install.py`). Then:
+         *     - `install_signature` must verify with an app secret (`STRIPE_APP_SECRETS`), within the
+         *       tolerance, over `{"state","user_id","account_id"}` (compact JSON, in that order), or
+         *       without `state` over `{"user_id","account_id"}`: 401 otherwise;
+         *     - with `state`: it must have been issued by `GET /install` less than 10 minutes ago to
+         *       the browser holding the `stripe_app_install` cookie, and not used yet: 403 otherwise;
+         *     - the install is recorded in its mode (test when `livemode=false`, live otherwise) and
+         *       the answer is 200, or 302 to `INSTALL_SUCCESS_URL` when that is set.
+         *
+         *     When the user cancels at Stripe, Stripe sends `error` (and `error_description`) instead
+         *     of the install's parameters. A request with `error`, whatever else it holds, answers 400
+         *     `install_cancelled` and records nothing: by design, the one 400 a request this
+         *     description calls valid gets (OpenAPI cannot say "one set of parameters or the other").
+         *     `tests/test_openapi.py` checks exactly that exception, and that nothing else valid is
+         *     refused.
+         *
+         *     503 `not_configured` without `STRIPE_APP_SECRETS`.
          */
         get: operations["installCallback"];
         put?: never;
@@ -555,7 +582,23 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Stripe webhooks, both modes */
+        /**
+         * Stripe webhooks, both modes
+         * @description A valid request is one Stripe signed: its `Stripe-Signature` verifies against the raw
+         *     body with a webhook secret (`STRIPE_WEBHOOK_SECRETS_LIVE` or `_TEST`) within the
+         *     tolerance. A live event (`livemode` true) must be signed with a live secret; a test
+         *     event may be signed with either (an app installed in both modes gets its test events at
+         *     both endpoints). Anything else answers 400 `bad_signature`, as Stripe's documentation
+         *     asks (not 401): no header value can be valid without the secret, so a client that
+         *     generates requests from this description must sign them (`tests/test_openapi.py` signs
+         *     the ones meant to be valid).
+         *
+         *     The verified body must then be an event as below, strict JSON as in the limits above
+         *     (no `NaN`, `Infinity` or duplicate key) nested at most 64 levels: 400 otherwise. The
+         *     code reads only the fields listed; Stripe's other fields (`api_version`, `request`,
+         *     `pending_webhooks`...) are stored with the event and not checked. The body is stored as
+         *     sent, and processed after the answer.
+         */
         post: operations["webhooks"];
         delete?: never;
         options?: never;
@@ -747,6 +790,8 @@ export interface components {
             permissions_pending?: string[];
             /** @description the user must approve new permissions (reauthorize the app) */
             approval_required?: boolean;
+            /** @description a Marketplace install waiting for Stripe to confirm it (not active yet) */
+            pending?: boolean;
         };
         Snapshot: {
             taken_at: number;
@@ -755,13 +800,23 @@ export interface components {
         } | null;
         /** @enum {string} */
         Mode: "live" | "test";
+        /**
+         * @description a Stripe user id (`service/ids.py`)
+         * @example usr_1
+         */
+        UserId: string;
+        /**
+         * @description a Stripe account id (`service/ids.py`)
+         * @example acct_1
+         */
+        AccountId: string;
+        /** @description Stripe's signature header as Stripe writes it */
+        SignatureHeader: string;
         TaskId: string;
         CredentialName: string;
         SignedBody: {
-            /** @example usr_1 */
-            user_id: string;
-            /** @example acct_1 */
-            account_id: string;
+            user_id: components["schemas"]["UserId"];
+            account_id: components["schemas"]["AccountId"];
             /** @description The user's roles as the UI extension SDK gives them (`userContext.roles`): RoleDefinition objects (`id` may be absent on old accounts), or plain role ids. */
             stripe_roles?: (string | {
                 id?: string;
@@ -929,6 +984,21 @@ export interface components {
         };
     };
     responses: {
+        /**
+         * @description Too many wrong operator tokens from this client or in this process (service/throttle.py):
+         *     no token is checked until `Retry-After` seconds have passed. The log-in form answers
+         *     it as the form with the error; everything else as JSON.
+         */
+        Throttled: {
+            headers: {
+                "Retry-After": string;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+                "text/html": string;
+            };
+        };
         /** @description An error */
         Error: {
             headers: {
@@ -1031,8 +1101,12 @@ export interface components {
         };
     };
     parameters: {
-        /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
-        StripeSignature: string;
+        /**
+         * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+         *     (a `v1` per active app secret) over the body; one that does not verify with an app
+         *     secret within the tolerance answers 401
+         */
+        StripeSignature: components["schemas"]["SignatureHeader"];
         /** @description zero-based page of the paused installations (at most 100000) */
         PagePaused: string;
         /** @description zero-based page of the failed and dead events (at most 100000) */
@@ -1073,7 +1147,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1105,7 +1183,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1153,7 +1235,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1186,7 +1272,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1244,7 +1334,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path: {
@@ -1302,7 +1396,12 @@ export interface operations {
                 };
             };
             413: components["responses"]["ApiError"];
-            /** @description The account already has `TASK_MAX_PENDING` unfinished tasks */
+            /**
+             * @description Nothing stored: the account started `TASK_STARTS_PER_MINUTE` tasks in the last
+             *     minute (`Retry-After`: seconds until one of them is a minute old), has
+             *     `TASK_MAX_PENDING` unfinished tasks (`Retry-After: 10`), or its tasks take
+             *     `TASK_MAX_STORED_BYTES` (`quota_exceeded`, `Retry-After: 3600`)
+             */
             429: {
                 headers: {
                     "Access-Control-Allow-Origin": components["headers"]["CORS"];
@@ -1320,7 +1419,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1356,7 +1459,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1389,7 +1496,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1435,7 +1546,9 @@ export interface operations {
             400: components["responses"]["ApiError"];
             401: components["responses"]["ApiError"];
             403: components["responses"]["ApiError"];
+            409: components["responses"]["ApiError"];
             413: components["responses"]["ApiError"];
+            429: components["responses"]["ApiError"];
             503: components["responses"]["ApiError"];
         };
     };
@@ -1443,7 +1556,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1480,7 +1597,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path?: never;
@@ -1531,7 +1652,11 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
+                /**
+                 * @description What `fetchStripeSignature()` gives the extension: `t=<unix time>,v1=<hex HMAC-SHA256>`
+                 *     (a `v1` per active app secret) over the body; one that does not verify with an app
+                 *     secret within the tolerance answers 401
+                 */
                 "Stripe-Signature": components["parameters"]["StripeSignature"];
             };
             path: {
@@ -1558,6 +1683,10 @@ export interface operations {
                     mode: components["schemas"]["Mode"];
                     code: string;
                     verifier: string;
+                    /**
+                     * @description one of the provider's declared redirect URIs, exactly; any other (and any
+                     *     at all for a provider that declares none) answers 400 `bad_redirect_uri`
+                     */
                     redirect_uri?: string;
                 };
             };
@@ -1584,6 +1713,7 @@ export interface operations {
             401: components["responses"]["ApiError"];
             403: components["responses"]["ApiError"];
             404: components["responses"]["ApiError"];
+            409: components["responses"]["ApiError"];
             413: components["responses"]["ApiError"];
             502: components["responses"]["ApiError"];
             503: components["responses"]["ApiError"];
@@ -1612,24 +1742,46 @@ export interface operations {
     installCallback: {
         parameters: {
             query: {
-                state: string;
-                user_id: string;
-                account_id: string;
+                /** @description the install link's state (base64url, 92 characters as issued); absent for a Marketplace install */
+                state?: string;
+                user_id: components["schemas"]["UserId"];
+                account_id: components["schemas"]["AccountId"];
+                /**
+                 * @description Stripe's signature over the install, in the `Stripe-Signature` format
+                 *     (`t=<unix time>,v1=<hex HMAC-SHA256>`); any printable ASCII is read, and one that
+                 *     does not verify answers 401
+                 */
                 install_signature: string;
+                /** @description `false` for a test-mode install; absent or `true` for live */
                 livemode?: "true" | "false";
+                /**
+                 * @description the user cancelled (Stripe's error code, such as `access_denied`): the answer is
+                 *     400 `install_cancelled` whatever else the request holds, and nothing is recorded
+                 */
                 error?: string;
+                /** @description read only with `error`, and shown (cut to 300 characters) */
                 error_description?: string;
             };
             header?: {
-                /** @description `text/html` for pages, anything else for JSON */
-                Accept?: "application/json" | "text/html";
+                /** @description an HTML page when it contains `text/html`, JSON otherwise */
+                Accept?: string;
             };
             path?: never;
-            cookie?: never;
+            cookie?: {
+                /**
+                 * @description the browser's install cookie, set by `GET /install`: a `state` is valid only with
+                 *     the cookie it was issued to (not empty); read only with a `state`
+                 */
+                stripe_app_install?: string;
+            };
         };
         requestBody?: never;
         responses: {
-            /** @description Installed */
+            /**
+             * @description Installed. `confirmed` false: an install link's mode, which Stripe does not sign, is
+             *     provisional until the event or the Install API agrees; `mode_assumed` true: the
+             *     link gave no `livemode`, so live was assumed.
+             */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1638,9 +1790,35 @@ export interface operations {
                     "application/json": {
                         /** @enum {boolean} */
                         installed: true;
+                        account_id: components["schemas"]["AccountId"];
+                        /** @enum {string} */
+                        mode: "live" | "test";
+                        confirmed: boolean;
+                        /** @enum {boolean} */
+                        pending: false;
+                        mode_assumed?: boolean;
+                    };
+                    "text/html": string;
+                };
+            };
+            /**
+             * @description A Marketplace install (no `state`) waiting for Stripe to confirm it (the Install
+             *     API, or the `authorized` / `apps.install.created` event); nothing took effect yet.
+             */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** @enum {boolean} */
+                        installed: false;
                         account_id: string;
                         /** @enum {string} */
                         mode: "live" | "test";
+                        confirmed: boolean;
+                        /** @enum {boolean} */
+                        pending: true;
                     };
                     "text/html": string;
                 };
@@ -1653,9 +1831,46 @@ export interface operations {
                 };
                 content?: never;
             };
-            400: components["responses"]["PageError"];
+            /**
+             * @description A malformed request, or the user cancelled (`install_cancelled`); a page for a
+             *     browser (`Accept` with `text/html`), JSON for a program
+             */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                    "text/html": string;
+                };
+            };
             401: components["responses"]["PageError"];
-            403: components["responses"]["PageError"];
+            /**
+             * @description The state is unknown, expired, used or another browser's (`bad_state`), or the
+             *     install signature was accepted before (`signature_used`).
+             */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                    "text/html": string;
+                };
+            };
+            /**
+             * @description Not installed: the Install API has no install in that mode, or an uninstall newer
+             *     than the signature stands (`not_installed`).
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                    "text/html": string;
+                };
+            };
             503: components["responses"]["PageError"];
         };
     };
@@ -1663,22 +1878,45 @@ export interface operations {
         parameters: {
             query?: never;
             header: {
-                /** @description `t=<unix time>,v1=<hex HMAC-SHA256>` (one v1 per active secret) */
-                "Stripe-Signature": components["parameters"]["StripeSignature"];
+                /**
+                 * @description `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, a `v1` per active secret, as
+                 *     Stripe writes it (the stripe library's parsing is used: items in another order, or
+                 *     others such as `v0`, are read as it reads them; at most 4,096 ASCII characters)
+                 */
+                "Stripe-Signature": components["schemas"]["SignatureHeader"];
             };
             path?: never;
             cookie?: never;
         };
         requestBody: {
             content: {
+                /**
+                 * @example {
+                 *       "id": "evt_1",
+                 *       "object": "event",
+                 *       "type": "customer.created",
+                 *       "livemode": false,
+                 *       "created": 1700000000,
+                 *       "account": "acct_1",
+                 *       "data": {
+                 *         "object": {
+                 *           "id": "cus_1",
+                 *           "object": "customer"
+                 *         }
+                 *       }
+                 *     }
+                 */
                 "application/json": {
                     id: string;
                     /** @enum {string} */
                     object: "event";
+                    /** @description printable ASCII, as all of Stripe's event types are */
                     type: string;
                     livemode: boolean;
                     created: number;
+                    /** @description the connected account (absent or null for the platform's own events) */
                     account?: string | null;
+                    /** @description `data.object` is what the event handlers read */
                     data?: Record<string, never>;
                 };
             };
@@ -1697,9 +1935,32 @@ export interface operations {
                     };
                 };
             };
-            400: components["responses"]["Error"];
+            /**
+             * @description The signature does not verify (`bad_signature`: missing, malformed, wrong, too old or
+             *     in the future, or a live event signed with a test secret), or the verified body is not
+             *     an event as described
+             */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             413: components["responses"]["Error"];
-            503: components["responses"]["Error"];
+            /**
+             * @description No webhook secret is configured (`not_configured`), or the event could not be stored
+             *     (`unavailable`): Stripe retries
+             */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
         };
     };
     healthz: {
@@ -1794,6 +2055,7 @@ export interface operations {
             303: components["responses"]["ToLogin"];
             400: components["responses"]["Error"];
             401: components["responses"]["Error"];
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
@@ -1826,6 +2088,7 @@ export interface operations {
             };
             400: components["responses"]["Error"];
             401: components["responses"]["Error"];
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
@@ -1856,6 +2119,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
@@ -1896,6 +2160,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
@@ -1911,6 +2176,7 @@ export interface operations {
             303: components["responses"]["ToLogin"];
             401: components["responses"]["Error"];
             403: components["responses"]["Error"];
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
@@ -1937,6 +2203,7 @@ export interface operations {
             401: components["responses"]["Error"];
             403: components["responses"]["Error"];
             404: components["responses"]["Error"];
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
@@ -1962,6 +2229,7 @@ export interface operations {
             401: components["responses"]["Error"];
             403: components["responses"]["Error"];
             404: components["responses"]["Error"];
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
@@ -1978,6 +2246,7 @@ export interface operations {
             303: components["responses"]["BackToStatus"];
             401: components["responses"]["Error"];
             403: components["responses"]["Error"];
+            429: components["responses"]["Throttled"];
             503: components["responses"]["Error"];
         };
     };
