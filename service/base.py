@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.web import HTTPError, RequestHandler
 
 from models.db import UNAVAILABLE
+from service.internals import response_headers
 
 if TYPE_CHECKING:
     from jobs.events import EventProcessor
@@ -138,7 +139,7 @@ class BaseHandler(RequestHandler):
     def set_default_headers(self) -> None:
         # Constant, known-good values: assigned directly, skipping set_header's per-value
         # validation, which is measurable on the signed-request hot path.
-        headers = self._headers
+        headers = response_headers(self)
         del headers["Server"]
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Cache-Control"] = "no-store"
@@ -156,7 +157,7 @@ class BaseHandler(RequestHandler):
     # ---- answers --------------------------------------------------------------------------
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
-        self._headers["Content-Type"] = JSON_CONTENT_TYPE
+        response_headers(self)["Content-Type"] = JSON_CONTENT_TYPE
         self.finish(json_dumps(value))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:

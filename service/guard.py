@@ -39,6 +39,7 @@ from service.base import (
     error_body,
 )
 from service.connections import HEADER_TIMEOUT
+from service.internals import connection_open
 from service.lean import LeanRoutes
 from service.metrics import Metrics
 from service.tracker import RequestTracker
@@ -92,8 +93,7 @@ class Deadlines:
         now = time.monotonic()
         ended = []
         for guard, due in self._due.items():
-            stream = guard.conn.stream  # type: ignore[attr-defined]
-            if due <= now or stream is None or stream.closed():
+            if due <= now or not connection_open(guard.conn):
                 ended.append(guard)
         for guard in ended:
             del self._due[guard]
@@ -115,8 +115,7 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.headers: httputil.HTTPHeaders | None = None
         # Waiting for the headers; Tornado also starts a request on a connection that has just
         # closed (after a `Connection: close` answer), which needs no deadline.
-        stream = getattr(conn, "stream", None)
-        if stream is not None and not stream.closed():
+        if connection_open(conn):
             app.deadlines.wait(self, app.deadlines.header_timeout)
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:

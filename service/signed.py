@@ -22,12 +22,13 @@ origin is `null`), and `OPTIONS` answers the preflight.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, NamedTuple
 
-from service.base import APIError, BaseHandler
+from service.base import APIError
 from service.ids import ACCOUNT_ID, USER_ID
 from service.jsonbody import MalformedJSON, parse_json
+from service.lean import LeanHandler
 from service.signatures import (
     MissingHeader,
     SignatureError,
@@ -67,7 +68,7 @@ class SignedRequest(NamedTuple):
         return self.body.get(field)
 
 
-class SignedHandler(BaseHandler):
+class SignedHandler(LeanHandler):
     cors = True
     #: 403 unless the calling account has an active installation in some mode.
     requires_installation = True
@@ -81,17 +82,11 @@ class SignedHandler(BaseHandler):
         self.set_header("Access-Control-Max-Age", "600")
         self.finish()
 
-    #: Set on a handler whose `handle` only reads and answers without awaiting (from the
-    #: in-memory installation index, say): then `service/lean.py` answers its successful POSTs
-    #: without Tornado's handler machinery, with this same `signed_request` and `handle`; any
-    #: failure (and a `handle` that awaits after all) is answered by this class's full path.
-    #: (A handler that awaits, like `WebhookHandler`, sets `lean_awaits` too: see lean.py.)
-    lean = False
-
-    async def post(self, *args: Any) -> None:
-        result = await self.handle(self.signed_request())
-        if not self._finished:
-            self.write_json(result)
+    # `lean = True` on a handler whose `handle` only reads (from the in-memory installation
+    # index, say) lets `service/lean.py` answer its POSTs without Tornado's handler machinery,
+    # with this same `answer()`.
+    def answer(self) -> Awaitable[Any]:
+        return self.handle(self.signed_request())
 
     def signed_request(self) -> SignedRequest:
         """Every check before `handle`: the signature (`verify_request`), then the

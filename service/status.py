@@ -41,6 +41,7 @@ from models.installation import set_paused
 from models.status import HOURS, PAGE_SIZE, Pages, snapshot
 from service.base import APIError, BaseHandler
 from service.doctor import DoctorReport, Status
+from service.internals import response_headers
 
 log = logging.getLogger("app.status")
 
@@ -134,11 +135,12 @@ class OperatorHandler(BaseHandler):
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
-        self._headers["Content-Security-Policy"] = (
+        headers = response_headers(self)
+        headers["Content-Security-Policy"] = (
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-        self._headers["X-Frame-Options"] = "DENY"
-        self._headers["Referrer-Policy"] = "no-referrer"
+        headers["X-Frame-Options"] = "DENY"
+        headers["Referrer-Policy"] = "no-referrer"
 
     @property
     def token(self) -> str:

@@ -20,27 +20,21 @@ Answers:
 A test-mode event may arrive signed with the live endpoint's secret (an app installed in both
 modes gets its test events at both endpoints): its mode is still `livemode=false`.
 
-One implementation, two ways in: `ingest()` does all of the above (verify, parse, validate,
-store, count, answer's value), and both `post()` (Tornado's full handler path) and the lean
-path (`service/lean.py`, `lean_awaits`: a message delegate that drives `ingest()` on the
-futures it awaits) run it. When it raises on the lean path, the request is replayed into the
-full path with that exception (`take_failure`), which `post()` raises again unrun: every error
-answer, log line and metric is the full path's, and none happens twice.
+`answer()` does all of the above (verify, parse, validate, store, count, answer's value); the
+handler is a `LeanHandler` (`service/lean.py`), served by the lean path or the full one alike.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Coroutine
-from typing import Any
 
 from models.enums import MODES
 from models.events import NewEvent, store_events
-from service.base import APIError, BaseHandler
+from service.base import APIError
 from service.ids import ACCOUNT_ID, EVENT_ID
 from service.jsonbody import MAX_EVENT_DEPTH, MalformedJSON, parse_json
-from service.lean import take_failure
+from service.lean import LeanHandler
 from service.signatures import SECRET_INDEPENDENT, SignatureError, verify
 
 log = logging.getLogger("app.webhooks")
@@ -51,11 +45,8 @@ MAX_CREATED = 2**63 - 1  # BigIntegerField
 EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,255}")  # CharField(255); Stripe's types are ASCII
 
 
-class WebhookHandler(BaseHandler):
-    SUPPORTED_METHODS = ("POST",)
-    #: Answered by `service/lean.py`'s delegate, which drives `ingest()` across its await.
+class WebhookHandler(LeanHandler):
     lean = True
-    lean_awaits = True
 
     def _verify(self) -> str:
         """Return the mode of the secret that verified the body."""
@@ -81,16 +72,7 @@ class WebhookHandler(BaseHandler):
         raise APIError(400, "webhook signature verification failed", code="bad_signature",
                        reason_for_log="; ".join(dict.fromkeys(errors)))
 
-    async def post(self) -> None:
-        failure = take_failure(self)
-        if failure is not None:  # the lean path ran `ingest()` and it raised this
-            raise failure
-        self.write_json(await self.ingest())
-
-    def lean_answer(self) -> Coroutine[Any, Any, dict[str, bool]]:
-        return self.ingest()
-
-    async def ingest(self) -> dict[str, bool]:
+    async def answer(self) -> dict[str, bool]:
         """Verify, parse, validate and store the event: the 200 answer's value, or APIError."""
         secret_mode = self._verify()
         try:
