@@ -349,9 +349,8 @@ def test_lean_handlers_the_lean_path_cannot_serve_alike_are_refused():
 @pytest.mark.gen_test(timeout=30)
 async def test_the_service_refuses_to_start_with_such_a_handler(tmp_path):
     """Through the real start-up: a clear error, before listening."""
-    from service.lean import LeanHandlerError
-
     from service.config import Config
+    from service.lean import LeanHandlerError
     from service.server import Backend
 
     backend = Backend(Config.from_env(base_env(tmp_path)),
