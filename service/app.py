@@ -41,6 +41,7 @@ from service.guard import GuardedApplication
 from service.health import HealthHandler, MetricsHandler
 from service.install import CallbackHandler, InstallHandler
 from service.metrics import Metrics
+from service.rejections import RejectionLog
 from service.status import status_routes
 from service.tasks import TaskStartHandler, TaskStatusHandler
 from service.tracker import RequestTracker
@@ -92,6 +93,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         compress_response=False,
         xheaders=False,
         doctor=settings.pop("doctor", None) or DoctorReport(),
+        rejections=settings.pop("rejections", None) or RejectionLog(storage),
         started_at=time.time(),
         **settings,
     )

@@ -14,6 +14,8 @@ Answers:
   livemode, a `created` between 0 and 2**63-1, an `acct_` account or none, and `data` an
   object (event handlers read `data.object`): an event the database could never store answers
   400, not 503 on every retry;
+- each 400 is also kept, bounded, in the last `KEEP` rejected deliveries the status page shows
+  (`service/rejections.py`);
 - 503 when no webhook secret is configured for either mode, or the event cannot be stored (so
   that Stripe retries it).
 
@@ -35,6 +37,7 @@ from service.base import APIError
 from service.ids import ACCOUNT_ID, EVENT_ID
 from service.jsonbody import MAX_EVENT_DEPTH, MalformedJSON, parse_json
 from service.lean import LeanHandler
+from service.rejections import RejectionLog
 from service.signatures import SECRET_INDEPENDENT, SignatureError, verify
 
 log = logging.getLogger("app.webhooks")
@@ -72,8 +75,36 @@ class WebhookHandler(LeanHandler):
         raise APIError(400, "webhook signature verification failed", code="bad_signature",
                        reason_for_log="; ".join(dict.fromkeys(errors)))
 
+    @property
+    def rejections(self) -> RejectionLog:
+        return self.settings["rejections"]
+
     async def answer(self) -> dict[str, bool]:
-        """Verify, parse, validate and store the event: the 200 answer's value, or APIError."""
+        """Verify, parse, validate and store the event: the 200 answer's value, or APIError
+        (a 400 is also kept in the rejection log, for the status page)."""
+        try:
+            event = self._accepted()
+        except APIError as exc:
+            if exc.status_code == 400:
+                self.rejections.record(self.request, f"{exc.code}: {exc.log_message}")
+            raise
+        try:
+            stored = await self.storage.grouped(store_events).submit(event)
+        except Exception as exc:  # anything but stored-for-sure makes Stripe retry
+            self.metrics.webhook_outcomes["store_failed"].inc()
+            raise APIError(503, "the event could not be stored; please retry",
+                           code="unavailable",
+                           reason_for_log=f"storing {event.id} failed: {type(exc).__name__}: "
+                                          f"{str(exc)[:200]}") from None
+        if stored and event.needs_processing:
+            self.events.submit(event.id)
+        self.metrics.webhook_outcomes["stored" if stored else "duplicate"].inc()
+        log.debug("event %s %s %s/%s%s", event.id, event.type, event.account_id or "platform",
+                  "live" if event.livemode else "test", "" if stored else " (duplicate)")
+        return {"received": True, "duplicate": not stored}
+
+    def _accepted(self) -> NewEvent:
+        """The verified, parsed and checked event to store, or APIError."""
         secret_mode = self._verify()
         try:
             event = parse_json(self.body, MAX_EVENT_DEPTH)
@@ -98,19 +129,5 @@ class WebhookHandler(LeanHandler):
             raise APIError(400, "a live event must be signed with a live webhook secret",
                            code="bad_signature",
                            reason_for_log=f"live event {event_id} signed with a test secret")
-        process = self.events.needs_processing(type_, account)
-        try:
-            stored = await self.storage.grouped(store_events).submit(NewEvent(
-                event_id, type_, account, livemode, created, self.body.decode("utf-8"), process))
-        except Exception as exc:  # anything but stored-for-sure makes Stripe retry
-            self.metrics.webhook_outcomes["store_failed"].inc()
-            raise APIError(503, "the event could not be stored; please retry",
-                           code="unavailable",
-                           reason_for_log=f"storing {event_id} failed: {type(exc).__name__}: "
-                                          f"{str(exc)[:200]}") from None
-        if stored and process:
-            self.events.submit(event_id)
-        self.metrics.webhook_outcomes["stored" if stored else "duplicate"].inc()
-        log.debug("event %s %s %s/%s%s", event_id, type_, account or "platform",
-                 "live" if livemode else "test", "" if stored else " (duplicate)")
-        return {"received": True, "duplicate": not stored}
+        return NewEvent(event_id, type_, account, livemode, created, self.body.decode("utf-8"),
+                        self.events.needs_processing(type_, account))
