@@ -49,5 +49,7 @@ def record_rejections(rows: list[dict[str, Any]], keep: int = KEEP) -> None:
 
 def latest_rejections(limit: int = KEEP) -> list[dict[str, Any]]:
     """The newest rejected deliveries first."""
-    query = RejectedWebhook.select().order_by(RejectedWebhook.id.desc()).limit(limit)
+    # A range on the primary key (the table holds at most KEEP rows): read newest first by it
+    query = (RejectedWebhook.select().where(RejectedWebhook.id > 0)
+             .order_by(RejectedWebhook.id.desc()).limit(limit))
     return list(query.dicts())
