@@ -121,7 +121,9 @@ class Deadlines:
         and making progress at least every `BODY_IDLE_TIMEOUT` seconds."""
         now = time.monotonic()
         self._bodies[guard] = (guard.received, now)
-        self.wait(guard, BODY_TIMEOUT)
+        self._due[guard] = now + BODY_TIMEOUT
+        if self._timer is None:
+            self._schedule()
 
     def discard(self, guard: _Guard) -> None:
         self._due.pop(guard, None)
@@ -265,10 +267,12 @@ class GuardedApplication(tornado.web.Application):
         self.metrics: Metrics = self.settings["metrics"]
         self.deadlines = Deadlines(self.settings.get("header_timeout", HEADER_TIMEOUT))
         self.buffers = BufferBudget(self.settings["config"].max_buffered_bytes)
-        #: Successful POSTs to `lean` handlers (signed reads, `/webhooks`) skip the handler
-        #: machinery (`service/lean.py`); the `lean_path=False` setting turns that off.
-        self.lean = (LeanRoutes.from_routes(self, handlers)
-                     if self.settings.get("lean_path", True) else None)
+        #: POSTs to `lean` handlers (signed reads, `/webhooks`) skip the handler machinery
+        #: (`service/lean.py`); the `lean_path=False` setting turns that off.
+        #: (Its handlers are checked either way: one the lean path would serve differently
+        #: is refused, `LeanHandlerError`.)
+        lean = LeanRoutes.from_routes(self, handlers)
+        self.lean = lean if self.settings.get("lean_path", True) else None
 
     def end_request(self, conn: object, handler: str, method: str, status: int,
                     seconds: float) -> None:
