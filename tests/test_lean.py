@@ -281,11 +281,13 @@ async def test_the_pre_rendered_head_is_what_tornado_writes(tmp_path, monkeypatc
 
 
 def _lean_app(routes: list[Any], **settings: Any) -> Any:
+    from service.config import Config
     from service.guard import GuardedApplication
     from service.metrics import Metrics
     from service.tracker import RequestTracker
 
-    return GuardedApplication(routes, tracker=RequestTracker(), metrics=Metrics(), **settings)
+    return GuardedApplication(routes, tracker=RequestTracker(), metrics=Metrics(),
+                              config=Config.from_env({}), **settings)
 
 
 class _Reads(SignedHandler):
