@@ -90,8 +90,9 @@ class _Stream:
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
 @pytest.mark.parametrize("connection", [None, "close", "Close", "keep-alive", "upgrade"])
 @pytest.mark.parametrize("no_keep_alive", [False, True])
-def test_keeps_alive_is_tornados_rule_for_no_connection_header(version, connection,
-                                                               no_keep_alive):
+@pytest.mark.gen_test  # HTTP1Connection makes a future: it needs an event loop
+async def test_keeps_alive_is_tornados_rule_for_no_connection_header(version, connection,
+                                                                     no_keep_alive):
     """`keeps_alive` is true exactly when Tornado keeps the connection (`_can_keep_alive`) and
     writes no `Connection` header of its own (HTTP/1.1)."""
     conn = HTTP1Connection(_Stream(), False,  # type: ignore[arg-type]
@@ -106,7 +107,8 @@ def test_keeps_alive_is_tornados_rule_for_no_connection_header(version, connecti
                                                            and version == "HTTP/1.1")
 
 
-def test_connection_open_reads_the_stream():
+@pytest.mark.gen_test
+async def test_connection_open_reads_the_stream():
     stream = _Stream()
     conn = HTTP1Connection(stream, False)  # type: ignore[arg-type]
     assert conn.stream is stream and internals.connection_open(conn)
