@@ -1,4 +1,5 @@
-"""Used install-link `state` values and used install signatures: what makes a callback single-use.
+"""Used install-link `state` values: with the used signatures (`models/used_signatures.py`),
+what makes a callback single-use.
 
 A `state` is a signed token the server can check without storing anything (so an
 unauthenticated `GET /install` writes nothing). What must be remembered is only that a state
@@ -7,16 +8,13 @@ transaction as the installation. The primary key makes a second use fail, whiche
 tries it. A row is needed only until the token expires; `use_state` prunes rows whose token
 expired more than `KEEP_AFTER_EXPIRY` seconds ago.
 
-An install signature, with or without a state, is accepted at most once as well
-(`use_signature`): a row per used signature, keyed by a digest of what it signs and when (the
-`t=` and the signed string, so a header reworded around the same `v1` is the same signature),
-inserted in the transaction that applies the callback. A signature older than the tolerance is
-refused by its check, so a row is needed only until `t + tolerance`, and pruned after that.
+An install signature, with or without a state, is accepted at most once as well: it is
+recorded, in the transaction that applies the callback, in the one table of used signatures
+that the extension's single-use endpoints share (`models.used_signatures.record_signature`,
+keyed by what Stripe signed: the `t=` and the signed string).
 """
 
 from __future__ import annotations
-
-from hashlib import sha256
 
 import peewee as pw
 
@@ -44,32 +42,4 @@ def use_state(nonce: str, expires_at: float, account_id: str) -> bool:
     except pw.IntegrityError:
         return False
     InstallState.delete().where(InstallState.expires_at < now() - KEEP_AFTER_EXPIRY).execute()
-    return True
-
-
-class UsedInstallSignature(BaseModel):
-    digest = pw.CharField(max_length=64, primary_key=True)  # sha256 of "t.signed string", hex
-    account_id = pw.CharField(max_length=255)
-    used_at = pw.DoubleField(default=now)
-    expires_at = pw.DoubleField(index=True)  # when the signature's check refuses it anyway
-
-    class Meta:
-        table_name = "used_install_signature"
-
-
-def signature_digest(timestamp: int, signed: str) -> str:
-    """What identifies one install signature: the time it was made and what it signs."""
-    return sha256(f"{timestamp}.{signed}".encode()).hexdigest()
-
-
-def use_signature(digest: str, expires_at: float, account_id: str) -> bool:
-    """Record an install signature as used; False when it was used before (one winner under
-    races, whichever replica). Call inside the transaction that applies the callback."""
-    try:
-        with database.atomic():  # a savepoint: the outer transaction lives on
-            UsedInstallSignature.insert(digest=digest, account_id=account_id, used_at=now(),
-                                        expires_at=expires_at).execute()
-    except pw.IntegrityError:
-        return False
-    UsedInstallSignature.delete().where(UsedInstallSignature.expires_at < now()).execute()
     return True

@@ -1,7 +1,9 @@
-"""Extension signatures already used on a state-changing endpoint, so that each is used once.
+"""Signatures already used, so that each is used once: an extension's on a state-changing
+endpoint, and an install signature on the install callback.
 
 A signed request to an endpoint whose handler sets `single_use_signature`
-(`service/signed.py`) records the signature here before the endpoint acts: one row whose
+(`service/signed.py`), and an install callback (`service/install.py`, inside the transaction
+that applies it), record the signature here before they act: one row whose
 primary key is a digest of what Stripe signed (the timestamp and the signed string). A second
 request with the same signature, to any replica, finds the row and is refused. The key is not
 taken from the header's text: a header can be rewritten (another order, an extra `v1` or `v0`)
@@ -36,12 +38,18 @@ def signature_key(timestamp: int, signed: bytes) -> str:
     return sha256(b"%d." % timestamp + signed).hexdigest()
 
 
-def use_signature(key: str, expires_at: float) -> bool:
-    """Runs in a database thread: record `key` as used; False when it already was (a replay).
+def record_signature(key: str, expires_at: float) -> bool:
+    """Record `key` as used, in the caller's transaction; False when it already was (a replay).
 
     One INSERT that does nothing on a conflict with the primary key, so two replicas recording
-    the same key at once cannot both succeed (the database's unique index decides)."""
-    with write_transaction():  # on SQLite: queue with this process's other writers
-        inserted = (UsedSignature.insert(key=key, expires_at=expires_at)
-                    .on_conflict_ignore().as_rowcount().execute())
+    the same key at once cannot both succeed (the database's unique index decides), and a
+    conflict leaves the caller's transaction usable (PostgreSQL aborts one on an error)."""
+    inserted = (UsedSignature.insert(key=key, expires_at=expires_at)
+                .on_conflict_ignore().as_rowcount().execute())
     return inserted == 1
+
+
+def use_signature(key: str, expires_at: float) -> bool:
+    """Runs in a database thread: `record_signature` in a transaction of its own."""
+    with write_transaction():  # on SQLite: queue with this process's other writers
+        return record_signature(key, expires_at)

@@ -17,7 +17,7 @@ unauthenticated request writes nothing to the database. 503 without `STRIPE_APP_
   app secret (rotation as for signed requests) within the tolerance;
 - 403 when the state is unknown, expired, used, or was issued to another browser;
 - 403 `signature_used` when the install signature was accepted before (each is accepted once,
-  on every replica: `models.install_state.use_signature`);
+  on every replica: `models.used_signatures.record_signature`);
 - otherwise the state is used up (its nonce recorded, so a second use is refused) and the
   installation for (account, mode) takes effect at once (`Change.LINK`), dated by the
   signature's timestamp: an uninstall recorded after that moment is never undone by it.
@@ -50,8 +50,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from models.install_state import signature_digest, use_signature, use_state
+from models.install_state import use_state
 from models.installation import Change, InstallationView, InstallChange, Outcome, Refused
+from models.used_signatures import record_signature, signature_key
 from service.base import APIError, BaseHandler
 from service.ids import ACCOUNT_ID, USER_ID
 from service.marketplace import marketplace_change, verify_marketplace
@@ -128,12 +129,12 @@ def _once(signed_at: int, signed: str, account_id: str, tolerance: int,
           checked: CheckedState | None = None) -> Callable[[], str | None]:
     """The precondition of a callback's change (run in its transaction): use the state, when
     there is one, and the signature; a reason when either was used before."""
-    digest = signature_digest(signed_at, signed)
+    key = signature_key(signed_at, signed.encode())
 
     def use() -> str | None:
         if checked is not None and not use_state(checked.nonce, checked.expires_at, account_id):
             return "state already used"
-        if not use_signature(digest, signed_at + tolerance + 1, account_id):
+        if not record_signature(key, signed_at + tolerance + 1):
             return "signature already used"
         return None
     return use

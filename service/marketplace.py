@@ -14,7 +14,7 @@ so it never touches an uninstall recorded after it), which takes effect only onc
 confirms it: the Install API answers that the app is installed on that account in that mode
 (asked at once when a platform key for the mode is set: `InstallSync.confirm`), or the
 `account.application.authorized` / `apps.install.created` event arrives. Each signature is
-accepted once (`models.install_state.use_signature`).
+accepted once (`models.used_signatures.record_signature`).
 """
 
 from __future__ import annotations
