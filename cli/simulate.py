@@ -2,7 +2,8 @@
 
     simulate install   --account acct_X [--user usr_X] [--test]   install link + callback
     simulate uninstall --account acct_X [--test]                   deauthorized webhook
-    simulate event TYPE --account acct_X [--test]                  any event by type
+    simulate event TYPE --account acct_X [--test]                  any event by type, about an
+                                        object of its kind (a customer for customer.created)
     simulate event --file event.json                               an event from a file
     simulate event apps.install.created --account acct_X [--test] [--granted a,b] [--pending c]
                                         a platform event with the install in data.object
