@@ -354,6 +354,8 @@ class Services:
     async def init_app(self) -> None:
         for line in [*self.config.disabled_features(), *self.oauth.disabled()]:
             log.info("%s", line)
+        for line in self.config.ignored_variables():  # a misspelt setting, read by nothing
+            log.warning("%s", line)
         self.app = make_app(
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,
