@@ -5,9 +5,16 @@ shows. Real processes on loopback, as in test_e2e.py."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
 
-from conftest import free_port
-from test_e2e import cli
+import httpx
+from conftest import ROOT, free_port
+from test_dev_installs import healthy, start_dev, stop_dev
+from test_e2e import RUN, clean_env, cli, wait_until
 
 from cli.devtools import event_object, make_event
 
@@ -44,3 +51,65 @@ def test_simulate_event_sends_the_typed_object(tmp_path):
     assert sent["type"] == "invoice.paid" and sent["account"] == "acct_demo"
     assert sent["data"]["object"]["object"] == "invoice"
     assert sent["data"]["object"]["id"].startswith("in_")
+
+
+def readme_walkthrough() -> list[list[str]]:
+    """The second shell's commands of the README's "Try everything without a Stripe account",
+    as written (the arguments after `run.py`)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("## Try everything without a Stripe account", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    commands = [shlex.split(line)[2:] for line in lines
+                if line.startswith(".venv/bin/python run.py")]
+    assert commands[0] == ["dev"], "the walkthrough starts with `run.py dev` in shell 1"
+    return commands[1:]
+
+
+def scheduled(port: int) -> int:
+    return int(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+               ["scheduler"]["jobs"])
+
+
+def test_readme_walkthrough_as_written_when_dev_runs_on_a_port_of_its_own(tmp_path):
+    """Shell 1 ran `PORT=<p> run.py dev`; shell 2 runs the README's lines exactly as written,
+    with no PORT in its environment: each reaches the backend on <p> (through var/dev.env)."""
+    port = free_port()
+    dev, _ = start_dev(tmp_path, port, free_port())
+    try:
+        wait_until(lambda: healthy(port), 40)
+        assert f"PORT={port}\n" in (tmp_path / "var" / "dev.env").read_text()
+        commands = readme_walkthrough()
+        assert len(commands) >= 8
+        for argv in commands:
+            out = cli(tmp_path, *argv)  # clean_env: no PORT, no STRIPE_*
+            said = f"{argv}: {out.stdout[-1500:]} {out.stderr[-1500:]}"
+            assert "cannot reach the backend" not in out.stderr, said
+            if argv[:2] == ["simulate", "request"] and argv[2] == "/api/jobs":
+                assert out.returncode == 1 and "not_installed" in out.stdout, said  # 403
+            else:
+                assert out.returncode == 0, said
+            if argv[:2] == ["simulate", "install"]:
+                wait_until(lambda: scheduled(port) == 1, 20)
+    finally:
+        stop_dev(dev)
+
+
+def test_dev_says_which_port_is_taken_and_how_to_choose_another(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, RUN, "dev", "--stripe-port", str(free_port())],
+                             cwd=tmp_path, env=clean_env(PORT=str(busy)), capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 1
+        assert f"port {busy} is taken" in out.stderr and "PORT=8123" in out.stderr
+        out = subprocess.run([sys.executable, RUN, "dev", "--stripe-port", str(busy)],
+                             cwd=tmp_path, env=clean_env(PORT=str(free_port())),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1
+        assert "not a Stripe emulator" in out.stderr and "--stripe-port" in out.stderr
+    help_text = cli(tmp_path, "dev", "--help").stdout
+    assert "--stripe-port" in help_text and "8420" in help_text
