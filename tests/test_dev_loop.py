@@ -113,3 +113,46 @@ def test_dev_says_which_port_is_taken_and_how_to_choose_another(tmp_path):
         assert "not a Stripe emulator" in out.stderr and "--stripe-port" in out.stderr
     help_text = cli(tmp_path, "dev", "--help").stdout
     assert "--stripe-port" in help_text and "8420" in help_text
+
+
+def test_simulated_install_grants_permissions_that_an_install_sync_keeps(tmp_path):
+    """`simulate install` records the permissions the install grants in dev's Install API (by
+    default all the manifest asks for; `--granted` names them), so `installs sync --dev` keeps
+    `balance_read` and the example job runs; with it not granted, the job is
+    missing_permission."""
+    port = free_port()
+    dev, fake_port = start_dev(tmp_path, port, free_port())
+    try:
+        wait_until(lambda: healthy(port), 40)
+        out = cli(tmp_path, "simulate", "install", "--account", "acct_demo", "--test")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "granted: balance_read" in out.stdout
+        out = cli(tmp_path, "simulate", "install", "--account", "acct_less", "--test",
+                  "--granted", "customer_read")
+        assert out.returncode == 0, out.stdout + out.stderr
+        listed = httpx.get(f"http://127.0.0.1:{fake_port}/v1/apps/installs",
+                           headers={"Authorization": "Bearer sk_test_x"}).json()["data"]
+        granted = {o["account"]: o["permissions_granted"] for o in listed}
+        assert "balance_read" in granted["acct_demo"]
+        assert granted["acct_less"] == ["customer_read"]
+
+        out = cli(tmp_path, "installs", "sync", "--test", "--dev")
+        assert out.returncode == 0 and "test: 2 installs listed" in out.stdout, out.stderr
+        out = cli(tmp_path, "jobs", "run", "balance_snapshot", "--account", "acct_demo",
+                  "--test", "--dev")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "balance_snapshot for acct_demo (test): succeeded" in out.stdout
+        out = cli(tmp_path, "jobs", "run", "balance_snapshot", "--account", "acct_less",
+                  "--test", "--dev")
+        assert "balance_snapshot for acct_less (test): missing_permission" in out.stdout
+
+        # granting it later (installing again, as an account accepts a new version) is kept
+        out = cli(tmp_path, "simulate", "install", "--account", "acct_less", "--test",
+                  "--granted", "balance_read,customer_read")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert cli(tmp_path, "installs", "sync", "--test", "--dev").returncode == 0
+        out = cli(tmp_path, "jobs", "run", "balance_snapshot", "--account", "acct_less",
+                  "--test", "--dev")
+        assert "balance_snapshot for acct_less (test): succeeded" in out.stdout, out.stdout
+    finally:
+        stop_dev(dev)
