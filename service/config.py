@@ -382,7 +382,8 @@ class Config:
         "Stripe calls per second per mode and process")
     replica_poll_seconds: float = setting(
         "REPLICA_POLL_SECONDS", 30.0, _Float(0.1, 60.0),
-        "how often installs made by other replicas are read")
+        "the longest before installs changed by other processes are read (a change is "
+        "usually read within a second: the database tells)")
     retention_days: float = setting(
         "RETENTION_DAYS", 30.0, _Float(0.0001, 36500.0),
         "processed events, finished job runs and finished tasks older than this many days are "
