@@ -21,7 +21,8 @@ keeps the install's permissions: those `--granted` (and `--pending`) name, or by
 `install` every permission the app's manifest asks for (`run.py manifest`), as an account
 that accepts the app grants them; so a later install sync keeps them too.
 
-Secrets come from the environment (or, when unset, from `var/dev.env` written by `run.py dev`).
+Secrets and the backend's address come from the environment (or, when no secret is set there,
+from `var/dev.env` written by `run.py dev`, which holds the `PORT` dev listens on).
 Each command prints what it sent and what came back; it exits 1 when the backend refused, 2 on
 bad input or a missing secret, 3 when the backend cannot be reached.
 """

@@ -10,6 +10,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 from conftest import ROOT, free_port
@@ -92,6 +93,12 @@ def test_readme_walkthrough_as_written_when_dev_runs_on_a_port_of_its_own(tmp_pa
                 assert out.returncode == 0, said
             if argv[:2] == ["simulate", "install"]:
                 wait_until(lambda: scheduled(port) == 1, 20)
+            if argv[:2] in (["jobs", "pause"], ["jobs", "resume"]):
+                # the running dev server acts on the command's change at once, not after
+                # REPLICA_POLL_SECONDS (30 s here)
+                start, jobs = time.monotonic(), int(argv[1] == "resume")
+                wait_until(lambda jobs=jobs: scheduled(port) == jobs, 20)
+                assert time.monotonic() - start < 2.0, f"{argv[1]} reached dev late"
     finally:
         stop_dev(dev)
 
