@@ -10,10 +10,16 @@ exit when dev does, even when it is killed (`cli.devtools.start_child`). Never u
 with real Stripe keys.
 
 Dev keeps its own database, `var/dev.db` (unless `DATABASE_URL` is set), so a fake `acct_demo`
-never lands in the real server's `var/app.db`. Each start writes the database and the address
-of the Stripe stand-in (`STRIPE_API_BASE`, the Install API fake in front of the emulator) into
-`var/dev.env` too, so that `run.py <command> --dev` (`dev_config()`) or a shell that sources
-the file talks to the same database and the same fake Stripe as the running `run.py dev`.
+never lands in the real server's `var/app.db`. Each start writes the database, the address
+of the Stripe stand-in (`STRIPE_API_BASE`, the Install API fake in front of the emulator) and
+the port the backend listens on (`PORT`: the environment's, else the default) into
+`var/dev.env` too, so that `run.py simulate`, `run.py <command> --dev` (`dev_config()`) or a
+shell that sources the file talks to the same backend, database and fake Stripe as the running
+`run.py dev`: after `PORT=8123 run.py dev`, a second shell needs no `PORT`.
+
+A port already taken stops dev before it starts anything, with the way out: `PORT=...` for the
+backend, `--stripe-port` for the emulator (unless what answers there is a Stripe emulator,
+which dev then uses).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from service.manifest import connect_src
 #: by every command given `--dev`.
 DEV_ENV = "var/dev.env"
 
+#: The emulator's port unless `--stripe-port` says another.
+STRIPE_PORT = 8420
+
 #: The development database, apart from the real server's default `var/app.db`.
 DEV_DATABASE_URL = "sqlite:///var/dev.db"
 
@@ -48,7 +57,9 @@ class DevEnvError(Exception):
 
 def add_parser(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run with development secrets and a local Stripe emulator")
-    dev.add_argument("--stripe-port", type=int, default=8420)
+    dev.add_argument("--stripe-port", type=int, default=STRIPE_PORT,
+                     help=f"port of the localstripe emulator (default {STRIPE_PORT}; an "
+                          "emulator already answering there is used)")
     dev.add_argument("--installs-port", type=int, default=0,
                      help="port of the Install API fake (default: any free port)")
     dev.set_defaults(func=run_dev)
@@ -143,16 +154,39 @@ def _port_open(port: int) -> bool:
 EMULATOR_STATE = "var/dev-localstripe.pickle"
 
 
+def _is_stripe_emulator(port: int) -> bool:
+    """Whether what answers on `port` speaks the Stripe API (lists customers for a test key)."""
+    import httpx
+
+    try:
+        resp = httpx.get(f"http://127.0.0.1:{port}/v1/customers", params={"limit": 1},
+                         auth=("sk_test_dev", ""), timeout=3)
+        return resp.status_code == 200 and resp.json().get("object") == "list"
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
 def start_emulator(port: int) -> subprocess.Popen[str] | None:
     if _port_open(port):
-        print(f"localstripe: already answering on port {port}")
+        if not _is_stripe_emulator(port):
+            raise SystemExit(f"port {port} is taken by something that is not a Stripe "
+                             "emulator: start dev with --stripe-port N (a free port)")
+        print(f"localstripe: already answering on port {port} (used as it is; another: "
+              "--stripe-port N)")
         return None
     try:
         proc, url = emulator.start(port, state=os.path.abspath(EMULATOR_STATE))
     except RuntimeError as exc:
-        raise SystemExit(str(exc)) from None
-    print(f"localstripe: started at {url} (pid {proc.pid}, data in {EMULATOR_STATE})")
+        raise SystemExit(f"{exc} (another port: --stripe-port N)") from None
+    print(f"localstripe: started at {url} (pid {proc.pid}, data in {EMULATOR_STATE}; "
+          "another port: --stripe-port N)")
     return proc
+
+
+def backend_port(values: dict[str, str]) -> int:
+    """The port dev's backend listens on: `PORT` from the environment, else the default (never
+    the one an earlier start wrote to the file: the file says where dev runs now)."""
+    return config_over_dev_env({k: v for k, v in values.items() if k != "PORT"}).port
 
 
 #: The dev Install API fake keeps its installs here, across restarts of `run.py dev`.
@@ -185,6 +219,12 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
     values = load_dev_env() or _generate()
     values.setdefault("CREDENTIALS_KEYS", _fernet_key())  # a dev.env from before the vault
     values.setdefault("DATABASE_URL", DEV_DATABASE_URL)
+    port = backend_port(values)
+    if port and _port_open(port):
+        raise SystemExit(f"port {port} is taken: start dev on another, e.g. `PORT=8123 "
+                         ".venv/bin/python run.py dev` (`run.py simulate` and the --dev "
+                         "commands find it in var/dev.env)")
+    values["PORT"] = str(port)  # so `simulate` and `--dev` commands reach this backend
     write_dev_env(values)
     emulator = start_emulator(args.stripe_port)
     installs = None

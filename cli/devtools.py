@@ -1,7 +1,8 @@
 """Playing Stripe's part, for `run.py simulate`, the tests and the benchmarks (one copy of each).
 
 - `sign(payload, secret)`: a `Stripe-Signature` header, made by the stripe library;
-- `make_event(type, account, livemode)`: a webhook event shaped as Stripe sends it;
+- `make_event(type, account, livemode)`: a webhook event shaped as Stripe sends it, about an
+  object of the type's kind (`event_object`: a customer for `customer.created`);
 - `compact(value)`: JSON without spaces, as the UI extension's signed requests send it;
 - `free_port()`: a free TCP port on the loopback interface;
 - `start_child(...)` / `exit_with_parent()`: a loopback server of ours as a child process that
@@ -43,13 +44,79 @@ def make_event(type_: str, account: str | None = None, livemode: bool = True, *,
                created: int | None = None, event_id: str | None = None,
                obj: dict[str, Any] | None = None) -> dict[str, Any]:
     """An event of `type_` for `account` (None: the platform's own), created now unless
-    `created`, about `obj` (by default the app itself)."""
+    `created`, about `obj` (by default `event_object(type_, account)`)."""
     return {
         "id": event_id or new_event_id(), "object": "event", "api_version": "2024-06-20",
         "account": account, "created": created or int(time.time()), "livemode": livemode,
-        "data": {"object": obj or {"id": "ca_simulated", "object": "application"}},
+        "data": {"object": obj or event_object(type_, account)},
         "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None}, "type": type_,
     }
+
+
+#: The object an event type is about, when it is not the type's first segment: the longest
+#: matching prefix wins. `customer.subscription.created` is about a subscription, not a
+#: customer; namespaced objects (`checkout.session`) keep their dot.
+_EVENT_OBJECTS: dict[str, str] = {
+    "account.application.": "application",
+    "account.external_account.": "bank_account",
+    "customer.subscription.": "subscription",
+    "customer.discount.": "discount",
+    "customer.source.": "card",
+    "customer.tax_id.": "tax_id",
+    "charge.dispute.": "dispute",
+    "charge.refund.": "refund",
+    "issuing_authorization.": "issuing.authorization",
+    "issuing_card.": "issuing.card",
+    "issuing_cardholder.": "issuing.cardholder",
+    "issuing_dispute.": "issuing.dispute",
+    "issuing_transaction.": "issuing.transaction",
+}
+
+#: Namespaces whose objects are named by the first two segments (`checkout.session.completed`).
+_NAMESPACES = ("billing", "billing_portal", "checkout", "climate", "entitlements",
+               "financial_connections", "identity", "radar", "reporting", "sigma", "tax",
+               "terminal", "test_helpers", "treasury")
+
+#: Id prefixes Stripe gives common objects (another object's id is `<object>_sim...`).
+_ID_PREFIXES: dict[str, str] = {
+    "account": "acct", "application": "ca", "application_fee": "fee", "bank_account": "ba",
+    "card": "card", "charge": "ch", "checkout.session": "cs", "coupon": "co",
+    "credit_note": "cn", "customer": "cus", "dispute": "dp", "file": "file", "invoice": "in",
+    "invoiceitem": "ii", "mandate": "mandate", "payment_intent": "pi", "payment_link": "plink",
+    "payment_method": "pm", "payout": "po", "person": "person", "plan": "plan",
+    "price": "price", "product": "prod", "promotion_code": "promo", "quote": "qt",
+    "refund": "re", "review": "prv", "setup_intent": "seti", "source": "src",
+    "subscription": "sub", "subscription_schedule": "sub_sched", "tax_id": "txi",
+    "tax_rate": "txr", "topup": "tu", "transfer": "tr",
+}
+
+
+def event_object_name(type_: str) -> str:
+    """The `object` an event of `type_` carries in `data.object`: by Stripe's naming, the
+    type's first segment (`customer.created`: a customer), but for the prefixes in
+    `_EVENT_OBJECTS` and the namespaces in `_NAMESPACES`."""
+    for prefix in sorted(_EVENT_OBJECTS, key=len, reverse=True):
+        if type_.startswith(prefix):
+            return _EVENT_OBJECTS[prefix]
+    parts = type_.split(".")
+    if len(parts) > 2 and parts[0] in _NAMESPACES:
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+def event_object(type_: str, account: str | None = None) -> dict[str, Any]:
+    """A minimal `data.object` for an event of `type_`: its id and `object`, as Stripe would
+    send them (`{"id": "cus_sim...", "object": "customer"}` for `customer.created`); the app
+    itself for `account.application.*`, the account for `account.*`, no id for a balance."""
+    name = event_object_name(type_)
+    if name == "application":
+        return {"id": "ca_simulated", "object": "application"}
+    if name == "account":
+        return {"id": account or "acct_simulated", "object": "account"}
+    if name == "balance":
+        return {"object": "balance", "available": [], "pending": []}
+    prefix = _ID_PREFIXES.get(name, name.replace(".", "_"))
+    return {"id": f"{prefix}_sim{secrets.token_hex(8)}", "object": name}
 
 
 def free_port() -> int:

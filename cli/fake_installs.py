@@ -7,7 +7,10 @@ stripe-python 16's `stripe.apps.Install` and `client.v1.apps.installs` use:
     GET  /v1/apps/installs                  list: app, account, status, limit (1..100, default
                                             10), starting_after, ending_before; newest first;
                                             {"object": "list", "url", "has_more", "data"}
-    POST /v1/apps/installs                  create: `app`, for the `Stripe-Account` account
+    POST /v1/apps/installs                  create: `app`, for the `Stripe-Account` account,
+                                            with `permissions_granted[]` and
+                                            `permissions_pending[]` when given (an install
+                                            already there takes the permissions given)
     GET  /v1/apps/installs/{id}             retrieve (404 resource_missing)
     POST /v1/apps/installs/{id}/uninstall   uninstall: the install, `status: "uninstalling"`,
                                             gone from later lists
@@ -148,6 +151,19 @@ class _Base(tornado.web.RequestHandler):
             found.update({k: v[-1] for k, v in parse_qs(self.request.body.decode()).items()})
         return found
 
+    def lists(self, name: str) -> list[str] | None:
+        """The form array `name` (`name[]=a&name[]=b`, `name[0]=a`; `name=` for an empty one),
+        None when the request does not give it."""
+        given = False
+        values: list[str] = []
+        form = parse_qs(self.request.body.decode(), keep_blank_values=True)
+        for key, found in form.items():
+            if key == name or key == f"{name}[]" or (
+                    key.startswith(f"{name}[") and key[len(name) + 1:-1].isdigit()):
+                given = True
+                values.extend(v for v in found if v)
+        return values if given else None
+
     def send(self, obj: dict[str, Any]) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(obj))
@@ -205,11 +221,19 @@ class InstallsHandler(_Base):
                    "needs the Stripe-Account header")
             return
         app = p.get("app", "")
+        permissions = {name: found for name in ("permissions_granted", "permissions_pending")
+                       if (found := self.lists(name)) is not None}
         for obj in self.state.ordered(livemode):
             if obj["account"] == account and obj["app"] == app:
+                if permissions:
+                    obj.update(permissions, approval_required=bool(
+                        permissions.get("permissions_pending", obj["permissions_pending"])))
+                    self.state.save()
                 self.send(obj)
                 return
-        obj = install_object(account, app, livemode)
+        obj = install_object(account, app, livemode,
+                             permissions_granted=permissions.get("permissions_granted"),
+                             permissions_pending=permissions.get("permissions_pending"))
         self.state.installs[obj["id"]] = obj
         self.state.save()
         self.send(obj)

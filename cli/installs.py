@@ -1,8 +1,8 @@
 """`run.py installs sync [--test]` and `run.py installs uninstall --account A [--test]`.
 
 `sync` lists the app's installs in the mode through Stripe's Install API and makes the table
-agree (see jobs/installs.py); a running server learns of the changes within
-`REPLICA_POLL_SECONDS`. `uninstall` calls the API's uninstall for the account and applies the
+agree (see jobs/installs.py); a running server learns of the changes at once
+(`models/change_watch.py`). `uninstall` calls the API's uninstall for the account and applies the
 result here as the webhook would (jobs stop, app data deleted). Both need `STRIPE_APP_ID` and
 the mode's `STRIPE_SECRET_KEY_<MODE>`; they exit 1 when Stripe refuses or the listing fails
 (nothing changed then), 2 when the configuration is missing.

@@ -1,8 +1,11 @@
 """`run.py simulate ...`: play Stripe's parts against a running backend, signed as Stripe signs.
 
-    simulate install   --account acct_X [--user usr_X] [--test]   install link + callback
+    simulate install   --account acct_X [--user usr_X] [--test] [--granted PERM ...]
+                                        install link + callback; the install grants the
+                                        permissions the manifest asks for, or those given
     simulate uninstall --account acct_X [--test]                   deauthorized webhook
-    simulate event TYPE --account acct_X [--test]                  any event by type
+    simulate event TYPE --account acct_X [--test]                  any event by type, about an
+                                        object of its kind (a customer for customer.created)
     simulate event --file event.json                               an event from a file
     simulate event apps.install.created --account acct_X [--test] [--granted a,b] [--pending c]
                                         a platform event with the install in data.object
@@ -14,9 +17,12 @@ there (`POST /v1/apps/installs` for the account; the event carries that install'
 `uninstall` and `event apps.install.deleted` uninstall it there (`POST
 /v1/apps/installs/{id}/uninstall`), as Stripe's own records would change, so an install sync
 agrees with what was simulated. Real Stripe (any other address) is never written to. The fake
-records no permissions: a sync after `--granted`/`--pending` sees none.
+keeps the install's permissions: those `--granted` (and `--pending`) name, or by default for
+`install` every permission the app's manifest asks for (`run.py manifest`), as an account
+that accepts the app grants them; so a later install sync keeps them too.
 
-Secrets come from the environment (or, when unset, from `var/dev.env` written by `run.py dev`).
+Secrets and the backend's address come from the environment (or, when no secret is set there,
+from `var/dev.env` written by `run.py dev`, which holds the `PORT` dev listens on).
 Each command prints what it sent and what came back; it exits 1 when the backend refused, 2 on
 bad input or a missing secret, 3 when the backend cannot be reached.
 """
@@ -53,6 +59,9 @@ def add_parser(sub: Any) -> None:
     inst.add_argument("--account", required=True)
     inst.add_argument("--user", default="usr_simulated")
     inst.add_argument("--test", action="store_true")
+    inst.add_argument("--granted", nargs="*", metavar="PERM",
+                      help="the permissions the install grants (default: all the manifest "
+                           "asks for; none given: none granted)")
     inst.set_defaults(action=_install)
     unin = ssub.add_parser("uninstall", help="send account.application.deauthorized")
     unin.add_argument("--account", required=True)
@@ -125,17 +134,39 @@ def local_install_api(config: Config, livemode: bool) -> tuple[str, dict[str, st
     return base.rstrip("/"), {"Authorization": f"Bearer {key}"}
 
 
-def register_install(config: Config, account: str, livemode: bool) -> str | None:
+def declared_permissions() -> list[str]:
+    """Every permission the app's manifest asks for (`run.py manifest`): what an account that
+    accepts the app grants."""
+    from jobs.registry import Registry
+    from service.manifest import permission_needs
+
+    return [need.permission for need in permission_needs(Registry.discover())]
+
+
+def permission_list(values: list[str] | None) -> list[str]:
+    """`--granted a b`, `--granted a,b` alike."""
+    return [p for value in values or () for p in value.split(",") if p]
+
+
+def register_install(config: Config, account: str, livemode: bool,
+                     granted: list[str] | None = None,
+                     pending: list[str] | None = None) -> str | None:
     """Tell the local Install API fake that the app is installed on `account` (see the module
-    docstring) and return the install's id; None when there is no local fake or it failed (a
-    warning: the simulated install itself stands)."""
+    docstring), with the permissions `granted` and `pending` when given, and return the
+    install's id; None when there is no local fake or it failed (a warning: the simulated
+    install itself stands)."""
     local = local_install_api(config, livemode)
     if local is None:
         return None
     base, headers = local
-    print(f"-> POST {base}/v1/apps/installs (Stripe-Account: {account}): Stripe records it")
+    form: dict[str, Any] = {"app": config.app_id or ""}
+    for name, values in (("permissions_granted", granted), ("permissions_pending", pending)):
+        if values is not None:  # an empty array is sent as `name=`, as Stripe encodes one
+            form.update({f"{name}[]": values} if values else {name: ""})
+    print(f"-> POST {base}/v1/apps/installs (Stripe-Account: {account}): Stripe records it"
+          + (f", granted: {', '.join(granted) or 'nothing'}" if granted is not None else ""))
     try:
-        resp = httpx.post(f"{base}/v1/apps/installs", data={"app": config.app_id or ""},
+        resp = httpx.post(f"{base}/v1/apps/installs", data=form,
                           headers={**headers, "Stripe-Account": account}, timeout=30)
     except httpx.TransportError as exc:
         print(f"warning: the Install API at {base} cannot be reached ({type(exc).__name__}); "
@@ -175,7 +206,11 @@ def unregister_install(config: Config, account: str, livemode: bool) -> None:
               "sync may still see this install", file=sys.stderr)
 
 
-def install(client: httpx.Client, config: Config, account: str, user: str, test: bool) -> int:
+def install(client: httpx.Client, config: Config, account: str, user: str, test: bool,
+            granted: list[str] | None = None) -> int:
+    """The install link, Stripe's redirect to the callback and the webhook that comes with it;
+    the local Install API records the install granting `granted` (None: what the manifest
+    asks for) first, as Stripe records it before it redirects."""
     if not config.app_secrets:
         raise SimulateError("STRIPE_APP_SECRETS is not set")
     print("-> GET /install")
@@ -192,7 +227,9 @@ def install(client: httpx.Client, config: Config, account: str, user: str, test:
                                         config.app_secrets[0])}
     if test:
         params["livemode"] = "false"
-    register_install(config, account, not test)  # Stripe records the install, then redirects
+    if granted is None:
+        granted = declared_permissions()
+    register_install(config, account, not test, granted)  # Stripe records it, then redirects
     print(f"-> GET {callback} (as Stripe's redirect) {json.dumps(params)}")
     resp = client.get(callback, params=params, headers={"Accept": "application/json"})
     code = _answer(resp)
@@ -245,19 +282,20 @@ def install_event(config: Config, args: argparse.Namespace) -> dict[str, Any]:
         raise SimulateError("apps.install.* events need --account")
     status = "uninstalling" if args.type == "apps.install.deleted" else "installed"
     install_id = None
+    granted, pending = permission_list([args.granted]), permission_list([args.pending])
     if args.type == "apps.install.created":  # the install Stripe now lists, under its id
-        install_id = register_install(config, args.account, not args.test)
+        install_id = register_install(config, args.account, not args.test, granted, pending)
     elif args.type == "apps.install.deleted":
         unregister_install(config, args.account, not args.test)
     obj = install_object(args.account, config.app_id or "com.example.app", not args.test,
-                         install_id=install_id, status=status,
-                         permissions_granted=[p for p in args.granted.split(",") if p],
-                         permissions_pending=[p for p in args.pending.split(",") if p])
+                         install_id=install_id, status=status, permissions_granted=granted,
+                         permissions_pending=pending)
     return make_event(args.type, None, not args.test, obj=obj)
 
 
 def _install(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
-    return install(client, config, args.account, args.user, args.test)
+    granted = None if args.granted is None else permission_list(args.granted)
+    return install(client, config, args.account, args.user, args.test, granted)
 
 
 def _uninstall(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:

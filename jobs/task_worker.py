@@ -357,27 +357,38 @@ class TaskWorker:
             raise
         except NOT_CONFIGURED as exc:
             outcome = "not_configured"
-            await self._record(self._outcome(ctx, TaskStatus.FAILED, error=error_text(
-                exc, ctx.revealed, message_only=True)))
+            error = error_text(exc, ctx.revealed, message_only=True)
+            self._log_failure(run, outcome, error)
+            await self._record(self._outcome(ctx, TaskStatus.FAILED, error=error))
         except BadInput as exc:
             outcome = "bad_input"
-            await self._record(self._outcome(ctx, TaskStatus.FAILED, error=error_text(
-                exc, ctx.revealed, prefix="bad input: ", message_only=True)))
+            error = error_text(exc, ctx.revealed, prefix="bad input: ", message_only=True)
+            self._log_failure(run, outcome, error)
+            await self._record(self._outcome(ctx, TaskStatus.FAILED, error=error))
         except Exception as exc:
             error = error_text(exc, ctx.revealed)
             if ctx.attempt < view.max_attempts:
                 outcome = "retrying"
                 delay = backoff(spec, ctx.attempt)
-                log.warning("task %s %s failed (attempt %d/%d), retry in %.0fs: %s", view.name,
-                            view.id, ctx.attempt, view.max_attempts, delay, error)
+                log.warning("task %s %s for %s/%s failed (attempt %d/%d), retry in %.0fs: %s",
+                            view.name, view.id, view.account_id, view.mode, ctx.attempt,
+                            view.max_attempts, delay, error)
                 await self._record(self._outcome(ctx, TaskStatus.QUEUED, error=error,
                                                       retry_at=now() + delay))
             else:
-                log.warning("task %s %s failed (attempt %d/%d): %s", view.name, view.id,
-                            ctx.attempt, view.max_attempts, error)
+                self._log_failure(run, outcome, error)
                 await self._record(self._outcome(ctx, TaskStatus.FAILED, error=error))
         finally:
             self.on_outcome(view.name, outcome)
+
+    @staticmethod
+    def _log_failure(run: _Run, outcome: str, error: str) -> None:
+        """The one log line of a task that failed for good: its id, name, account and mode,
+        the attempt, and the error as stored (`error_text`: bounded, secrets redacted)."""
+        view = run.view
+        log.warning("task %s %s for %s/%s failed (%s, attempt %d/%d): %s", view.name, view.id,
+                    view.account_id, view.mode, outcome, run.ctx.attempt, view.max_attempts,
+                    error)
 
     async def _call(self, spec: TaskSpec, ctx: TaskContext) -> Any:
         try:

@@ -10,16 +10,21 @@ installation, so no caller has to remember to tell anyone.
 
 Signed requests ask `is_active(account)` on every call; the scheduler asks which accounts to run.
 The index is loaded once at start-up, updated at once by this process's own changes, and
-re-read every `REPLICA_POLL_SECONDS` for rows other replicas changed (`refresh`). `put` takes a
-row as it already stands in the database (loading, refreshing, seeding in tests): it changes
-no installation, only what this process knows of one.
+re-read for rows other processes changed (`refresh`): as soon as the server's
+`models/change_watch.py` sees another commit (SQLite's `data_version`; on PostgreSQL the
+`NOTIFY` each change through this door sends, `notify_change`), and at the latest every
+`REPLICA_POLL_SECONDS`. So a pause or an uninstall from the command line reaches a running
+server within a second. `put` takes a row as it already stands in the database (loading,
+refreshing, seeding in tests): it changes no installation, only what this process knows of one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
+from models.change_watch import notify_change
 from models.db import Storage
 from models.enums import Mode
 from models.installation import (
@@ -35,10 +40,20 @@ from models.installation import (
 
 log = logging.getLogger("app.installations")
 
+T = TypeVar("T")
+
 Listener = Callable[[InstallationView | None, InstallationView], None]
 
 #: Rows are re-read a little before the watermark: clocks of replicas differ slightly.
 CLOCK_SLACK = 5.0
+
+
+def _announced(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` (a change through the door, committed on return), then announced to the
+    other processes (`notify_change`), in the same database thread."""
+    result = fn(*args)
+    notify_change()
+    return result
 
 
 def _load_since(since: float) -> list[InstallationView]:
@@ -75,14 +90,14 @@ class InstallationIndex:
                     precondition: Callable[[], str | None] | None = None) -> Outcome:
         """Apply one change (the rule: `models/installation.py`) and take its result in; a
         `precondition` runs first in the same transaction (`Refused` when it says no)."""
-        outcome = await self.storage.run(change_installation, change, precondition)
+        outcome = await self.storage.run(_announced, change_installation, change, precondition)
         self.put(outcome.view)
         return outcome
 
     async def apply_many(self, changes: Iterable[InstallChange],
                          new: frozenset[tuple[str, str]] = frozenset()) -> list[Outcome]:
         """Apply changes in one transaction (`change_many`), then take each result in."""
-        outcomes = await self.storage.run(change_many, list(changes), new)
+        outcomes = await self.storage.run(_announced, change_many, list(changes), new)
         for outcome in outcomes:
             self.put(outcome.view)
         return outcomes
@@ -90,7 +105,7 @@ class InstallationIndex:
     async def pause(self, account_id: str, mode: str, paused: bool,
                     reason: str | None = None) -> InstallationView | None:
         """Pause or resume an installation's jobs; None when there is no such installation."""
-        view = await self.storage.run(set_paused, account_id, mode, paused, reason)
+        view = await self.storage.run(_announced, set_paused, account_id, mode, paused, reason)
         if view is not None:
             self.put(view)
         return view

@@ -15,7 +15,7 @@ from typing import Any
 import peewee as pw
 
 from models.db import is_sqlite
-from models.enums import MODES
+from models.enums import MODES, JobOutcome
 from models.events import WebhookEvent
 from models.installation import Installation
 from models.jobs import JobRun
@@ -25,6 +25,12 @@ from models.tasks import Task, TaskStatus
 
 PAGE_SIZE = 20
 HOURS = 24
+#: Job outcomes the page lists as failures: the run did not do its work, for whatever reason
+#: (an error, a refused key, a crash, no key for the mode, a permission not granted).
+FAILURE_OUTCOMES = (JobOutcome.FAILED, JobOutcome.REVOKED, JobOutcome.INTERRUPTED,
+                    JobOutcome.NOT_CONFIGURED, JobOutcome.MISSING_PERMISSION)
+#: The accounts named for each failure outcome (the first found; "and more" past them).
+ACCOUNTS_NAMED = 10
 #: Statuses of events that are not done (counted over the status index, never a full scan).
 OPEN_STATUSES = ("pending", "processing", "failed", "dead")
 
@@ -114,9 +120,32 @@ def jobs(now: float, pages: Pages) -> dict[str, Any]:
         by_job.setdefault(job, {})[outcome] = n
     failures = (R.select(R.id, R.job, R.account_id, R.mode, R.fire_time, R.started_at,
                          R.outcome, R.error, R.attempt, R.replica)
-                .where(R.outcome.in_(("failed", "revoked", "interrupted")))
+                .where(R.outcome.in_(FAILURE_OUTCOMES))
                 .order_by(R.started_at.desc()))
-    return {"since": since, "by_job": by_job, "failures": _page(failures, pages.failures)}
+    return {"since": since, "by_job": by_job, "failures": _page(failures, pages.failures),
+            "failure_counts": failure_counts(since, now)}
+
+
+def failure_counts(since: float, now: float) -> dict[str, dict[str, Any]]:
+    """For each failure outcome of the last `HOURS` (in `FAILURE_OUTCOMES` order, those that
+    occurred): its runs, and the accounts it happened to (`account/mode`, the first
+    `ACCOUNTS_NAMED`; `more` when there are others). Counted over the (outcome, started_at)
+    index; the accounts are a DISTINCT ... LIMIT over the same range."""
+    R = JobRun  # noqa: N806
+    in_range = (R.started_at >= since) & (R.started_at < now + 86400)
+    counts = dict(R.select(R.outcome, pw.fn.COUNT(pw.SQL("*")))
+                  .where(R.outcome.in_(FAILURE_OUTCOMES) & in_range)
+                  .group_by(R.outcome).tuples())
+    found: dict[str, dict[str, Any]] = {}
+    for outcome in FAILURE_OUTCOMES:
+        if not counts.get(outcome):
+            continue
+        accounts = [f"{a}/{m}" for a, m in R.select(R.account_id, R.mode).distinct()
+                    .where((R.outcome == outcome) & in_range)
+                    .limit(ACCOUNTS_NAMED + 1).tuples()]
+        found[str(outcome)] = {"runs": counts[outcome], "accounts": sorted(
+            accounts[:ACCOUNTS_NAMED]), "more": len(accounts) > ACCOUNTS_NAMED}
+    return found
 
 
 def tasks(now: float, pages: Pages) -> dict[str, Any]:

@@ -389,7 +389,8 @@ class Config:
         "Stripe calls per second per mode and process")
     replica_poll_seconds: float = setting(
         "REPLICA_POLL_SECONDS", 30.0, _Float(0.1, 60.0),
-        "how often installs made by other replicas are read")
+        "the longest before installs changed by other processes are read (a change is "
+        "usually read within a second: the database tells)")
     retention_days: float = setting(
         "RETENTION_DAYS", 30.0, _Float(0.0001, 36500.0),
         "processed events, finished job runs and finished tasks older than this many days are "
@@ -414,6 +415,9 @@ class Config:
     credentials_max_per_mode: int = setting(
         "CREDENTIALS_MAX_PER_MODE", 100, _Int(1, 100_000),
         "credentials an account may store per mode; setting a new name past it answers 429")
+    #: Variables of the environment read that look like settings but are none (`unknown_
+    #: variables`): said once at start-up (`ignored_variables`), never an error.
+    unknown: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.public_url:
@@ -456,6 +460,11 @@ class Config:
                          "accepts a non-https redirect for test-mode installs only")
         return lines
 
+    def ignored_variables(self) -> list[str]:
+        """One warning line per variable that looks like a setting but is none, naming the
+        setting meant (`unknown_variables`)."""
+        return [ignored_line(name) for name in self.unknown]
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Every declared variable read from `env` (default `os.environ`) and validated."""
@@ -463,7 +472,53 @@ class Config:
         values: dict[str, Any] = {
             f.name: f.metadata[_ENV].read(env) for f in fields(cls) if _ENV in f.metadata
         }
-        return cls(**values)
+        return cls(**values, unknown=unknown_variables(env))
+
+
+# -- variables that look like settings -------------------------------------------------------
+
+
+def _prefix(name: str) -> str:
+    return name.split("_", 1)[0] + "_" if "_" in name else ""
+
+
+def unknown_variables(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The names in `env` that begin with the prefix of a declared variable (`STRIPE_`,
+    `TASK_`, `SQLITE_`, ...: derived from the declarations) but are not declared, sorted:
+    `STRIPE_APP_SECRET` for `STRIPE_APP_SECRETS` is read by nothing, silently."""
+    known = {var.name for var in variables()}
+    prefixes = {_prefix(name) for name in known} - {""}
+    return tuple(sorted(name for name in env
+                        if name not in known and _prefix(name) in prefixes))
+
+
+#: How alike (difflib's ratio) a declared name must be to be suggested for an unknown one; a
+#: second suggestion must be nearly as close as the first (a `_LIVE`/`_TEST` pair).
+CLOSE = 0.7
+
+#: Names used elsewhere for a setting (the Stripe CLI's `STRIPE_API_KEY`), and the settings meant.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "STRIPE_API_KEY": ("STRIPE_SECRET_KEY_TEST", "STRIPE_SECRET_KEY_LIVE"),
+}
+
+
+def ignored_line(name: str) -> str:
+    """What to tell of an unknown variable `name`: the declared ones it is closest to
+    (`difflib`), else the declared ones with its prefix."""
+    import difflib
+
+    known = [var.name for var in variables()]
+    scored = sorted(((difflib.SequenceMatcher(None, name, other).ratio(), other)
+                     for other in known), reverse=True)
+    best = scored[0][0]
+    close = list(_ALIASES.get(name, ())) or [
+        other for score, other in scored if score >= max(CLOSE, best - 0.05)][:2]
+    if close:
+        hint = "did you mean " + " or ".join(close) + "?"
+    else:
+        same = [other for other in known if _prefix(other) == _prefix(name)]
+        hint = f"the {_prefix(name)}* settings are {', '.join(same)}"
+    return f"{name} is set but is not a setting of this backend (ignored); {hint}"
 
 
 # -- derived documentation -------------------------------------------------------------------

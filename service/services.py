@@ -20,8 +20,9 @@ The steps (`steps()`), each an `init_<step>` method and, where something must be
 5. scheduler: `scheduler`, started, when `SCHEDULER` is on; stopped (running jobs get the
    grace).
 6. replica: this process's first heartbeat (`models/replicas.py`).
-7. background: event and task polling, heartbeats, following other replicas' writes,
-   retention, the scheduler's catch-up, the Install API sync; cancelled.
+7. background: event and task polling, heartbeats, following other processes' installation
+   changes (at once: `models/change_watch.py`), retention, the scheduler's catch-up, the
+   Install API sync; cancelled.
 8. app: `app`, the Tornado application.
 9. http: `server`, listening on `port`, last; stops accepting, lets the requests in flight
    finish, closes the connections.
@@ -70,6 +71,7 @@ from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
 from jobs.task_worker import TaskWorker
+from models.change_watch import ChangeWatch
 from models.db import Storage, open_database
 from models.installation_index import InstallationIndex
 from models.loader import load_modules
@@ -344,16 +346,26 @@ class Services:
             await self._heartbeat()
 
     async def _follow_replicas(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.replica_poll_seconds)
-            try:
-                await self.installations.refresh()
-            except Exception as exc:
-                log.warning("could not re-read installations: %s", type(exc).__name__)
+        """Re-read the installations other processes changed: as soon as the database says
+        another commit happened (`models/change_watch.py`: SQLite's `data_version`, checked
+        twice a second; PostgreSQL's `LISTEN`), and every `REPLICA_POLL_SECONDS` at the
+        latest. Nothing of it runs per request."""
+        watch = ChangeWatch.of(self.storage)
+        try:
+            while True:
+                await watch.wait(self.config.replica_poll_seconds)
+                try:
+                    await self.installations.refresh()
+                except Exception as exc:
+                    log.warning("could not re-read installations: %s", type(exc).__name__)
+        finally:
+            watch.close()
 
     async def init_app(self) -> None:
         for line in [*self.config.disabled_features(), *self.oauth.disabled()]:
             log.info("%s", line)
+        for line in self.config.ignored_variables():  # a misspelt setting, read by nothing
+            log.warning("%s", line)
         self.app = make_app(
             self.config, self.storage, self.scheduler, installations=self.installations,
             events=self.events, registry=self.registry, metrics=self.metrics,

@@ -45,7 +45,7 @@ from tornado.web import create_signed_value, decode_signed_value
 from models.enums import MODES
 from models.events import WebhookEvent
 from models.operator_sessions import close_session, open_session, session_alive
-from models.status import HOURS, PAGE_SIZE, Pages, snapshot
+from models.status import FAILURE_OUTCOMES, HOURS, PAGE_SIZE, Pages, snapshot
 from service.base import APIError, BaseHandler
 from service.doctor import DoctorReport, Status
 from service.throttle import LoginThrottle
@@ -350,7 +350,7 @@ class StatusPageHandler(OperatorHandler):
                     duration=duration, chart=hourly_svg(data["webhooks"]["hourly"]),
                     csrf=self.csrf_token() if self.auth == "cookie" else "",
                     colours=CHART_COLOURS, hours=HOURS, page_size=PAGE_SIZE, modes=MODES,
-                    Status=Status, link=self.page_link)
+                    Status=Status, link=self.page_link, failure_outcomes=FAILURE_OUTCOMES)
 
     def page_link(self, pages: Pages, **change: int) -> str:
         values = {"paused": pages.paused, "events": pages.events, "failures": pages.failures,

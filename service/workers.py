@@ -15,8 +15,9 @@ socket each, in the same runs.)
 Each worker is a whole server (`serve_one(worker_config(config, i, port), True)`, listening
 with `SO_REUSEPORT`):
 signed requests, webhooks, tasks and its own installation index, which follows the other
-workers' writes as it follows other replicas' (`REPLICA_POLL_SECONDS`). Only worker 0 runs the
-scheduler (and with it the Install API reconciliation), so the schedule is not multiplied.
+workers' writes as it follows other replicas' (at once: `models/change_watch.py`). Only
+worker 0 runs the scheduler (and with it the Install API reconciliation), so the schedule is
+not multiplied.
 
 SIGTERM or SIGINT to the parent is passed to every worker, each drains as a single process does
 (`service/server.py`), and the parent exits 0 once all have exited 0. A worker that exits on its

@@ -163,3 +163,41 @@ def test_public_url_is_the_base_of_the_redirect():
     assert explicit.install_redirect_uri == "https://other.example.com/cb"
     with pytest.raises(ConfigError, match="PUBLIC_URL"):
         Config.from_env({"PUBLIC_URL": "app.example.com"})
+
+
+def test_an_unknown_variable_with_a_known_prefix_is_named_with_the_setting_meant():
+    """A misspelt setting is read by nothing: `unknown_variables` finds it by the prefixes of
+    the declared names, and the line names the setting meant (issue 24)."""
+    from service.config import unknown_variables
+
+    env = {"STRIPE_APP_SECRET": "absec_x", "STRIPE_WEBHOOK_SECRET_LIVE": "whsec_x",
+           "STRIPE_SECRET_KEY": "sk_test_x", "TASK_CONCURENCY": "3", "SQLITE_FOO": "1",
+           "HOME": "/root", "PATH": "/bin", "PORT": "8123", "STRIPE_APP_SECRETS": "absec_y"}
+    assert unknown_variables(env) == ("SQLITE_FOO", "STRIPE_APP_SECRET", "STRIPE_SECRET_KEY",
+                                      "STRIPE_WEBHOOK_SECRET_LIVE", "TASK_CONCURENCY")
+    lines = dict(zip(unknown_variables(env), Config.from_env(env).ignored_variables(),
+                     strict=True))
+    assert lines["STRIPE_APP_SECRET"].endswith("did you mean STRIPE_APP_SECRETS?")
+    assert lines["STRIPE_WEBHOOK_SECRET_LIVE"].endswith(
+        "did you mean STRIPE_WEBHOOK_SECRETS_LIVE?")
+    assert "STRIPE_SECRET_KEY_TEST or STRIPE_SECRET_KEY_LIVE" in lines["STRIPE_SECRET_KEY"]
+    assert lines["TASK_CONCURENCY"].endswith("did you mean TASK_CONCURRENCY?")
+    assert "SQLITE_SYNCHRONOUS" in lines["SQLITE_FOO"]
+    assert all("ignored" in line and "absec_" not in line for line in lines.values())
+    assert Config.from_env({"PORT": "8123"}).ignored_variables() == []
+    # the configuration read is the same: the unknown names change nothing else
+    assert Config.from_env(env) == Config.from_env({k: env[k] for k in (
+        "HOME", "PATH", "PORT", "STRIPE_APP_SECRETS")})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_server_warns_once_at_start_up_of_a_misspelt_setting(tmp_path, caplog):
+    from conftest import base_env, running
+
+    caplog.set_level("INFO", logger="app.server")
+    async with running(base_env(tmp_path, STRIPE_APP_SECRET="absec_x" + "1" * 20)):
+        pass
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelname == "WARNING" and "STRIPE_APP_SECRET " in r.getMessage()]
+    assert warned == ["STRIPE_APP_SECRET is set but is not a setting of this backend "
+                      "(ignored); did you mean STRIPE_APP_SECRETS?"]

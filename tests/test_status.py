@@ -291,3 +291,63 @@ def test_snapshot_on_both_databases(db_url):
     assert tasks["finished"] == {"succeeded": 1, "failed": 1, "cancelled": 0}  # in 24 h
     assert [t["id"] for t in tasks["failed"]] == ["task_3", "task_4"]  # newest first
     db.close()
+
+
+def test_failures_count_missing_permission_and_not_configured_and_name_the_accounts(db_url):
+    """A run that did not do its work for want of a permission or a key is a failure on the
+    page too: counted by outcome over the last 24 h, with the accounts it happened to (the
+    first ten, "more" past them), and listed with the failed runs (issue 24)."""
+    from models.jobs import JobRun
+    from models.status import ACCOUNTS_NAMED, Pages, snapshot
+
+    db = open_database(db_url)
+    migrate(db)
+    now = time.time()
+
+    def run(account: str, mode: str, outcome: str, ago: float = 60, seq: int = 0) -> dict:
+        return {"job": "balance_snapshot", "account_id": account, "mode": mode,
+                "fire_time": int(now - ago) - seq, "started_at": now - ago - seq,
+                "outcome": outcome, "error": f"{outcome}: why"}
+
+    rows = [run("acct_demo", "test", "missing_permission", seq=i) for i in range(3)]
+    rows += [run("acct_nokey", "live", "not_configured"), run("acct_err", "live", "failed"),
+             run("acct_ok", "live", "succeeded"),
+             run("acct_old", "test", "missing_permission", ago=25 * 3600)]  # before 24 h
+    rows += [run(f"acct_m{i:02d}", "live", "interrupted") for i in range(ACCOUNTS_NAMED + 2)]
+    JobRun.insert_many(rows).execute()
+    jobs = snapshot(now, Pages())["jobs"]
+    counts = jobs["failure_counts"]
+    assert list(counts) == ["failed", "interrupted", "not_configured", "missing_permission"]
+    assert counts["missing_permission"] == {"runs": 3, "accounts": ["acct_demo/test"],
+                                            "more": False}
+    assert counts["not_configured"] == {"runs": 1, "accounts": ["acct_nokey/live"],
+                                        "more": False}
+    assert counts["interrupted"]["runs"] == ACCOUNTS_NAMED + 2
+    assert len(counts["interrupted"]["accounts"]) == ACCOUNTS_NAMED
+    assert counts["interrupted"]["more"] is True
+    listed = {r["outcome"] for r in snapshot(now, Pages())["jobs"]["failures"]}
+    assert {"missing_permission", "not_configured", "failed"} <= listed
+    assert "succeeded" not in listed
+    db.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_failures_section_shows_the_counts_and_accounts(tmp_path):
+    from models.jobs import JobRun
+
+    async with running(env(tmp_path)) as app:
+        now = time.time()
+        await app.backend.storage.run(lambda: JobRun.insert_many([
+            {"job": "balance_snapshot", "account_id": "acct_demo", "mode": "test",
+             "fire_time": int(now) - 5, "started_at": now - 5, "outcome": "missing_permission",
+             "error": "missing_permission: not granted: balance_read"},
+            {"job": "balance_snapshot", "account_id": "acct_nokey", "mode": "live",
+             "fire_time": int(now) - 9, "started_at": now - 9, "outcome": "not_configured",
+             "error": "STRIPE_SECRET_KEY_LIVE is not set"}]).execute())
+        page = (await app.client.get("/status", headers=BEARER)).text
+        failures = page.split("<h3>Failures</h3>", 1)[1].split("</section>", 1)[0]
+        assert '<span class="failed">not_configured 1</span> (<code>acct_nokey/live</code>)' \
+            in failures
+        assert '<span class="failed">missing_permission 1</span> (<code>acct_demo/test</code>)' \
+            in failures
+        assert "not granted: balance_read" in failures and "No failed runs." not in failures

@@ -606,3 +606,42 @@ async def test_a_lone_surrogate_in_a_task_input_is_kept_as_its_escape(tmp_path, 
         done = await finished(app, resp.json()["task_id"])
         assert done["result"]["input"] == {"note": "a\ud800b", "k\udfff": 1}
         assert "Traceback" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_task_that_fails_for_good_gets_one_log_line(tmp_path, caplog):
+    """Whatever ends a task as failed (bad input, a credential not set, an error on its last
+    attempt), the log gets one line naming the task, its id, account and mode, and the error
+    as stored; a secret the task read is redacted from it (issue 24)."""
+    from jobs.tasks import BadInput
+
+    @task(attempts=1)
+    async def bad_input(ctx):
+        raise BadInput("amount must be positive")
+
+    @task(attempts=1)
+    async def unconfigured(ctx):
+        await ctx.credentials.get("acme_api_key")
+
+    @task(attempts=2, retry_delay=0.01)
+    async def crashing(ctx):
+        raise RuntimeError("x" * 5000)
+
+    env = base_env(tmp_path, CREDENTIALS_KEYS="UZmN3JbkH1hlVw-ySUlMkMpcqAeu4pUHNFrKNW0h8pY=")
+    async with running(env, registry=registry_of(bad_input, unconfigured, crashing)) as app:
+        await install(app)
+        caplog.set_level("INFO", logger="app.tasks")
+        ids = {}
+        for name in ("bad_input", "unconfigured", "crashing"):
+            resp = await app.signed(f"/api/tasks/{name}", ident())
+            assert resp.status_code == 202, resp.text
+            ids[name] = resp.json()["task_id"]
+            assert (await finished(app, ids[name]))["status"] == "failed"
+    for name, error in (("bad_input", "bad input: amount must be positive"),
+                        ("unconfigured", "acme_api_key"), ("crashing", "RuntimeError: xxx")):
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                 and ids[name] in r.getMessage() and "failed (" in r.getMessage()
+                 and "retry in" not in r.getMessage()]
+        assert len(lines) == 1, (name, lines)
+        assert f"task {name} {ids[name]} for acct_1/test failed" in lines[0]
+        assert error in lines[0] and len(lines[0]) < 2500

@@ -947,6 +947,14 @@ export interface components {
                         [key: string]: number;
                     };
                 };
+                /** @description the last 24 hours' runs that did not do their work, per failure outcome that occurred: how many, and the accounts (`account/mode`, the first ten; `more` when there are others) */
+                failure_counts: {
+                    [key: string]: {
+                        runs: number;
+                        accounts: string[];
+                        more: boolean;
+                    };
+                };
                 failures: {
                     id: number;
                     job: string;
@@ -955,7 +963,7 @@ export interface components {
                     fire_time: number;
                     started_at: number | null;
                     /** @enum {string} */
-                    outcome: "failed" | "revoked" | "interrupted";
+                    outcome: "failed" | "revoked" | "interrupted" | "not_configured" | "missing_permission";
                     error: string | null;
                     attempt: number;
                     replica: string | null;
