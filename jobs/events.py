@@ -51,6 +51,7 @@ from models.events import (
     finish_event,
     next_claimable_at,
     renew_events,
+    waiting_event,
 )
 from models.installation import Change, InstallChange
 from models.leases import LEASE_SECONDS, LeaseKeeper
@@ -86,6 +87,12 @@ class EventContext(AccountTools):
     @property
     def data(self) -> dict[str, Any]:
         return self.event.get("data", {}).get("object", {})
+
+
+class InstallNotApplied(Exception):
+    """An event's account has the app's install event stored but not yet applied: the event is
+    retried (with the usual backoff) instead of being passed over as one for an account
+    without the app."""
 
 
 class EventProcessor:
@@ -144,6 +151,10 @@ class EventProcessor:
                 error, final = None, False
                 try:
                     await self._dispatch(event, revealed)
+                except InstallNotApplied as exc:  # retried with backoff, after the install
+                    error = str(exc)
+                    log.info("event %s (%s) waits, attempt %d: %s", event.id, event.type,
+                             event.attempts, error)
                 except NOT_CONFIGURED as exc:  # a retry cannot mend it: dead, replay later
                     error = error_text(exc, revealed, prefix="not_configured: ",
                                        message_only=True)
@@ -179,6 +190,12 @@ class EventProcessor:
             return
         if event.account_id and not await self.installations.is_active_now(event.account_id,
                                                                            event.mode):
+            if await self.storage.run(waiting_event, AUTHORIZED, event.account_id,
+                                      event.livemode):
+                # Stripe keeps no order: the install this event follows may be stored and
+                # not yet applied (processed at the same time, or failed and to be retried)
+                raise InstallNotApplied(f"the account.application.authorized event of "
+                                        f"{event.account_id}/{event.mode} is not processed yet")
             log.info("event %s (%s) for %s/%s: the app is not installed there; stored, not "
                      "dispatched to handlers", event.id, event.type, event.account_id,
                      event.mode)

@@ -252,6 +252,17 @@ def retry_delay(attempts: int, base: float = 2.0, cap: float = RETRY_CAP,
                          uniform=uniform)
 
 
+def waiting_event(type_: str, account_id: str, livemode: bool) -> bool:
+    """Whether an event of `type_` about this account and mode is stored and not yet done with
+    (pending, being processed, or failed and to be retried; not processed, not dead)."""
+    return (WebhookEvent.select(WebhookEvent.id)
+            .where(WebhookEvent.type == type_, WebhookEvent.account_id == account_id,
+                   WebhookEvent.livemode == livemode,
+                   WebhookEvent.status.in_([EventStatus.PENDING, EventStatus.PROCESSING,
+                                            EventStatus.FAILED]))
+            .exists())
+
+
 def due_event_ids(limit: int = 100) -> list[str]:
     """Events to claim now (due or stale), oldest first."""
     t = now()

@@ -310,3 +310,53 @@ async def test_handlers_run_only_for_the_platform_and_accounts_with_the_app(tmp_
         await app.webhook(event("customer.updated", "acct_out"))
         await app.settle()
         assert seen[-1] == ("acct_out", "live", "customer.updated")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_event_that_overtakes_its_accounts_install_waits_for_it(tmp_path):
+    """Stripe keeps no order, and events are processed at once: an event processed while its
+    account's `authorized` event is stored but not yet applied is retried after it, not
+    passed over as an event of an account without the app (seen: `customer.created` handled
+    before the install it followed, so its handler never ran). A processor of its own, with
+    no poll running, takes the events in the order the test gives."""
+    from jobs.context import Toolbox
+    from jobs.events import EventProcessor
+    from jobs.registry import on_event
+    from jobs.stripe_api import StripeClients
+    from models.db import Storage, open_database
+    from models.events import store_event
+    from models.installation_index import InstallationIndex
+    from models.migrate import migrate
+
+    seen: list[str] = []
+
+    @on_event("customer.created")
+    async def note(ctx):
+        seen.append(ctx.account_id)
+
+    db = open_database(f"sqlite:///{tmp_path}/race.db")
+    migrate(db)
+    storage = Storage(db, workers=2)
+    index = InstallationIndex(storage)
+    await index.load()
+    clients = StripeClients({}, {"live": 10, "test": 10})
+    processor = EventProcessor(Toolbox(Registry(handlers={"customer.created": [note]}),
+                                       storage, index, clients))
+    try:
+        auth = event("account.application.authorized", "acct_race")
+        cust = event("customer.created", "acct_race")
+        other = event("customer.created", "acct_never")  # no install stored: passed over
+        for ev in (auth, cust, other):  # stored, as the webhook stores them, not yet processed
+            await storage.run(store_event, ev["id"], ev["type"], ev["account"], True,
+                              ev["created"], json.dumps(ev))
+        assert await processor.process(cust["id"]) == "failed"  # the install is not applied
+        assert await processor.process(other["id"]) == "processed"
+        assert seen == []
+        assert await processor.process(auth["id"]) == "processed"
+        assert index.is_active("acct_race", "live")
+        assert await processor.process(cust["id"], force=True) == "processed"
+        assert seen == ["acct_race"]
+    finally:
+        await clients.close()
+        storage.close()
+        db.close()
