@@ -44,9 +44,9 @@ from peewee_migrate import Migrator, Router
 from peewee_migrate.models import MIGRATE_TABLE, MigrateHistory
 from playhouse.migrate import Operation, make_index_name
 
-from models.base import BaseModel, models_of
+from models.base import BaseModel, discover_models, models_of
 from models.db import is_sqlite
-from models.loader import load_modules
+from models.loader import PROJECT_PACKAGES, load_modules
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
 log = logging.getLogger("app.migrate")
@@ -189,24 +189,24 @@ def pending(db: pw.Database, migrate_dir: str = MIGRATIONS_DIR,
 
 
 def make_migration(db: pw.Database, name: str, models: Sequence[type[pw.Model]] | None = None,
-                   migrate_dir: str = MIGRATIONS_DIR, app: str | AppSchema | None = None
+                   migrate_dir: str | None = None, app: str | AppSchema | None = None
                    ) -> str | None:
     """Write a migration taking the migration files to `models`; return its name, or None (and
     write nothing) when nothing changed. Index names are compared as the app's models make
     them (see the module doc).
 
-    Without `app`: the project's files (`migrate_dir`), and by default every model
-    `discover_models()` finds. With `app` (an entry as the loader takes it): that app's folder
-    (made when missing) and history, and by default that app's own models only."""
+    Without `app`: the project's files (`migrate_dir`, default `MIGRATIONS_DIR`), and by
+    default the project's own models (`PROJECT_PACKAGES`: no app's). With `app` (an entry as
+    the loader takes it, or its `AppSchema`): that app's history and folder (`migrate_dir`
+    when given; made when missing), and by default that app's own models only."""
     table = MIGRATE_TABLE
     if app is not None:
         schema = app if isinstance(app, AppSchema) else app_schema(app)
-        migrate_dir, table = schema.migrate_dir, schema.table
+        migrate_dir, table = migrate_dir or schema.migrate_dir, schema.table
         if models is None:
             models = schema.models
         os.makedirs(migrate_dir, exist_ok=True)
     if models is None:
-        from models.base import discover_models
-
-        models = discover_models()
-    return _router(db, migrate_dir, _TableNamedIndexes, table).create(name, auto=list(models))
+        models = discover_models(PROJECT_PACKAGES)
+    return _router(db, migrate_dir or MIGRATIONS_DIR, _TableNamedIndexes, table).create(
+        name, auto=list(models))

@@ -9,6 +9,7 @@ command-line one (SQLite). Nothing is written into the project's own migrations 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import peewee as pw
 import pytest
-from conftest import ROOT, base_env
+from conftest import ROOT, SAMPLE_APP, base_env
 
 from models.base import discover_models, models_of
 from models.db import Storage, open_database
@@ -189,3 +190,29 @@ def test_makemigration_command_writes_into_the_apps_folder(tmp_path, app_dir):
     finally:  # never leave a generated file in the real folder, even when the test fails
         for extra in _files(MIGRATIONS_DIR) - before:
             os.remove(os.path.join(MIGRATIONS_DIR, extra))
+
+
+def test_a_database_of_the_previous_version_hands_the_example_tables_to_the_app(db_url,
+                                                                                 tmp_path):
+    """Before 014 the project's migrations held the example's tables; on such a database the
+    project's 014 forgets them without a statement and the app's 001_initial finds them: the
+    rows and the index names stay, and neither the project nor the app has a change left."""
+    old = tmp_path / "previous"
+    shutil.copytree(MIGRATIONS_DIR, old, ignore=shutil.ignore_patterns("__pycache__", "014_*"))
+    handover = "014_example_tables_to_the_example_app"
+    db = open_database(db_url)
+    assert handover not in migrate(db, str(old))
+    db.execute_sql("INSERT INTO balance_snapshot (account_id, mode, taken_at, available, "
+                   "pending) VALUES ('acct_1', 'live', 1, '[]', '[]')")
+    indexes = {i.name for i in db.get_indexes("balance_snapshot")}
+
+    assert migrate(db, apps=[SAMPLE_APP]) == [handover, "sample_app/001_initial"]
+    assert db.execute_sql("SELECT count(*) FROM balance_snapshot").fetchone()[0] == 1
+    assert {i.name for i in db.get_indexes("balance_snapshot")} == indexes
+    app_copy = shutil.copytree(app_schema(SAMPLE_APP).migrate_dir, tmp_path / "app",
+                               ignore=shutil.ignore_patterns("__pycache__"))
+    assert make_migration(db, "noop", migrate_dir=str(app_copy), app=SAMPLE_APP) is None
+    project = shutil.copytree(MIGRATIONS_DIR, tmp_path / "project",
+                              ignore=shutil.ignore_patterns("__pycache__"))
+    assert make_migration(db, "noop", migrate_dir=str(project)) is None
+    db.close()
