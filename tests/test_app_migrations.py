@@ -25,6 +25,8 @@ from models.installation import Change, InstallChange, apply_state
 from models.installation_index import InstallationIndex
 from models.loader import load_modules
 from models.migrate import MIGRATIONS_DIR, app_schema, make_migration, migrate, pending
+from service.config import Config
+from service.services import Services
 
 APP = "notes_app"  # the test app's package; its modules leave sys.modules after each test
 
@@ -216,3 +218,38 @@ def test_a_database_of_the_previous_version_hands_the_example_tables_to_the_app(
                               ignore=shutil.ignore_patterns("__pycache__"))
     assert make_migration(db, "noop", migrate_dir=str(project)) is None
     db.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_start_up_migrates_the_app_and_its_door_deletes_the_apps_rows(db_url, app_dir,
+                                                                             tmp_path):
+    """The service as it runs: start-up applies the app's migrations after the project's, and
+    an uninstall through its door deletes the app's rows (the model list the service loaded)."""
+    scratch = open_database(f"sqlite:///{tmp_path}/scratch.db")
+    migrate(scratch)
+    make_migration(scratch, "initial", app=str(app_dir))
+    scratch.close()
+
+    config = Config.from_env(base_env(tmp_path, DATABASE_URL=db_url,
+                                      APP_PACKAGES=str(app_dir)))
+    services = Services(config)
+    await services.start(until="installations")
+    try:
+        assert services.migrations_applied[-1] == f"{APP}/001_initial"
+        Note = sys.modules[f"{APP}.notes"].Note
+
+        def seed() -> None:
+            for account in ("acct_1", "acct_2"):
+                for mode in ("live", "test"):
+                    apply_state(account, mode, True, 100, "seed", confirm=True)
+                    Note.create(account_id=account, mode=mode, text="x")
+
+        await services.storage.run(seed)
+        out = await services.installations.apply(
+            InstallChange("acct_2", "test", Change.UNINSTALLED, 200, "evt_2"))
+        assert out.deleted == 1
+        left = await services.storage.run(lambda: sorted(
+            (n.account_id, n.mode) for n in Note.select()))
+        assert left == [("acct_1", "live"), ("acct_1", "test"), ("acct_2", "live")]
+    finally:
+        await services.stop()
