@@ -35,6 +35,12 @@ def run_migrate(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the current directory when it is below it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def run_makemigration(config: Config, args: argparse.Namespace) -> int:
     named = config.app_packages
     if len(named) > 1:
@@ -49,6 +55,6 @@ def run_makemigration(config: Config, args: argparse.Namespace) -> int:
     else:
         schema = app_schema(named[0])
         name = make_migration(db, args.name, app=schema)
-        folder = os.path.relpath(schema.migrate_dir)
+        folder = _shown(schema.migrate_dir)
     print(f"wrote {os.path.join(folder, name)}.py" if name else "no model changes found")
     return 0
