@@ -59,23 +59,20 @@ class AppSchema:
     records which of them ran, and its models (see the module doc)."""
 
     name: str  # the app's package name, as it imports
-    migrate_dir: str
+    migrate_dir: str | None  # None: a plain module (no folder, so no tables of its own)
     table: str
     models: tuple[type[BaseModel], ...]
 
 
 def app_schema(entry: str) -> AppSchema:
-    """The schema of the app `entry` (a package name or a package directory), its modules
-    imported by the loader (`LoadError` when one cannot be); ValueError for a plain module,
-    which has no folder for migrations."""
+    """The schema of the app `entry` (a package name or a package directory; a plain module
+    has no migrations folder), its modules imported by the loader (`LoadError` when one cannot
+    be)."""
     modules = load_modules([entry])
     package = modules[0]
     paths = list(getattr(package, "__path__", ()))
-    if not paths:
-        raise ValueError(f"app {entry}: a module, not a package; an app with tables is a "
-                         "package (a folder with __init__.py) holding a migrations/ folder")
     name = package.__name__
-    return AppSchema(name, os.path.join(paths[0], "migrations"),
+    return AppSchema(name, os.path.join(paths[0], "migrations") if paths else None,
                      f"{MIGRATE_TABLE}_{re.sub(r'[^a-z0-9_]', '_', name.lower())}",
                      tuple(models_of(modules)))
 
@@ -151,7 +148,7 @@ def _histories(migrate_dir: str, apps: Iterable[str | AppSchema]
     found = [("", migrate_dir, MIGRATE_TABLE)]
     for app in apps:
         schema = app if isinstance(app, AppSchema) else app_schema(app)
-        if os.path.isdir(schema.migrate_dir):
+        if schema.migrate_dir is not None and os.path.isdir(schema.migrate_dir):
             found.append((schema.name + "/", schema.migrate_dir, schema.table))
     return found
 
@@ -203,6 +200,10 @@ def make_migration(db: pw.Database, name: str, models: Sequence[type[pw.Model]] 
     if app is not None:
         schema = app if isinstance(app, AppSchema) else app_schema(app)
         migrate_dir, table = migrate_dir or schema.migrate_dir, schema.table
+        if migrate_dir is None:
+            raise ValueError(f"app {schema.name} is a module, not a package: an app with "
+                             "tables is a package (a folder with __init__.py), whose "
+                             "migrations/ folder holds their migrations")
         if models is None:
             models = schema.models
         os.makedirs(migrate_dir, exist_ok=True)

@@ -280,3 +280,29 @@ def test_the_docs_table_and_commands_as_written(tmp_path, monkeypatch):
     db = open_database(env["DATABASE_URL"])
     assert {"text", "pinned"} <= {c.name for c in db.get_columns("note")}
     db.close()
+
+
+def test_a_single_module_app_has_no_migrations_and_is_told_so(tmp_path, monkeypatch):
+    """An app may be one module (the loader takes it): it has no folder, so `migrate` passes it
+    by and `makemigration` says why it cannot write one, in one line (exit 2)."""
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    (folder / "lone_mod.py").write_text("X = 1\n")
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
+    try:
+        db = open_database(f"sqlite:///{tmp_path}/lone.db")
+        project = sorted(name[:-3] for name in _files(MIGRATIONS_DIR))
+        assert migrate(db, apps=["lone_mod"]) == project
+        assert app_schema("lone_mod").migrate_dir is None
+        with pytest.raises(ValueError, match="a module, not a package"):
+            make_migration(db, "initial", app="lone_mod")
+        db.close()
+    finally:
+        sys.modules.pop("lone_mod", None)
+    env = {**os.environ, **base_env(tmp_path, APP_PACKAGES="lone_mod"),
+           "PYTHONPATH": str(folder)}
+    done = subprocess.run([sys.executable, "run.py", "makemigration", "initial"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("lone_mod is a module, not a package")
+    assert "Traceback" not in done.stderr
