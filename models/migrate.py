@@ -5,8 +5,9 @@ app's in its own package's `migrations/` folder.
 project's migrations first, then each app's, in the order given; `make_migration(db, name)`
 writes a new file from the difference between the models and the migrations so far (`run.py
 makemigration <name>`), and `make_migration(db, name, app=...)` does it for one app, into that
-app's folder, from that app's own models only. Both take `migrate_dir` (default
-`MIGRATIONS_DIR`) so that tests can work on a copy of the project's folder.
+app's folder, from that app's own models only; without `app` it compares the project's own
+models (`PROJECT_PACKAGES`), never an app's. Both take `migrate_dir` (default: the project's
+`MIGRATIONS_DIR`, or the app's folder) so that tests can work on a copy of a folder.
 
 Apps. An app is an entry of the loader's (`models/loader.py`: a package name, or the path of a
 package directory); `app_schema(entry)` finds its migrations folder (`<package>/migrations`,
@@ -14,7 +15,9 @@ missing until its first `makemigration`) and its models (the concrete models def
 modules, `models_of`). Each app keeps its own history, apart from the project's and from any
 other app's: peewee-migrate's history table per app, `migratehistory_<package>` (the project's
 is peewee-migrate's own `migratehistory`), so an app's `001_initial` never meets the project's,
-and an app added to a running deployment gets its migrations applied from its first.
+and an app added to a running deployment gets its migrations applied from its first. (The
+example app's two tables were the project's until its `014`, which hands them over without a
+statement; the example's own `001_initial` then finds them: `create_model` is `IF NOT EXISTS`.)
 
 Index names. peewee-migrate compares the indexes of the app's models with those of the models
 the migration files declare *by name*. The app's models set `legacy_table_names = False`, so
