@@ -30,7 +30,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -39,8 +39,9 @@ from urllib.parse import urlsplit
 import httpx
 import stripe
 
-from models.enums import MODES
+from models.enums import MODES, Mode
 from models.migrate import pending
+from service.config import EXAMPLE_APP, app_packages
 
 if TYPE_CHECKING:
     from jobs.registry import Registry
@@ -143,6 +144,22 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def check_app(config: Config) -> list[Finding]:
+    """Which app runs; a warning (failed) when it is the shipped example app with a live key
+    set for Stripe itself (no `STRIPE_API_BASE`: `run.py dev`'s emulator is no live mode): the
+    examples' job and task would run on every live account that installs."""
+    apps = app_packages(config)
+    if apps != (EXAMPLE_APP,):
+        return [Finding(Status.OK, "APP_PACKAGES", f"your app: {', '.join(apps)}")]
+    if config.secret_keys.get(Mode.LIVE) and not config.api_base:
+        return [Finding(Status.FAILED, "APP_PACKAGES",
+                        "the shipped example app is running with a live key "
+                        "(STRIPE_SECRET_KEY_LIVE): its job and task run on live accounts",
+                        "set APP_PACKAGES (or --app) to your own app; see docs/apps.md")]
+    return [Finding(Status.OK, "APP_PACKAGES", "unset: the shipped example app runs "
+                    "(test keys only)")]
+
+
 def check_urls(config: Config) -> list[Finding]:
     out: list[Finding] = []
     live = bool(config.secret_keys.get("live"))
@@ -211,7 +228,8 @@ def _probe_write(db: Any) -> None:
         txn.rollback()
 
 
-async def check_database(storage: Storage) -> list[Finding]:
+async def check_database(storage: Storage, apps: Iterable[str] = ()) -> list[Finding]:
+    """Writable, and no migration pending: the project's, and `apps`' (`models/migrate.py`)."""
     out: list[Finding] = []
     try:
         await storage.run(_probe_write, storage.db)
@@ -223,7 +241,7 @@ async def check_database(storage: Storage) -> list[Finding]:
                            "file and its folder)"))
         return out
     try:
-        todo = await storage.run(pending, storage.db)
+        todo = await storage.run(pending, storage.db, apps=tuple(apps))
     except Exception as exc:
         out.append(Finding(Status.FAILED, "DATABASE_URL",
                            f"cannot read the migration history: {type(exc).__name__}",
@@ -439,12 +457,13 @@ async def run_checks(config: Config, storage: Storage | None, registry: Registry
     findings: list[Finding] = []
     if env is not None:
         findings += check_env(env)
+    findings += check_app(config)
     findings += check_urls(config)
     if probe_public_url:
         async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as http:
             findings += await check_public_url(config, http)
     if storage is not None:
-        findings += await check_database(storage)
+        findings += await check_database(storage, app_packages(config))
     findings += await check_stripe(config, registry)
     return findings
 

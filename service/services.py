@@ -11,8 +11,10 @@
 The steps (`steps()`), each an `init_<step>` method and, where something must be undone, a
 `close_<step>` one (like JupyterHub's `init_*` and `cleanup`); what each builds, and its undoing:
 
-1. database: `storage`, the database (`open_configured_database`), migrated; closed.
-2. installations: `installations`, the in-memory index, loaded.
+1. database: `storage`, the database (`open_configured_database`), migrated (the project's
+   migrations, then the app's); closed.
+2. installations: `installations`, the in-memory index (and the door, holding the loaded
+   models whose rows an uninstall deletes), loaded.
 3. integrations: `vault` (credentials) and `http` (`ctx.http`); the HTTP client closed.
 4. jobs: `clients` (Stripe), `tools` (the workers' `jobs.context.Toolbox`), `runner`,
    `events`, `task_worker`, `install_sync`, built, not started; stopped (work under way gets
@@ -71,15 +73,16 @@ from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
 from jobs.task_worker import TaskWorker
+from models.base import models_of
 from models.change_watch import ChangeWatch
 from models.db import Storage, open_database
 from models.installation_index import InstallationIndex
-from models.loader import load_modules
+from models.loader import load_modules, with_apps
 from models.migrate import migrate
 from models.replicas import HEARTBEAT_SECONDS, heartbeat
 from models.retention import prune_forever
 from service.app import make_app
-from service.config import Config
+from service.config import Config, app_packages
 from service.connections import (
     HEADER_TIMEOUT,
     RESERVED_FILES,
@@ -116,6 +119,13 @@ class Step:
     close: Callable[[float], Awaitable[None]] | None = None
 
 
+
+def app_registry(config: Config) -> Registry:
+    """What the project and the configured app declare (`app_packages(config)`), as `Services`
+    sees it: for the commands that need the declarations without the services (`manifest`,
+    `doctor`). Raises `LoadError` naming a module of the app that cannot be imported."""
+    return Registry.from_modules(load_modules(with_apps(app_packages(config))))
+
 class Services:
     """One process's objects and their start-up (`steps()`), for the server, a command or a
     test alike; see the module docstring."""
@@ -140,7 +150,11 @@ class Services:
         `database` shares an open database (replicas in one process); `reuse_port` listens
         with `SO_REUSEPORT`, as each of `service/workers.py`'s workers does."""
         self.config = config
-        modules = load_modules()  # one walk: the registry and the providers both come from it
+        #: The app's packages (`APP_PACKAGES`, `--app`, else the example app), and every module
+        #: of the project's and the app's packages: one walk, which the registry, the OAuth
+        #: providers and the tables all come from (a module that fails: `LoadError`).
+        self.apps = app_packages(config)
+        self.modules = modules = load_modules(with_apps(self.apps))
         self.registry = registry or Registry.from_modules(modules)
         self.oauth = oauth or OAuthProviders.from_modules(modules)
         self.metrics = Metrics()
@@ -239,7 +253,7 @@ class Services:
         db = self.database or open_configured_database(self.config)
         storage = Storage(db, workers=self.config.db_workers)
         try:
-            self.migrations_applied = await storage.run(migrate, db)
+            self.migrations_applied = await storage.run(migrate, db, apps=self.apps)
         except BaseException:
             storage.close()
             raise
@@ -251,7 +265,7 @@ class Services:
         self.storage.close()
 
     async def init_installations(self) -> None:
-        self.installations = InstallationIndex(self.storage)
+        self.installations = InstallationIndex(self.storage, models_of(self.modules))
         active = await self.installations.load()
         self._tell("%d accounts have the app installed", active)
 

@@ -26,6 +26,11 @@ from service.config import Config
 from service.server import Backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The app every test runs (never the shipped example app: editing it cannot break a test).
+#: Its package imports by name too (setup.cfg's pytest `pythonpath` holds tests/apps).
+SAMPLE_APP = os.path.join(ROOT, "tests", "apps", "sample_app")
+#: What the backend walks for the sample app: the project's packages, then the app.
+SAMPLE_PACKAGES = ("models", "jobs", SAMPLE_APP)
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 APP_SECRET = "absec_test" + "a" * 24
@@ -58,9 +63,19 @@ def base_env(tmp_path: Any, **extra: str) -> dict[str, str]:
         "STRIPE_WEBHOOK_SECRETS_TEST": WH_TEST,
         "STRIPE_APP_ID": "com.example.testapp",
         "SHUTDOWN_TIMEOUT": "5",
+        "APP_PACKAGES": SAMPLE_APP,
     }
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sample_app_everywhere() -> Any:
+    """`APP_PACKAGES` names the sample app for the whole session, so that a configuration read
+    from the environment, and every command a test starts, runs it rather than the example."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("APP_PACKAGES", SAMPLE_APP)
+        yield
 
 
 #: (timestamp, body) of every signature `Running.signed` made in this test session: a backend
