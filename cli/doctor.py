@@ -40,7 +40,8 @@ def _print(findings: list[Finding], as_json: bool) -> None:
 async def _checks(config: Config, args: argparse.Namespace) -> list[Finding]:
     from jobs.registry import Registry
     from models.db import UNAVAILABLE, Storage
-    from service.services import open_configured_database
+    from models.loader import LoadError
+    from service.services import app_registry, open_configured_database
 
     storage = None
     findings: list[Finding] = []
@@ -50,7 +51,12 @@ async def _checks(config: Config, args: argparse.Namespace) -> list[Finding]:
         findings.append(Finding(Status.FAILED, "DATABASE_URL", f"cannot open: {exc}"[:200],
                                 "check DATABASE_URL and that the database is running"))
     try:
-        registry = Registry.discover()
+        registry: Registry | None = None
+        try:
+            registry = app_registry(config)  # the project's and the app's declarations
+        except LoadError as exc:
+            findings.append(Finding(Status.FAILED, "APP_PACKAGES", str(exc)[:300],
+                                    "fix that module of your app, or the app setting"))
         findings = [*await run_checks(config, storage, registry, env=os.environ,
                                       probe_public_url=not args.no_probe), *findings]
     finally:

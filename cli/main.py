@@ -3,12 +3,18 @@
 Each command module registers its commands with `add_parser(sub)`, each with
 `set_defaults(func=...)`; `main` parses, reads the configuration and calls
 `args.func(config, args)` (no command: `serve`).
+
+`--app X[,Y]` (before or after the command, like `--dev`) names the developer's app and wins
+over `APP_PACKAGES`: it sets that variable for this process and the processes it starts (`dev`'s
+server, the workers). An app that cannot be imported stops the command with one line naming the
+module and its error (exit 1), not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cli import (
@@ -27,6 +33,7 @@ from cli import (
     tasks,
 )
 from models.db import UNAVAILABLE
+from models.loader import LoadError
 from service.config import VARIABLES, Config, ConfigError
 from service.logs import setup_logging
 
@@ -53,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dev", action="store_true",
         help="give any command the development configuration of `run.py dev` (var/dev.env, "
              "its database and Stripe stand-in); may also follow the command")
+    parser.add_argument(
+        "--app", metavar="PACKAGES",
+        help="your app: comma-separated package names or package directories (wins over "
+             "APP_PACKAGES; see docs/apps.md); may also follow the command")
     parser.set_defaults(func=serve.run_server)
     sub = parser.add_subparsers(dest="command", metavar="command")
     for module in COMMANDS:
@@ -67,8 +78,31 @@ def _take_dev_flag(argv: list[str]) -> tuple[bool, list[str]]:
     return found, [a for a in argv[:end] if a != "--dev"] + argv[end:]
 
 
+def _take_app_option(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The value of `--app X` or `--app=X` wherever it stands before a `--` (the last one
+    wins), and the arguments without it."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    value: str | None = None
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = argv[i]
+        if arg == "--app" and i + 1 < end:
+            value, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--app="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest + argv[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     use_dev, argv = _take_dev_flag(sys.argv[1:] if argv is None else list(argv))
+    app, argv = _take_app_option(argv)
+    if app is not None:
+        os.environ["APP_PACKAGES"] = app  # wins over the variable, here and in child processes
     args = build_parser().parse_args(argv)
     try:
         config = dev.dev_config() if use_dev else Config.from_env()
@@ -86,6 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     except UNAVAILABLE as exc:  # the one place a command meets an unreachable database
         print(database_unavailable(exc), file=sys.stderr)
         return 1
+    except LoadError as exc:  # the app (APP_PACKAGES, --app) failed to import
+        print(app_failed(exc), file=sys.stderr)
+        return 1
+
+
+def app_failed(exc: LoadError) -> str:
+    """One line for a person: which module of the app failed, and why (never a traceback)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+    cause = exc.__cause__
+    where = ""
+    if isinstance(cause, SyntaxError) and cause.filename:
+        where = f" ({cause.filename}, line {cause.lineno})"
+    return (f"cannot load the app (APP_PACKAGES or --app): {first}{where}; fix that module or "
+            "the app setting (see docs/apps.md)")
 
 
 def database_unavailable(exc: BaseException) -> str:

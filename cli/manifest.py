@@ -20,6 +20,7 @@ from jobs.installs import INSTALL_EVENTS
 from jobs.registry import Registry
 from service.config import Config
 from service.manifest import manifest_fragment, missing_from, permission_needs, webhook_event_types
+from service.services import app_registry
 
 
 def add_parser(sub: Any) -> None:
@@ -59,7 +60,7 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def run_manifest(config: Config, args: argparse.Namespace) -> int:
-    registry = Registry.discover()
+    registry = app_registry(config)  # the project's and the app's declarations
     fragment = manifest_fragment(config, registry)
     if args.check is None:
         print(json.dumps(fragment, indent=2, ensure_ascii=False))

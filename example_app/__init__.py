@@ -7,7 +7,8 @@ endpoint that shows it to the extension.
 - `sync_customers`: a resumable task counting each account's customers;
   `POST /api/tasks/sync_customers` starts it, `POST /api/customers/summary` shows its result.
 
-Nothing imports this package by name: the loader walks it (`models/loader.py`,
-`DEFAULT_PACKAGES`), like `jobs/` and `models/`. Its tables' migrations are the project's
-(`models/migrations/`).
+It is an app like yours (docs/apps.md): it imports only `stripe_app_backend`, and it runs only
+when no app is named (`APP_PACKAGES` unset, no `run.py --app`); with an app named, it is not
+loaded and its endpoints answer 404. Its tables' migrations are, for history, the project's own
+(`models/migrations/` 001-...: frozen, they stay there).
 """

@@ -13,21 +13,26 @@ it to the extension:
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import peewee as pw
 
-from jobs.endpoints import per_mode_endpoint
-from jobs.registry import job
-from jobs.runner import JobContext
-from models.base import AccountModel, now
+from stripe_app_backend import (
+    AccountModel,
+    EndpointContext,
+    JobContext,
+    SignedRequest,
+    endpoint,
+    job,
+)
 
 KEEP = 90  # snapshots kept per account and mode
 
 
 # ---- the table and its queries (run in a database thread) ------------------------------------
 class BalanceSnapshot(AccountModel):
-    taken_at = pw.DoubleField(default=now, index=True)
+    taken_at = pw.DoubleField(default=time.time, index=True)
     available = pw.TextField()  # JSON list of {"amount", "currency"}
     pending = pw.TextField()
 
@@ -45,8 +50,7 @@ def save_snapshot(account_id: str, mode: str, available: list[dict[str, Any]],
 
 
 # ---- the endpoint ----------------------------------------------------------------------------
-@per_mode_endpoint("/api/balance")
-def balance(account_id: str, mode: str) -> dict[str, Any] | None:
+def latest(account_id: str, mode: str) -> dict[str, Any] | None:
     """The newest snapshot as the API shows it, or None when there is none."""
     row = (BalanceSnapshot.select()
            .where((BalanceSnapshot.account_id == account_id) & (BalanceSnapshot.mode == mode))
@@ -55,6 +59,16 @@ def balance(account_id: str, mode: str) -> dict[str, Any] | None:
         return None
     return {"taken_at": int(row.taken_at), "available": json.loads(row.available),
             "pending": json.loads(row.pending)}
+
+
+@endpoint("/api/balance", description="The newest balance snapshot in each installed mode")
+async def balance(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
+    """`{"account_id", "live": snapshot|null, "test": snapshot|null}` (null: not installed in
+    that mode, or no snapshot yet)."""
+    answer: dict[str, Any] = {"account_id": ctx.account_id}
+    for mode in ("live", "test"):
+        answer[mode] = await ctx.db(latest, ctx.account_id, mode) if mode in ctx.modes else None
+    return answer
 
 
 # ---- the job ---------------------------------------------------------------------------------

@@ -24,9 +24,15 @@ from typing import Any
 import peewee as pw
 from stripe.params import CustomerListParams
 
-from jobs.endpoints import per_mode_endpoint
-from jobs.tasks import BadInput, TaskContext, task
-from models.base import AccountModel
+from stripe_app_backend import (
+    AccountModel,
+    BadInput,
+    EndpointContext,
+    SignedRequest,
+    TaskContext,
+    endpoint,
+    task,
+)
 
 DEFAULT_PAGE = 100
 
@@ -86,8 +92,7 @@ def complete(account_id: str, mode: str, task_id: str, state: dict[str, Any]) ->
 
 
 # ---- the endpoint ----------------------------------------------------------------------------
-@per_mode_endpoint("/api/customers/summary")
-def customer_summary(account_id: str, mode: str) -> dict[str, Any] | None:
+def summary(account_id: str, mode: str) -> dict[str, Any] | None:
     """The summary as the API shows it, or None before the first sync."""
     row = CustomerSummary.get_or_none(_of(account_id, mode))
     if row is None:
@@ -96,6 +101,16 @@ def customer_summary(account_id: str, mode: str) -> dict[str, Any] | None:
     return {"count": row.count, "latest": latest,
             "synced_at": int(row.synced_at) if row.synced_at else None,
             "syncing": row.run_task is not None}
+
+
+@endpoint("/api/customers/summary", description="The customer summary in each installed mode")
+async def customer_summary(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
+    """`{"account_id", "live": summary|null, "test": summary|null}` (null: not installed in
+    that mode, or before the first sync)."""
+    answer: dict[str, Any] = {"account_id": ctx.account_id}
+    for mode in ("live", "test"):
+        answer[mode] = await ctx.db(summary, ctx.account_id, mode) if mode in ctx.modes else None
+    return answer
 
 
 # ---- the task --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 of packages, once, and hand the modules to whoever collects what they declare.
 
     modules = load_modules()                          # DEFAULT_PACKAGES
+    modules = load_modules(with_apps(app_packages(config)))   # the project's, then the app's
     modules = load_modules(["acme_app", "/srv/apps/billing_app"])
 
     Registry.from_modules(modules)         # jobs, event handlers, tasks, endpoints (jobs/registry)
@@ -33,9 +34,11 @@ import sys
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 
+#: The project's own packages, walked before any app's.
+PROJECT_PACKAGES: tuple[str, ...] = ("models", "jobs")
 #: What the backend walks when no app is named: its own jobs and models, and the shipped
-#: examples.
-DEFAULT_PACKAGES: tuple[str, ...] = ("models", "jobs", "example_app")
+#: example app.
+DEFAULT_PACKAGES: tuple[str, ...] = (*PROJECT_PACKAGES, "example_app")
 #: Subpackages that hold no declarations and must not be imported at start-up.
 SKIPPED = frozenset({"migrations", "tests"})
 
@@ -54,6 +57,12 @@ def load_modules(packages: Iterable[str] = DEFAULT_PACKAGES) -> tuple[ModuleType
         for module in _walk(_import(_name_of(entry))):
             seen.setdefault(module.__name__, module)
     return tuple(seen.values())
+
+
+def with_apps(apps: Iterable[str]) -> tuple[str, ...]:
+    """The packages to walk for an app: the project's own, then the app's entries (the
+    effective app list is `service.config.app_packages(config)`)."""
+    return (*PROJECT_PACKAGES, *((apps,) if isinstance(apps, str) else apps))
 
 
 def _name_of(entry: str) -> str:

@@ -123,6 +123,17 @@ def _names(name: str, raw: str) -> tuple[str, ...]:
     return values
 
 
+def _packages(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated importable package names (`acme_app`) or package directories (a path)."""
+    values = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for value in values:
+        if not (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", value)
+                or "/" in value or os.sep in value):
+            raise ConfigError(f"{name}: {value!r} is neither a package name nor a path to a "
+                              "package directory")
+    return values
+
+
 def _switch(name: str, raw: str) -> bool:
     return _Choice(("on", "off"))(name, raw) == "on"
 
@@ -299,6 +310,10 @@ class Config:
         "DATABASE_URL", "sqlite:///var/app.db",
         _database_url,
         "Peewee database URL: `sqlite:///path` or `postgresql://user@host/db`")
+    app_packages: tuple[str, ...] = setting(
+        "APP_PACKAGES", (), _packages,
+        "your app: comma-separated package names or package directories (`run.py --app` "
+        "wins); see docs/apps.md", "the example app")
     app_secrets: tuple[str, ...] = setting(
         "STRIPE_APP_SECRETS", (), _Secrets(("absec_",)), "app signing secrets (`absec_...`)")
     webhook_secrets: Mapping[str, tuple[str, ...]] = per_mode(
@@ -460,6 +475,15 @@ class Config:
 
 
 # -- derived documentation -------------------------------------------------------------------
+
+
+#: The app that runs when none is named: the examples that ship with the project.
+EXAMPLE_APP = "example_app"
+
+
+def app_packages(config: Config) -> tuple[str, ...]:
+    """The app the backend runs: `config.app_packages`, or the shipped example app."""
+    return config.app_packages or (EXAMPLE_APP,)
 
 
 def declarations() -> list[Variable[Any] | PerMode[Any]]:

@@ -39,8 +39,9 @@ from urllib.parse import urlsplit
 import httpx
 import stripe
 
-from models.enums import MODES
+from models.enums import MODES, Mode
 from models.migrate import pending
+from service.config import EXAMPLE_APP, app_packages
 
 if TYPE_CHECKING:
     from jobs.registry import Registry
@@ -141,6 +142,21 @@ def check_env(env: Mapping[str, str]) -> list[Finding]:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_app(config: Config) -> list[Finding]:
+    """Which app runs; a warning (failed) when it is the shipped example app with a live key
+    set: the examples' job and task would run on every live account that installs."""
+    apps = app_packages(config)
+    if apps != (EXAMPLE_APP,):
+        return [Finding(Status.OK, "APP_PACKAGES", f"your app: {', '.join(apps)}")]
+    if config.secret_keys.get(Mode.LIVE):
+        return [Finding(Status.FAILED, "APP_PACKAGES",
+                        "the shipped example app is running with a live key "
+                        "(STRIPE_SECRET_KEY_LIVE): its job and task run on live accounts",
+                        "set APP_PACKAGES (or --app) to your own app; see docs/apps.md")]
+    return [Finding(Status.OK, "APP_PACKAGES", "unset: the shipped example app runs "
+                    "(test keys only)")]
 
 
 def check_urls(config: Config) -> list[Finding]:
@@ -439,6 +455,7 @@ async def run_checks(config: Config, storage: Storage | None, registry: Registry
     findings: list[Finding] = []
     if env is not None:
         findings += check_env(env)
+    findings += check_app(config)
     findings += check_urls(config)
     if probe_public_url:
         async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as http:

@@ -72,12 +72,12 @@ from jobs.stripe_api import StripeClients
 from jobs.task_worker import TaskWorker
 from models.db import Storage, open_database
 from models.installation_index import InstallationIndex
-from models.loader import load_modules
+from models.loader import load_modules, with_apps
 from models.migrate import migrate
 from models.replicas import HEARTBEAT_SECONDS, heartbeat
 from models.retention import prune_forever
 from service.app import make_app
-from service.config import Config
+from service.config import Config, app_packages
 from service.connections import (
     HEADER_TIMEOUT,
     RESERVED_FILES,
@@ -114,6 +114,13 @@ class Step:
     close: Callable[[float], Awaitable[None]] | None = None
 
 
+
+def app_registry(config: Config) -> Registry:
+    """What the project and the configured app declare (`app_packages(config)`), as `Services`
+    sees it: for the commands that need the declarations without the services (`manifest`,
+    `doctor`). Raises `LoadError` naming a module of the app that cannot be imported."""
+    return Registry.from_modules(load_modules(with_apps(app_packages(config))))
+
 class Services:
     """One process's objects and their start-up (`steps()`), for the server, a command or a
     test alike; see the module docstring."""
@@ -138,7 +145,11 @@ class Services:
         `database` shares an open database (replicas in one process); `reuse_port` listens
         with `SO_REUSEPORT`, as each of `service/workers.py`'s workers does."""
         self.config = config
-        modules = load_modules()  # one walk: the registry and the providers both come from it
+        #: The app's packages (`APP_PACKAGES`, `--app`, else the example app), and every module
+        #: of the project's and the app's packages: one walk, which the registry, the OAuth
+        #: providers and the tables all come from (a module that fails: `LoadError`).
+        self.apps = app_packages(config)
+        self.modules = modules = load_modules(with_apps(self.apps))
         self.registry = registry or Registry.from_modules(modules)
         self.oauth = oauth or OAuthProviders.from_modules(modules)
         self.metrics = Metrics()

@@ -21,6 +21,7 @@ import peewee as pw
 import pytest
 
 from cli.devtools import compact, free_port, make_event, sign  # noqa: F401 (for the tests)
+from stripe_app_backend import harness
 from stripe_app_backend.harness import (  # noqa: F401 (the shared harness, for the tests)
     APP_SECRET,
     APP_SECRET_2,
@@ -28,13 +29,17 @@ from stripe_app_backend.harness import (  # noqa: F401 (the shared harness, for 
     WH_LIVE_2,
     WH_TEST,
     Running,
-    base_env,
     event,
     running,
     wait_for,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The app every test runs (never the shipped example app: editing it cannot break a test).
+#: Its package imports by name too (setup.cfg's pytest `pythonpath` holds tests/apps).
+SAMPLE_APP = os.path.join(ROOT, "tests", "apps", "sample_app")
+#: What the backend walks for the sample app: the project's packages, then the app.
+SAMPLE_PACKAGES = ("models", "jobs", SAMPLE_APP)
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -43,6 +48,21 @@ def sign_many(payload: str, secrets: list[str], timestamp: int | None = None) ->
     timestamp = timestamp or int(time.time())
     headers = [sign(payload, s, timestamp) for s in secrets]
     return ",".join([headers[0]] + [h.split(",", 1)[1] for h in headers[1:]])
+
+
+def base_env(tmp_path: Any, **extra: str | None) -> dict[str, str]:
+    """The harness's configuration (`stripe_app_backend.harness.base_env`), running the sample
+    app unless `extra` says otherwise."""
+    return harness.base_env(tmp_path, **{"APP_PACKAGES": SAMPLE_APP, **extra})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sample_app_everywhere() -> Any:
+    """`APP_PACKAGES` names the sample app for the whole session, so that a configuration read
+    from the environment, and every command a test starts, runs it rather than the example."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("APP_PACKAGES", SAMPLE_APP)
+        yield
 
 
 def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:

@@ -11,6 +11,7 @@ import pytest
 from conftest import (
     APP_SECRET,
     APP_SECRET_2,
+    SAMPLE_PACKAGES,
     WH_TEST,
     base_env,
     compact,
@@ -346,7 +347,7 @@ async def test_unauthenticated_install_requests_write_nothing(tmp_path):
     async with running(base_env(tmp_path)) as app:
 
         def rows() -> dict[str, int]:
-            return {m.__name__: m.select().count() for m in discover_models()}
+            return {m.__name__: m.select().count() for m in discover_models(SAMPLE_PACKAGES)}
 
         before = await app.backend.storage.run(rows)
         assert before["Replica"] == 1  # written before the server listens, never in between

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from sample_app.balance_snapshot import BalanceSnapshot
 
-from example_app.balance_snapshot import BalanceSnapshot
 from models.db import Storage, open_database
 from models.installation import Change, Installation, InstallChange, change_installation
 from models.installation_index import InstallationIndex

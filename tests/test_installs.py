@@ -10,10 +10,10 @@ import time
 
 import pytest
 from conftest import ROOT, WH_TEST, base_env, event, running, wait_for
+from sample_app.balance_snapshot import BalanceSnapshot
 from test_e2e import cli
 
 from cli.fake_installs import FakeInstalls, install_object
-from example_app.balance_snapshot import BalanceSnapshot
 from jobs.installs import SyncFailed
 from jobs.registry import Registry, job
 from models.installation import Installation

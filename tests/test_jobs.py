@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from conftest import WH_TEST, base_env, compact, event, running, wait_for
+from conftest import SAMPLE_PACKAGES, WH_TEST, base_env, compact, event, running, wait_for
 from stripe_proxy import StripeProxy
 
 from jobs.context import Toolbox
@@ -49,7 +49,7 @@ def registry_with(*funcs) -> Registry:
 # UTC, at noon, and inside the daily slots of the shipped job for the accounts they use, where
 # its catch-up and its regular fire could otherwise add runs the test does not expect.
 DAY = datetime(2026, 3, 14, tzinfo=UTC)
-_DAILY = Registry.discover().jobs["balance_snapshot"]
+_DAILY = Registry.discover(SAMPLE_PACKAGES).jobs["balance_snapshot"]
 
 
 def _in_daily_slot(account: str, mode: str) -> datetime:
@@ -340,7 +340,8 @@ def test_three_schedulers_on_postgresql_run_each_fire_once(pg_url):
     for account in accounts:
         apply_state(account, "live", True, 1, "setup")
 
-    config = Config(database_url=pg_url, db_workers=4, job_concurrency=50)
+    config = Config(database_url=pg_url, db_workers=4, job_concurrency=50,
+                    app_packages=SAMPLE_PACKAGES[2:])
 
     async def replica(name: str, stop_at: float) -> None:
         registry = Registry()

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import peewee as pw
 import pytest
+from sample_app.balance_snapshot import BalanceSnapshot as RealSnapshot
 
 from cli.devtools import free_port
-from example_app.balance_snapshot import BalanceSnapshot as RealSnapshot
 from models.base import AccountModel, discover_models
 from models.db import open_database
 from models.migrate import MIGRATIONS_DIR, make_migration, migrate
-from tests.conftest import ROOT, base_env, start_server
+from tests.conftest import ROOT, SAMPLE_PACKAGES, base_env, start_server
 
 
 def _migration_files(folder: str) -> set[str]:
@@ -45,8 +45,9 @@ def _up_to_date(url: str, folder: str) -> pw.Database:
 
 def _with(replacement: type[pw.Model]) -> list[type[pw.Model]]:
     """Every model of the app, with `replacement` in place of the real BalanceSnapshot."""
-    models: list[type[pw.Model]] = [m for m in discover_models() if m is not RealSnapshot]
-    assert len(models) == len(discover_models()) - 1
+    models: list[type[pw.Model]] = [m for m in discover_models(SAMPLE_PACKAGES)
+                                   if m is not RealSnapshot]
+    assert len(models) == len(discover_models(SAMPLE_PACKAGES)) - 1
     return [*models, replacement]
 
 

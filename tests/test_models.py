@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
-from conftest import APP_SECRET
+from conftest import APP_SECRET, SAMPLE_PACKAGES
+from sample_app.balance_snapshot import BalanceSnapshot
 
 import models
-from example_app.balance_snapshot import BalanceSnapshot
 from models.backoff import Jitter, backoff_delay
 from models.base import AccountModel, discover_models
 from models.db import Storage, open_database, write_transaction
@@ -257,9 +257,9 @@ def test_a_model_in_a_module_nothing_imports_is_found_and_cleaned_up_on_uninstal
     try:
         with monkeypatch.context() as patch:
             # the folder becomes part of the `models` package, as a new file in models/ would
-            before = {model.__name__ for model in discover_models()}
+            before = {model.__name__ for model in discover_models(SAMPLE_PACKAGES)}
             patch.setattr(models, "__path__", [*models.__path__, str(folder)])
-            found = {model.__name__: model for model in discover_models()}
+            found = {model.__name__: model for model in discover_models(SAMPLE_PACKAGES)}
             assert set(found) - before == {"ScratchNote"}
             assert {"Installation", "InstallState", "WebhookEvent", "JobRun",
                     "BalanceSnapshot"} <= before
@@ -275,7 +275,7 @@ def test_a_model_in_a_module_nothing_imports_is_found_and_cleaned_up_on_uninstal
             db.drop_tables([note])
     finally:
         sys.modules.pop("models.scratch_notes", None)
-    assert "ScratchNote" not in {model.__name__ for model in discover_models()}
+    assert "ScratchNote" not in {model.__name__ for model in discover_models(SAMPLE_PACKAGES)}
 
 
 def test_a_replica_of_the_previous_version_can_still_insert_on_postgresql(pg_url):

@@ -22,7 +22,17 @@ from datetime import UTC, datetime
 
 import pytest
 import time_machine
-from conftest import APP_SECRET, WH_TEST, base_env, compact, event, running, sign, wait_for
+from conftest import (
+    APP_SECRET,
+    SAMPLE_PACKAGES,
+    WH_TEST,
+    base_env,
+    compact,
+    event,
+    running,
+    sign,
+    wait_for,
+)
 from cryptography.fernet import Fernet
 
 from jobs.registry import Registry
@@ -68,7 +78,7 @@ async def big(ctx):
 def registry_of(*funcs) -> Registry:
     """These tasks, and the declared endpoints of the default walk (the example's reads, which
     `test_reads_accept_a_signature_again` calls)."""
-    registry = Registry(endpoints=dict(Registry.discover().endpoints))
+    registry = Registry(endpoints=dict(Registry.discover(SAMPLE_PACKAGES).endpoints))
     for f in funcs:
         registry.tasks[f.__task_spec__.name] = f.__task_spec__
     return registry

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import WH_LIVE, base_env, event, running
+from conftest import SAMPLE_PACKAGES, WH_LIVE, base_env, event, running
 from tornado.web import create_signed_value
 
 from jobs.registry import Registry, on_event
@@ -35,7 +35,7 @@ class Flaky:
 
 
 def registry() -> Registry:
-    reg = Registry.discover()
+    reg = Registry.discover(SAMPLE_PACKAGES)
     reg.add_module(Flaky)
     return reg
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 from conftest import (
+    SAMPLE_PACKAGES,
     WH_LIVE,
     WH_LIVE_2,
     WH_TEST,
@@ -20,8 +21,8 @@ from conftest import (
     sign,
     sign_many,
 )
+from sample_app.balance_snapshot import BalanceSnapshot
 
-from example_app.balance_snapshot import BalanceSnapshot
 from jobs.registry import Registry
 from models.events import WebhookEvent
 from models.installation import Installation
@@ -38,7 +39,7 @@ def counting_registry(fail_times: int = 0) -> tuple[Registry, list[str]]:
         if len(calls) <= fail_times:
             raise RuntimeError(f"boom {len(calls)}")
 
-    registry = Registry.discover()
+    registry = Registry.discover(SAMPLE_PACKAGES)
     registry.handlers.setdefault("customer.created", []).append(handler)
     return registry, calls
 
