@@ -27,6 +27,7 @@ from cli import (
     jobs,
     manifest,
     migrate,
+    new,
     prune,
     serve,
     simulate,
@@ -41,7 +42,7 @@ log = logging.getLogger("app.cli")
 
 #: The command modules, in the order `--help` lists their commands.
 COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, credentials, prune,
-            manifest, simulate, doctor, dev)
+            manifest, simulate, doctor, dev, new)
 
 
 def _epilog() -> str:

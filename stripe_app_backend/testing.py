@@ -113,7 +113,7 @@ class StripeApp:
     extension, Stripe or the operator would. Every call waits for its effect; every account
     argument defaults to `ACCOUNT` and every mode to test."""
 
-    def __init__(self, running: Running, loop: _LoopThread, clock: time_machine.Traveller,
+    def __init__(self, running: Running, loop: _LoopThread, clock: time_machine.Coordinates,
                  emulator_url: str) -> None:
         self._running = running
         self._loop = loop
@@ -262,7 +262,7 @@ def stripe_clock_start() -> datetime | None:
 
 
 @pytest.fixture
-def stripe_clock(stripe_clock_start: datetime | None) -> Iterator[time_machine.Traveller]:
+def stripe_clock(stripe_clock_start: datetime | None) -> Iterator[time_machine.Coordinates]:
     """The test's clock, ticking from `stripe_clock_start` (see the module doc)."""
     import time
 
@@ -281,7 +281,7 @@ def stripe_app_env() -> dict[str, str]:
 
 @pytest.fixture
 def stripe_app(stripe_app_packages: tuple[str, ...], stripe_emulator: str,
-               stripe_clock: time_machine.Traveller, stripe_app_env: dict[str, str],
+               stripe_clock: time_machine.Coordinates, stripe_app_env: dict[str, str],
                tmp_path: Path) -> Iterator[StripeApp]:
     """The app under test in a started backend (see the module doc)."""
     from service.loops import loop_factory
