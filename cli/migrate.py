@@ -1,32 +1,54 @@
-"""`run.py migrate` and `run.py makemigration NAME`: the database schema, without a server."""
+"""`run.py migrate` and `run.py makemigration NAME`: the database schema, without a server.
+
+`migrate` applies the project's migrations, then the app's (`models/migrate.py`; the app is
+`APP_PACKAGES` or `run.py --app`, else the example app), as start-up does.
+`makemigration NAME` writes the next migration of the app when one is named (`APP_PACKAGES` or
+`--app`), into that app's `migrations/` folder from the app's own models; with no app named, the
+project's own, into `models/migrations/`. Several apps named: `--app` picks the one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
-from models.migrate import make_migration, migrate
-from service.config import Config
+from models.migrate import app_schema, make_migration, migrate
+from service.config import Config, app_packages
 from service.services import open_configured_database
 
 
 def add_parser(sub: Any) -> None:
-    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(
-        func=run_migrate)
-    mk = sub.add_parser("makemigration", help="write a migration for model changes")
+    sub.add_parser("migrate", help="bring the database schema up to date (the project's "
+                   "migrations, then the app's)").set_defaults(func=run_migrate)
+    mk = sub.add_parser("makemigration", help="write a migration for model changes: the "
+                        "app's, into its migrations/ folder, when an app is named (--app, "
+                        "APP_PACKAGES); the project's otherwise")
     mk.add_argument("name")
     mk.set_defaults(func=run_makemigration)
 
 
 def run_migrate(config: Config, args: argparse.Namespace) -> int:
-    applied = migrate(open_configured_database(config))
+    applied = migrate(open_configured_database(config), apps=app_packages(config))
     print("applied: " + ", ".join(applied) if applied else "the database is up to date")
     return 0
 
 
 def run_makemigration(config: Config, args: argparse.Namespace) -> int:
+    named = config.app_packages
+    if len(named) > 1:
+        print(f"several apps are named ({', '.join(named)}): name the one to write a "
+              "migration for with `run.py --app APP makemigration NAME`", file=sys.stderr)
+        return 2
     db = open_configured_database(config)
-    migrate(db)
-    name = make_migration(db, args.name)
-    print(f"wrote models/migrations/{name}.py" if name else "no model changes found")
+    migrate(db, apps=app_packages(config))
+    if not named:
+        name = make_migration(db, args.name)
+        folder = os.path.join("models", "migrations")
+    else:
+        schema = app_schema(named[0])
+        name = make_migration(db, args.name, app=schema)
+        folder = os.path.relpath(schema.migrate_dir)
+    print(f"wrote {os.path.join(folder, name)}.py" if name else "no model changes found")
     return 0

@@ -9,6 +9,7 @@ endpoint that shows it to the extension.
 
 It is an app like yours (docs/apps.md): it imports only `stripe_app_backend`, and it runs only
 when no app is named (`APP_PACKAGES` unset, no `run.py --app`); with an app named, it is not
-loaded and its endpoints answer 404. Its tables' migrations are, for history, the project's own
-(`models/migrations/` 001-...: frozen, they stay there).
+loaded and its endpoints answer 404. Its tables' migrations are its own (`migrations/`, applied
+after the project's, with their own history): the project's 001 and 004 created the two tables
+before the example became an app, and its 014 handed them over, rows and all.
 """

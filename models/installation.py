@@ -27,14 +27,16 @@ account and mode in the same second the one that arrived later wins
 `INSTALLED` still confirms a row that is active; `PENDING` and `DETAILS` never move the order.
 
 Whatever the kind: when the row goes from active to inactive, the account's app data in that
-mode (every `AccountModel` table) is deleted in the same transaction; never otherwise.
+mode (every `AccountModel` table) is deleted in the same transaction; never otherwise. The
+tables are those of the models the caller passes (`models`: the ones the loader found, the
+project's and the app's; the door holds them), by default `discover_models()`'s.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -270,11 +272,14 @@ def _apply(row: Installation, change: InstallChange, seq: float) -> bool:
 
 
 def change_installation(change: InstallChange,
-                        precondition: Callable[[], str | None] | None = None) -> Outcome:
+                        precondition: Callable[[], str | None] | None = None,
+                        models: Sequence[type[BaseModel]] | None = None) -> Outcome:
     """Runs in a database thread: apply one change under the rule (module docstring).
 
     `precondition`, when given, runs first in the same transaction (a used state or signature
-    is recorded there); a reason it returns raises `Refused` and nothing is written."""
+    is recorded there); a reason it returns raises `Refused` and nothing is written. `models`:
+    the tables whose rows of the account and mode go when the installation ends (default:
+    `discover_models()`)."""
     seq = time.time() if change.arrived is None else change.arrived
     with write_transaction():
         if precondition is not None:
@@ -288,7 +293,8 @@ def change_installation(change: InstallChange,
             applied = applied or change.kind is Change.DETAILS
         deleted = 0
         if was_active and not row.active:
-            deleted = AccountModel.delete_account_data(change.account_id, change.mode)
+            deleted = AccountModel.delete_account_data(change.account_id, change.mode,
+                                                       models)
         view = InstallationView.of(row)
         if view != before:
             row.save()
@@ -325,16 +331,18 @@ def _insert_new(changes: list[InstallChange]) -> dict[tuple[str, str], Outcome]:
 
 
 def change_many(changes: Iterable[InstallChange],
-                new: frozenset[tuple[str, str]] = frozenset()) -> list[Outcome]:
+                new: frozenset[tuple[str, str]] = frozenset(),
+                models: Sequence[type[BaseModel]] | None = None) -> list[Outcome]:
     """Runs in a database thread: apply many changes in one transaction, in order.
 
     `new` names the (account, mode) that had no row when the caller read the table: their
     `INSTALLED` changes (with facts) are inserted in bulk (100,000 of them take seconds, not
-    minutes); every other change goes through `change_installation`, one by one."""
+    minutes); every other change goes through `change_installation`, one by one (`models` as
+    there)."""
     changes = list(changes)
     with write_transaction():
         inserted = _insert_new([c for c in changes if (c.account_id, c.mode) in new])
-        return [inserted.get((c.account_id, c.mode)) or change_installation(c)
+        return [inserted.get((c.account_id, c.mode)) or change_installation(c, None, models)
                 for c in changes]
 
 

@@ -18,8 +18,9 @@ no installation, only what this process knows of one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from models.base import BaseModel
 from models.db import Storage
 from models.enums import Mode
 from models.installation import (
@@ -47,8 +48,12 @@ def _load_since(since: float) -> list[InstallationView]:
 
 
 class InstallationIndex:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage,
+                 models: Sequence[type[BaseModel]] | None = None) -> None:
+        """`models`: the models the loader found (the project's and the app's), whose rows of
+        an account and mode an ended installation deletes (default: `discover_models()`)."""
         self.storage = storage
+        self.models = tuple(models) if models is not None else None
         self._rows: dict[tuple[str, str], InstallationView] = {}
         self._active_accounts: dict[str, int] = {}
         self._active_by_mode: dict[str, int] = {mode: 0 for mode in Mode}
@@ -75,14 +80,15 @@ class InstallationIndex:
                     precondition: Callable[[], str | None] | None = None) -> Outcome:
         """Apply one change (the rule: `models/installation.py`) and take its result in; a
         `precondition` runs first in the same transaction (`Refused` when it says no)."""
-        outcome = await self.storage.run(change_installation, change, precondition)
+        outcome = await self.storage.run(change_installation, change, precondition,
+                                         self.models)
         self.put(outcome.view)
         return outcome
 
     async def apply_many(self, changes: Iterable[InstallChange],
                          new: frozenset[tuple[str, str]] = frozenset()) -> list[Outcome]:
         """Apply changes in one transaction (`change_many`), then take each result in."""
-        outcomes = await self.storage.run(change_many, list(changes), new)
+        outcomes = await self.storage.run(change_many, list(changes), new, self.models)
         for outcome in outcomes:
             self.put(outcome.view)
         return outcomes

@@ -1,9 +1,20 @@
-"""Schema migrations with peewee-migrate; the files live in `models/migrations/`.
+"""Schema migrations with peewee-migrate: the project's files in `models/migrations/`, and each
+app's in its own package's `migrations/` folder.
 
-`migrate(db)` applies what is missing (run at start-up and by `run.py migrate`);
-`make_migration(db, name)` writes a new file from the difference between the models and the
-migrations so far (`run.py makemigration <name>`). Both take `migrate_dir` (default
-`MIGRATIONS_DIR`) so that tests can work on a copy of the folder.
+`migrate(db, apps=...)` applies what is missing (run at start-up and by `run.py migrate`): the
+project's migrations first, then each app's, in the order given; `make_migration(db, name)`
+writes a new file from the difference between the models and the migrations so far (`run.py
+makemigration <name>`), and `make_migration(db, name, app=...)` does it for one app, into that
+app's folder, from that app's own models only. Both take `migrate_dir` (default
+`MIGRATIONS_DIR`) so that tests can work on a copy of the project's folder.
+
+Apps. An app is an entry of the loader's (`models/loader.py`: a package name, or the path of a
+package directory); `app_schema(entry)` finds its migrations folder (`<package>/migrations`,
+missing until its first `makemigration`) and its models (the concrete models defined in its
+modules, `models_of`). Each app keeps its own history, apart from the project's and from any
+other app's: peewee-migrate's history table per app, `migratehistory_<package>` (the project's
+is peewee-migrate's own `migratehistory`), so an app's `001_initial` never meets the project's,
+and an app added to a running deployment gets its migrations applied from its first.
 
 Index names. peewee-migrate compares the indexes of the app's models with those of the models
 the migration files declare *by name*. The app's models set `legacy_table_names = False`, so
@@ -22,17 +33,51 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import peewee as pw
 from peewee_migrate import Migrator, Router
+from peewee_migrate.models import MIGRATE_TABLE, MigrateHistory
 from playhouse.migrate import Operation, make_index_name
 
+from models.base import BaseModel, discover_models, models_of
 from models.db import is_sqlite
+from models.loader import PROJECT_PACKAGES, load_modules
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(__file__), "migrations")
 log = logging.getLogger("app.migrate")
 MIGRATION_LOCK = 0x5A1E5
+
+
+@dataclass(frozen=True)
+class AppSchema:
+    """What one app brings to the database: its migrations folder, the history table that
+    records which of them ran, and its models (see the module doc)."""
+
+    name: str  # the app's package name, as it imports
+    migrate_dir: str
+    table: str
+    models: tuple[type[BaseModel], ...]
+
+
+def app_schema(entry: str) -> AppSchema:
+    """The schema of the app `entry` (a package name or a package directory), its modules
+    imported by the loader (`LoadError` when one cannot be); ValueError for a plain module,
+    which has no folder for migrations."""
+    modules = load_modules([entry])
+    package = modules[0]
+    paths = list(getattr(package, "__path__", ()))
+    if not paths:
+        raise ValueError(f"app {entry}: a module, not a package; an app with tables is a "
+                         "package (a folder with __init__.py) holding a migrations/ folder")
+    name = package.__name__
+    return AppSchema(name, os.path.join(paths[0], "migrations"),
+                     f"{MIGRATE_TABLE}_{re.sub(r'[^a-z0-9_]', '_', name.lower())}",
+                     tuple(models_of(modules)))
 
 
 class _Migrator(Migrator):
@@ -77,40 +122,91 @@ class _TableNamedIndexes(_Migrator):
         return super().create_model(model)
 
 
-def _router(db: pw.Database, migrate_dir: str, migrator_class: type[Migrator] = _Migrator
-            ) -> Router:
-    return Router(db, migrate_dir=migrate_dir, logger=logging.getLogger("peewee_migrate"),
-                  migrator_class=migrator_class)
+class _Router(Router):
+    """peewee-migrate's `Router` with a history model of its own: peewee-migrate's points its
+    one `MigrateHistory` class at the latest router's table, and two histories (the project's
+    and an app's) must not share it."""
+
+    @cached_property
+    def model(self) -> type[MigrateHistory]:
+        meta = type("Meta", (), {"database": self.database, "table_name": self.migrate_table,
+                                 "schema": self.schema})
+        history: type[MigrateHistory] = type(
+            f"History_{self.migrate_table}", (MigrateHistory,),
+            {"Meta": meta, "__module__": __name__})
+        history.create_table(safe=True)
+        return history
 
 
-def migrate(db: pw.Database, migrate_dir: str = MIGRATIONS_DIR) -> list[str]:
-    """Apply every pending migration; returns the names applied (empty when up to date)."""
+def _router(db: pw.Database, migrate_dir: str, migrator_class: type[Migrator] = _Migrator,
+            table: str = MIGRATE_TABLE) -> Router:
+    return _Router(db, migrate_dir=migrate_dir, migrate_table=table,
+                   logger=logging.getLogger("peewee_migrate"), migrator_class=migrator_class)
+
+
+def _histories(migrate_dir: str, apps: Iterable[str | AppSchema]
+               ) -> list[tuple[str, str, str]]:
+    """(prefix of the names, folder, history table): the project's, then each app's that has
+    a migrations folder."""
+    found = [("", migrate_dir, MIGRATE_TABLE)]
+    for app in apps:
+        schema = app if isinstance(app, AppSchema) else app_schema(app)
+        if os.path.isdir(schema.migrate_dir):
+            found.append((schema.name + "/", schema.migrate_dir, schema.table))
+    return found
+
+
+def migrate(db: pw.Database, migrate_dir: str = MIGRATIONS_DIR,
+            apps: Iterable[str | AppSchema] = ()) -> list[str]:
+    """Apply every pending migration, the project's first, then each app's of `apps` (entries
+    as the loader takes them) in order; returns the names applied (empty when up to date), an
+    app's as `<package>/<name>`."""
+    histories = _histories(migrate_dir, apps)
     lock = not is_sqlite(db)
     if lock:  # replicas starting together must not migrate at the same time
         db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
     try:
-        router = _router(db, migrate_dir)
-        todo = list(router.diff)
-        if todo:
-            router.run()
-            log.info("applied migrations: %s", ", ".join(todo))
-        return todo
+        applied: list[str] = []
+        for prefix, folder, table in histories:
+            router = _router(db, folder, table=table)
+            todo = list(router.diff)
+            if todo:
+                router.run()
+                applied += [prefix + name for name in todo]
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        return applied
     finally:
         if lock:
             db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
-def pending(db: pw.Database, migrate_dir: str = MIGRATIONS_DIR) -> list[str]:
-    return list(_router(db, migrate_dir).diff)
+def pending(db: pw.Database, migrate_dir: str = MIGRATIONS_DIR,
+            apps: Iterable[str | AppSchema] = ()) -> list[str]:
+    """The migrations `migrate` would apply, named as it names them."""
+    return [prefix + name for prefix, folder, table in _histories(migrate_dir, apps)
+            for name in _router(db, folder, table=table).diff]
 
 
-def make_migration(db: pw.Database, name: str, models: list[type[pw.Model]] | None = None,
-                   migrate_dir: str = MIGRATIONS_DIR) -> str | None:
-    """Write a migration taking the migration files to `models` (default: every model
-    `discover_models()` finds); return its name, or None (and write nothing) when nothing
-    changed. Index names are compared as the app's models make them (see the module doc)."""
+def make_migration(db: pw.Database, name: str, models: Sequence[type[pw.Model]] | None = None,
+                   migrate_dir: str | None = None, app: str | AppSchema | None = None
+                   ) -> str | None:
+    """Write a migration taking the migration files to `models`; return its name, or None (and
+    write nothing) when nothing changed. Index names are compared as the app's models make
+    them (see the module doc).
+
+    Without `app`: the project's files (`migrate_dir`, default `MIGRATIONS_DIR`), and by
+    default the project's own models (`PROJECT_PACKAGES`: no app's). With `app` (an entry as
+    the loader takes it, or its `AppSchema`): that app's history and folder (`migrate_dir`
+    when given; made when missing), and by default that app's own models only."""
+    table = MIGRATE_TABLE
+    if app is not None:
+        schema = app if isinstance(app, AppSchema) else app_schema(app)
+        migrate_dir, table = migrate_dir or schema.migrate_dir, schema.table
+        if models is None:
+            models = schema.models
+        os.makedirs(migrate_dir, exist_ok=True)
     if models is None:
-        from models.base import discover_models
-
-        models = list(discover_models())
-    return _router(db, migrate_dir, _TableNamedIndexes).create(name, auto=models)
+        models = discover_models(PROJECT_PACKAGES)
+    return _router(db, migrate_dir or MIGRATIONS_DIR, _TableNamedIndexes, table).create(
+        name, auto=list(models))

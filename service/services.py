@@ -11,8 +11,10 @@
 The steps (`steps()`), each an `init_<step>` method and, where something must be undone, a
 `close_<step>` one (like JupyterHub's `init_*` and `cleanup`); what each builds, and its undoing:
 
-1. database: `storage`, the database (`open_configured_database`), migrated; closed.
-2. installations: `installations`, the in-memory index, loaded.
+1. database: `storage`, the database (`open_configured_database`), migrated (the project's
+   migrations, then the app's); closed.
+2. installations: `installations`, the in-memory index (and the door, holding the loaded
+   models whose rows an uninstall deletes), loaded.
 3. integrations: `vault` (credentials) and `http` (`ctx.http`); the HTTP client closed.
 4. jobs: `clients` (Stripe), `tools` (the workers' `jobs.context.Toolbox`), `runner`,
    `events`, `task_worker`, `install_sync`, built, not started; stopped (work under way gets
@@ -70,6 +72,7 @@ from jobs.runner import JobRunner
 from jobs.scheduler import JobScheduler
 from jobs.stripe_api import StripeClients
 from jobs.task_worker import TaskWorker
+from models.base import models_of
 from models.db import Storage, open_database
 from models.installation_index import InstallationIndex
 from models.loader import load_modules, with_apps
@@ -248,7 +251,7 @@ class Services:
         db = self.database or open_configured_database(self.config)
         storage = Storage(db, workers=self.config.db_workers)
         try:
-            self.migrations_applied = await storage.run(migrate, db)
+            self.migrations_applied = await storage.run(migrate, db, apps=self.apps)
         except BaseException:
             storage.close()
             raise
@@ -260,7 +263,7 @@ class Services:
         self.storage.close()
 
     async def init_installations(self) -> None:
-        self.installations = InstallationIndex(self.storage)
+        self.installations = InstallationIndex(self.storage, models_of(self.modules))
         active = await self.installations.load()
         self._tell("%d accounts have the app installed", active)
 

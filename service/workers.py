@@ -40,7 +40,7 @@ import socket
 from collections.abc import Callable
 
 from models.migrate import migrate
-from service.config import Config
+from service.config import Config, app_packages
 from service.services import open_configured_database
 
 log = logging.getLogger("app.workers")
@@ -92,7 +92,7 @@ def _die_with_parent(parent: int) -> None:
 def run_workers(config: Config, serve_one: Callable[[Config, bool], int]) -> int:
     db = open_configured_database(config)
     try:
-        applied = migrate(db)
+        applied = migrate(db, apps=app_packages(config))
     finally:
         db.close()
     if applied:

@@ -2,6 +2,6 @@
 what the tests need of the shipped example (a daily balance job, the `sync_customers` task,
 their two endpoints and tables), so that editing `example_app/` can never break a test.
 
-Its tables are the ones the project's frozen migrations created for the example
-(`balancesnapshot`, `customersummary`), so it needs no migrations of its own.
+Its tables are the example's (`balance_snapshot`, `customer_summary`), and so are its
+migrations (`migrations/001_initial.py`, a copy of the example app's).
 """
