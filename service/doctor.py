@@ -146,11 +146,12 @@ def _origin(url: str) -> str:
 
 def check_app(config: Config) -> list[Finding]:
     """Which app runs; a warning (failed) when it is the shipped example app with a live key
-    set: the examples' job and task would run on every live account that installs."""
+    set for Stripe itself (no `STRIPE_API_BASE`: `run.py dev`'s emulator is no live mode): the
+    examples' job and task would run on every live account that installs."""
     apps = app_packages(config)
     if apps != (EXAMPLE_APP,):
         return [Finding(Status.OK, "APP_PACKAGES", f"your app: {', '.join(apps)}")]
-    if config.secret_keys.get(Mode.LIVE):
+    if config.secret_keys.get(Mode.LIVE) and not config.api_base:
         return [Finding(Status.FAILED, "APP_PACKAGES",
                         "the shipped example app is running with a live key "
                         "(STRIPE_SECRET_KEY_LIVE): its job and task run on live accounts",

@@ -103,3 +103,70 @@ def test_binary_migrates_serves_and_verifies(binary):
     finally:
         server.terminate()
         assert server.wait(30) == 0, server.stdout.read() if server.stdout else ""
+
+
+APP = """
+from typing import Any
+
+from stripe_app_backend import EndpointContext, JobContext, SignedRequest, endpoint, job
+
+
+@job(every=3600, permissions=["customer_read"])
+async def hourly(ctx: JobContext) -> None:
+    pass
+
+
+@endpoint("/api/bin/hello", fields={"name": str})
+async def hello(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
+    return {"hello": req.body["name"], "modes": list(ctx.modes)}
+"""
+
+
+def test_binary_runs_an_app_brought_with_app(binary, tmp_path):
+    """Issue 24: `stripe-app-backend --app DIR` runs an app in a folder outside the bundle."""
+    folder, exe = binary
+    app = tmp_path / "bin_app"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    (app / "work.py").write_text(APP)
+    out = subprocess.run([exe, "--app", str(app), "manifest"], cwd=folder, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"customer_read"' in out.stdout and '"balance_read"' not in out.stdout
+    port = free_port()
+    server = subprocess.Popen([exe, "--app", str(app), "serve"], cwd=folder,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_env(PORT=str(port), STRIPE_APP_SECRETS=APP_SECRET,
+                                       STRIPE_WEBHOOK_SECRETS_LIVE=WH_LIVE))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.time() < deadline and server.poll() is None, "did not start"
+                time.sleep(0.2)
+        raw = json.dumps(event("account.application.authorized", "acct_bin2"), indent=2)
+        hook = httpx.post(f"{url}/webhooks", content=raw.encode(),
+                          headers={"Stripe-Signature": sign(raw, WH_LIVE)})
+        assert hook.status_code == 200, hook.text
+        body = compact({"user_id": "usr_bin", "account_id": "acct_bin2", "name": "x"}).encode()
+
+        def hello() -> httpx.Response:
+            return httpx.post(f"{url}/api/bin/hello", content=body, headers={
+                "Stripe-Signature": sign(body, APP_SECRET), "Content-Type": "application/json"})
+
+        deadline = time.time() + 30
+        while (resp := hello()).status_code == 403 and time.time() < deadline:
+            time.sleep(0.2)
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"hello": "x", "modes": ["live"]}
+        # the example app is not loaded beside it
+        balance = httpx.post(f"{url}/api/balance", content=body, headers={
+            "Stripe-Signature": sign(body, APP_SECRET), "Content-Type": "application/json"})
+        assert balance.status_code == 404
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0, server.stdout.read() if server.stdout else ""

@@ -12,7 +12,7 @@ import time
 
 import peewee as pw
 import pytest
-from conftest import ROOT, base_env, free_port, running
+from conftest import ROOT, SAMPLE_APP, base_env, free_port, running
 from fake_stripe import FakeStripe
 from test_e2e import clean_env, cli, wait_until
 
@@ -24,6 +24,7 @@ from service.doctor import (
     LIFECYCLE_EVENTS,
     Finding,
     Status,
+    check_app,
     check_env,
     check_urls,
     format_finding,
@@ -64,7 +65,7 @@ def storage(tmp_path):
 
 def config(fake_url: str, **env: str) -> Config:
     values = {"STRIPE_API_BASE": fake_url, "STRIPE_SECRET_KEY_TEST": TEST_KEY,
-              "PUBLIC_URL": "https://app.example.com", **env}
+              "PUBLIC_URL": "https://app.example.com", "APP_PACKAGES": SAMPLE_APP, **env}
     return Config.from_env({k: v for k, v in values.items() if v})
 
 
@@ -283,3 +284,16 @@ def test_serve_logs_the_doctor_after_readiness(tmp_path, localstripe):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_doctor_warns_when_the_example_app_runs_with_a_live_key():
+    live = config("", STRIPE_SECRET_KEY_LIVE=LIVE_KEY, APP_PACKAGES="")  # Stripe itself
+    [finding] = check_app(live)
+    assert finding.status is Status.FAILED and finding.variable == "APP_PACKAGES"
+    assert "example app is running with a live key" in finding.message
+    assert check_app(config("", APP_PACKAGES=""))[0].status is Status.OK
+    # an emulator's live mode (run.py dev) is no live mode
+    emulated = config("http://127.0.0.1:9", STRIPE_SECRET_KEY_LIVE=LIVE_KEY, APP_PACKAGES="")
+    assert check_app(emulated)[0].status is Status.OK
+    [own] = check_app(config("http://127.0.0.1:9", STRIPE_SECRET_KEY_LIVE=LIVE_KEY))
+    assert own.status is Status.OK and own.message == f"your app: {SAMPLE_APP}"
