@@ -13,8 +13,11 @@ the command writes nothing, says why on stderr and exits 2. It writes the files 
     PATH/tests/test_notes.py        tests that pass at once, with the test kit
                                     (stripe_app_backend.testing)
     PATH/README.md                  five lines: what it is, how to serve, test and type-check it
+    PATH/mypy.ini                   mypy strict, as the backend checks its own code
 
-and prints what to run next. `mypy --strict PATH` passes on what it writes.
+and prints what to run next. `mypy --config-file PATH/mypy.ini PATH` passes on what it writes
+(strict; the config reads peewee as untyped, as the backend's does, and finds the backend's
+source, where an editable install keeps `stripe_app_backend`).
 """
 
 from __future__ import annotations
