@@ -103,3 +103,20 @@ def test_a_folder_in_use_is_refused_and_an_empty_one_taken(tmp_path: Path) -> No
     empty.mkdir()
     assert new(str(empty)).returncode == 0
     assert (empty / "notes.py").is_file()
+
+
+def test_the_docs_testing_example_passes_in_a_new_app(tmp_path: Path) -> None:
+    """docs' "Testing your app" example (and its pinned clock), as a test of a new app."""
+    doc = next(text for text in (Path(ROOT, "docs", name).read_text()
+                                 for name in ("apps.md", "apps-testing.md"))
+               if "## Testing your app" in text)
+    section = doc.split("## Testing your app", 1)[1].split("\n## ", 1)[0]
+    example, pinned = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    assert new(str(tmp_path / "acme_app")).returncode == 0
+    (tmp_path / "acme_app" / "tests" / "test_doc.py").write_text(
+        "import pytest\nfrom datetime import UTC, datetime\n\n" + example + "\n\n" + pinned)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tmp_path / "acme_app" / "tests" / "test_doc.py")],
+                         cwd=str(tmp_path), env=without_app_setting(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-4000:]
