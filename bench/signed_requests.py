@@ -10,13 +10,17 @@ Rows (each its own process, loaded by `harness.load_one`: `wrk -t1 -c32` when in
   `verify_header` (`bench/bare_delegate_server.py`);
 - the real `POST /api/installation` and `POST /api/whoami`, with every check they do (body
   limit, JSON, the signature with the stripe library, the timestamp, the installation index,
-  CORS, metrics, bounded logging).
+  CORS, metrics, bounded logging);
+- an app's `@endpoint` on the same server (`bench/apps/bench_app`, named by `APP_PACKAGES`):
+  `POST /api/bench/hello`, with a declared field and no `await`, so the lean path serves it
+  (issue 24: as fast as `/api/installation`).
 
 Ratios are of the median of the rounds. Each row also shows the server process's CPU time per
 request (median over the rounds, from /proc), which other work on a shared machine disturbs less
 than throughput (node's JIT and GC threads count in its figure). Targets (issue 17): real
->= 1.25 x Express and >= 0.85 x the bare delegate. `--quick` runs one short round and checks
-only that every answer is 200 and that the service shuts down cleanly.
+>= 1.25 x Express and >= 0.85 x the bare delegate, for the built-in and the app endpoint alike.
+`--quick` runs one short round and checks only that every answer is 200 and that the service
+shuts down cleanly.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import express_backend
 from harness import LoadResult, Server, free_port, generator, load_one, show
 
 SECRET = "absec_bench" + "x" * 24
+#: The app the real server runs, and its endpoint's row.
+APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps", "bench_app")
+APP_ROW = "app POST /api/bench/hello (@endpoint)"
 
 
 def prepare_db(url: str, account: str) -> None:
@@ -75,9 +82,11 @@ def run(quick: bool = False) -> dict[str, float]:
         port = free_port()
         servers["real"] = Server(["run.py"], {"PORT": str(port), "DATABASE_URL": url,
                                               "STRIPE_APP_SECRETS": SECRET, "SCHEDULER": "off",
-                                              "LOG_LEVEL": "warning", "BENCH_TMP": tmp}, port)
+                                              "LOG_LEVEL": "warning", "BENCH_TMP": tmp,
+                                              "APP_PACKAGES": APP}, port)
         targets.append(("real POST /api/installation", "real", "/api/installation"))
         targets.append(("real POST /api/whoami", "real", "/api/whoami"))
+        targets.append((APP_ROW, "real", "/api/bench/hello"))
 
         results: dict[str, list[LoadResult]] = {row: [] for row, _, _ in targets}
         cpu: dict[str, list[float]] = {row: [] for row, _, _ in targets}  # µs per request
@@ -99,6 +108,7 @@ def run(quick: bool = False) -> dict[str, float]:
 
     median = {row: statistics.median(r.rps for r in runs) for row, runs in results.items()}
     real, whoami = median["real POST /api/installation"], median["real POST /api/whoami"]
+    app = median[APP_ROW]
     delegate = median["bare Tornado HTTPMessageDelegate"]
     express_rps = median.get("the docs' Express backend")
     lines = [("load generator", generator())]
@@ -114,23 +124,35 @@ def run(quick: bool = False) -> dict[str, float]:
     def by_cpu(other: float) -> str:  # no /proc: no CPU figures
         return f"{other / real_cpu:.2f}" if real_cpu else "n/a"
 
+    def by_cpu_of(row: str, other: float) -> str:  # the same, for another row than the real
+        return f"{other / cpu_of[row]:.2f}" if cpu_of[row] else "n/a"
+
     lines.append(("/api/installation vs bare delegate (target >= 0.85)",
                   f"{real / delegate:.2f}  (by CPU per request: "
                   f"{by_cpu(cpu_of['bare Tornado HTTPMessageDelegate'])})"))
+    lines.append(("app @endpoint vs bare delegate (target >= 0.85)",
+                  f"{app / delegate:.2f}  (by CPU per request: "
+                  f"{by_cpu_of(APP_ROW, cpu_of['bare Tornado HTTPMessageDelegate'])})"))
     if express_rps:
         lines.append(("/api/installation vs Express (target >= 1.25)",
                       f"{real / express_rps:.2f}  (by CPU per request: "
                       f"{by_cpu(express_cpu)})"))
+        lines.append(("app @endpoint vs Express (target >= 1.25)",
+                      f"{app / express_rps:.2f}  (by CPU per request: "
+                      f"{by_cpu_of(APP_ROW, express_cpu)})"))
     show("signed requests (three rounds alternated; ratios of the medians)", lines)
     out = {f"{name}_rps": median[row] for row, name in zip(
-        results, ["express", "handler", "delegate", "installation", "whoami"][
+        results, ["express", "handler", "delegate", "installation", "whoami", "app"][
             0 if express_rps else 1:], strict=True)}
     out.update({"installation_vs_delegate": real / delegate,
                 "whoami_vs_delegate": whoami / delegate,
+                "app_vs_delegate": app / delegate,
+                "app_vs_installation": app / real,
                 "handler_vs_delegate": median["bare Tornado RequestHandler"] / delegate})
     if express_rps:
         out.update({"installation_vs_express": real / express_rps,
                     "whoami_vs_express": whoami / express_rps,
+                    "app_vs_express": app / express_rps,
                     "delegate_vs_express": delegate / express_rps})
     return out
 

@@ -11,7 +11,7 @@
         return {"exported": 42}                           # the task's result (JSON)
 
 Like `@job`, the decorator only marks the function; the registry collects it from any module
-the loader walks (`models/loader.py`: `jobs/`, `example_app/`, ...). The name `status` is
+the loader walks (`models/loader.py`: `jobs/`, then the app's packages). The name `status` is
 reserved (`POST /api/tasks/status`).
 """
 

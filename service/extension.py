@@ -10,9 +10,9 @@
     POST /api/whoami       -> what the signature proved: ids, signed fields, roles.
         403 when not installed.
 
-Write your own: subclass `SignedHandler`, implement `handle`, add the route in `service/app.py`;
-or, for a read of app data per installed mode, declare it beside its job with
-`@per_mode_endpoint` (`jobs/endpoints.py`, as the examples in `example_app/` do).
+Write your own: in an app, `@endpoint("/api/...")` from `stripe_app_backend` (docs/apps.md,
+served by `service/declared.py`); inside the project, subclass `SignedHandler`, implement
+`handle`, add the route in `service/app.py`.
 """
 
 from __future__ import annotations

@@ -217,6 +217,15 @@ def test_manifest_lists_the_apps_permissions_and_events_and_app_wins_over_the_va
     assert "customer.created" in json.dumps(fragment)
 
 
+def test_the_jobs_command_lists_the_apps_jobs(tmp_path):
+    app_dir = write_app(tmp_path)
+    env = {**os.environ, **base_env(tmp_path)}
+    assert run_py("migrate", env=env).returncode == 0
+    listed = run_py("--app", str(app_dir), "jobs", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "# hourly:" in listed.stdout and "balance_snapshot" not in listed.stdout
+
+
 def test_no_project_test_imports_or_loads_the_example_app(tmp_path):
     """The suite runs the sample app; editing the example app can never break a test."""
     tests = Path(ROOT, "tests")

@@ -16,6 +16,10 @@
  *   failures on this side have `status` 0 and the codes `network_error` (fetch failed),
  *   `aborted` (the signal), `signature_failed` (`fetchStripeSignature` failed), `no_user`
  *   (`userContext.id` is missing) and `bad_response` (an answer that is not the backend's JSON).
+ * - A 401 `signature_replayed` (the same payload signed twice within one second: Stripe signs
+ *   whole seconds, and a state-changing endpoint accepts a signature once) is signed again once
+ *   the second has turned and sent again (up to 5 times); the backend did nothing for the
+ *   refused one.
  * - A 429 is retried after its `Retry-After` (re-signed; a 429 means the backend did nothing),
  *   up to `retry.max429` times and while the wait is at most `retry.maxRetryAfter` seconds;
  *   then the 429 is returned, with `retryAfter` in seconds. In a browser the extension can read
@@ -208,6 +212,9 @@ function isErrorBody(body: unknown): body is { error: { code: string; message: s
   );
 }
 
+/** How many times one call is signed again after `signature_replayed` (one second each). */
+const MAX_RESIGN = 5;
+
 export function createClient(options: ClientOptions): Client {
   const base = options.baseUrl.replace(/\/+$/, "");
   const doFetch = options.fetch ?? globalThis.fetch.bind(globalThis);
@@ -275,8 +282,20 @@ export function createClient(options: ClientOptions): Client {
   }
 
   async function call<T>(path: string, payload: SignaturePayload, signal?: AbortSignal): Promise<Result<T>> {
+    let resigned = 0;
     for (let attempt = 1; ; attempt++) {
       const result = await once<T>(path, payload, signal);
+      if (result.error?.code === "signature_replayed" && resigned < MAX_RESIGN) {
+        // Stripe signs whole seconds: the same payload signed twice within one second is one
+        // signature, which a state-changing endpoint accepts once. The backend did nothing for
+        // this call; sign it again once the second has turned (a new signature).
+        // (n identical calls at once go through in n - 1 seconds.)
+        resigned++;
+        attempt--;
+        await sleep(1000 - (Date.now() % 1000) + 10, signal);
+        if (signal?.aborted) return fail("aborted", "the call was aborted while waiting to retry");
+        continue;
+      }
       const wait = result.error?.retryAfter;
       if (result.error?.status !== 429 || wait === undefined || attempt > max429 || wait > maxRetryAfter) {
         return result;

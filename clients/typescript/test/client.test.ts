@@ -193,6 +193,19 @@ describe("credentials", () => {
   });
 });
 
+describe("single-use signatures", () => {
+  test("calls signed within one second with one payload all go through, each signed anew", async () => {
+    const seen: unknown[] = [];
+    const viewer = client(main, "acct_installed", { seen });
+    // credentials/list accepts a signature once. The three calls are signed within a second of
+    // each other, so at least two of them share a second, and so a signature: at least one is
+    // refused and signed again (more when all three share one).
+    const results = await Promise.all([1, 2, 3].map(() => viewer.credentials.list()));
+    for (const result of results) assert.equal(result.error, undefined, JSON.stringify(result.error));
+    assert.ok(seen.length >= 4, `signed ${seen.length} times: the refused calls were signed again`);
+  });
+});
+
 describe("tasks", () => {
   test("a task started and waited for to succeeded, its progress reported", async () => {
     await addCustomers(emulator.url, 5);
