@@ -16,6 +16,8 @@ COPY service service
 COPY jobs jobs
 COPY models models
 COPY example_app example_app
+# service/openapi.yaml (`run.py openapi`) is a link to the document the docs keep.
+COPY docs/openapi.yaml docs/openapi.yaml
 # A virtual environment, so that the runtime stage copies one folder and nothing else.
 RUN python3 -m venv /opt/app \
  && /opt/app/bin/pip install --no-cache-dir --disable-pip-version-check 'setuptools<81' \

@@ -28,6 +28,7 @@ from cli import (
     manifest,
     migrate,
     new,
+    openapi,
     prune,
     serve,
     simulate,
@@ -42,7 +43,7 @@ log = logging.getLogger("app.cli")
 
 #: The command modules, in the order `--help` lists their commands.
 COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, credentials, prune,
-            manifest, simulate, doctor, dev, new)
+            manifest, openapi, simulate, doctor, dev, new)
 
 
 def _epilog() -> str:

@@ -35,20 +35,31 @@ def run_migrate(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the current directory when it is below it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def run_makemigration(config: Config, args: argparse.Namespace) -> int:
     named = config.app_packages
     if len(named) > 1:
         print(f"several apps are named ({', '.join(named)}): name the one to write a "
               "migration for with `run.py --app APP makemigration NAME`", file=sys.stderr)
         return 2
+    schema = app_schema(named[0]) if named else None
+    if schema is not None and schema.migrate_dir is None:
+        print(f"{named[0]} is a module, not a package: an app with tables is a package (a "
+              "folder with __init__.py), whose migrations/ folder holds their migrations",
+              file=sys.stderr)
+        return 2
     db = open_configured_database(config)
     migrate(db, apps=app_packages(config))
-    if not named:
+    if schema is None or schema.migrate_dir is None:
         name = make_migration(db, args.name)
         folder = os.path.join("models", "migrations")
     else:
-        schema = app_schema(named[0])
         name = make_migration(db, args.name, app=schema)
-        folder = os.path.relpath(schema.migrate_dir)
+        folder = _shown(schema.migrate_dir)
     print(f"wrote {os.path.join(folder, name)}.py" if name else "no model changes found")
     return 0

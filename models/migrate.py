@@ -5,8 +5,9 @@ app's in its own package's `migrations/` folder.
 project's migrations first, then each app's, in the order given; `make_migration(db, name)`
 writes a new file from the difference between the models and the migrations so far (`run.py
 makemigration <name>`), and `make_migration(db, name, app=...)` does it for one app, into that
-app's folder, from that app's own models only. Both take `migrate_dir` (default
-`MIGRATIONS_DIR`) so that tests can work on a copy of the project's folder.
+app's folder, from that app's own models only; without `app` it compares the project's own
+models (`PROJECT_PACKAGES`), never an app's. Both take `migrate_dir` (default: the project's
+`MIGRATIONS_DIR`, or the app's folder) so that tests can work on a copy of a folder.
 
 Apps. An app is an entry of the loader's (`models/loader.py`: a package name, or the path of a
 package directory); `app_schema(entry)` finds its migrations folder (`<package>/migrations`,
@@ -14,7 +15,9 @@ missing until its first `makemigration`) and its models (the concrete models def
 modules, `models_of`). Each app keeps its own history, apart from the project's and from any
 other app's: peewee-migrate's history table per app, `migratehistory_<package>` (the project's
 is peewee-migrate's own `migratehistory`), so an app's `001_initial` never meets the project's,
-and an app added to a running deployment gets its migrations applied from its first.
+and an app added to a running deployment gets its migrations applied from its first. (The
+example app's two tables were the project's until its `014`, which hands them over without a
+statement; the example's own `001_initial` then finds them: `create_model` is `IF NOT EXISTS`.)
 
 Index names. peewee-migrate compares the indexes of the app's models with those of the models
 the migration files declare *by name*. The app's models set `legacy_table_names = False`, so
@@ -59,23 +62,20 @@ class AppSchema:
     records which of them ran, and its models (see the module doc)."""
 
     name: str  # the app's package name, as it imports
-    migrate_dir: str
+    migrate_dir: str | None  # None: a plain module (no folder, so no tables of its own)
     table: str
     models: tuple[type[BaseModel], ...]
 
 
 def app_schema(entry: str) -> AppSchema:
-    """The schema of the app `entry` (a package name or a package directory), its modules
-    imported by the loader (`LoadError` when one cannot be); ValueError for a plain module,
-    which has no folder for migrations."""
+    """The schema of the app `entry` (a package name or a package directory; a plain module
+    has no migrations folder), its modules imported by the loader (`LoadError` when one cannot
+    be)."""
     modules = load_modules([entry])
     package = modules[0]
     paths = list(getattr(package, "__path__", ()))
-    if not paths:
-        raise ValueError(f"app {entry}: a module, not a package; an app with tables is a "
-                         "package (a folder with __init__.py) holding a migrations/ folder")
     name = package.__name__
-    return AppSchema(name, os.path.join(paths[0], "migrations"),
+    return AppSchema(name, os.path.join(paths[0], "migrations") if paths else None,
                      f"{MIGRATE_TABLE}_{re.sub(r'[^a-z0-9_]', '_', name.lower())}",
                      tuple(models_of(modules)))
 
@@ -151,7 +151,7 @@ def _histories(migrate_dir: str, apps: Iterable[str | AppSchema]
     found = [("", migrate_dir, MIGRATE_TABLE)]
     for app in apps:
         schema = app if isinstance(app, AppSchema) else app_schema(app)
-        if os.path.isdir(schema.migrate_dir):
+        if schema.migrate_dir is not None and os.path.isdir(schema.migrate_dir):
             found.append((schema.name + "/", schema.migrate_dir, schema.table))
     return found
 
@@ -203,6 +203,10 @@ def make_migration(db: pw.Database, name: str, models: Sequence[type[pw.Model]] 
     if app is not None:
         schema = app if isinstance(app, AppSchema) else app_schema(app)
         migrate_dir, table = migrate_dir or schema.migrate_dir, schema.table
+        if migrate_dir is None:
+            raise ValueError(f"app {schema.name} is a module, not a package: an app with "
+                             "tables is a package (a folder with __init__.py), whose "
+                             "migrations/ folder holds their migrations")
         if models is None:
             models = schema.models
         os.makedirs(migrate_dir, exist_ok=True)

@@ -9,6 +9,7 @@ command-line one (SQLite). Nothing is written into the project's own migrations 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def test_makemigration_command_writes_into_the_apps_folder(tmp_path, app_dir):
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         written = app_dir / "migrations" / "001_initial.py"
-        assert done.stdout.strip() == f"wrote {os.path.relpath(written, ROOT)}"
+        assert done.stdout.strip() == f"wrote {written}"  # outside the clone: in full
         assert written.is_file()
         assert _files(MIGRATIONS_DIR) == before
         done = subprocess.run(
@@ -253,3 +254,55 @@ async def test_start_up_migrates_the_app_and_its_door_deletes_the_apps_rows(db_u
         assert left == [("acct_1", "live"), ("acct_1", "test"), ("acct_2", "live")]
     finally:
         await services.stop()
+
+
+def test_the_docs_table_and_commands_as_written(tmp_path, monkeypatch):
+    """docs/apps.md's `hello_app/notes.py`, in an app folder outside the project, with the
+    doc's two commands: the first migration is written into the app's folder and applied."""
+    doc = Path(ROOT, "docs", "apps.md").read_text()
+    [source] = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S)
+                if b.startswith("# hello_app/notes.py\n")]
+    app = tmp_path / "myapps" / "hello_app"
+    app.mkdir(parents=True)
+    (app / "__init__.py").write_text('"""My Stripe App backend."""\n')
+    (app / "notes.py").write_text(source)
+    env = {**os.environ, **base_env(tmp_path, APP_PACKAGES=str(app))}
+    said = []
+    for command in (["makemigration", "initial"], ["migrate"]):
+        assert f".venv/bin/python run.py {' '.join(command)} " in doc
+        done = subprocess.run([sys.executable, "run.py", *command], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        said.append(done.stdout.strip())
+    assert said[0] == f"wrote {app / 'migrations' / '001_initial.py'}"
+    assert "# writes hello_app/migrations/001_initial.py" in doc
+    assert said[1] == "applied: hello_app/001_initial"
+    db = open_database(env["DATABASE_URL"])
+    assert {"text", "pinned"} <= {c.name for c in db.get_columns("note")}
+    db.close()
+
+
+def test_a_single_module_app_has_no_migrations_and_is_told_so(tmp_path, monkeypatch):
+    """An app may be one module (the loader takes it): it has no folder, so `migrate` passes it
+    by and `makemigration` says why it cannot write one, in one line (exit 2)."""
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    (folder / "lone_mod.py").write_text("X = 1\n")
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
+    try:
+        db = open_database(f"sqlite:///{tmp_path}/lone.db")
+        project = sorted(name[:-3] for name in _files(MIGRATIONS_DIR))
+        assert migrate(db, apps=["lone_mod"]) == project
+        assert app_schema("lone_mod").migrate_dir is None
+        with pytest.raises(ValueError, match="a module, not a package"):
+            make_migration(db, "initial", app="lone_mod")
+        db.close()
+    finally:
+        sys.modules.pop("lone_mod", None)
+    env = {**os.environ, **base_env(tmp_path, APP_PACKAGES="lone_mod"),
+           "PYTHONPATH": str(folder)}
+    done = subprocess.run([sys.executable, "run.py", "makemigration", "initial"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("lone_mod is a module, not a package")
+    assert "Traceback" not in done.stderr
