@@ -57,8 +57,11 @@ async def _checks(config: Config, args: argparse.Namespace) -> list[Finding]:
         except LoadError as exc:
             findings.append(Finding(Status.FAILED, "APP_PACKAGES", str(exc)[:300],
                                     "fix that module of your app, or the app setting"))
-        findings = [*await run_checks(config, storage, registry, env=os.environ,
-                                      probe_public_url=not args.no_probe), *findings]
+        checked = await run_checks(config, storage, registry, env=os.environ,
+                                   probe_public_url=not args.no_probe)
+        if registry is None:  # the app's own finding is its import failure, not "your app"
+            checked = [f for f in checked if f.variable != "APP_PACKAGES"]
+        findings = [*checked, *findings]
     finally:
         if storage is not None:
             storage.close()

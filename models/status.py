@@ -8,6 +8,7 @@ installations and a million events as with ten. Indexes: migration 003.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from models.enums import MODES
 from models.events import WebhookEvent
 from models.installation import Installation
 from models.jobs import JobRun
+from models.rejected_webhooks import latest_rejections
 from models.replicas import seen_since
 from models.tasks import Task, TaskStatus
 
@@ -144,4 +146,6 @@ def snapshot(now: float, pages: Pages) -> dict[str, Any]:
     """Every figure of the page, read in one database thread call."""
     return {"installations": installations(pages), "webhooks": webhooks(now, pages),
             "jobs": jobs(now, pages), "tasks": tasks(now, pages),
-            "replicas": seen_since(now - 60)}
+            "replicas": seen_since(now - 60),
+            "rejected_webhooks": [{**r, "headers": json.loads(r["headers"])}
+                                  for r in latest_rejections()]}

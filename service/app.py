@@ -37,6 +37,7 @@ from service.guard import GuardedApplication
 from service.health import HealthHandler, MetricsHandler
 from service.install import CallbackHandler, InstallHandler
 from service.metrics import Metrics
+from service.rejections import RejectionLog
 from service.status import status_routes
 from service.tasks import TaskStartHandler, TaskStatusHandler
 from service.throttle import LoginThrottle
@@ -90,6 +91,7 @@ def make_app(config: Config, storage: Storage, scheduler: JobScheduler | None = 
         xheaders=False,
         doctor=settings.pop("doctor", None) or DoctorReport(),
         login_throttle=settings.pop("login_throttle", None) or LoginThrottle(),
+        rejections=settings.pop("rejections", None) or RejectionLog(storage),
         started_at=time.time(),
         **settings,
     )

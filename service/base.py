@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.web import HTTPError, RequestHandler
 
 from models.db import UNAVAILABLE
+from service.internals import response_headers
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -175,7 +176,7 @@ class BaseHandler(RequestHandler):
     def set_default_headers(self) -> None:
         # Constant, known-good values: assigned directly, skipping set_header's per-value
         # validation, which is measurable on the signed-request hot path.
-        headers = self._headers
+        headers = response_headers(self)
         del headers["Server"]
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Cache-Control"] = "no-store"
@@ -188,7 +189,7 @@ class BaseHandler(RequestHandler):
     def html_headers(self) -> None:
         """Set `HTML_HEADERS`: called by `render` and `write_html`, the two ways a handler
         answers with a page."""
-        self._headers.update(HTML_HEADERS)
+        response_headers(self).update(HTML_HEADERS)
 
     @property
     def body(self) -> bytes:
@@ -198,13 +199,13 @@ class BaseHandler(RequestHandler):
     # ---- answers --------------------------------------------------------------------------
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
-        self._headers["Content-Type"] = JSON_CONTENT_TYPE
+        response_headers(self)["Content-Type"] = JSON_CONTENT_TYPE
         self.finish(json_dumps(value))
 
     def write_html(self, page: str, status: int = 200) -> None:
         """Answer with an HTML page (with `HTML_HEADERS`)."""
         self.set_status(status)
-        self._headers["Content-Type"] = "text/html; charset=utf-8"
+        response_headers(self)["Content-Type"] = "text/html; charset=utf-8"
         self.html_headers()
         self.finish(page)
 

@@ -352,6 +352,13 @@ class Config:
     max_body_size: int = setting(
         "MAX_BODY_SIZE", 1024 * 1024, _Int(1024, 64 * 1024 * 1024),
         "request body limit in bytes (413 above)")
+    # 64 MiB: a small VM (512 MiB to 1 GiB) keeps room for the process itself (about 100 MB)
+    # and its database cache while 64 bodies of the default MAX_BODY_SIZE are half-received;
+    # without a bound, MAX_CONNECTIONS stalled 1 MiB bodies would pin 10 GiB.
+    max_buffered_bytes: int = setting(
+        "MAX_BUFFERED_BYTES", 64 * 1024 * 1024, _Int(64 * 1024, 1 << 40),
+        "bytes of unfinished request bodies held per process; past it new bodies get 503 "
+        "with `Retry-After` (Stripe retries); keep it at least `MAX_BODY_SIZE`")
     max_connections: int = setting(
         "MAX_CONNECTIONS", 10000, _Int(1, 1_000_000),
         "open client connections per process; more are refused at once")

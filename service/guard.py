@@ -13,13 +13,20 @@ answers 400 and drops the connection. `GuardedApplication` wraps each request's 
   any of it is read, and so is a chunked body as soon as it grows past the limit.
 - a request whose headers have not fully arrived `header_timeout` seconds (the application's
   setting, `HEADER_TIMEOUT` by default) after the server began waiting for them, or whose body
-  has not fully arrived `BODY_TIMEOUT` seconds after its headers, gets the connection closed (a
-  slow client cannot hold a connection open by trickling its request; an idle keep-alive
-  connection waits for its next request's headers): within the timeout plus at most a quarter
-  of it (and at most 1 s), by one periodic sweep over the waiting requests (`Deadlines`), not
-  a timer per request.
-The 413 answer is the same JSON error every handler gives, with CORS when the handler the path
-routes to has `cors` set (asked only when refusing, so a request that fits pays nothing).
+  has not fully arrived `BODY_TIMEOUT` seconds after its headers, or whose body has made no
+  progress (not one byte) for `BODY_IDLE_TIMEOUT` seconds, gets the connection closed (a
+  slow client cannot hold a connection open by trickling its request, nor a stalled one pin
+  its half body for a minute; an idle keep-alive connection waits for its next request's
+  headers): within the timeout plus at most a quarter of it (and at most 1 s), by one
+  periodic sweep over the waiting requests (`Deadlines`), not a timer per request;
+- the bytes of unfinished bodies held in the process (received, not yet handed to a handler)
+  are bounded by `MAX_BUFFERED_BYTES` (`BufferBudget`): a body that would take them past it
+  (by its declared `Content-Length`, or by the chunk that arrives) is answered 503 with
+  `Retry-After` and its connection closed; the sender (Stripe) retries, nothing is lost, and
+  the process's memory for bodies stays bounded whatever `MAX_CONNECTIONS` is.
+The 413 and 503 answers are the same JSON error every handler gives, with CORS when the
+handler the path routes to has `cors` set (asked only when refusing, so a request that fits
+pays nothing).
 """
 
 from __future__ import annotations
@@ -39,22 +46,48 @@ from service.base import (
     error_body,
 )
 from service.connections import HEADER_TIMEOUT
+from service.internals import connection_open
 from service.lean import LeanRoutes
 from service.metrics import Metrics
 from service.tracker import RequestTracker
 
 BODY_TIMEOUT = 60.0
+#: A body that makes no progress for this long is cut (a slow one that progresses may take up
+#: to BODY_TIMEOUT): 10 s, as long as the header timeout; a client that cannot send one byte of
+#: its body in 10 s is not sending it.
+BODY_IDLE_TIMEOUT = 10.0
+#: Seconds a 503 for a full buffer budget asks the sender to wait before retrying.
+RETRY_AFTER = 5
+
+_REASONS = {413: "Content Too Large", 503: "Service Unavailable"}
 
 
-def _too_large(limit: int, cors: bool) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders,
-                                               bytes]:
-    body = error_body(ERROR_CODES[413], f"request body over {limit} bytes")
+def _refusal(status: int, message: str, cors: bool) -> tuple[httputil.ResponseStartLine,
+                                                             httputil.HTTPHeaders, bytes]:
+    body = error_body(ERROR_CODES[status], message)
     headers = httputil.HTTPHeaders({"Content-Type": JSON_CONTENT_TYPE,
                                     "Content-Length": str(len(body)), "Connection": "close",
                                     "Cache-Control": "no-store"})
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER)
     if cors:
         headers[CORS_HEADER] = CORS_ANY_ORIGIN
-    return httputil.ResponseStartLine("HTTP/1.1", 413, "Content Too Large"), headers, body
+    return httputil.ResponseStartLine("HTTP/1.1", status, _REASONS[status]), headers, body
+
+
+class BufferBudget:
+    """The bytes of unfinished request bodies held in this process, against `limit`
+    (`MAX_BUFFERED_BYTES`): each request takes what it receives and gives it all back once,
+    when its body is handed on whole, refused, or its connection closes."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def fits(self, size: int) -> bool:
+        return self.used + size <= self.limit
 
 
 class Deadlines:
@@ -69,6 +102,9 @@ class Deadlines:
             raise ValueError(f"header_timeout must be more than 0 seconds, not {header_timeout}")
         self.header_timeout = header_timeout
         self._due: dict[_Guard, float] = {}
+        #: the requests waiting for a body: the bytes it had at the last sweep that saw it
+        #: grow, and when
+        self._bodies: dict[_Guard, tuple[int, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -80,43 +116,63 @@ class Deadlines:
         if self._timer is None:
             self._schedule()
 
+    def wait_body(self, guard: _Guard) -> None:
+        """Close `guard`'s connection unless its body arrives whole within `BODY_TIMEOUT`,
+        and making progress at least every `BODY_IDLE_TIMEOUT` seconds."""
+        now = time.monotonic()
+        self._bodies[guard] = (guard.received, now)
+        self._due[guard] = now + BODY_TIMEOUT
+        if self._timer is None:
+            self._schedule()
+
     def discard(self, guard: _Guard) -> None:
         self._due.pop(guard, None)
+        if self._bodies:
+            self._bodies.pop(guard, None)
 
     def _schedule(self) -> None:
-        every = min(1.0, self.header_timeout / 4, BODY_TIMEOUT / 4)
+        every = min(1.0, self.header_timeout / 4, BODY_TIMEOUT / 4, BODY_IDLE_TIMEOUT / 4)
         self._timer = asyncio.get_running_loop().call_later(every, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
         now = time.monotonic()
         ended = []
+        bodies = self._bodies
         for guard, due in self._due.items():
-            stream = guard.conn.stream  # type: ignore[attr-defined]
-            if due <= now or stream is None or stream.closed():
+            if due <= now or not connection_open(guard.conn):
                 ended.append(guard)
+            elif guard in bodies:
+                seen, since = bodies[guard]
+                if guard.received != seen:
+                    bodies[guard] = (guard.received, now)
+                elif now - since >= BODY_IDLE_TIMEOUT:
+                    ended.append(guard)
         for guard in ended:
             del self._due[guard]
+            bodies.pop(guard, None)
             guard.conn.close()  # type: ignore[attr-defined]
         if self._due:
             self._schedule()
 
 
 class _Guard(httputil.HTTPMessageDelegate):
-    __slots__ = ("app", "inner", "conn", "limit", "received", "refused", "start_line", "headers")
+    __slots__ = ("app", "inner", "conn", "limit", "received", "held", "refused", "start_line",
+                 "headers")
 
     def __init__(self, app: GuardedApplication, inner: httputil.HTTPMessageDelegate,
                  conn: httputil.HTTPConnection) -> None:
         self.app, self.inner, self.conn = app, inner, conn
         self.limit = app.settings["config"].max_body_size
         self.received = 0
+        #: bytes of this body counted in the application's `BufferBudget`
+        self.held = 0
         self.refused = False
         self.start_line: Any = None
         self.headers: httputil.HTTPHeaders | None = None
         # Waiting for the headers; Tornado also starts a request on a connection that has just
         # closed (after a `Connection: close` answer), which needs no deadline.
-        stream = getattr(conn, "stream", None)
-        if stream is not None and not stream.closed():
+        if connection_open(conn):
             app.deadlines.wait(self, app.deadlines.header_timeout)
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
@@ -124,13 +180,20 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.start_line, self.headers = start_line, headers
         declared = headers.get("Content-Length")
         # ASCII digits only ("\xb2" passes str.isdigit, not int): Tornado answers 400 to the rest
-        if (declared is not None and declared.isascii() and declared.isdigit()
-                and int(declared) > self.limit):
-            self.app.deadlines.discard(self)
-            self._refuse()
-            return None
+        if declared is not None and declared.isascii() and declared.isdigit():
+            size = int(declared)
+            if size > self.limit:
+                self.app.deadlines.discard(self)
+                self._refuse(413)
+                return None
+        else:
+            size = 0
         if declared not in (None, "0") or "Transfer-Encoding" in headers:
-            self.app.deadlines.wait(self, BODY_TIMEOUT)  # now waiting for the body
+            if not self.app.buffers.fits(size):
+                self.app.deadlines.discard(self)
+                self._refuse(503)
+                return None
+            self.app.deadlines.wait_body(self)  # now waiting for the body
         else:
             self.app.deadlines.discard(self)
         lean = self.app.lean
@@ -143,33 +206,55 @@ class _Guard(httputil.HTTPMessageDelegate):
     def data_received(self, chunk: bytes) -> Any:
         if self.refused:
             return None
-        self.received += len(chunk)
+        size = len(chunk)
+        self.received += size
         if self.received > self.limit:
-            self._refuse()
+            self._refuse(413)
             return None
+        buffers = self.app.buffers
+        if buffers.used + size > buffers.limit:
+            self._refuse(503)
+            return None
+        buffers.used += size
+        self.held += size
         return self.inner.data_received(chunk)
 
     def finish(self) -> None:
         self.app.deadlines.discard(self)
+        if self.held:
+            self._release()
         if not self.refused:
             self.inner.finish()
 
     def on_connection_close(self) -> None:
         self.app.deadlines.discard(self)
+        if self.held:
+            self._release()
         if not self.refused:  # a refused request has ended already
             self.app.tracker.end(self.conn)
         self.inner.on_connection_close()
 
-    def _refuse(self) -> None:
+    def _release(self) -> None:
+        self.app.buffers.used -= self.held
+        self.held = 0
+
+    def _refuse(self, status: int) -> None:
         self.refused = True
+        if self.held:
+            self._release()
         cors = self.app.route_has_cors(self.start_line, self.headers)
-        start, headers, body = _too_large(self.limit, cors)
+        if status == 413:
+            message, handler = f"request body over {self.limit} bytes", "BodyLimit"
+        else:
+            message, handler = ("the server is receiving too many request bodies at once; "
+                                "please retry"), "BufferLimit"
+        start, headers, body = _refusal(status, message, cors)
         # Read the rest of this body (if any) without storing it, until the connection closes
         # right after this answer is written.
         self.conn.set_max_body_size(1 << 62)  # type: ignore[attr-defined]
         self.conn.write_headers(start, headers, body)
         self.conn.finish()
-        self.app.end_request(self.conn, "BodyLimit", "", 413, 0.0)
+        self.app.end_request(self.conn, handler, "", status, 0.0)
 
 
 class GuardedApplication(tornado.web.Application):
@@ -181,10 +266,13 @@ class GuardedApplication(tornado.web.Application):
         self.tracker: RequestTracker = self.settings["tracker"]
         self.metrics: Metrics = self.settings["metrics"]
         self.deadlines = Deadlines(self.settings.get("header_timeout", HEADER_TIMEOUT))
-        #: Successful POSTs to `lean` handlers (signed reads, `/webhooks`) skip the handler
-        #: machinery (`service/lean.py`); the `lean_path=False` setting turns that off.
-        self.lean = (LeanRoutes.from_routes(self, handlers)
-                     if self.settings.get("lean_path", True) else None)
+        self.buffers = BufferBudget(self.settings["config"].max_buffered_bytes)
+        #: POSTs to `lean` handlers (signed reads, `/webhooks`) skip the handler machinery
+        #: (`service/lean.py`); the `lean_path=False` setting turns that off.
+        #: (Its handlers are checked either way: one the lean path would serve differently
+        #: is refused, `LeanHandlerError`.)
+        lean = LeanRoutes.from_routes(self, handlers)
+        self.lean = lean if self.settings.get("lean_path", True) else None
 
     def end_request(self, conn: object, handler: str, method: str, status: int,
                     seconds: float) -> None:

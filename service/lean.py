@@ -1,127 +1,149 @@
 """The lean path: a POST answered by a message delegate, without Tornado's per-request handler
 machinery (handler construction, `_execute`'s task, `finish`/`flush`).
 
-    routes = LeanRoutes.from_routes(app, handlers)      # in GuardedApplication
-    delegate = routes.delegate(start_line, fallback)    # None: not a lean route
+The interface, all a handler sees of it:
 
-Only handlers with `lean = True` are routed here, by exact path, for `POST` only; HEAD, OPTIONS,
-other methods, a query string, and any path with arguments go the full way. The lean delegate
-runs the handler's own code: it makes the handler object without `RequestHandler.__init__` (its
-`application` and an `HTTPServerRequest` (a `LeanRequest`) set, so the shared accessors,
-`self.request` and `self.settings` work), runs the coroutine that computes the answer's JSON
-value (the handler's `lean_answer()`, or for a signed handler without one the same
-`handle(signed_request())` its `post` runs), and writes the same headers the full path writes
-(JSON type, `nosniff`, `no-store`, CORS when the handler has `cors`, `Date`). When Tornado
-keeps the connection open (HTTP/1.1 without `Connection: close`: then it adds no header of its
-own), that head is written pre-rendered with the body in one `HTTPConnection.write`, instead of
-through `write_headers`, which costs about a tenth of a request (77,000 instructions); else
-`write_headers` writes it, with Tornado's `Connection` line.
+    class MyHandler(LeanHandler):          # SignedHandler and WebhookHandler derive from it
+        lean = True                        # opt in
+        def answer(self) -> Awaitable[Any] # the 200 answer's JSON value, or raise APIError
 
-Two kinds of lean handlers:
+`LeanHandler.post` (the full handler path) writes `await self.answer()` as JSON; with
+`lean = True`, the lean path runs the same `answer()` instead, for a POST to the handler's
+exact path without a query string (HEAD, OPTIONS, other methods, a query string go the full
+way), and writes the same 200 answer (JSON type, `nosniff`, `no-store`, CORS when the handler
+has `cors`, `Date`).
 
-- `lean_awaits = False` (signed reads from memory, `service/signed.py`): the coroutine must
-  answer without awaiting. Anything but success (a check fails, it raises, or it awaits after
-  all) is answered by the full path: the request is replayed, unchanged, into the
-  `Application`'s own delegate (`fallback`), which verifies again and answers as it always
-  does. These handlers only read, so a replay changes nothing.
-- `lean_awaits = True` (`POST /webhooks`, which awaits its insert): the coroutine is driven on
-  the futures it awaits (no task: each asyncio future it yields wakes it through a done
-  callback), and the request stays in flight meanwhile. When it raises, the request is replayed
-  into the full path with that exception recorded (`take_failure`): the handler's `post`
-  raises it again, unrun, so the error answer, its log line and its metrics are the full
-  path's own, and nothing the coroutine did (a counted rejection, a stored event) happens
-  twice.
+One rule: the lean path runs `answer()` once, driven on the futures it awaits (no Task: each
+asyncio future it yields wakes it through a done callback; so it must not need
+`asyncio.current_task()`, `asyncio.timeout()` say), and the request stays in flight
+meanwhile. If it returns, the lean path answers 200. If it raises, the request is replayed,
+unchanged, into the `Application`'s own delegate with that exception, which `LeanHandler.post`
+raises again, unrun: every error answer, its log line and its metrics are the full path's,
+and nothing `answer()` did (a counted rejection, a stored event) happens twice. (A request
+the lean path cannot even describe, a bad Host say, is replayed as it came, and Tornado
+answers it as always.)
 
-The request still begins and ends in `service/guard.py` (in-flight count, metrics by handler
-class), and keep-alive, `Expect: 100-continue`, the body limit and timeouts are the
-connection's and the guard's, as for every request.
+What the lean path does not run is refused at start-up, not served differently: building the
+application (`LeanRoutes.from_routes`) raises `LeanHandlerError` for a `lean` handler that
+overrides any of `SKIPPED` (`initialize`, `prepare`, `on_finish`, `set_default_headers`, ...),
+streams its body, is routed with arguments or at a pattern, or in an application that
+compresses answers or checks XSRF cookies.
+
+When Tornado keeps the connection open (HTTP/1.1 without `Connection: close`: then it adds no
+header of its own), the head is written pre-rendered with the body in one
+`HTTPConnection.write`, instead of through `write_headers`, which costs about a tenth of a
+request (77,000 instructions); else `write_headers` writes it, with Tornado's `Connection`
+line. The request still begins and ends in `service/guard.py` (in-flight count, metrics by
+handler class); keep-alive, `Expect: 100-continue`, the body limit and timeouts are the
+connection's and the guard's, as for every request. The private Tornado and asyncio names this
+needs are in `service/internals.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 import re
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ClassVar, Protocol, cast
 
 from tornado import httputil
-from tornado.httputil import _ABNF  # the Host rule HTTPServerRequest checks
 
 from service.base import CORS_ANY_ORIGIN, CORS_HEADER, JSON_CONTENT_TYPE, BaseHandler, json_dumps
-
-if TYPE_CHECKING:
-    from service.guard import GuardedApplication
-
-log = logging.getLogger("app.http")
+from service.internals import (
+    LeanRequest,
+    bare_handler,
+    handler_finished,
+    keeps_alive,
+    resume_when_done,
+    streams_body,
+)
 
 #: A path pattern with no regular-expression syntax in it: it matches only itself.
 _LITERAL = re.compile(r"/[A-Za-z0-9/_-]*")
 
 _OK = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
 
-
-@functools.lru_cache(maxsize=256)
-def _host_name(host: str) -> str | None:
-    """The host name in a `Host` value (`HTTPServerRequest.host_name`), or None when Tornado
-    would refuse the value; remembered per distinct value."""
-    if not _ABNF.host.fullmatch(host) or "," in host:
-        return None
-    return httputil.split_host_and_port(host.lower())[0]
-
-
-class LeanRequest(httputil.HTTPServerRequest):
-    """What a lean handler sees as `self.request`: the `HTTPServerRequest` Tornado would make
-    (every attribute its constructor sets, the same `HTTPInputError` for a missing or invalid
-    Host), for a POST whose target has no query string, the only kind routed here: so its
-    arguments are empty, without parsing and deep-copying an empty query; and the Host is
-    checked once per distinct value. `tests/test_lean.py` compares the two."""
-
-    def __init__(self, connection: httputil.HTTPConnection,
-                 start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
-                 body: bytes) -> None:
-        self.method, self.uri, self.version = start_line
-        self.headers = headers
-        self.body = body
-        context = getattr(connection, "context", None)
-        self.remote_ip = getattr(context, "remote_ip", None)
-        self.protocol = getattr(context, "protocol", "http")
-        host = headers.get("Host")
-        if host is None:
-            if self.version != "HTTP/1.0":
-                raise httputil.HTTPInputError("Missing Host header")
-            host = "127.0.0.1"
-        name = _host_name(host)
-        if name is None:
-            raise httputil.HTTPInputError(f"Invalid Host header: {host!r}")
-        self.host, self.host_name = host, name
-        self.files = {}
-        self.connection = connection
-        self.server_connection = None
-        self._start_time = time.time()
-        self._finish_time = None
-        self.path, self.query = start_line.path, ""
-        self.arguments = {}
-        self.query_arguments = {}
-        self.body_arguments = {}
+#: What the full handler path runs and the lean path does not: a `lean` handler may not
+#: override any of these (`LeanHandler`'s own, or `RequestHandler`'s, are what the lean path
+#: reproduces or does without).
+SKIPPED = ("__init__", "initialize", "prepare", "on_finish", "on_connection_close",
+           "set_default_headers", "clear", "compute_etag", "set_etag_header",
+           "check_etag_header", "check_xsrf_cookie", "set_status", "write", "finish", "flush",
+           "write_json", "post", "data_received")
 
 
-def take_failure(handler: BaseHandler) -> BaseException | None:
-    """The exception the lean path met on this handler's request, if it replayed the request
-    into the full path because of it (then the full path raises it instead of running again)."""
-    lean: LeanRoutes | None = getattr(handler.application, "lean", None)
-    if lean is None or not lean.failures:
-        return None
-    return lean.failures.pop(handler.request.connection, None)
+class LeanHandlerError(TypeError):
+    """A `lean` handler the lean path would serve differently from the full path."""
+
+
+class LeanHandler(BaseHandler):
+    """A handler whose POST answer is the JSON value of `answer()`; `lean = True` lets the lean
+    path serve it (see the module's docstring for what that requires)."""
+
+    SUPPORTED_METHODS: tuple[str, ...] = ("POST",)
+    lean: ClassVar[bool] = False
+
+    def answer(self) -> Awaitable[Any]:
+        """The 200 answer's JSON value (or an exception, which the full path answers)."""
+        raise NotImplementedError
+
+    async def post(self, *args: Any) -> None:
+        routes: LeanRoutes | None = getattr(self.application, "lean", None)
+        if routes is not None and routes.failures:
+            failure = routes.failures.pop(self.request.connection, None)
+            if failure is not None:  # the lean path ran `answer()` and it raised this
+                raise failure
+        value = await self.answer()
+        if not handler_finished(self):
+            self.write_json(value)
+
+
+def check_lean_handler(cls: Any, settings: dict[str, Any], path: str = "",
+                       kwargs: dict[str, Any] | None = None) -> None:
+    """Raise `LeanHandlerError` unless the lean path would serve `cls` as the full path does."""
+    name = getattr(cls, "__name__", repr(cls))
+    if not (isinstance(cls, type) and issubclass(cls, LeanHandler)):
+        raise LeanHandlerError(f"{name} sets lean = True but is not a LeanHandler "
+                               "(service/lean.py): the lean path runs LeanHandler.answer()")
+    overridden = [m for m in SKIPPED if getattr(cls, m) is not getattr(LeanHandler, m)]
+    if overridden:
+        raise LeanHandlerError(
+            f"{name} sets lean = True and overrides {', '.join(overridden)}, which the lean "
+            "path does not run: remove the override(s) or set lean = False")
+    if streams_body(cls):
+        raise LeanHandlerError(f"{name} sets lean = True and streams its body "
+                               "(@stream_request_body): the lean path reads it whole")
+    if "POST" not in cls.SUPPORTED_METHODS:
+        raise LeanHandlerError(f"{name} sets lean = True but does not support POST")
+    if kwargs:
+        raise LeanHandlerError(f"{name} sets lean = True but its route {path!r} passes "
+                               "initialize() arguments, which the lean path does not")
+    if path and not _LITERAL.fullmatch(path):
+        raise LeanHandlerError(f"{name} sets lean = True but is routed at the pattern {path!r}:"
+                               " the lean path routes exact paths only")
+    for setting in ("compress_response", "gzip", "xsrf_cookies"):
+        if settings.get(setting):
+            raise LeanHandlerError(f"{name} sets lean = True in an application with the "
+                                   f"{setting} setting, which the lean path does not apply")
+
+
+class LeanHost(Protocol):
+    """What the lean path needs of its application (`service/guard.py`'s)."""
+
+    settings: dict[str, Any]
+
+    def routes_to(self, path: str, method: str = "POST") -> type | None: ...
+
+    def end_request(self, conn: object, handler: str, method: str, status: int,
+                    seconds: float) -> None: ...
 
 
 class LeanRoutes:
     """The lean routes of one application (exact path -> handler class), the failures being
     replayed into the full path, and a `Date` value formatted once a second."""
 
-    def __init__(self, app: GuardedApplication, routes: dict[str, type[BaseHandler]]) -> None:
+    def __init__(self, app: LeanHost, routes: dict[str, type[LeanHandler]]) -> None:
         self.app = app
         self.routes = routes
         #: connection -> the exception its lean request raised, until the full path takes it
@@ -131,17 +153,26 @@ class LeanRoutes:
         self._heads: dict[bool, bytes] = {}
 
     @classmethod
-    def from_routes(cls, app: GuardedApplication, handlers: list[Any]) -> LeanRoutes:
-        """The literal paths of `lean` handlers that the application itself routes a POST to
-        that handler (so an earlier pattern that matches the path first keeps it)."""
-        routes: dict[str, type[BaseHandler]] = {}
+    def from_routes(cls, app: LeanHost, handlers: list[Any]) -> LeanRoutes:
+        """The paths of `lean` handlers, each checked (`check_lean_handler`: else
+        `LeanHandlerError`), that the application itself routes a POST to (a route an earlier
+        pattern shadows is never served, by either path)."""
+        routes: dict[str, type[LeanHandler]] = {}
         for rule in handlers:
-            if not isinstance(rule, tuple) or len(rule) != 2:
+            if isinstance(rule, (tuple, list)) and 2 <= len(rule) <= 4:
+                pattern, target = rule[0], rule[1]
+                kwargs = rule[2] if len(rule) > 2 else None
+            else:  # a URLSpec or Rule: its target, its kwargs
+                pattern = None
+                target, kwargs = getattr(rule, "target", None), getattr(rule, "kwargs", None)
+            if not getattr(target, "lean", False):
                 continue
-            pattern, target = rule
-            if (isinstance(pattern, str) and getattr(target, "lean", False)
-                    and _LITERAL.fullmatch(pattern) and app.routes_to(pattern) is target):
-                routes[pattern] = cast("type[BaseHandler]", target)
+            if not isinstance(pattern, str):
+                raise LeanHandlerError(f"{getattr(target, '__name__', target)} sets lean = "
+                                       "True: route it as a (path, handler) tuple")
+            check_lean_handler(target, app.settings, pattern, kwargs)
+            if app.routes_to(pattern) is target:
+                routes[pattern] = cast("type[LeanHandler]", target)
         return cls(app, routes)
 
     def date(self) -> str:
@@ -176,14 +207,6 @@ class LeanRoutes:
         return LeanDelegate(self, target, conn, fallback)
 
 
-def _answer_coroutine(handler: Any) -> Coroutine[Any, Any, Any]:
-    """The coroutine whose value is the handler's 200 JSON answer."""
-    lean_answer = getattr(handler, "lean_answer", None)
-    if lean_answer is not None:
-        return cast("Coroutine[Any, Any, Any]", lean_answer())
-    return cast("Coroutine[Any, Any, Any]", handler.handle(handler.signed_request()))
-
-
 def _answer_headers(date: str, cors: bool) -> list[tuple[str, str]]:
     """The headers of a lean 200 answer before its `Content-Length`: those the full path sends
     (JSON type, `Date`, `nosniff`, `no-store`, and CORS for a `cors` handler)."""
@@ -194,21 +217,11 @@ def _answer_headers(date: str, cors: bool) -> list[tuple[str, str]]:
     return headers
 
 
-def _keeps_alive(conn: Any, start_line: Any, headers: Any) -> bool:
-    """Whether Tornado keeps `conn` open after this answer, so that it adds no `Connection`
-    header to it: its own rule for an HTTP/1.1 request (`HTTP1Connection._can_keep_alive`),
-    which is what `write_headers` consults."""
-    if start_line.version != "HTTP/1.1" or conn.params.no_keep_alive:
-        return False
-    connection = headers.get("Connection")
-    return connection is None or connection.lower() != "close"
-
-
 class LeanDelegate(httputil.HTTPMessageDelegate):
     __slots__ = ("routes", "target", "conn", "fallback", "start_line", "headers", "chunks",
-                 "replayed", "body", "coro", "start")
+                 "replayed", "body", "coro", "start", "step")
 
-    def __init__(self, routes: LeanRoutes, target: type[BaseHandler],
+    def __init__(self, routes: LeanRoutes, target: type[LeanHandler],
                  conn: httputil.HTTPConnection, fallback: httputil.HTTPMessageDelegate) -> None:
         self.routes, self.target, self.conn, self.fallback = routes, target, conn, fallback
         self.start_line: Any = None
@@ -218,6 +231,7 @@ class LeanDelegate(httputil.HTTPMessageDelegate):
         self.body = b""
         self.coro: Coroutine[Any, Any, Any] | None = None
         self.start = 0.0
+        self.step: Callable[[object], None] = self._step
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
         self.start_line, self.headers = start_line, headers
@@ -228,13 +242,16 @@ class LeanDelegate(httputil.HTTPMessageDelegate):
     def finish(self) -> None:
         self.body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.start = time.perf_counter()
-        handler = self.target.__new__(self.target)
         try:
-            handler.application = self.routes.app
-            handler.request = LeanRequest(self.conn, self.start_line,
-                                          cast("httputil.HTTPHeaders", self.headers), self.body)
-            self.coro = _answer_coroutine(handler)
-        except Exception as exc:  # any failure is answered by the full path, as always
+            request = LeanRequest(self.conn, self.start_line,
+                                  cast("httputil.HTTPHeaders", self.headers), self.body)
+        except Exception:  # a bad Host, say: Tornado answers it as it always does
+            self._replay()
+            return
+        handler = bare_handler(self.target, self.routes.app, request)
+        try:
+            self.coro = cast("Coroutine[Any, Any, Any]", handler.answer())
+        except Exception as exc:  # a check failed before `answer()` awaited anything
             self._failed(exc)
             return
         self._step()
@@ -255,20 +272,14 @@ class LeanDelegate(httputil.HTTPMessageDelegate):
         except Exception as exc:
             self._failed(exc)
             return
-        if not getattr(self.target, "lean_awaits", False):
-            coro.close()
-            log.warning("%s.handle awaited: a lean handler must answer without awaiting; it is "
-                        "answered by the full path", self.target.__name__)
-            self._replay()
-        elif asyncio.isfuture(awaited):
-            awaited._asyncio_future_blocking = False  # as a task does on taking it
-            awaited.add_done_callback(self._step)
+        if asyncio.isfuture(awaited):
+            resume_when_done(awaited, self.step)
         else:  # a bare yield (`asyncio.sleep(0)`): run on at the loop's next turn
             asyncio.get_running_loop().call_soon(self._step)
 
     def _answer(self, payload: bytes) -> None:
         conn = self.conn
-        if _keeps_alive(conn, self.start_line, self.headers):
+        if keeps_alive(conn, self.start_line, cast("httputil.HTTPHeaders", self.headers)):
             # What `write_headers` would write, pre-rendered: one `write` of head and body
             # (Tornado's documented way to send a pre-encoded header block).
             conn.write(self.routes.head(self.target.cors) + str(len(payload)).encode()
@@ -284,8 +295,7 @@ class LeanDelegate(httputil.HTTPMessageDelegate):
                                     time.perf_counter() - self.start)
 
     def _failed(self, exc: BaseException) -> None:
-        if getattr(self.target, "lean_awaits", False):
-            self.routes.failures[self.conn] = exc
+        self.routes.failures[self.conn] = exc
         self._replay()
 
     def _replay(self) -> None:

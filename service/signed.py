@@ -33,13 +33,14 @@ origin is `null`), and `OPTIONS` answers the preflight.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, NamedTuple
 
 from models.used_signatures import signature_key, use_signature
-from service.base import APIError, BaseHandler
+from service.base import APIError
 from service.ids import ACCOUNT_ID, USER_ID
 from service.jsonbody import MalformedJSON, parse_json
+from service.lean import LeanHandler
 from service.signatures import (
     MissingHeader,
     SignatureError,
@@ -81,7 +82,7 @@ class SignedRequest(NamedTuple):
         return self.body.get(field)
 
 
-class SignedHandler(BaseHandler):
+class SignedHandler(LeanHandler):
     cors = True
     #: 403 unless the calling account has an active installation in some mode.
     requires_installation = True
@@ -95,15 +96,12 @@ class SignedHandler(BaseHandler):
         self.set_header("Access-Control-Max-Age", "600")
         self.finish()
 
-    #: Set on a handler whose `handle` only reads and answers without awaiting (from the
-    #: in-memory installation index, say): then `service/lean.py` answers its successful POSTs
-    #: without Tornado's handler machinery, with this same `signed_request` and `handle`; any
-    #: failure (and a `handle` that awaits after all) is answered by this class's full path.
-    #: (A handler that awaits, like `WebhookHandler`, sets `lean_awaits` too: see lean.py.)
-    lean = False
+    # `lean = True` on a handler whose `handle` only reads (from the in-memory installation
+    # index, say) lets `service/lean.py` answer its POSTs without Tornado's handler machinery,
+    # with this same `answer()`.
 
     #: Accept each signature once (401 `signature_replayed` after that), on every replica: set
-    #: on endpoints that change state. Never with `lean` (the lean path does not await a write).
+    #: on endpoints that change state. Never with `lean` (a lean handler only reads).
     single_use_signature = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -111,13 +109,15 @@ class SignedHandler(BaseHandler):
         if cls.lean and cls.single_use_signature:
             raise TypeError(f"{cls.__name__}: a lean handler cannot take single-use signatures")
 
-    async def post(self, *args: Any) -> None:
+    def answer(self) -> Awaitable[Any]:
         req = self.signed_request()
         if self.single_use_signature:
-            await self.use_signature(req)
-        result = await self.handle(req)
-        if not self._finished:
-            self.write_json(result)
+            return self._answer_once(req)
+        return self.handle(req)
+
+    async def _answer_once(self, req: SignedRequest) -> Any:
+        await self.use_signature(req)
+        return await self.handle(req)
 
     async def use_signature(self, req: SignedRequest) -> None:
         """Record the signature as used, or refuse it when it already was (401)."""

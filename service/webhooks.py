@@ -14,33 +14,30 @@ Answers:
   livemode, a `created` between 0 and 2**63-1, an `acct_` account or none, and `data` an
   object (event handlers read `data.object`): an event the database could never store answers
   400, not 503 on every retry;
+- each 400 is also kept, bounded, in the last `KEEP` rejected deliveries the status page shows
+  (`service/rejections.py`);
 - 503 when no webhook secret is configured for either mode, or the event cannot be stored (so
   that Stripe retries it).
 
 A test-mode event may arrive signed with the live endpoint's secret (an app installed in both
 modes gets its test events at both endpoints): its mode is still `livemode=false`.
 
-One implementation, two ways in: `ingest()` does all of the above (verify, parse, validate,
-store, count, answer's value), and both `post()` (Tornado's full handler path) and the lean
-path (`service/lean.py`, `lean_awaits`: a message delegate that drives `ingest()` on the
-futures it awaits) run it. When it raises on the lean path, the request is replayed into the
-full path with that exception (`take_failure`), which `post()` raises again unrun: every error
-answer, log line and metric is the full path's, and none happens twice.
+`answer()` does all of the above (verify, parse, validate, store, count, answer's value); the
+handler is a `LeanHandler` (`service/lean.py`), served by the lean path or the full one alike.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Coroutine
-from typing import Any
 
 from models.enums import MODES
 from models.events import NewEvent, store_events
-from service.base import APIError, BaseHandler
+from service.base import APIError
 from service.ids import ACCOUNT_ID, EVENT_ID
 from service.jsonbody import MAX_EVENT_DEPTH, MalformedJSON, parse_json
-from service.lean import take_failure
+from service.lean import LeanHandler
+from service.rejections import RejectionLog
 from service.signatures import SECRET_INDEPENDENT, SignatureError, verify
 
 log = logging.getLogger("app.webhooks")
@@ -51,11 +48,8 @@ MAX_CREATED = 2**63 - 1  # BigIntegerField
 EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,255}")  # CharField(255); Stripe's types are ASCII
 
 
-class WebhookHandler(BaseHandler):
-    SUPPORTED_METHODS = ("POST",)
-    #: Answered by `service/lean.py`'s delegate, which drives `ingest()` across its await.
+class WebhookHandler(LeanHandler):
     lean = True
-    lean_awaits = True
 
     def _verify(self) -> str:
         """Return the mode of the secret that verified the body."""
@@ -81,17 +75,36 @@ class WebhookHandler(BaseHandler):
         raise APIError(400, "webhook signature verification failed", code="bad_signature",
                        reason_for_log="; ".join(dict.fromkeys(errors)))
 
-    async def post(self) -> None:
-        failure = take_failure(self)
-        if failure is not None:  # the lean path ran `ingest()` and it raised this
-            raise failure
-        self.write_json(await self.ingest())
+    @property
+    def rejections(self) -> RejectionLog:
+        return self.settings["rejections"]
 
-    def lean_answer(self) -> Coroutine[Any, Any, dict[str, bool]]:
-        return self.ingest()
+    async def answer(self) -> dict[str, bool]:
+        """Verify, parse, validate and store the event: the 200 answer's value, or APIError
+        (a 400 is also kept in the rejection log, for the status page)."""
+        try:
+            event = self._accepted()
+        except APIError as exc:
+            if exc.status_code == 400:
+                self.rejections.record(self.request, f"{exc.code}: {exc.log_message}")
+            raise
+        try:
+            stored = await self.storage.grouped(store_events).submit(event)
+        except Exception as exc:  # anything but stored-for-sure makes Stripe retry
+            self.metrics.webhook_outcomes["store_failed"].inc()
+            raise APIError(503, "the event could not be stored; please retry",
+                           code="unavailable",
+                           reason_for_log=f"storing {event.id} failed: {type(exc).__name__}: "
+                                          f"{str(exc)[:200]}") from None
+        if stored and event.needs_processing:
+            self.events.submit(event.id)
+        self.metrics.webhook_outcomes["stored" if stored else "duplicate"].inc()
+        log.debug("event %s %s %s/%s%s", event.id, event.type, event.account_id or "platform",
+                  "live" if event.livemode else "test", "" if stored else " (duplicate)")
+        return {"received": True, "duplicate": not stored}
 
-    async def ingest(self) -> dict[str, bool]:
-        """Verify, parse, validate and store the event: the 200 answer's value, or APIError."""
+    def _accepted(self) -> NewEvent:
+        """The verified, parsed and checked event to store, or APIError."""
         secret_mode = self._verify()
         try:
             event = parse_json(self.body, MAX_EVENT_DEPTH)
@@ -116,19 +129,5 @@ class WebhookHandler(BaseHandler):
             raise APIError(400, "a live event must be signed with a live webhook secret",
                            code="bad_signature",
                            reason_for_log=f"live event {event_id} signed with a test secret")
-        process = self.events.needs_processing(type_, account)
-        try:
-            stored = await self.storage.grouped(store_events).submit(NewEvent(
-                event_id, type_, account, livemode, created, self.body.decode("utf-8"), process))
-        except Exception as exc:  # anything but stored-for-sure makes Stripe retry
-            self.metrics.webhook_outcomes["store_failed"].inc()
-            raise APIError(503, "the event could not be stored; please retry",
-                           code="unavailable",
-                           reason_for_log=f"storing {event_id} failed: {type(exc).__name__}: "
-                                          f"{str(exc)[:200]}") from None
-        if stored and process:
-            self.events.submit(event_id)
-        self.metrics.webhook_outcomes["stored" if stored else "duplicate"].inc()
-        log.debug("event %s %s %s/%s%s", event_id, type_, account or "platform",
-                 "live" if livemode else "test", "" if stored else " (duplicate)")
-        return {"received": True, "duplicate": not stored}
+        return NewEvent(event_id, type_, account, livemode, created, self.body.decode("utf-8"),
+                        self.events.needs_processing(type_, account))

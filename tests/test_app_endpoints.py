@@ -205,6 +205,17 @@ def test_an_app_that_fails_to_import_stops_run_py_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_doctor_names_the_apps_failed_import(tmp_path):
+    app_dir = write_app(tmp_path, "broken_app", "def broken(:\n    pass\n")
+    env = {**os.environ, **base_env(tmp_path)}
+    result = run_py("--app", str(app_dir), "doctor", "--no-probe", env=env)
+    assert result.returncode == 1
+    app_lines = [line for line in result.stdout.splitlines() if "APP_PACKAGES" in line]
+    assert app_lines == ["✗ APP_PACKAGES: cannot import broken_app.notes: SyntaxError: invalid "
+                         "syntax (notes.py, line 1) -> fix: fix that module of your app, or the "
+                         "app setting"]
+
+
 def test_manifest_lists_the_apps_permissions_and_events_and_app_wins_over_the_variable(
         tmp_path):
     app_dir = write_app(tmp_path)

@@ -95,7 +95,7 @@ async def test_failures_are_answered_by_the_full_path(tmp_path):
 
 
 class AwaitingHandler(SignedHandler):
-    """Marked lean by mistake: it awaits, so the full path must answer it."""
+    """A lean handler that awaits: the lean path drives it on what it awaits."""
 
     lean = True
     requires_installation = False
@@ -106,7 +106,7 @@ class AwaitingHandler(SignedHandler):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_lean_handler_that_awaits_is_answered_by_the_full_path(tmp_path):
+async def test_a_lean_handler_that_awaits_is_answered_alike(tmp_path):
     async with running(base_env(tmp_path),
                        extra_routes=[(r"/api/awaits", AwaitingHandler)]) as app:
         assert "/api/awaits" in app.backend.app.lean.routes
@@ -146,7 +146,7 @@ def test_lean_request_is_the_request_tornado_would_make(host, version):
     of a missing or invalid Host (a Tornado upgrade that adds one fails here)."""
     from tornado import httputil
 
-    from service.lean import LeanRequest
+    from service.internals import LeanRequest
 
     headers = httputil.HTTPHeaders({"Content-Type": "application/json"})
     if host is not None:
@@ -278,3 +278,88 @@ async def test_the_pre_rendered_head_is_what_tornado_writes(tmp_path, monkeypatc
             assert (other, kept, slow) == (payload, keeps, through_tornado), (version, extra)
             assert [x for x in lines if not x.startswith(b"Connection:")] == plain
             assert [x for x in lines if x.startswith(b"Connection:")] == ([line] if line else [])
+
+
+def _lean_app(routes: list[Any], **settings: Any) -> Any:
+    from service.config import Config
+    from service.guard import GuardedApplication
+    from service.metrics import Metrics
+    from service.tracker import RequestTracker
+
+    return GuardedApplication(routes, tracker=RequestTracker(), metrics=Metrics(),
+                              config=Config.from_env({}), **settings)
+
+
+class _Reads(SignedHandler):
+    lean = True
+
+    async def handle(self, req: SignedRequest) -> dict[str, Any]:
+        return {}
+
+
+def _overriding(name: str) -> type:
+    """A lean handler that overrides `name`, one of what the lean path does not run."""
+    def method(self: Any, *args: Any, **kw: Any) -> Any:
+        return getattr(super(cls, self), name)(*args, **kw)
+
+    cls = type(f"Overrides_{name}", (_Reads,), {name: method})
+    return cls
+
+
+@pytest.mark.parametrize("name", ["initialize", "prepare", "on_finish", "set_default_headers",
+                                  "on_connection_close", "finish", "write", "flush", "post",
+                                  "write_json", "compute_etag", "data_received", "clear",
+                                  "check_xsrf_cookie"])
+def test_a_lean_handler_overriding_what_the_lean_path_skips_is_refused_at_start_up(name):
+    """Refused when the application is built, with a message naming the class and the method,
+    not served differently; the same class with `lean = False` is accepted."""
+    from service.lean import SKIPPED, LeanHandlerError
+
+    assert name in SKIPPED
+    cls = _overriding(name)
+    with pytest.raises(LeanHandlerError, match=f"{cls.__name__} .*overrides {name}"):
+        _lean_app([(r"/api/x", cls)])
+    cls.lean = False  # type: ignore[attr-defined]
+    assert _lean_app([(r"/api/x", cls)]).lean.routes == {}
+    assert _lean_app([(r"/api/x", _Reads)]).lean.routes == {"/api/x": _Reads}
+
+
+def test_lean_handlers_the_lean_path_cannot_serve_alike_are_refused():
+    import tornado.web
+
+    from service.lean import LeanHandlerError
+
+    class NotLean(tornado.web.RequestHandler):
+        lean = True
+
+    @tornado.web.stream_request_body
+    class Streams(_Reads):
+        pass
+
+    for routes, settings, message in (
+            ([(r"/x", NotLean)], {}, "NotLean sets lean = True but is not a LeanHandler"),
+            ([(r"/x", Streams)], {}, "Streams .*streams its body"),
+            ([(r"/x", _Reads, {"a": 1})], {}, "_Reads .*initialize\\(\\) arguments"),
+            ([(r"/x/([a-z]+)", _Reads)], {}, "_Reads .*pattern"),
+            ([tornado.web.url(r"/x", _Reads)], {}, "_Reads .*tuple"),
+            ([(r"/x", _Reads)], {"compress_response": True}, "compress_response"),
+            ([(r"/x", _Reads)], {"xsrf_cookies": True}, "xsrf_cookies")):
+        with pytest.raises(LeanHandlerError, match=message):
+            _lean_app(routes, **settings)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_service_refuses_to_start_with_such_a_handler(tmp_path):
+    """Through the real start-up: a clear error, before listening."""
+    from service.config import Config
+    from service.lean import LeanHandlerError
+    from service.server import Backend
+
+    backend = Backend(Config.from_env(base_env(tmp_path)),
+                      extra_routes=[(r"/api/prepares", _overriding("prepare"))])
+    try:
+        with pytest.raises(LeanHandlerError, match="Overrides_prepare .*overrides prepare"):
+            await backend.start()
+        assert backend.server is None  # never listened
+    finally:
+        await backend.stop()

@@ -1,4 +1,4 @@
-"""`POST /webhooks` on the lean path (`service/lean.py`, `lean_awaits`): the same answers,
+"""`POST /webhooks` on the lean path (`service/lean.py`): the same answers,
 metrics and stored rows as the full handler path, the request in flight while its insert is
 awaited, and HTTP semantics (keep-alive, `Expect: 100-continue`, 405) kept."""
 

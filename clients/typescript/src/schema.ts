@@ -863,6 +863,16 @@ export interface components {
             test: number;
         };
         StatusFigures: {
+            /** @description the last deliveries `POST /webhooks` refused with 400 (at most 100), newest first: the reason, the headers as sent (each name and value cut at 1,024 characters, at most 64), the first 2 KiB of the body and its size */
+            rejected_webhooks: {
+                id: number;
+                received_at: number;
+                reason: string;
+                remote: string | null;
+                headers: string[][];
+                body: string;
+                body_size: number;
+            }[];
             tasks: {
                 open: {
                     queued: number;
