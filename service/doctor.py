@@ -30,7 +30,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -228,7 +228,8 @@ def _probe_write(db: Any) -> None:
         txn.rollback()
 
 
-async def check_database(storage: Storage) -> list[Finding]:
+async def check_database(storage: Storage, apps: Iterable[str] = ()) -> list[Finding]:
+    """Writable, and no migration pending: the project's, and `apps`' (`models/migrate.py`)."""
     out: list[Finding] = []
     try:
         await storage.run(_probe_write, storage.db)
@@ -240,7 +241,7 @@ async def check_database(storage: Storage) -> list[Finding]:
                            "file and its folder)"))
         return out
     try:
-        todo = await storage.run(pending, storage.db)
+        todo = await storage.run(pending, storage.db, apps=tuple(apps))
     except Exception as exc:
         out.append(Finding(Status.FAILED, "DATABASE_URL",
                            f"cannot read the migration history: {type(exc).__name__}",
@@ -462,7 +463,7 @@ async def run_checks(config: Config, storage: Storage | None, registry: Registry
         async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as http:
             findings += await check_public_url(config, http)
     if storage is not None:
-        findings += await check_database(storage)
+        findings += await check_database(storage, app_packages(config))
     findings += await check_stripe(config, registry)
     return findings
 

@@ -27,6 +27,7 @@ from models.installation_index import InstallationIndex
 from models.loader import load_modules
 from models.migrate import MIGRATIONS_DIR, app_schema, make_migration, migrate, pending
 from service.config import Config
+from service.doctor import Status, check_database
 from service.services import Services
 
 APP = "notes_app"  # the test app's package; its modules leave sys.modules after each test
@@ -306,3 +307,20 @@ def test_a_single_module_app_has_no_migrations_and_is_told_so(tmp_path, monkeypa
     assert done.returncode == 2
     assert done.stderr.strip().startswith("lone_mod is a module, not a package")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_doctor_names_an_apps_pending_migration(tmp_path, app_dir):
+    db = open_database(f"sqlite:///{tmp_path}/doctor.db")
+    migrate(db)
+    make_migration(db, "initial", app=str(app_dir))
+    storage = Storage(db, workers=1)
+    try:
+        [_, found] = await check_database(storage, [str(app_dir)])
+        assert found.status is Status.FAILED
+        assert found.message == f"1 migration(s) not applied: {APP}/001_initial"
+        await storage.run(migrate, db, apps=[str(app_dir)])
+        [_, found] = await check_database(storage, [str(app_dir)])
+        assert (found.status, found.message) == (Status.OK, "migrations are current")
+    finally:
+        storage.close()
