@@ -11,5 +11,5 @@ It is an app like yours (docs/apps.md): it imports only `stripe_app_backend`, an
 when no app is named (`APP_PACKAGES` unset, no `run.py --app`); with an app named, it is not
 loaded and its endpoints answer 404. Its tables' migrations are its own (`migrations/`, applied
 after the project's, with their own history): the project's 001 and 004 created the two tables
-before the example became an app, and its 014 handed them over, rows and all.
+before the example became an app, and its 015 handed them over, rows and all.
 """

@@ -16,7 +16,7 @@ modules, `models_of`). Each app keeps its own history, apart from the project's 
 other app's: peewee-migrate's history table per app, `migratehistory_<package>` (the project's
 is peewee-migrate's own `migratehistory`), so an app's `001_initial` never meets the project's,
 and an app added to a running deployment gets its migrations applied from its first. (The
-example app's two tables were the project's until its `014`, which hands them over without a
+example app's two tables were the project's until its `015`, which hands them over without a
 statement; the example's own `001_initial` then finds them: `create_model` is `IF NOT EXISTS`.)
 
 Index names. peewee-migrate compares the indexes of the app's models with those of the models

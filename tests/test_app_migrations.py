@@ -198,12 +198,14 @@ def test_makemigration_command_writes_into_the_apps_folder(tmp_path, app_dir):
 
 def test_a_database_of_the_previous_version_hands_the_example_tables_to_the_app(db_url,
                                                                                  tmp_path):
-    """Before 014 the project's migrations held the example's tables; on such a database the
-    project's 014 forgets them without a statement and the app's 001_initial finds them: the
+    """Before 015 the project's migrations held the example's tables; on such a database the
+    project's 015 forgets them without a statement and the app's 001_initial finds them: the
     rows and the index names stay, and neither the project nor the app has a change left."""
     old = tmp_path / "previous"
-    shutil.copytree(MIGRATIONS_DIR, old, ignore=shutil.ignore_patterns("__pycache__", "014_*"))
-    handover = "014_example_tables_to_the_example_app"
+    [handover] = [n[:-3] for n in _files(MIGRATIONS_DIR)
+                  if n.endswith("_example_tables_to_the_example_app.py")]
+    shutil.copytree(MIGRATIONS_DIR, old,
+                    ignore=shutil.ignore_patterns("__pycache__", handover + ".py"))
     db = open_database(db_url)
     assert handover not in migrate(db, str(old))
     db.execute_sql("INSERT INTO balance_snapshot (account_id, mode, taken_at, available, "

@@ -57,7 +57,7 @@ def find(findings: list[Finding], variable: str, status: Status | None = None) -
 @pytest.fixture
 def storage(tmp_path):
     db = open_database(f"sqlite:///{tmp_path}/doctor.db")
-    migrate(db)
+    migrate(db, apps=[SAMPLE_APP])  # up to date: the project's migrations and the app's
     st = Storage(db, workers=1)
     yield st
     st.close()

@@ -2,7 +2,7 @@
 
 The example's two tables: `balance_snapshot` (balance_snapshot.py) and `customer_summary`
 (sync_customers.py). A database that ran the project's migrations 001-013 already has both (the
-project created them before the example became an app, and handed them over in its 014): the
+project created them before the example became an app, and handed them over in its 015): the
 tables and their indexes are created only where missing (peewee's `create_table` is `IF NOT
 EXISTS`), under the same names, so this finds them and changes nothing.
 """

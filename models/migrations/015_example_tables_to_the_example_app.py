@@ -1,4 +1,4 @@
-"""Peewee migrations -- 014_example_tables_to_the_example_app.py.
+"""Peewee migrations -- 015_example_tables_to_the_example_app.py.
 
 The example's tables, `balance_snapshot` (001) and `customer_summary` (004), now belong to the
 example app, whose own migrations declare them (example_app/migrations/001_initial.py; an app's
