@@ -27,6 +27,7 @@ from cli import (
     jobs,
     manifest,
     migrate,
+    new,
     openapi,
     prune,
     serve,
@@ -42,7 +43,7 @@ log = logging.getLogger("app.cli")
 
 #: The command modules, in the order `--help` lists their commands.
 COMMANDS = (serve, migrate, install_link, jobs, events, tasks, installs, credentials, prune,
-            manifest, openapi, simulate, doctor, dev)
+            manifest, openapi, simulate, doctor, dev, new)
 
 
 def _epilog() -> str:

@@ -5,7 +5,6 @@ database created for the session, real signatures from the `stripe` library, and
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -22,8 +21,18 @@ import peewee as pw
 import pytest
 
 from cli.devtools import compact, free_port, make_event, sign  # noqa: F401 (for the tests)
-from service.config import Config
-from service.server import Backend
+from stripe_app_backend import harness
+from stripe_app_backend.harness import (  # noqa: F401 (the shared harness, for the tests)
+    APP_SECRET,
+    APP_SECRET_2,
+    WH_LIVE,
+    WH_LIVE_2,
+    WH_TEST,
+    Running,
+    event,
+    running,
+    wait_for,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The app every test runs (never the shipped example app: editing it cannot break a test).
@@ -33,12 +42,6 @@ SAMPLE_APP = os.path.join(ROOT, "tests", "apps", "sample_app")
 SAMPLE_PACKAGES = ("models", "jobs", SAMPLE_APP)
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-APP_SECRET = "absec_test" + "a" * 24
-APP_SECRET_2 = "absec_test" + "b" * 24
-WH_LIVE = "whsec_live" + "c" * 24
-WH_LIVE_2 = "whsec_live" + "d" * 24
-WH_TEST = "whsec_test" + "e" * 24
-
 
 def sign_many(payload: str, secrets: list[str], timestamp: int | None = None) -> str:
     """One header with a v1 per secret (as Stripe sends while a secret is rolled)."""
@@ -47,26 +50,10 @@ def sign_many(payload: str, secrets: list[str], timestamp: int | None = None) ->
     return ",".join([headers[0]] + [h.split(",", 1)[1] for h in headers[1:]])
 
 
-def event(type_: str, account: str | None = "acct_1", livemode: bool = True,
-          **kwargs: Any) -> dict[str, Any]:
-    """`make_event`, for account acct_1 in live mode unless told otherwise."""
-    return make_event(type_, account, livemode, **kwargs)
-
-
-def base_env(tmp_path: Any, **extra: str) -> dict[str, str]:
-    env = {
-        "HOST": "127.0.0.1",
-        "PORT": "0",
-        "DATABASE_URL": f"sqlite:///{tmp_path}/app.db",
-        "STRIPE_APP_SECRETS": APP_SECRET,
-        "STRIPE_WEBHOOK_SECRETS_LIVE": WH_LIVE,
-        "STRIPE_WEBHOOK_SECRETS_TEST": WH_TEST,
-        "STRIPE_APP_ID": "com.example.testapp",
-        "SHUTDOWN_TIMEOUT": "5",
-        "APP_PACKAGES": SAMPLE_APP,
-    }
-    env.update(extra)
-    return {k: v for k, v in env.items() if v is not None}
+def base_env(tmp_path: Any, **extra: str | None) -> dict[str, str]:
+    """The harness's configuration (`stripe_app_backend.harness.base_env`), running the sample
+    app unless `extra` says otherwise."""
+    return harness.base_env(tmp_path, **{"APP_PACKAGES": SAMPLE_APP, **extra})
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -76,60 +63,6 @@ def _sample_app_everywhere() -> Any:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("APP_PACKAGES", SAMPLE_APP)
         yield
-
-
-#: (timestamp, body) of every signature `Running.signed` made in this test session: a backend
-#: started again on the same database (or a second replica) remembers them too.
-_SIGNED: set[tuple[int, bytes]] = set()
-
-
-class Running:
-    """A started Backend and an HTTP client pointed at it."""
-
-    def __init__(self, backend: Backend, client: httpx.AsyncClient) -> None:
-        self.backend = backend
-        self.client = client
-        self.url = f"http://127.0.0.1:{backend.port}"
-
-    def fresh_signature(self, raw: bytes, secret: str = APP_SECRET) -> str:
-        """A signature of `raw` no earlier call made, as the extension gets a new one per call:
-        Stripe signs the timestamp, in seconds, and the body, so a body signed twice in one
-        second would carry the same signature, which single-use endpoints refuse as a replay
-        (service/signed.py). A repeat is signed a second (or more) earlier, well within the
-        tolerance."""
-        t = int(time.time())
-        while (t, raw) in _SIGNED:
-            t -= 1
-        _SIGNED.add((t, raw))
-        return sign(raw, secret, t)
-
-    async def signed(self, path: str, body: dict | str | bytes, secret: str = APP_SECRET,
-                     header: str | None = None, **kw: Any) -> httpx.Response:
-        """POST `body` signed as the extension would (a new signature per call), or with
-        `header` as given."""
-        raw = body if isinstance(body, str | bytes) else compact(body)
-        raw_b = raw.encode() if isinstance(raw, str) else raw
-        sig = header if header is not None else self.fresh_signature(raw_b, secret)
-        return await self.client.post(path, content=raw_b, headers={
-            "Stripe-Signature": sig, "Content-Type": "application/json", **kw})
-
-    async def webhook(self, ev: dict | str, secret: str = WH_LIVE,
-                      header: str | None = None) -> httpx.Response:
-        raw = ev if isinstance(ev, str) else json.dumps(ev, indent=2)
-        sig = header if header is not None else sign(raw, secret)
-        return await self.client.post("/webhooks", content=raw.encode(),
-                                      headers={"Stripe-Signature": sig})
-
-    async def settle(self, timeout: float = 30.0) -> None:
-        """Wait until webhook processing started by this backend is done; fail after `timeout`
-        seconds (a ceiling for a loaded machine: returning quietly instead would let the next
-        assertion fail for a reason that is not the code's)."""
-        import asyncio
-
-        deadline = time.monotonic() + timeout
-        while self.backend.events._tasks:
-            assert time.monotonic() < deadline, f"webhook processing not done in {timeout}s"
-            await asyncio.sleep(0.01)
 
 
 def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
@@ -267,34 +200,6 @@ def wait_until_closed(port: int) -> None:
         time.sleep(0.05)
 
 
-async def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    """Await `predicate()` every 50 ms until it returns something true, and return that; fail
-    after `timeout` seconds (a ceiling, measured on the monotonic clock, which injected test
-    clocks do not move)."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout}s")
-
-
-@contextlib.asynccontextmanager
-async def running(env: dict[str, str], **kwargs: Any) -> AsyncIterator[Running]:
-    config = Config.from_env(env)
-    backend = Backend(config, **kwargs)
-    await backend.start()
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{backend.port}", timeout=20)
-    try:
-        yield Running(backend, client)
-    finally:
-        await client.aclose()
-        await backend.stop()
-
-
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
 def _pg_admin() -> pw.PostgresqlDatabase:
@@ -354,13 +259,8 @@ def db_url(request: Any, tmp_path: Any) -> str:
 # ---- localstripe -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def localstripe() -> Any:
+def localstripe(stripe_emulator: str) -> str:
     """A real localstripe emulator on a free port, for the whole session, from scratch: its
     data lives in memory only, never in the machine-wide /tmp/localstripe.pickle that other
-    runs share (see cli/emulator.py)."""
-    from cli import emulator
-
-    proc, url = emulator.start(0)
-    yield url
-    proc.terminate()
-    proc.wait(5)
+    runs share (see cli/emulator.py). The test kit's own (`stripe_app_backend.testing`)."""
+    return stripe_emulator
