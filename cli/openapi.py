@@ -128,6 +128,8 @@ def operation(spec: EndpointSpec, operation_id: str) -> dict[str, Any]:
     if spec.roles:
         lines.append("Needs one of the roles " + ", ".join(f"`{r}`" for r in spec.roles)
                      + " in the signed `stripe_roles` (else 403 `role_required`).")
+    if spec.single_use:
+        lines.append("Each signature is accepted once (401 `signature_replayed` after that).")
     lines.append("403 `not_installed` when the account has installed the app in no mode. An "
                  "`APIError` the app raises answers its own status and code, in the same "
                  "error body.")

@@ -66,6 +66,7 @@ class EndpointSpec:
     fields: dict[str, type] = field(default_factory=dict)
     roles: tuple[str, ...] = ()
     description: str = ""
+    single_use: bool = False  # each signature accepted once (an endpoint that changes state)
 
     @property
     def read(self) -> Callable[..., Any]:
@@ -114,9 +115,11 @@ def _check_path(path: str) -> None:
 
 def endpoint(path: str, *, fields: dict[str, type] | None = None,
              roles: Iterable[str] | None = None,
-             description: str = "") -> Callable[[E], E]:
+             description: str = "", single_use: bool = False) -> Callable[[E], E]:
     """Mark `async def f(req: SignedRequest, ctx: EndpointContext)` as the signed endpoint
-    `POST path`, answering its return value as JSON (see the module doc)."""
+    `POST path`, answering its return value as JSON (see the module doc). `single_use=True`
+    for an endpoint that changes state: each signature is accepted once, on every replica
+    (401 `signature_replayed` after that), as on the built-in task start and credentials."""
     _check_path(path)
     declared = dict(fields or {})
     for name, kind in declared.items():
@@ -136,7 +139,7 @@ def endpoint(path: str, *, fields: dict[str, type] | None = None,
                             "function (req, ctx)")
         text = description or inspect.getdoc(func) or ""
         func.__endpoint_spec__ = EndpointSpec(  # type: ignore[attr-defined]
-            path, func, _handler_name(func), declared, role_ids, text)
+            path, func, _handler_name(func), declared, role_ids, text, single_use)
         return func
 
     return mark

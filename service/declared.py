@@ -12,6 +12,8 @@ request metrics label it like a handler written here), with every check of `Sign
   value as JSON (`BadInput` -> 400 `bad_request`, `APIError` -> its own status and code).
   A function with no `await` in it (it needs no database, no network: it cannot suspend) is
   `lean`: `service/lean.py` serves it, as fast as the built-in `/api/installation`.
+  `single_use=True` makes it a `single_use_signature` handler (each signature accepted once;
+  it is then never lean: recording the signature is a database write).
 - `@per_mode_endpoint(path)` -> a `PerModeHandler`: for each mode, the declared read of the
   calling account in a database thread when the account is installed in that mode, else null.
 """
@@ -109,7 +111,9 @@ def handler_for(spec: EndpointSpec) -> type[SignedHandler]:
                     {"read": staticmethod(func), "__module__": func.__module__,
                      "__doc__": f"POST {spec.path}: {func.__name__} per installed mode."})
     return type(spec.handler_name, (EndpointHandler,),
-                {"spec": spec, "lean": not suspends(func), "__module__": func.__module__,
+                {"spec": spec, "single_use_signature": spec.single_use,
+                 "lean": not spec.single_use and not suspends(func),
+                 "__module__": func.__module__,
                  "__doc__": f"POST {spec.path}: {spec.description or func.__name__}"})
 
 

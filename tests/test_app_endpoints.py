@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, SAMPLE_APP, base_env, compact, running, same_answer, sign
+from conftest import (
+    APP_SECRET,
+    ROOT,
+    SAMPLE_APP,
+    base_env,
+    compact,
+    running,
+    same_answer,
+    sign,
+)
 
 from models.installation import apply_state
 
@@ -81,6 +90,12 @@ async def count(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
 @endpoint("/api/notes/admin", roles=["admin", "owner"])
 async def admin(req: SignedRequest, ctx: EndpointContext) -> bool:
     return True
+
+
+@endpoint("/api/notes/add", fields={"text": str}, single_use=True)
+async def add(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
+    """Changes state: each signature once."""
+    return {"added": req.body["text"]}
 '''
 
 
@@ -171,6 +186,7 @@ async def test_an_app_endpoint_that_cannot_suspend_is_served_by_the_lean_path(tm
         assert routes["/api/notes/hello"].__name__ == "HelloHandler"
         assert routes["/api/notes/admin"].__name__ == "AdminHandler"
         assert "/api/notes/count" not in routes  # it awaits the database
+        assert "/api/notes/add" not in routes  # single-use: it records its signature
         await install(app)
         lean_routes = app.backend.app.lean
         body = {**IDS, "name": "é", "times": 1}
@@ -262,3 +278,23 @@ def test_no_project_test_imports_or_loads_the_example_app(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_single_use_app_endpoint_accepts_each_signature_once(tmp_path):
+    """`@endpoint(..., single_use=True)`, for an app endpoint that changes state: a replayed
+    signature is refused as on the built-in state-changing endpoints; a fresh one is served."""
+    app_dir = write_app(tmp_path)
+    async with running(base_env(tmp_path, APP_PACKAGES=str(app_dir))) as app:
+        await install(app)
+        raw = compact({**IDS, "text": "hi"})
+        header = sign(raw, APP_SECRET)
+        first = await app.signed("/api/notes/add", raw, header=header)
+        assert first.status_code == 200 and first.json() == {"added": "hi"}, first.text
+        again = await app.signed("/api/notes/add", raw, header=header)
+        assert again.status_code == 401, again.text
+        assert again.json()["error"]["code"] == "signature_replayed"
+        # the same body signed at another second is another signature
+        other = await app.signed("/api/notes/add", raw,
+                                 header=sign(raw, APP_SECRET, int(time.time()) - 1))
+        assert other.status_code == 200, other.text
