@@ -107,9 +107,7 @@ def test_a_folder_in_use_is_refused_and_an_empty_one_taken(tmp_path: Path) -> No
 
 def test_the_docs_testing_example_passes_in_a_new_app(tmp_path: Path) -> None:
     """docs' "Testing your app" example (and its pinned clock), as a test of a new app."""
-    doc = next(text for text in (Path(ROOT, "docs", name).read_text()
-                                 for name in ("apps.md", "apps-testing.md"))
-               if "## Testing your app" in text)
+    doc = Path(ROOT, "docs", "apps.md").read_text()
     section = doc.split("## Testing your app", 1)[1].split("\n## ", 1)[0]
     example, pinned = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
     assert new(str(tmp_path / "acme_app")).returncode == 0
