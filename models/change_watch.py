@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -85,14 +86,22 @@ class SqliteWatch(ChangeWatch):
         self.storage, self.path = storage, path
         self._conn: sqlite3.Connection | None = None
         self._version: int | None = None
+        #: Held while a database thread reads on the connection and while `close` closes it:
+        #: closing an SQLite connection another thread is using crashes the process (seen: a
+        #: segmentation fault when a shutdown closed the watch during a read).
+        self._lock = threading.Lock()
+        self._closed = False
 
     def _read(self) -> int:
         """`PRAGMA data_version` on the watch's own connection (opened on first use; used by
         one database thread at a time, since `wait` awaits each read)."""
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False,
-                                         isolation_level=None)
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        with self._lock:
+            if self._closed:  # a read that started after the watch ended opens nothing
+                raise sqlite3.ProgrammingError("the watch is closed")
+            if self._conn is None:
+                self._conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False,
+                                             isolation_level=None)
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     async def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -102,18 +111,23 @@ class SqliteWatch(ChangeWatch):
                 version = await self.storage.run(self._read)
             except Exception as exc:  # the file is busy or gone: the poll decides
                 log.debug("data_version not read: %s", type(exc).__name__)
-                self.close()
+                self._drop()  # opened again by the next read
                 continue
             if version != self._version:  # the first read, too: what changed since loading
                 self._version = version
                 return True
         return False
 
+    def _drop(self) -> None:
+        with self._lock:  # after a read under way (a PRAGMA takes microseconds)
+            conn, self._conn, self._version = self._conn, None, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
     def close(self) -> None:
-        conn, self._conn, self._version = self._conn, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._closed = True
+        self._drop()
 
 
 class PostgresWatch(ChangeWatch):

@@ -58,3 +58,45 @@ async def test_a_pause_from_the_command_line_reaches_the_running_server_at_once(
             assert out.returncode == 0, out.stderr
             seconds = await until(client, jobs, 30)
             assert seconds < AT_ONCE, f"{action} reached the server after {seconds:.1f}s"
+
+
+def test_closing_the_sqlite_watch_waits_for_a_read_under_way(tmp_path):
+    """The watch's connection is closed only after a database thread's read on it ends (seen:
+    a shutdown that closed it during a read crashed the process), and a read that starts after
+    the watch is closed opens no new connection."""
+    import sqlite3
+    import threading
+
+    from models.change_watch import SqliteWatch
+
+    path = str(tmp_path / "watch.db")
+    sqlite3.connect(path).close()
+    watch = SqliteWatch(None, path)  # type: ignore[arg-type]  # _read needs no storage
+    assert isinstance(watch._read(), int)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def reader():
+        with watch._lock:  # as `_read` holds it while its PRAGMA runs
+            holding.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert holding.wait(5)
+    closer = threading.Thread(target=watch.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # waits for the read
+    assert watch._conn is not None
+    release.set()
+    closer.join(5)
+    thread.join(5)
+    assert watch._conn is None
+    try:
+        watch._read()
+    except sqlite3.ProgrammingError:
+        pass
+    else:
+        raise AssertionError("a read after close opened a connection")
+    assert watch._conn is None
