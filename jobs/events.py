@@ -43,6 +43,7 @@ from jobs.credentials import NOT_CONFIGURED
 from jobs.errors import error_text
 from jobs.registry import JobFunc
 from models.base import now
+from models.context import account_context
 from models.enums import EventStatus, Mode
 from models.events import (
     WebhookEvent,
@@ -125,10 +126,22 @@ class EventProcessor:
     def _handlers(self, type_: str) -> list[JobFunc]:
         return self.registry.handlers.get(type_, []) + self.registry.handlers.get("*", [])
 
-    def needs_processing(self, type_: str, account_id: str | None) -> bool:
-        """False for an event nothing here acts on: it is stored as processed at once."""
+    def needs_processing(self, type_: str, account_id: str | None, mode: str | None = None,
+                         context: str | None = None) -> bool:
+        """False for an event nothing here acts on: it is stored as processed at once. An
+        event whose `context` would change its installation's is acted on (`_take_context`)."""
         return (self._is_lifecycle(type_, account_id) or installs.handles(type_)
-                or bool(self._handlers(type_)))
+                or bool(self._handlers(type_))
+                or (context is not None and account_id is not None and mode is not None
+                    and self._context_news(account_id, mode, context)))
+
+    def _context_news(self, account_id: str, mode: str, context: str) -> bool:
+        """Whether `context` (an event's) would change what the installation holds."""
+        view = self.installations.get(account_id, mode)
+        if view is None:
+            return False
+        applies, value = account_context(context, account_id)
+        return applies and value != view.context
 
     def submit(self, event_id: str) -> None:
         """Process a just-stored event soon, without making the caller wait."""
@@ -185,13 +198,15 @@ class EventProcessor:
                      f", {out.deleted} app rows deleted" if out.deleted else "")
         if installs.handles(event.type):
             await installs.process_event(event, self.installations)
+        if event.account_id and event.context:
+            await self._take_context(event)
         handlers = self._handlers(event.type)
         if not handlers:
             return
         if event.account_id and not await self.installations.is_active_now(event.account_id,
                                                                            event.mode):
             if await self.storage.run(waiting_event, AUTHORIZED, event.account_id,
-                                      event.livemode):
+                                      event.mode):
                 # Stripe keeps no order: the install this event follows may be stored and
                 # not yet applied (processed at the same time, or failed and to be retried)
                 raise InstallNotApplied(f"the account.application.authorized event of "
@@ -206,6 +221,26 @@ class EventProcessor:
                                storage=self.storage, clients=self.tools.clients,
                                vault=self.tools.vault, http=self.tools.http, revealed=revealed)
             await handler(ctx)
+
+    async def _take_context(self, event: WebhookEvent) -> None:
+        """The installation of the event's account and mode takes the event's context, by the
+        rule of `models/context.py` (never another account's; newest event wins)."""
+        account, mode = event.account_id, event.mode
+        assert account is not None
+        view = self.installations.get(account, mode)
+        if view is None:
+            return  # no installation here: its install event, or a later event, will tell
+        applies, context = account_context(event.context, account)
+        if not applies:
+            log.warning("event %s for %s/%s: its context %s names another account; ignored",
+                        event.id, account, mode, event.context)
+            return
+        if context == view.context:
+            return
+        after = await self.installations.set_context(account, mode, context, event.created)
+        if after is not None and after.context == context:
+            log.info("%s/%s: calls now use %s (event %s)", account, mode,
+                     f"Stripe-Context {context}" if context else "Stripe-Account", event.id)
 
     async def poll(self) -> int:
         """Process events that are due for a retry or were left behind; returns how many."""

@@ -24,8 +24,9 @@ Reconciliation (`InstallSync`): list the app's installs per mode (`app=STRIPE_AP
 and deactivate the reverse, in chunks that let the event loop breathe, one log line and one
 `install_sync_changes_total` count per difference. The whole list is read before anything is
 changed, so a listing that fails midway changes nothing. It runs at start-up and daily at a
-stable moment of the day, each claimed in `job_run` (job `installs.sync`, account `platform`) so
-that one replica does it; `run.py installs sync` runs it now.
+stable moment of the day (the sandbox mode hourly: `next_fire`), each claimed in `job_run` (job
+`installs.sync`, account `platform`) so that one replica does it; `run.py installs sync` runs it
+now. The sandbox mode lists the managed sandbox's installs with its own key.
 
 Permissions: `missing_permissions(declared, view)` is what a job's `permissions=[...]` lacks in
 the install's `permissions_granted` (nothing when the Install API has not said yet).
@@ -48,7 +49,7 @@ from jobs.errors import error_text
 from jobs.stripe_api import StripeClients
 from models.base import now
 from models.db import Storage
-from models.enums import MODES
+from models.enums import MODES, Mode
 from models.events import WebhookEvent
 from models.installation import (
     INACTIVE_STATUSES,
@@ -72,6 +73,7 @@ INSTALL_EVENTS = (CREATED, UPDATED, DELETED)
 SYNC_JOB = "installs.sync"
 PLATFORM = "platform"
 DAY = 86400
+HOUR = 3600
 SYNC_SPREAD = 3600  # the daily sync runs at a stable moment within the first hour (UTC)
 STARTUP_BUCKET = 600  # replicas starting within the same ten minutes share one start-up sync
 CHUNK = 500  # changes per database transaction during a sync
@@ -99,7 +101,7 @@ async def process_event(event: WebhookEvent, installations: InstallationIndex) -
         return
     if "livemode" not in obj:
         obj = {**obj, "livemode": event.livemode}
-    facts = InstallFacts.of(obj)
+    facts = InstallFacts.of(obj, sandbox=event.mode == Mode.SANDBOX)
     kind = {CREATED: Change.INSTALLED, DELETED: Change.UNINSTALLED}.get(event.type,
                                                                         Change.DETAILS)
     out = await installations.apply(InstallChange(
@@ -136,6 +138,15 @@ class SyncResult:
                 f"in {self.seconds:.1f}s")
 
 
+#: Where else `confirm` looks for an install a callback placed in a mode Stripe does not have
+#: it in: a `livemode=false` callback is first a sandbox install, then a live one.
+OTHER_MODES: dict[Mode, tuple[Mode, ...]] = {
+    Mode.LIVE: (Mode.TEST, Mode.SANDBOX),
+    Mode.TEST: (Mode.SANDBOX, Mode.LIVE),
+    Mode.SANDBOX: (Mode.TEST, Mode.LIVE),
+}
+
+
 def _rows_of_mode(mode: str) -> dict[str, Installation]:
     query = Installation.select().where(Installation.mode == mode)
     return {row.account_id: row for row in query.iterator()}
@@ -155,6 +166,17 @@ def daily_fire(app_id: str, at: float) -> int:
     day = int(at) // DAY * DAY
     fire = day + offset
     return fire if fire > at else fire + DAY
+
+
+def next_fire(app_id: str, mode: str, at: float) -> int:
+    """The next sync of `mode` after `at`, the same on every replica: daily (`daily_fire`) for
+    live and test; hourly for sandbox, at a stable minute of the hour, since Stripe retries a
+    sandbox webhook only a few times over a few hours, so a missed one is caught sooner."""
+    if mode != Mode.SANDBOX:
+        return daily_fire(app_id, at)
+    offset = zlib.crc32(f"{SYNC_JOB}:{app_id}:{mode}".encode()) % HOUR
+    fire = int(at) // HOUR * HOUR + offset
+    return fire if fire > at else fire + HOUR
 
 
 class InstallSync:
@@ -180,7 +202,7 @@ class InstallSync:
         try:
             page = await client.v1.apps.installs.list_async({"app": self.app_id, "limit": 100})
             async for inst in page.auto_paging_iter():
-                facts = InstallFacts.of(inst)
+                facts = InstallFacts.of(inst, sandbox=mode == Mode.SANDBOX)
                 found[facts.account_id] = facts
                 if len(found) % 1000 == 0:
                     await asyncio.sleep(0)
@@ -253,7 +275,7 @@ class InstallSync:
                                   f"{account_id}")
             install_id = page.data[0].id
         obj = await client.v1.apps.installs.uninstall_async(install_id)
-        facts = InstallFacts.of(obj)
+        facts = InstallFacts.of(obj, sandbox=mode == Mode.SANDBOX)
         out = await self.installations.apply(InstallChange(
             account_id, mode, Change.UNINSTALLED, int(time.time()), "uninstall", facts=facts))
         log.info("uninstalled %s/%s through the API (%s)%s", account_id, mode, facts.status,
@@ -274,7 +296,7 @@ class InstallSync:
             log.warning("install of %s/%s not confirmed now (the Install API: %s); waiting for "
                         "Stripe's event", account_id, mode, type(exc).__name__)
             return None
-        found = [f for f in map(InstallFacts.of, page.data)
+        found = [f for f in (InstallFacts.of(i, sandbox=mode == Mode.SANDBOX) for i in page.data)
                  if f.account_id == account_id and f.mode == mode]
         installed = [f for f in found if f.installed]
         if installed:
@@ -288,9 +310,12 @@ class InstallSync:
 
         - installed in `mode`: `INSTALLED` there (a pending install takes effect, a provisional
           mode is confirmed); its outcome is returned;
-        - not in `mode` but installed in the other mode: the claimed mode was wrong (it is not
-          signed). `CONTRADICTED` undoes a provisional `mode` (its jobs stop) and `INSTALLED`
-          applies the other mode, whose outcome is returned;
+        - not in `mode` (or `mode` has no key here) but installed in another mode
+          (`OTHER_MODES`, in order): the claimed mode was wrong (it is not signed, and a
+          callback's `livemode=false` is a test or a sandbox install alike: a sandbox install,
+          started from an install link or the Marketplace, carries no sandbox flag).
+          `CONTRADICTED` undoes a provisional `mode` (its jobs stop) and `INSTALLED` applies
+          the mode Stripe has, whose outcome is returned;
         - anything else (no key, an error, a timeout, listed nowhere, perhaps not yet): nothing
           changes and None is returned; the event, or the daily sync, decides. A listing that
           shows nothing anywhere undoes nothing: it may lag behind the install.
@@ -303,12 +328,16 @@ class InstallSync:
             return await self.installations.apply(InstallChange(
                 account_id, mode, Change.INSTALLED, asked, "install_api", user_id=user_id,
                 facts=here))
-        if here is None:
+        if here is None and mode in self.modes():
             return None
-        other = "test" if mode == "live" else "live"
-        there = await self._installed(account_id, other, timeout)
+        there: InstallFacts | None | bool = None
+        for other in OTHER_MODES[Mode(mode)]:
+            there = await self._installed(account_id, other, timeout)
+            if isinstance(there, InstallFacts):
+                break
         if not isinstance(there, InstallFacts):
             return None
+        other = Mode(there.mode)
         undone = await self.installations.apply(InstallChange(
             account_id, mode, Change.CONTRADICTED, asked, "install_api"))
         if undone.flipped:
@@ -337,13 +366,20 @@ class InstallSync:
         return result
 
     async def run_forever(self) -> None:
-        """At start-up, then daily: a claimed sync of every mode with a platform key."""
-        fire = int(time.time()) // STARTUP_BUCKET * STARTUP_BUCKET
+        """At start-up, then each mode at its `next_fire` (live and test daily, sandbox
+        hourly): a claimed sync of every mode with a platform key."""
+        modes = self.modes()
+        if not modes:
+            return
+        start = int(time.time()) // STARTUP_BUCKET * STARTUP_BUCKET
+        due = dict.fromkeys(modes, start)
         while True:
-            for mode in self.modes():
+            for mode in modes:
+                if due[mode] > time.time():
+                    continue
                 try:
-                    await self.run_claimed(mode, fire)
-                except Exception as exc:  # the database may be down; the next day tries again
+                    await self.run_claimed(mode, due[mode])
+                except Exception as exc:  # the database may be down; the next fire tries again
                     log.warning("install sync %s could not run: %s", mode, type(exc).__name__)
-            fire = daily_fire(self.app_id, time.time())
-            await asyncio.sleep(max(0.0, fire - time.time()))
+                due[mode] = next_fire(self.app_id, mode, time.time())
+            await asyncio.sleep(max(0.0, min(due.values()) - time.time()))

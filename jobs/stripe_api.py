@@ -1,8 +1,10 @@
 """Stripe API clients for per-account calls: the mode's platform key, `Stripe-Account`, limits.
 
-`StripeClients.for_account(account, mode)` returns a `stripe.StripeClient` bound to the account
-(every request carries `Stripe-Account: <acct>`), pointed at `STRIPE_API_BASE` when set, with
-network retries on (connection errors, 409 and 5xx, with the library's jittered backoff).
+`StripeClients.for_account(account, mode)` returns a `stripe.StripeClient` bound to the account,
+pointed at `STRIPE_API_BASE` when set, with network retries on (connection errors, 409 and 5xx,
+with the library's jittered backoff). Every request names the account one way, never both:
+`Stripe-Context: <context>` when the installation has a context (an organization's, learnt from
+a signed event: `models/context.py`; `contexts` looks it up), else `Stripe-Account: <acct>`.
 All clients of one mode share one HTTP client, which
 
 - spaces requests to stay under `STRIPE_RATE_LIMIT_<MODE>` calls per second (Stripe's own
@@ -106,8 +108,12 @@ class StripeClients:
     def __init__(self, secret_keys: Mapping[str, str | None], rate_limits: Mapping[str, float],
                  api_base: str | None = None, max_network_retries: int = 3,
                  on_response: Callable[[str, int], None] | None = None,
-                 base_delay: float = 0.5) -> None:
+                 base_delay: float = 0.5,
+                 contexts: Callable[[str, str], str | None] | None = None) -> None:
+        """`contexts(account, mode)`: the installation's `Stripe-Context`, None for none (the
+        installation index's `context_of`)."""
         self.secret_keys = secret_keys
+        self.contexts = contexts
         self.api_base = api_base or STRIPE_API
         self.max_network_retries = max_network_retries
         self._http: dict[str, LimitedHTTPClient] = {}
@@ -121,11 +127,16 @@ class StripeClients:
         return self.for_account(None, mode)
 
     def for_account(self, account_id: str | None, mode: str) -> stripe.StripeClient:
+        """A client for `account_id` in `mode` (None: the platform's own account): with
+        `Stripe-Context` when the installation has a context, else `Stripe-Account`."""
         key = self.secret_keys.get(mode)
         if not key:
             raise MissingKey(f"STRIPE_SECRET_KEY_{mode.upper()} is not configured")
+        context = (self.contexts(account_id, mode)
+                   if account_id is not None and self.contexts is not None else None)
         return stripe.StripeClient(
-            key, stripe_account=account_id, base_addresses={"api": self.api_base},
+            key, stripe_account=None if context else account_id, stripe_context=context,
+            base_addresses={"api": self.api_base},
             max_network_retries=self.max_network_retries, http_client=self._http[mode])
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ from types import ModuleType
 import peewee as pw
 
 from models.db import database
+from models.enums import MODE_LENGTH
 from models.loader import DEFAULT_PACKAGES, load_modules
 
 
@@ -40,7 +41,7 @@ class AccountModel(BaseModel):
     __abstract__ = True
 
     account_id = pw.CharField(max_length=255, index=True)
-    mode = pw.CharField(max_length=4)  # a Mode: "live" or "test"
+    mode = pw.CharField(max_length=MODE_LENGTH)  # a Mode: "live", "test" or "sandbox"
 
     @classmethod
     def delete_account_data(cls, account_id: str, mode: str,

@@ -11,14 +11,28 @@ from enum import StrEnum
 
 
 class Mode(StrEnum):
-    """Stripe's two modes. An installation, a job run and an event each belong to one."""
+    """Where an install lives. An installation, a job run, a task and an event each belong to
+    one.
+
+    `live` and `test` are the two modes of the installing account, served with the platform's
+    live and test keys. `sandbox` is an install in one of the user's sandboxes: Stripe serves it
+    through the developer's *managed sandbox*, with that sandbox's own key, webhook endpoints
+    and secrets (docs/deploy.md, "Sandboxes"). A sandbox's objects say `livemode: false`, so a
+    sandbox event is told apart from a test one only by the secret that verified it, never by a
+    field of the body.
+    """
 
     LIVE = "live"
     TEST = "test"
+    SANDBOX = "sandbox"
 
     @classmethod
-    def of_livemode(cls, livemode: bool) -> Mode:
-        """The mode of a Stripe object's `livemode` flag."""
+    def of_livemode(cls, livemode: bool, sandbox: bool = False) -> Mode:
+        """The mode of a Stripe object's `livemode` flag, seen with the live or test keys or
+        secrets (`sandbox=False`) or with the managed sandbox's (`sandbox=True`, whatever the
+        flag says: a sandbox is never live)."""
+        if sandbox:
+            return cls.SANDBOX
         return cls.LIVE if livemode else cls.TEST
 
     @property
@@ -26,8 +40,11 @@ class Mode(StrEnum):
         return self is Mode.LIVE
 
 
-#: Both modes, live first (the order the API and the CLI list them in).
+#: Every mode, live first, then test, then sandbox (the order the API and the CLI list them in).
 MODES: tuple[Mode, ...] = tuple(Mode)
+
+#: The width of every `mode` column (migration 016 widened them from 4, for "sandbox").
+MODE_LENGTH = 16
 
 
 class JobOutcome(StrEnum):

@@ -37,6 +37,15 @@ class WebhookEvent(BaseModel):
     type = pw.CharField(max_length=255, index=True)
     account_id = pw.CharField(max_length=255, null=True, index=True)
     livemode = pw.BooleanField()
+    # Verified with a sandbox webhook secret: the body says `livemode: false` for a sandbox
+    # and a test event alike, so only the secret tells them apart (`mode`). A flag rather than
+    # a mode column: a replica of the previous version, during a rolling upgrade, inserts
+    # without it and gets the database's default, false, which is right for every event it can
+    # verify (it knows no sandbox secret).
+    sandbox = pw.BooleanField(default=False)
+    # The event's `context` (API 2025-04-30.basil and later: the account, or path of accounts,
+    # that generated it, as `Stripe-Context` names it); null when it has none.
+    context = pw.CharField(max_length=255, null=True)
     created = pw.BigIntegerField()
     payload = pw.TextField()  # the raw body, byte for byte as verified (UTF-8)
     received_at = pw.DoubleField(default=now)
@@ -56,7 +65,7 @@ class WebhookEvent(BaseModel):
 
     @property
     def mode(self) -> Mode:
-        return Mode.of_livemode(self.livemode)
+        return Mode.of_livemode(self.livemode, self.sandbox)
 
 
 def _claimable(t: float, force: bool = False) -> pw.Expression:
@@ -76,20 +85,24 @@ def _claimable(t: float, force: bool = False) -> pw.Expression:
 
 
 def store_event(event_id: str, type_: str, account_id: str | None, livemode: bool,
-                created: int, payload: str, needs_processing: bool = True) -> bool:
+                created: int, payload: str, needs_processing: bool = True,
+                mode: Mode | None = None, context: str | None = None) -> bool:
     """Insert the event; False when an event with this id is already stored (a redelivery).
 
     The primary key decides between two deliveries that race: exactly one insert wins. An
     event nothing handles is stored as processed straight away (one write instead of three).
+    `mode` defaults to `livemode`'s (live or test); a sandbox event names it.
     """
     (stored,) = store_events([NewEvent(event_id, type_, account_id, livemode, created, payload,
-                                       needs_processing)])
+                                       needs_processing, mode, context)])
     assert isinstance(stored, bool)  # a batch of one raises its error
     return stored
 
 
 class NewEvent(NamedTuple):
-    """An event to store (`store_events`): `store_event`'s arguments."""
+    """An event to store (`store_events`): `store_event`'s arguments. `mode` None or live or
+    test: the mode of `livemode` (`Mode.of_livemode`); only `Mode.SANDBOX` is stored as such
+    (the webhook handler names the verifying secret's mode)."""
 
     id: str
     type: str
@@ -98,11 +111,13 @@ class NewEvent(NamedTuple):
     created: int
     payload: str
     needs_processing: bool = True
+    mode: Mode | None = None
+    context: str | None = None
 
 
 #: The columns `store_events` fills, in the order of its parameters.
-_NEW_COLUMNS = ("id", "type", "account_id", "livemode", "created", "payload", "received_at",
-                "status", "attempts", "next_attempt_at", "processed_at")
+_NEW_COLUMNS = ("id", "type", "account_id", "livemode", "sandbox", "context", "created", "payload",
+                "received_at", "status", "attempts", "next_attempt_at", "processed_at")
 
 
 def _insert_sql(rows: int = 1, on_conflict: bool = True) -> str:
@@ -121,8 +136,9 @@ def _values(event: NewEvent, t: float) -> tuple[Any, ...]:
     """The values of `_NEW_COLUMNS` for `event` received at `t`."""
     processing = event.needs_processing
     status = EventStatus.PENDING if processing else EventStatus.PROCESSED
-    return (event.id, event.type, event.account_id, event.livemode, event.created,
-            event.payload, t, status.value, 0, t if processing else None,
+    return (event.id, event.type, event.account_id, event.livemode, event.mode == Mode.SANDBOX,
+            event.context,
+            event.created, event.payload, t, status.value, 0, t if processing else None,
             None if processing else t)
 
 
@@ -252,12 +268,14 @@ def retry_delay(attempts: int, base: float = 2.0, cap: float = RETRY_CAP,
                          uniform=uniform)
 
 
-def waiting_event(type_: str, account_id: str, livemode: bool) -> bool:
+def waiting_event(type_: str, account_id: str, mode: Mode | str) -> bool:
     """Whether an event of `type_` about this account and mode is stored and not yet done with
     (pending, being processed, or failed and to be retried; not processed, not dead)."""
+    mode = Mode(mode)
     return (WebhookEvent.select(WebhookEvent.id)
             .where(WebhookEvent.type == type_, WebhookEvent.account_id == account_id,
-                   WebhookEvent.livemode == livemode,
+                   WebhookEvent.livemode == mode.livemode,
+                   WebhookEvent.sandbox == (mode == Mode.SANDBOX),
                    WebhookEvent.status.in_([EventStatus.PENDING, EventStatus.PROCESSING,
                                             EventStatus.FAILED]))
             .exists())

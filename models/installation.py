@@ -45,7 +45,7 @@ import peewee as pw
 
 from models.base import AccountModel, BaseModel, now
 from models.db import is_sqlite, write_transaction
-from models.enums import Mode
+from models.enums import MODE_LENGTH, Mode
 
 #: Install statuses that mean "installed" and "not installed"; `installing` is left alone.
 ACTIVE_STATUSES = ("installed", "uninstall_failed")
@@ -54,7 +54,7 @@ INACTIVE_STATUSES = ("install_failed", "uninstalling")
 
 class Installation(BaseModel):
     account_id = pw.CharField(max_length=255)
-    mode = pw.CharField(max_length=4)  # a Mode
+    mode = pw.CharField(max_length=MODE_LENGTH)  # a Mode
     active = pw.BooleanField(default=False)
     installed_by = pw.CharField(max_length=255, null=True)
     installed_at = pw.DoubleField(null=True, index=True)
@@ -76,6 +76,10 @@ class Installation(BaseModel):
     details_at = pw.BigIntegerField(default=0)  # `created` of the change that set them
     # A Marketplace install waiting for Stripe to confirm it (`Change.PENDING`), since when.
     pending_at = pw.DoubleField(null=True)
+    # The account's `Stripe-Context` (an organization's, from a signed event's `context`; see
+    # `models/context.py`); null: calls name the account with `Stripe-Account`.
+    context = pw.CharField(max_length=255, null=True)
+    context_at = pw.BigIntegerField(default=0)  # `created` of the event that set it
 
     class Meta:
         indexes = ((("account_id", "mode"), True),
@@ -102,6 +106,7 @@ class InstallationView:
     permissions_pending: tuple[str, ...] = ()
     approval_required: bool = False
     pending: bool = False  # a Marketplace install waiting for Stripe's confirmation
+    context: str | None = None  # its calls' `Stripe-Context` (models/context.py)
 
     @classmethod
     def of(cls, row: Installation) -> InstallationView:
@@ -111,7 +116,7 @@ class InstallationView:
                    row.updated_at, row.install_id, row.install_status,
                    _names(row.permissions_granted), _names(row.permissions_pending) or (),
                    bool(row.approval_required),
-                   row.pending_at is not None and not row.active)
+                   row.pending_at is not None and not row.active, row.context)
 
     @property
     def provisional(self) -> bool:
@@ -136,12 +141,14 @@ class InstallFacts:
     approval_required: bool
 
     @classmethod
-    def of(cls, obj: Any) -> InstallFacts:
-        """From a dict (an event's `data.object`) or a `stripe.apps.Install`."""
+    def of(cls, obj: Any, sandbox: bool = False) -> InstallFacts:
+        """From a dict (an event's `data.object`) or a `stripe.apps.Install`; `sandbox`: seen
+        with the managed sandbox's key or secret (its installs say `livemode: false`)."""
         def get(name: str) -> Any:
             return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
-        return cls(str(get("account")), "live" if get("livemode") else "test", get("id"),
+        return cls(str(get("account")), Mode.of_livemode(bool(get("livemode")), sandbox),
+                   get("id"),
                    get("status"), tuple(get("permissions_granted") or ()),
                    tuple(get("permissions_pending") or ()), bool(get("approval_required")))
 
@@ -353,6 +360,19 @@ def set_paused(account_id: str, mode: str, paused: bool,
     Installation.update(jobs_paused=paused, pause_reason=reason if paused else None,
                         updated_at=now()).where(where).execute()
     row = Installation.get_or_none(where)
+    return InstallationView.of(row) if row else None
+
+
+def set_context(account_id: str, mode: str, context: str | None,
+                at: int) -> InstallationView | None:
+    """Record the `Stripe-Context` of an installation, as the event `created` at `at` says
+    (`models/context.py`); an older event than the one that set it changes nothing. The row as
+    it stands after; None when there is no such installation."""
+    where = _where(account_id, mode)
+    with write_transaction():
+        (Installation.update(context=context, context_at=at, updated_at=now())
+         .where(where & (Installation.context_at <= at)).execute())
+        row = Installation.get_or_none(where)
     return InstallationView.of(row) if row else None
 
 

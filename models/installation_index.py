@@ -36,6 +36,7 @@ from models.installation import (
     change_installation,
     change_many,
     row_view,
+    set_context,
     set_paused,
 )
 
@@ -116,6 +117,21 @@ class InstallationIndex:
         if view is not None:
             self.put(view)
         return view
+
+    async def set_context(self, account_id: str, mode: str, context: str | None,
+                          at: int) -> InstallationView | None:
+        """Record an installation's `Stripe-Context` (`models/context.py`) as the event created
+        at `at` says; None when there is no such installation. Not a change of the
+        installation's state: no listener hears of it, the calls made from now on use it."""
+        view = await self.storage.run(_announced, set_context, account_id, mode, context, at)
+        if view is not None:
+            self.put(view)
+        return view
+
+    def context_of(self, account_id: str, mode: str) -> str | None:
+        """The `Stripe-Context` calls for this installation use; None: `Stripe-Account`."""
+        view = self._rows.get((account_id, mode))
+        return view.context if view is not None else None
 
     async def is_active_now(self, account_id: str, mode: str) -> bool:
         """`is_active`, asking the database when the index says no (another replica may have

@@ -18,7 +18,7 @@ import peewee as pw
 
 from models.base import BaseModel, now
 from models.db import write_transaction
-from models.enums import JobOutcome, RunKind
+from models.enums import MODE_LENGTH, JobOutcome, RunKind
 from models.installation import Installation
 from models.leases import expired, held, renew_rows
 
@@ -29,7 +29,7 @@ ACTIVE = (JobOutcome.CLAIMED, JobOutcome.RUNNING, JobOutcome.RETRYING)
 class JobRun(BaseModel):
     job = pw.CharField(max_length=128)
     account_id = pw.CharField(max_length=255)
-    mode = pw.CharField(max_length=4)  # a Mode
+    mode = pw.CharField(max_length=MODE_LENGTH)  # a Mode
     fire_time = pw.BigIntegerField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True, index=True)

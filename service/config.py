@@ -25,7 +25,7 @@ from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from models.db import SQLITE_SYNCHRONOUS
-from models.enums import MODES
+from models.enums import MODES, Mode
 from models.tasks import DEFAULT_BOUNDS
 from service.loops import EVENT_LOOPS, resolve
 
@@ -227,12 +227,14 @@ class _Secrets:
 
 @dataclass(frozen=True)
 class _SecretKey:
-    """One secret or restricted key of `mode`."""
+    """One secret or restricted key of `mode` (a sandbox's keys are test-mode keys:
+    `sk_test_`, `rk_test_`)."""
 
     mode: str
 
     def __call__(self, name: str, raw: str) -> str | None:
-        found = _Secrets((f"sk_{self.mode}_", f"rk_{self.mode}_"))(name, raw)
+        kind = "test" if self.mode == Mode.SANDBOX else self.mode
+        found = _Secrets((f"sk_{kind}_", f"rk_{kind}_"))(name, raw)
         if len(found) > 1:
             raise ConfigError(f"{name}: takes one key, not a list")
         return found[0] if found else None
@@ -260,7 +262,7 @@ class Variable(Generic[T]):
 
 @dataclass(frozen=True)
 class PerMode(Generic[T]):
-    """A `_LIVE`/`_TEST` pair filling one field, a mapping from mode to value."""
+    """A `_LIVE`/`_TEST`/`_SANDBOX` set filling one field, a mapping from mode to value."""
 
     prefix: str
     variables: Mapping[str, Variable[T]]
@@ -319,10 +321,12 @@ class Config:
     webhook_secrets: Mapping[str, tuple[str, ...]] = per_mode(
         "STRIPE_WEBHOOK_SECRETS", dict.fromkeys(MODES, ()),
         dict.fromkeys(MODES, _Secrets(("whsec_",))),
-        "webhook endpoint secrets (`whsec_...`) per mode")
+        "webhook endpoint secrets (`whsec_...`) per mode; `_SANDBOX`: those of the managed "
+        "sandbox's endpoints (docs/deploy.md, Sandboxes)")
     secret_keys: Mapping[str, str | None] = per_mode(
         "STRIPE_SECRET_KEY", dict.fromkeys(MODES, None), {m: _SecretKey(m) for m in MODES},
-        "platform key per mode for per-account calls (`sk_...` or `rk_...`)")
+        "platform key per mode for per-account calls (`sk_...` or `rk_...`); `_SANDBOX`: the "
+        "managed sandbox's key (`sk_test_...`, not the test key)")
     api_base: str | None = setting(
         "STRIPE_API_BASE", None, _url, "Stripe API address, e.g. a local emulator", "Stripe's")
     app_id: str | None = setting(
@@ -399,8 +403,8 @@ class Config:
         "bytes an account's stored tasks may take (inputs, results, errors, 256 a row); a start "
         "past it answers 429 until retention prunes old tasks", "`10485760` (10 MiB)")
     rate_limits: Mapping[str, float] = per_mode(
-        "STRIPE_RATE_LIMIT", {"live": 80.0, "test": 20.0},
-        {"live": _Float(0.1, 100.0), "test": _Float(0.1, 25.0)},
+        "STRIPE_RATE_LIMIT", {"live": 80.0, "test": 20.0, "sandbox": 20.0},
+        {"live": _Float(0.1, 100.0), "test": _Float(0.1, 25.0), "sandbox": _Float(0.1, 25.0)},
         "Stripe calls per second per mode and process")
     replica_poll_seconds: float = setting(
         "REPLICA_POLL_SECONDS", 30.0, _Float(0.1, 60.0),
@@ -435,10 +439,37 @@ class Config:
     unknown: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_modes_apart()
         if not self.public_url:
             object.__setattr__(self, "public_url", f"http://{self.host}:{self.port}")
         if not self.install_redirect_uri:
             object.__setattr__(self, "install_redirect_uri", f"{self.public_url}/callback/stripe")
+
+    def _check_modes_apart(self) -> None:
+        """No webhook secret or platform key serves two modes: the mode of an event is the
+        mode of the secret that verified it, so a secret shared by the test and sandbox
+        endpoints (or a key) would make one mode's events or calls the other's."""
+        seen: dict[str, str] = {}
+        for mode in MODES:
+            for secret in self.webhook_secrets.get(mode, ()):
+                if seen.setdefault(secret, mode) != mode:
+                    raise ConfigError(
+                        f"STRIPE_WEBHOOK_SECRETS_{mode.upper()}: a secret is also in "
+                        f"STRIPE_WEBHOOK_SECRETS_{seen[secret].upper()}; each mode's endpoints "
+                        "have their own secrets")
+        keys: dict[str, str] = {}
+        for mode in MODES:
+            key = self.secret_keys.get(mode)
+            if key and keys.setdefault(key, mode) != mode:
+                raise ConfigError(
+                    f"STRIPE_SECRET_KEY_{mode.upper()} is the same key as "
+                    f"STRIPE_SECRET_KEY_{keys[key].upper()}; the managed sandbox has its own key")
+
+    @property
+    def sandbox_configured(self) -> bool:
+        """Sandbox installs are served: the managed sandbox's key or webhook secrets are set
+        (`manifest` then sets `sandbox_install_compatible`)."""
+        return bool(self.secret_keys.get(Mode.SANDBOX) or self.webhook_secrets.get(Mode.SANDBOX))
 
     @property
     def callback_path(self) -> str:
@@ -456,6 +487,10 @@ class Config:
             lines.append("STRIPE_APP_SECRETS unset: signed /api requests and install "
                          "callbacks answer 503")
         for mode in MODES:
+            if mode == Mode.SANDBOX and not self.sandbox_configured:
+                lines.append("STRIPE_SECRET_KEY_SANDBOX and STRIPE_WEBHOOK_SECRETS_SANDBOX unset: "
+                             "sandbox installs are not served (docs/deploy.md, Sandboxes)")
+                continue
             if not self.webhook_secrets[mode]:
                 lines.append(f"STRIPE_WEBHOOK_SECRETS_{mode.upper()} unset: no {mode}-mode "
                              "webhook secret")
@@ -585,8 +620,9 @@ def markdown_table() -> str:
             first, *rest = decl.variables.values()
             names = ", ".join([f"`{first.name}`"]
                               + [f"`{var.name.removeprefix(decl.prefix)}`" for var in rest])
-            shown = dict.fromkeys(var.shown_default for var in decl.variables.values())
-            lines.append(f"| {names} | {first.help} | {', '.join(shown)} |")
+            shown = [var.shown_default for var in decl.variables.values()]
+            default = shown[0] if len(set(shown)) == 1 else ", ".join(shown)
+            lines.append(f"| {names} | {first.help} | {default} |")
         else:
             lines.append(f"| `{decl.name}` | {decl.help} | {decl.shown_default} |")
     return "\n".join(lines)

@@ -284,7 +284,8 @@ class Services:
         self.clients = StripeClients(
             cfg.secret_keys, cfg.rate_limits, cfg.api_base,
             on_response=lambda mode, status: metrics.stripe_calls.labels(
-                mode, str(status)).inc())
+                mode, str(status)).inc(),
+            contexts=self.installations.context_of)
         self.tools = tools = Toolbox(self.registry, self.storage, self.installations,
                                      self.clients, self.vault, self.http, self.replica)
         self.events = EventProcessor(

@@ -19,8 +19,19 @@ Answers:
 - 503 when no webhook secret is configured for either mode, or the event cannot be stored (so
   that Stripe retries it).
 
-A test-mode event may arrive signed with the live endpoint's secret (an app installed in both
-modes gets its test events at both endpoints): its mode is still `livemode=false`.
+The mode of an event is the mode of the secret that verified it, read with its signed
+`livemode` (`Mode.of_livemode`), never from an unsigned field:
+- a sandbox secret (`STRIPE_WEBHOOK_SECRETS_SANDBOX`, the managed sandbox's endpoints) makes a
+  `sandbox` event; a sandbox never sends `livemode: true`, so such a body is refused (400);
+- a live or test secret makes a live or test event by its `livemode`: a test-mode event may
+  arrive signed with the live endpoint's secret (an app installed in both modes gets its test
+  events at both endpoints), and is still a test event. A live or test secret never makes a
+  sandbox event, nor a sandbox secret a live or test one (no secret is configured for two
+  modes: `Config`).
+
+Organizations: the event's `context` (API 2025-04-30.basil) is stored with it when it is a
+well-formed context (`models/context.py`); a malformed one is dropped with a log line, never
+the event (Stripe signed it; refusing it would lose it).
 
 `answer()` does all of the above (verify, parse, validate, store, count, answer's value); the
 handler is a `LeanHandler` (`service/lean.py`), served by the lean path or the full one alike.
@@ -31,7 +42,8 @@ from __future__ import annotations
 import logging
 import re
 
-from models.enums import MODES
+from models.context import event_context
+from models.enums import MODES, Mode
 from models.events import NewEvent, store_events
 from service.base import APIError
 from service.ids import ACCOUNT_ID, EVENT_ID
@@ -51,13 +63,13 @@ EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,255}")  # CharField(255); Stripe's types
 class WebhookHandler(LeanHandler):
     lean = True
 
-    def _verify(self) -> str:
+    def _verify(self) -> Mode:
         """Return the mode of the secret that verified the body."""
         secrets = self.config.webhook_secrets
-        if not secrets["live"] and not secrets["test"]:
+        if not any(secrets.values()):
             raise APIError(503, "webhooks are not configured on this server",
                            code="not_configured",
-                           reason_for_log="no STRIPE_WEBHOOK_SECRETS_LIVE or _TEST")
+                           reason_for_log="no STRIPE_WEBHOOK_SECRETS_LIVE, _TEST or _SANDBOX")
         header = self.request.headers.get("Stripe-Signature")
         errors = []
         for mode in MODES:
@@ -100,7 +112,7 @@ class WebhookHandler(LeanHandler):
             self.events.submit(event.id)
         self.metrics.webhook_outcomes["stored" if stored else "duplicate"].inc()
         log.debug("event %s %s %s/%s%s", event.id, event.type, event.account_id or "platform",
-                  "live" if event.livemode else "test", "" if stored else " (duplicate)")
+                  event.mode, "" if stored else " (duplicate)")
         return {"received": True, "duplicate": not stored}
 
     def _accepted(self) -> NewEvent:
@@ -124,10 +136,18 @@ class WebhookHandler(LeanHandler):
                 or (account is not None and not (isinstance(account, str)
                                                  and ACCOUNT_ID.fullmatch(account)))):
             raise APIError(400, "the event lacks a valid id, type, livemode or created")
-        if livemode and secret_mode != "live":
+        if livemode and secret_mode != Mode.LIVE:
             self.metrics.webhook_outcomes["rejected"].inc()
             raise APIError(400, "a live event must be signed with a live webhook secret",
                            code="bad_signature",
-                           reason_for_log=f"live event {event_id} signed with a test secret")
+                           reason_for_log=f"live event {event_id} signed with a "
+                                          f"{secret_mode} secret")
+        raw_context = event.get("context")
+        context = event_context(raw_context)
+        if raw_context is not None and context is None:
+            log.warning("event %s: its context is not a well-formed Stripe-Context (%s); the "
+                        "event is stored without it", event_id, repr(raw_context)[:80])
+        mode = Mode.of_livemode(livemode, secret_mode == Mode.SANDBOX)
         return NewEvent(event_id, type_, account, livemode, created, self.body.decode("utf-8"),
-                        self.events.needs_processing(type_, account))
+                        self.events.needs_processing(type_, account, mode, context), mode,
+                        context)

@@ -204,15 +204,20 @@ def test_a_database_of_the_previous_version_hands_the_example_tables_to_the_app(
     old = tmp_path / "previous"
     [handover] = [n[:-3] for n in _files(MIGRATIONS_DIR)
                   if n.endswith("_example_tables_to_the_example_app.py")]
-    shutil.copytree(MIGRATIONS_DIR, old,
-                    ignore=shutil.ignore_patterns("__pycache__", handover + ".py"))
+    later = sorted(n[:-3] for n in _files(MIGRATIONS_DIR)
+                   if n.endswith(".py") and n[:-3] > handover)
+    shutil.copytree(MIGRATIONS_DIR, old, ignore=shutil.ignore_patterns(
+        "__pycache__", handover + ".py", *(name + ".py" for name in later)))
     db = open_database(db_url)
     assert handover not in migrate(db, str(old))
     db.execute_sql("INSERT INTO balance_snapshot (account_id, mode, taken_at, available, "
                    "pending) VALUES ('acct_1', 'live', 1, '[]', '[]')")
     indexes = {i.name for i in db.get_indexes("balance_snapshot")}
 
-    assert migrate(db, apps=[SAMPLE_APP]) == [handover, "sample_app/001_initial"]
+    app_files = sorted(f"sample_app/{n[:-3]}" for n in _files(app_schema(SAMPLE_APP).migrate_dir)
+                       if n.endswith(".py") and n[0].isdigit())
+    assert migrate(db, apps=[SAMPLE_APP]) == [handover, *later, *app_files]
+    assert app_files[0] == "sample_app/001_initial"
     assert db.execute_sql("SELECT count(*) FROM balance_snapshot").fetchone()[0] == 1
     assert {i.name for i in db.get_indexes("balance_snapshot")} == indexes
     app_copy = shutil.copytree(app_schema(SAMPLE_APP).migrate_dir, tmp_path / "app",

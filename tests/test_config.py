@@ -58,8 +58,8 @@ def test_empty_environment_gives_the_defaults():
         port=8000,
         database_url="sqlite:///var/app.db",
         app_secrets=(),
-        webhook_secrets={"live": (), "test": ()},
-        secret_keys={"live": None, "test": None},
+        webhook_secrets={"live": (), "test": (), "sandbox": ()},
+        secret_keys={"live": None, "test": None, "sandbox": None},
         api_base=None,
         app_id=None,
         install_redirect_uri="http://127.0.0.1:8000/callback/stripe",
@@ -70,7 +70,7 @@ def test_empty_environment_gives_the_defaults():
         shutdown_timeout=10.0,
         db_workers=4,
         job_concurrency=10,
-        rate_limits={"live": 80.0, "test": 20.0},
+        rate_limits={"live": 80.0, "test": 20.0, "sandbox": 20.0},
         replica_poll_seconds=30.0,
         log_format="text",
         log_level="info",
@@ -89,8 +89,8 @@ def test_derived_redirect_and_disabled_features():
     assert explicit.callback_path == "/cb" and explicit.cookie_secure
     assert [line.split(" ")[0] for line in Config().disabled_features()] == [
         "STRIPE_APP_SECRETS", "STRIPE_WEBHOOK_SECRETS_LIVE", "STRIPE_SECRET_KEY_LIVE",
-        "STRIPE_WEBHOOK_SECRETS_TEST", "STRIPE_SECRET_KEY_TEST", "STRIPE_APP_ID",
-        "OPERATOR_TOKEN", "CREDENTIALS_KEYS",
+        "STRIPE_WEBHOOK_SECRETS_TEST", "STRIPE_SECRET_KEY_TEST", "STRIPE_SECRET_KEY_SANDBOX",
+        "STRIPE_APP_ID", "OPERATOR_TOKEN", "CREDENTIALS_KEYS",
     ]
     public = Config.from_env({"PUBLIC_URL": "https://app.example.com/"})
     assert public.public_url == "https://app.example.com"  # an origin: the slash is dropped
@@ -105,9 +105,9 @@ def test_values_are_parsed_per_mode():
         "SCHEDULER": "OFF",
         "LOG_LEVEL": "Debug",
     })
-    assert config.webhook_secrets == {"live": ("whsec_a", "whsec_b"), "test": ()}
-    assert config.secret_keys == {"live": None, "test": "rk_test_1"}
-    assert config.rate_limits == {"live": 99.5, "test": 20.0}
+    assert config.webhook_secrets == {"live": ("whsec_a", "whsec_b"), "test": (), "sandbox": ()}
+    assert config.secret_keys == {"live": None, "test": "rk_test_1", "sandbox": None}
+    assert config.rate_limits == {"live": 99.5, "test": 20.0, "sandbox": 20.0}
     assert config.scheduler is False and config.log_level == "debug"
     with pytest.raises(ConfigError, match="^STRIPE_RATE_LIMIT_TEST: must be between"):
         Config.from_env({"STRIPE_RATE_LIMIT_TEST": "99.5"})
@@ -201,3 +201,27 @@ async def test_the_server_warns_once_at_start_up_of_a_misspelt_setting(tmp_path,
               if r.levelname == "WARNING" and "STRIPE_APP_SECRET " in r.getMessage()]
     assert warned == ["STRIPE_APP_SECRET is set but is not a setting of this backend "
                       "(ignored); did you mean STRIPE_APP_SECRETS?"]
+
+
+def test_the_sandbox_mode_has_its_own_key_and_secrets():
+    """The managed sandbox's key is a test-mode key of its own, and no webhook secret or key
+    serves two modes: an event's mode is the mode of the secret that verified it."""
+    config = Config.from_env({"STRIPE_SECRET_KEY_SANDBOX": "sk_test_sbx",
+                              "STRIPE_WEBHOOK_SECRETS_SANDBOX": "whsec_sbx",
+                              "STRIPE_WEBHOOK_SECRETS_TEST": "whsec_tst"})
+    assert config.secret_keys["sandbox"] == "sk_test_sbx"
+    assert config.webhook_secrets["sandbox"] == ("whsec_sbx",) and config.sandbox_configured
+    assert not Config().sandbox_configured
+    assert not any(line.startswith("STRIPE_SECRET_KEY_SANDBOX")
+                   for line in config.disabled_features())
+    with pytest.raises(ConfigError, match="STRIPE_SECRET_KEY_SANDBOX: each value must start "
+                                          "with sk_test_ or rk_test_"):
+        Config.from_env({"STRIPE_SECRET_KEY_SANDBOX": "sk_live_x"})
+    with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRETS_SANDBOX: a secret is also in "
+                                          "STRIPE_WEBHOOK_SECRETS_TEST"):
+        Config.from_env({"STRIPE_WEBHOOK_SECRETS_TEST": "whsec_a,whsec_same",
+                         "STRIPE_WEBHOOK_SECRETS_SANDBOX": "whsec_same"})
+    with pytest.raises(ConfigError, match="STRIPE_SECRET_KEY_SANDBOX is the same key as "
+                                          "STRIPE_SECRET_KEY_TEST"):
+        Config.from_env({"STRIPE_SECRET_KEY_TEST": "sk_test_1", "STRIPE_SECRET_KEY_SANDBOX":
+                         "sk_test_1"})
