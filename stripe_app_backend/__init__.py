@@ -29,6 +29,7 @@ from jobs.registry import job, on_event
 from jobs.runner import JobContext
 from jobs.tasks import BadInput, TaskContext, task
 from models.base import AccountModel
+from models.enums import Mode
 from service.base import APIError
 from service.signed import SignedRequest
 
@@ -50,6 +51,7 @@ __all__ = [
     "EndpointSpec",
     "EventContext",
     "JobContext",
+    "Mode",
     "OAuthProvider",
     "SignedRequest",
     "TaskContext",
