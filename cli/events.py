@@ -32,10 +32,10 @@ async def list_events(services: Services, args: argparse.Namespace) -> int:
     if args.failed:
         query = query.where(WebhookEvent.status.in_(("failed", "dead")))
     rows = await services.storage.run(lambda: list(query.limit(args.limit)))
-    print(f"{'event':32} {'type':40} {'account':24} mode {'status':9} tries  error")
+    print(f"{'event':32} {'type':40} {'account':24} {'mode':7} {'status':9} tries  error")
     for e in rows:
         error = (e.last_error or "").splitlines()[-1:] or [""]
-        print(f"{e.id:32} {e.type:40} {e.account_id or 'platform':24} {e.mode} "
+        print(f"{e.id:32} {e.type:40} {e.account_id or 'platform':24} {e.mode:7} "
               f"{e.status:9} {e.attempts:5}  {error[0][:80]}")
     return 0
 

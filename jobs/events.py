@@ -16,7 +16,11 @@ Built in:
   account's jobs in that mode.
 Both are applied only if not older than the last change applied (see `models/installation.py`),
 through the door every installation change goes through (`InstallationIndex.apply`).
-The mode is always the event's `livemode`, never the endpoint or secret it arrived with.
+The mode is the stored event's (`WebhookEvent.mode`): its signed `livemode`, read as a sandbox
+event when a sandbox secret verified it (service/webhooks.py); never an unsigned field.
+- An event's `context` (organizations) becomes its installation's `Stripe-Context` by the rule
+  of `models/context.py` (`_take_context`); an event whose context would change its
+  installation's is processed even when nothing else acts on it (`needs_processing`).
 
 The app's handlers (`@on_event`) then run only for an event about the platform itself (no
 `account`) or about an account that has the app installed, active, in the event's mode (after

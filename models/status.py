@@ -97,7 +97,7 @@ def webhooks(now: float, pages: Pages) -> dict[str, Any]:
         hourly.setdefault(int(hour), {})[status] = n
     open_counts = dict(E.select(E.status, pw.fn.COUNT(pw.SQL("*")))
                        .where(E.status.in_(OPEN_STATUSES)).group_by(E.status).tuples())
-    problems = (E.select(E.id, E.type, E.account_id, E.livemode, E.status, E.attempts,
+    problems = (E.select(E.id, E.type, E.account_id, E.livemode, E.sandbox, E.status, E.attempts,
                          E.last_error, E.received_at, E.next_attempt_at)
                 .where(E.status.in_(("failed", "dead"))).order_by(E.received_at.desc()))
     return {
