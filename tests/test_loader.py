@@ -226,7 +226,7 @@ async def test_a_declared_endpoint_is_served_per_installed_mode(tmp_path, app_di
         assert resp.status_code == 200, resp.text
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert resp.json() == {"account_id": "acct_1", "live": None, "test": {
-            "mode": "test", "account": "acct_1", "in_a_thread": True}}
+            "mode": "test", "account": "acct_1", "in_a_thread": True}, "sandbox": None}
         preflight = await app.client.options("/api/shop/hello")
         assert preflight.status_code == 204
         # the examples' endpoints are not this app's: not served
