@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import WH_TEST, base_env, event, running, sign, wait_for
+from conftest import APP_SECRET, WH_TEST, base_env, compact, event, running, sign, wait_for
 from fake_stripe import FakeStripe, Recorded
 
 from jobs.stripe_api import StripeClients
@@ -333,3 +333,55 @@ async def test_a_newer_event_repeating_the_context_still_outranks_an_older_diffe
         await deliver(app, "customer.updated", ACCOUNT, context=ORG, created=t + 20)
         await deliver(app, "customer.updated", ACCOUNT, context=ACCOUNT, created=t + 10)
         names_context(await balance_call(app, fake), ORG)
+
+
+# ---- what the extension is told: /api/installation -------------------------------------------
+
+IDS = {"user_id": "usr_1", "account_id": ACCOUNT}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_installation_answers_each_modes_context_and_the_org_id_sent(tmp_path):
+    async with backend(tmp_path) as (app, _):
+        await install(app, ACCOUNT, Mode.SANDBOX)
+        await deliver(app, "customer.created", ACCOUNT, Mode.SANDBOX, context=ORG)
+        resp = await app.signed("/api/installation", {"org_id": ORG, **IDS})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["org_id"] == ORG and body["account_id"] == ACCOUNT
+        assert body["sandbox"]["active"] is True and body["sandbox"]["context"] == ORG
+        assert body["live"] == {"active": False, "since": None, "context": None}
+        assert body["test"] == {"active": False, "since": None, "context": None}
+        # without org_id (an account in no organization), or with null: none answered
+        for sent in ({}, {"org_id": None}):
+            body = (await app.signed("/api/installation", {**sent, **IDS})).json()
+            assert "org_id" not in body and body["sandbox"]["context"] == ORG
+
+
+@pytest.mark.parametrize("bad", ["org", "org_", "acct_1", "org_a b", "org_a/acct_1", "ORG_abc",
+                                 "org_" + "a" * 252, 42, True, ["org_a"], {"id": "org_a"}, ""])
+@pytest.mark.gen_test(timeout=60)
+async def test_a_malformed_org_id_is_400_with_a_clear_error(tmp_path, bad):
+    async with backend(tmp_path) as (app, _):
+        resp = await app.signed("/api/installation", {"org_id": bad, **IDS})
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert "org_id" in error["message"] and error["code"] == "bad_request"
+        assert resp.headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_longest_org_id_is_answered(tmp_path):
+    async with backend(tmp_path) as (app, _):
+        longest = "org_" + "a" * 251
+        resp = await app.signed("/api/installation", {"org_id": longest, **IDS})
+        assert resp.status_code == 200 and resp.json()["org_id"] == longest
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_org_id_the_signature_does_not_cover_is_401(tmp_path):
+    async with backend(tmp_path) as (app, _):
+        raw = compact({"org_id": ORG, **IDS})
+        resp = await app.signed("/api/installation", raw, header=sign(compact(IDS), APP_SECRET))
+        assert resp.status_code == 401
+        assert "org_id" in resp.json()["error"]["message"]
