@@ -385,3 +385,14 @@ async def test_an_org_id_the_signature_does_not_cover_is_401(tmp_path):
         resp = await app.signed("/api/installation", raw, header=sign(compact(IDS), APP_SECRET))
         assert resp.status_code == 401
         assert "org_id" in resp.json()["error"]["message"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_sandbox_snapshot_is_answered_under_sandbox(tmp_path):
+    """The sample app (the example's copy) loops `MODES`: a sandbox install's data has its key."""
+    async with backend(tmp_path) as (app, fake):
+        await install(app, ACCOUNT, Mode.SANDBOX)
+        await balance_call(app, fake, mode=Mode.SANDBOX)
+        body = (await app.signed("/api/balance", IDS)).json()
+        assert body["live"] is None and body["test"] is None
+        assert body["sandbox"]["available"] == [] and body["sandbox"]["taken_at"] > 0
