@@ -30,6 +30,7 @@ import yaml
 
 from jobs.endpoints import EndpointSpec
 from jobs.registry import Registry
+from models.enums import MODES
 from service.config import Config
 from service.services import app_registry
 
@@ -109,9 +110,9 @@ def operation(spec: EndpointSpec, operation_id: str) -> dict[str, Any]:
                      "value in each mode it has installed, null in the others.")
         body: dict[str, Any] = {"$ref": "#/components/requestBodies/Signed"}
         answer: dict[str, Any] = {
-            "type": "object", "required": ["account_id", "live", "test"],
-            "properties": {"account_id": {"type": "string"}, "live": {"nullable": True},
-                           "test": {"nullable": True}}}
+            "type": "object", "required": ["account_id", *map(str, MODES)],
+            "properties": {"account_id": {"type": "string"},
+                           **{str(mode): {"nullable": True} for mode in MODES}}}
     else:
         lines.append(f"Declared by the app (`{source}`, `@endpoint`): the function's return "
                      "value, as JSON.")

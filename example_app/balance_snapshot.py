@@ -5,7 +5,7 @@ It shows the whole path: a per-account job (`@job`), a Stripe call bound to the 
 (`BalanceSnapshot`, an `AccountModel`, deleted on uninstall), and a signed endpoint that returns
 it to the extension:
 
-    POST /api/balance -> {"account_id", "live": snapshot|null, "test": snapshot|null}
+    POST /api/balance -> {"account_id", "live": snapshot|null, "test": ..., "sandbox": ...}
         snapshot: {"taken_at", "available": [{"amount", "currency"}], "pending": [...]}, the
         latest in each installed mode, null before the first; 403 when not installed.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 import peewee as pw
 
+from models.enums import MODES
 from stripe_app_backend import (
     AccountModel,
     EndpointContext,
@@ -63,10 +64,10 @@ def latest(account_id: str, mode: str) -> dict[str, Any] | None:
 
 @endpoint("/api/balance", description="The newest balance snapshot in each installed mode")
 async def balance(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
-    """`{"account_id", "live": snapshot|null, "test": snapshot|null}` (null: not installed in
+    """`{"account_id", "live": snapshot|null, "test": ..., "sandbox": ...}` (null: not installed in
     that mode, or no snapshot yet)."""
     answer: dict[str, Any] = {"account_id": ctx.account_id}
-    for mode in ("live", "test"):
+    for mode in MODES:
         answer[mode] = await ctx.db(latest, ctx.account_id, mode) if mode in ctx.modes else None
     return answer
 

@@ -7,7 +7,7 @@ a checkpoint after every page (the last customer counted and the partial figures
 `CustomerSummary`, an `AccountModel` that an uninstall deletes), reports progress, and stores the
 summary (count, most recent customer) that the extension reads:
 
-    POST /api/customers/summary -> {"account_id", "live": summary|null, "test": summary|null}
+    POST /api/customers/summary -> {"account_id", "live": summary|null, "test": ..., "sandbox": ...}
         summary: {"count", "latest": {"id", "created"}|null, "synced_at", "syncing"}, per
         installed mode, null before the first sync; 403 when not installed.
 
@@ -24,6 +24,7 @@ from typing import Any
 import peewee as pw
 from stripe.params import CustomerListParams
 
+from models.enums import MODES
 from stripe_app_backend import (
     AccountModel,
     BadInput,
@@ -105,10 +106,10 @@ def summary(account_id: str, mode: str) -> dict[str, Any] | None:
 
 @endpoint("/api/customers/summary", description="The customer summary in each installed mode")
 async def customer_summary(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
-    """`{"account_id", "live": summary|null, "test": summary|null}` (null: not installed in
+    """`{"account_id", "live": summary|null, "test": ..., "sandbox": ...}` (null: not installed in
     that mode, or before the first sync)."""
     answer: dict[str, Any] = {"account_id": ctx.account_id}
-    for mode in ("live", "test"):
+    for mode in MODES:
         answer[mode] = await ctx.db(summary, ctx.account_id, mode) if mode in ctx.modes else None
     return answer
 

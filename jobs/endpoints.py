@@ -20,12 +20,15 @@ installed in some mode), then:
 and answers 200 with the function's return value as JSON. `APIError` raised by the function is
 answered with its status and the one JSON error body; `BadInput` with 400 `bad_request`.
 `ctx` is an `EndpointContext`: `ctx.account_id`, `ctx.user_id`, `ctx.modes` (the modes the
-account has installed), `ctx.mode` (live when installed live, else test) and `ctx.db(fn, *args)`
-(runs `fn` in a database thread).
+account has installed, in `MODES` order: live, test, sandbox), `ctx.mode` (the first of them:
+live when installed live, else test, else sandbox) and `ctx.db(fn, *args)` (runs `fn` in a
+database thread). An answer per mode loops `MODES` (`models.enums`), so that a sandbox install
+has its entry too.
 
 The older form, `@per_mode_endpoint(path)` on `def read(account_id, mode)`, still works: it
-answers `{"account_id", "live": read(account, "live") | null, "test": ...}` for the modes the
-account has installed (`read` runs in a database thread).
+answers `{"account_id", "live": read(account, "live") | null, "test": ..., "sandbox": ...}`, a
+key per mode of `MODES`, null for the modes the account has not installed (`read` runs in a
+database thread).
 
 The handler class is named after the function (`notes` -> `NotesHandler`), which is how the
 request metrics label it. A path must be a literal `/api/...` path that no built-in endpoint
@@ -92,7 +95,8 @@ class EndpointContext:
 
     @property
     def mode(self) -> Mode:
-        """Live when the account has installed the app in live mode, else test."""
+        """The first installed mode of `MODES`: live when the account has installed the app in
+        live mode, else test, else sandbox (test when none, which `modes` never is)."""
         return self.modes[0] if self.modes else Mode.TEST
 
     @property

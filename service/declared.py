@@ -14,8 +14,9 @@ request metrics label it like a handler written here), with every check of `Sign
   `lean`: `service/lean.py` serves it, as fast as the built-in `/api/installation`.
   `single_use=True` makes it a `single_use_signature` handler (each signature accepted once;
   it is then never lean: recording the signature is a database write).
-- `@per_mode_endpoint(path)` -> a `PerModeHandler`: for each mode, the declared read of the
-  calling account in a database thread when the account is installed in that mode, else null.
+- `@per_mode_endpoint(path)` -> a `PerModeHandler`: for each mode of `MODES` (live, test,
+  sandbox), the declared read of the calling account in a database thread when the account is
+  installed in that mode, else null.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 
 class PerModeHandler(SignedHandler):
-    """`{"account_id", "live": read(account, "live") | None, "test": ...}`, reading only the
-    modes the account has installed."""
+    """`{"account_id", "live": read(account, "live") | None, "test": ..., "sandbox": ...}` (a
+    key per mode of `MODES`), reading only the modes the account has installed."""
 
     read: ClassVar[ReadFunc]
 

@@ -298,3 +298,31 @@ async def test_a_single_use_app_endpoint_accepts_each_signature_once(tmp_path):
         other = await app.signed("/api/notes/add", raw,
                                  header=sign(raw, APP_SECRET, int(time.time()) - 1))
         assert other.status_code == 200, other.text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_sandbox_install_is_one_of_the_modes_an_endpoint_sees(tmp_path):
+    """`ctx.modes` in `MODES` order (live, test, sandbox); `ctx.mode` the first of them."""
+    app_dir = write_app(tmp_path)
+    async with running(base_env(tmp_path, APP_PACKAGES=str(app_dir))) as app:
+        body = {**IDS, "name": "a", "times": 1}
+        await install(app, mode="sandbox")
+        resp = await app.signed("/api/notes/hello", body)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["modes"] == ["sandbox"] and resp.json()["mode"] == "sandbox"
+        await install(app, mode="test")
+        resp = await app.signed("/api/notes/hello", body)
+        assert resp.json()["modes"] == ["test", "sandbox"] and resp.json()["mode"] == "test"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_example_endpoints_answer_every_mode(tmp_path):
+    """The example's per-mode answers (the sample app's copy) have a key per mode, sandbox
+    included: null where not installed or before the first snapshot or sync."""
+    async with running(base_env(tmp_path, APP_PACKAGES=SAMPLE_APP, SCHEDULER="off")) as app:
+        await install(app, mode="sandbox")
+        for path in ("/api/balance", "/api/customers/summary"):
+            resp = await app.signed(path, IDS)
+            assert resp.status_code == 200, resp.text
+            assert resp.json() == {"account_id": "acct_1", "live": None, "test": None,
+                                   "sandbox": None}

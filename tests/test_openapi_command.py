@@ -52,7 +52,7 @@ async def count(req: SignedRequest, ctx: EndpointContext) -> dict[str, Any]:
 
 @per_mode_endpoint("/api/memos/latest")
 def latest(account_id: str, mode: str) -> dict[str, Any] | None:
-    return None
+    return {"mode": mode}
 '''
 
 
@@ -132,8 +132,9 @@ def test_an_apps_endpoints_get_their_operations(app_dir):
     # a per-mode read: the account's value per mode
     latest = doc["paths"]["/api/memos/latest"]["post"]
     assert latest["requestBody"] == {"$ref": "#/components/requestBodies/Signed"}
-    assert latest["responses"]["200"]["content"]["application/json"]["schema"]["required"] == [
-        "account_id", "live", "test"]
+    answer = latest["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["required"] == ["account_id", "live", "test", "sandbox"]
+    assert set(answer["properties"]) == {"account_id", "live", "test", "sandbox"}
 
 
 def test_the_example_apps_endpoints_keep_their_written_description():
@@ -217,3 +218,25 @@ def test_the_typescript_client_types_the_apps_endpoints(tmp_path, app_dir, npm):
     fields = fields[:fields.index("}")]
     assert [line.strip() for line in fields.splitlines()[1:] if line.strip()] == [
         "text: string;", "pinned: boolean;", "weight: number;", "rank: number;"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_per_mode_answer_has_every_mode_as_described(tmp_path, app_dir):
+    """An account installed in its sandbox only: the per-mode endpoint answers the sandbox's
+    value, null for live and test, and the answer matches the generated description."""
+    doc = document(_registry(str(app_dir)))
+    schema = doc["paths"]["/api/memos/latest"]["post"]["responses"]["200"]["content"][
+        "application/json"]["schema"]
+    async with running(base_env(tmp_path, APP_PACKAGES=str(app_dir))) as app:
+        await app.backend.installations.apply(
+            InstallChange("acct_1", "sandbox", Change.INSTALLED, 100, "evt_1"))
+        resp = await app.signed("/api/memos/latest", {"user_id": "usr_1", "account_id": "acct_1"})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"account_id": "acct_1", "live": None, "test": None,
+                               "sandbox": {"mode": "sandbox"}}
+        jsonschema_rs.validator_for(schema).validate(resp.json())
+        # an @endpoint's ctx.mode is the installed one
+        body = {"user_id": "usr_1", "account_id": "acct_1", "stripe_roles": ["admin"],
+                "text": "x", "pinned": False, "weight": 1.0, "rank": 1}
+        resp = await app.signed("/api/memos/add", body)
+        assert resp.status_code == 200 and resp.json()["mode"] == "sandbox"

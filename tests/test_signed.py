@@ -28,8 +28,9 @@ async def test_default_payload_is_accepted(tmp_path):
     async with running(base_env(tmp_path)) as app:
         resp = await app.signed("/api/installation", IDS)
         assert resp.status_code == 200
-        assert resp.json() == {"account_id": "acct_1", "live": {"active": False, "since": None},
-                               "test": {"active": False, "since": None}}
+        nothing = {"active": False, "since": None, "context": None}
+        assert resp.json() == {"account_id": "acct_1", "live": nothing, "test": nothing,
+                               "sandbox": nothing}
         assert resp.headers["access-control-allow-origin"] == "*"
 
 

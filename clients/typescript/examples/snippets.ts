@@ -4,7 +4,7 @@
  * holds each region verbatim, so the documentation cannot show code that does not work.
  */
 // doc:start import
-import { createClient, type Client, type FetchStripeSignature, type UserContext } from "stripe-app-backend-client";
+import { createClient, modeOf, type Client, type FetchStripeSignature, type UserContext } from "stripe-app-backend-client";
 // doc:end
 
 // doc:start five-lines
@@ -13,6 +13,18 @@ export async function installState(baseUrl: string, fetchStripeSignature: FetchS
   const { data, error } = await api.installation();
   if (error) return `cannot read the installation: ${error.message}`;
   return data.test.active ? "installed in test mode" : "not installed in test mode";
+}
+// doc:end
+
+// doc:start modes
+export async function whereAmI(api: Client, userContext: UserContext, environment: { mode: "live" | "test" }) {
+  const mode = modeOf(userContext, environment); // "sandbox" when userContext.account.isSandbox
+  const { data, error } = await api.installation(); // sends userContext.account.org_id, if any
+  if (error) return `cannot read the installation: ${error.message}`;
+  const here = data[mode];
+  const calls = here.context ? `Stripe-Context ${here.context}` : "Stripe-Account";
+  const org = data.org_id ? ` (organization ${data.org_id})` : "";
+  return `${mode}: ${here.active ? "installed" : "not installed"}, calls use ${calls}${org}`;
 }
 // doc:end
 

@@ -11,6 +11,11 @@
  *   `Stripe-Signature` header. `user_id` is `userContext.id`, `account_id` is
  *   `userContext.account.id`. Calls that need the user's roles (`credentials.set`,
  *   `credentials.delete`) add `stripe_roles: userContext.roles` to the payload, as given.
+ *   `installation()` adds `org_id: userContext.account.org_id` when the account belongs to an
+ *   organization (the backend answers it back, beside each mode's `context`).
+ * - Modes: `live`, `test` and `sandbox`. The Dashboard's `environment.mode` says only live or
+ *   test; a sandbox is told by `userContext.account.isSandbox`: `modeOf(userContext,
+ *   environment)` is the mode to name in a call (a task's `mode`, a credential's).
  * - A call never throws: it resolves to `{ data }` or to `{ error: { code, message, status } }`.
  *   `code` and `message` are the backend's error body (`{"error": {"code", "message"}}`);
  *   failures on this side have `status` 0 and the codes `network_error` (fetch failed),
@@ -49,7 +54,13 @@ export type Role = { id?: string; name?: string; type?: string } | string;
 /** The parts of the SDK's `userContext` the client reads; pass the SDK's object as it is. */
 export interface UserContext {
   id?: string | undefined;
-  account: { id: string };
+  account: {
+    id: string;
+    /** The organization the account belongs to, if any (`org_...`): sent by `installation()`. */
+    org_id?: string | null | undefined;
+    /** Whether the account is a sandbox (the Dashboard's `environment.mode` then says test). */
+    isSandbox?: boolean | undefined;
+  };
   roles?: readonly Role[] | undefined;
 }
 
@@ -151,11 +162,22 @@ export type CredentialDeleted = Data<"/api/credentials/delete">;
 
 export const FINISHED: ReadonlySet<Task["status"]> = new Set(["succeeded", "failed", "cancelled"]);
 
+/** The mode the backend knows the user's account by: `sandbox` when the account is a sandbox
+ * (`userContext.account.isSandbox`), else the Dashboard's `environment.mode` (live or test). */
+export function modeOf(
+  userContext: Pick<UserContext, "account">,
+  environment: { mode: "live" | "test" },
+): Mode {
+  return userContext.account.isSandbox ? "sandbox" : environment.mode;
+}
+
 // ---- the client -------------------------------------------------------------------------------
 
 export interface Client {
   /** POST a signed call to any path of the schema (the app's own endpoints too). */
   post<P extends PostPath>(path: P, payload?: Payload<P>, options?: CallOptions): Promise<Result<Data<P>>>;
+  /** The installation in each mode (live, test, sandbox), each with its `context`; sends
+   * `userContext.account.org_id` as `org_id` when there is one, answered back as `org_id`. */
   installation(options?: CallOptions): Promise<Result<Installation>>;
   jobs(options?: CallOptions): Promise<Result<Jobs>>;
   whoami(options?: CallOptions): Promise<Result<WhoAmI>>;
@@ -168,7 +190,8 @@ export interface Client {
     delete(credential: { mode: Mode; name: string }, options?: CallOptions): Promise<Result<CredentialDeleted>>;
   };
   tasks: {
-    /** Start the task `name` with `input` (signed; `mode` picks the mode of an app installed in both). */
+    /** Start the task `name` with `input` (signed; `mode`, e.g. `modeOf(...)`, picks the mode of
+     * an app installed in several). */
     start(name: string, input?: SignaturePayload, options?: CallOptions): Promise<Result<TaskStarted>>;
     status(taskId: string, options?: CallOptions): Promise<Result<Task>>;
     wait(taskId: string, options?: WaitOptions): Promise<Result<Task>>;
@@ -357,7 +380,10 @@ export function createClient(options: ClientOptions): Client {
 
   return {
     post,
-    installation: (o) => post("/api/installation", {}, o),
+    installation: (o) => {
+      const org = user.account.org_id;
+      return post("/api/installation", typeof org === "string" && org ? { org_id: org } : {}, o);
+    },
     jobs: (o) => post("/api/jobs", {}, o),
     whoami: (o) => post("/api/whoami", {}, o),
     credentials: {

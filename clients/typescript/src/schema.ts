@@ -15,7 +15,20 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** The calling account's installation in each mode (200 whether installed or not) */
+        /**
+         * The calling account's installation in each mode (200 whether installed or not)
+         * @description One entry per mode: `live`, `test` and `sandbox` (an install in one of the user's
+         *     sandboxes, served through the developer's managed sandbox). Each entry's `context` is
+         *     the `Stripe-Context` the backend's calls for the account use in that mode: an
+         *     organization's (`org_...`, or a path ending in the account), learnt from a signed
+         *     webhook event's `context`; null when they name the account with `Stripe-Account`, as
+         *     for an account in no organization.
+         *
+         *     The extension may send `org_id` (its `userContext.account.org_id`, when the account
+         *     belongs to an organization): it must be covered by the signature (else 401) and be
+         *     `org_` followed by letters and digits, at most 255 characters (else 400); it is answered
+         *     back as `org_id`. Without it (or with null), the answer has no `org_id`.
+         */
         post: operations["apiInstallation"];
         delete?: never;
         /** CORS preflight for the extension (origin null) */
@@ -583,12 +596,16 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Stripe webhooks, both modes
+         * Stripe webhooks, every mode (live, test, sandbox)
          * @description A valid request is one Stripe signed: its `Stripe-Signature` verifies against the raw
-         *     body with a webhook secret (`STRIPE_WEBHOOK_SECRETS_LIVE` or `_TEST`) within the
-         *     tolerance. A live event (`livemode` true) must be signed with a live secret; a test
-         *     event may be signed with either (an app installed in both modes gets its test events at
-         *     both endpoints). Anything else answers 400 `bad_signature`, as Stripe's documentation
+         *     body with a webhook secret (`STRIPE_WEBHOOK_SECRETS_LIVE`, `_TEST` or `_SANDBOX`) within
+         *     the tolerance. The mode of an event is the mode of the secret that verified it, with its
+         *     signed `livemode`: a live event (`livemode` true) must be signed with a live secret; a
+         *     test event may be signed with the live or the test secret (an app installed in both
+         *     modes gets its test events at both endpoints); an event verified with a sandbox secret
+         *     (the managed sandbox's endpoints) is a `sandbox` event, though its body says `livemode`
+         *     false as a test event's does, and a sandbox event never says `livemode` true. No secret
+         *     serves two modes. Anything else answers 400 `bad_signature`, as Stripe's documentation
          *     asks (not 401): no header value can be valid without the secret, so a client that
          *     generates requests from this description must sign them (`tests/test_openapi.py` signs
          *     the ones meant to be valid).
@@ -598,6 +615,16 @@ export interface paths {
          *     code reads only the fields listed; Stripe's other fields (`api_version`, `request`,
          *     `pending_webhooks`...) are stored with the event and not checked. The body is stored as
          *     sent, and processed after the answer.
+         *
+         *     Organizations: the event's `context` (API version 2025-04-30.basil and later) is stored
+         *     with it when it is a well-formed context; a malformed one (not a string of that shape) is
+         *     stored as null and the event is still accepted. A context about the event's `account`
+         *     becomes that installation's `Stripe-Context` (in the event's mode) when the event is
+         *     newer than the one that set the installation's current one: from then on the
+         *     backend's calls for the account send `Stripe-Context` and no `Stripe-Account`. A context
+         *     that is just the account id means none (`Stripe-Account` again); one naming another
+         *     account, or an event for an account not installed in that mode, changes nothing
+         *     (`POST /api/installation` shows each mode's `context`).
          */
         post: operations["webhooks"];
         delete?: never;
@@ -777,12 +804,14 @@ export interface components {
             };
         };
         /**
-         * @description Without a record in the mode, only `active` (false) and `since` (null); with one, every
-         *     field.
+         * @description Without a record in the mode, only `active` (false), `since` and `context` (null); with
+         *     one, every field.
          */
         ModeInstallation: {
             active: boolean;
             since: number | null;
+            /** @description the `Stripe-Context` the backend's calls for the account use in this mode (an organization's, from a signed event's `context`); null: they send `Stripe-Account` */
+            context: string | null;
             confirmed?: boolean;
             jobs_paused?: boolean;
             /** @description null until Stripe's Install API has said which permissions are granted */
@@ -798,8 +827,18 @@ export interface components {
             available: unknown;
             pending: unknown;
         } | null;
-        /** @enum {string} */
-        Mode: "live" | "test";
+        /**
+         * @description `live` and `test`: the installing account's modes, with the platform's keys; `sandbox`: an install in one of the user's sandboxes, served through the developer's managed sandbox (its own key and webhook secrets)
+         * @enum {string}
+         */
+        Mode: "live" | "test" | "sandbox";
+        /**
+         * @description an organization id (`userContext.account.org_id` in the UI extension)
+         * @example org_6SD3oI0eSQemPzdmaGLJ5j6
+         */
+        OrgId: string;
+        /** @description an organization id, or null (none) */
+        OrgIdOrNull: string | null;
         /**
          * @description a Stripe user id (`service/ids.py`)
          * @example usr_1
@@ -861,6 +900,7 @@ export interface components {
         PerMode: {
             live: number;
             test: number;
+            sandbox: number;
         };
         StatusFigures: {
             /** @description the last deliveries `POST /webhooks` refused with 400 (at most 100), newest first: the reason, the headers as sent (each name and value cut at 1,024 characters, at most 64), the first 2 KiB of the body and its size */
@@ -890,7 +930,7 @@ export interface components {
                     name: string;
                     account_id: string;
                     /** @enum {string} */
-                    mode: "live" | "test";
+                    mode: "live" | "test" | "sandbox";
                     finished_at: number | null;
                     attempts: number;
                     error: string | null;
@@ -1175,7 +1215,13 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: components["requestBodies"]["Signed"];
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SignedBody"] & {
+                    org_id?: components["schemas"]["OrgIdOrNull"];
+                };
+            };
+        };
         responses: {
             /** @description The installation in each mode */
             200: {
@@ -1188,6 +1234,8 @@ export interface operations {
                         account_id: string;
                         live: components["schemas"]["ModeInstallation"];
                         test: components["schemas"]["ModeInstallation"];
+                        sandbox: components["schemas"]["ModeInstallation"];
+                        org_id?: components["schemas"]["OrgId"];
                     };
                 };
             };
@@ -1225,7 +1273,7 @@ export interface operations {
                         jobs: {
                             job: string;
                             /** @enum {string} */
-                            mode: "live" | "test";
+                            mode: "live" | "test" | "sandbox";
                             paused: boolean;
                             pause_reason?: string | null;
                             description?: string | null;
@@ -1276,6 +1324,7 @@ export interface operations {
                         account_id: string;
                         live: components["schemas"]["Snapshot"];
                         test: components["schemas"]["Snapshot"];
+                        sandbox: components["schemas"]["Snapshot"];
                     };
                 };
             };
@@ -1314,7 +1363,7 @@ export interface operations {
                         account_id: string;
                         signed_fields: string[];
                         roles: string[] | null;
-                        modes: ("live" | "test")[];
+                        modes: ("live" | "test" | "sandbox")[];
                     };
                 };
             };
@@ -1500,6 +1549,7 @@ export interface operations {
                         account_id: string;
                         live: components["schemas"]["CustomerSummary"];
                         test: components["schemas"]["CustomerSummary"];
+                        sandbox: components["schemas"]["CustomerSummary"];
                     };
                 };
             };
@@ -1810,7 +1860,7 @@ export interface operations {
                         installed: true;
                         account_id: components["schemas"]["AccountId"];
                         /** @enum {string} */
-                        mode: "live" | "test";
+                        mode: "live" | "test" | "sandbox";
                         confirmed: boolean;
                         /** @enum {boolean} */
                         pending: false;
@@ -1833,7 +1883,7 @@ export interface operations {
                         installed: false;
                         account_id: string;
                         /** @enum {string} */
-                        mode: "live" | "test";
+                        mode: "live" | "test" | "sandbox";
                         confirmed: boolean;
                         /** @enum {boolean} */
                         pending: true;
@@ -1930,8 +1980,11 @@ export interface operations {
                     object: "event";
                     /** @description printable ASCII, as all of Stripe's event types are */
                     type: string;
+                    /** @description true only with a live secret; a sandbox event (verified with a sandbox secret) says false */
                     livemode: boolean;
                     created: number;
+                    /** @description the account, or path of accounts, that generated the event, as `Stripe-Context` names it (`org_...`, `acct_...`, `org_.../acct_...`); stored when well-formed, else stored as null (the event is still accepted) */
+                    context?: unknown;
                     /** @description the connected account (absent or null for the platform's own events) */
                     account?: string | null;
                     /** @description `data.object` is what the event handlers read */
@@ -1955,8 +2008,8 @@ export interface operations {
             };
             /**
              * @description The signature does not verify (`bad_signature`: missing, malformed, wrong, too old or
-             *     in the future, or a live event signed with a test secret), or the verified body is not
-             *     an event as described
+             *     in the future, or a live event signed with a test or sandbox secret), or the verified
+             *     body is not an event as described
              */
             400: {
                 headers: {

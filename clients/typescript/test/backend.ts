@@ -194,6 +194,21 @@ function stop(child: ChildProcess, ask: () => void = () => child.kill("SIGTERM")
   });
 }
 
+/** Deliver `event` to the backend's `/webhooks`, signed as Stripe signs with `secret` (the
+ * test endpoint's by default); resolves to the answer's status. */
+export async function sendWebhook(url: string, event: object, secret: string = WH_TEST): Promise<number> {
+  const body = JSON.stringify(event);
+  const t = Math.floor(Date.now() / 1000);
+  const v1 = createHmac("sha256", secret).update(`${t}.${body}`).digest("hex");
+  const resp = await fetch(`${url}/webhooks`, {
+    method: "POST",
+    headers: { "Stripe-Signature": `t=${t},v1=${v1}`, "Content-Type": "application/json" },
+    body,
+  });
+  await resp.text();
+  return resp.status;
+}
+
 export interface Backend {
   url: string;
   env: Record<string, string>;

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { createClient, parseRetryAfter, type RetryInfo, type Task } from "stripe-app-backend-client";
+import { createClient, modeOf, parseRetryAfter, type RetryInfo, type Task } from "stripe-app-backend-client";
 import {
   addCustomers,
   APP_SECRET,
@@ -16,6 +16,7 @@ import {
   fakeSigner,
   freePort,
   OTHER_SECRET,
+  sendWebhook,
   startBackend,
   startEmulator,
   userContext,
@@ -97,6 +98,73 @@ describe("signed calls", () => {
     const withRoles = await api.post("/api/whoami", { stripe_roles: [{ id: "admin" }] });
     assert.deepEqual(withRoles.data?.signed_fields.sort(), ["account_id", "stripe_roles", "user_id"]);
     assert.deepEqual(withRoles.data?.roles, ["admin"]);
+  });
+});
+
+describe("sandboxes and organizations", () => {
+  const ORG = "org_6SD3oI0eSQemPzdmaGLJ5j6";
+
+  test("installation() sends the account's org_id and has every mode, each with its context", async () => {
+    const bodies: string[] = [];
+    const plain = userContext("acct_installed");
+    const user = { ...plain, account: { ...plain.account, org_id: ORG } };
+    const api = createClient({
+      baseUrl: main.url,
+      fetchStripeSignature: fakeSigner(APP_SECRET, user),
+      userContext: user,
+      fetch: async (input, init) => {
+        bodies.push(String(init?.body));
+        return fetch(input, init);
+      },
+    });
+    const { data, error } = await api.installation();
+    assert.equal(error, undefined, JSON.stringify(error));
+    assert.deepEqual(bodies, [`{"org_id":"${ORG}","user_id":"usr_test1","account_id":"acct_installed"}`]);
+    assert.equal(data?.org_id, ORG);
+    assert.equal(data?.test.active, true);
+    assert.equal(data?.test.context, null);
+    assert.deepEqual(data?.sandbox, { active: false, since: null, context: null });
+    // no organization (the SDK's org_id null): none sent, none answered
+    const none = { ...plain, account: { ...plain.account, org_id: null } };
+    const alone = createClient({ baseUrl: main.url, fetchStripeSignature: fakeSigner(APP_SECRET, none), userContext: none });
+    const answer = await alone.installation();
+    assert.equal(answer.error, undefined);
+    assert.equal(answer.data && "org_id" in answer.data, false);
+  });
+
+  test("a malformed org_id is the backend's 400, as a result", async () => {
+    const plain = userContext("acct_installed");
+    const user = { ...plain, account: { ...plain.account, org_id: "org_not an id" } };
+    const api = createClient({ baseUrl: main.url, fetchStripeSignature: fakeSigner(APP_SECRET, user), userContext: user });
+    const { error } = await api.installation();
+    assert.equal(error?.status, 400);
+    assert.match(error?.message ?? "", /org_id/);
+  });
+
+  test("an event's context shows as the mode's context", async () => {
+    await main.install("acct_orgmember");
+    const event = {
+      id: "evt_ctx" + Date.now(), object: "event", type: "customer.created", livemode: false,
+      created: Math.floor(Date.now() / 1000), account: "acct_orgmember", context: ORG,
+      data: { object: { id: "cus_1", object: "customer" } },
+    };
+    assert.equal(await sendWebhook(main.url, event), 200);
+    const api = client(main, "acct_orgmember");
+    let context: string | null | undefined;
+    for (let i = 0; i < 200 && context !== ORG; i++) {
+      context = (await api.installation()).data?.test.context;
+      if (context !== ORG) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(context, ORG);
+  });
+
+  test("modeOf: sandbox for a sandbox account, else the Dashboard's mode", () => {
+    const user = userContext("acct_x");
+    assert.equal(modeOf(user, { mode: "test" }), "sandbox");
+    const notSandbox = { ...user, account: { ...user.account, isSandbox: false } };
+    assert.equal(modeOf(notSandbox, { mode: "live" }), "live");
+    assert.equal(modeOf(notSandbox, { mode: "test" }), "test");
+    assert.equal(modeOf({ account: { id: "acct_x" } }, { mode: "test" }), "test");
   });
 });
 

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { createClient } from "stripe-app-backend-client";
-import { describeError, installState, syncCustomers } from "../examples/snippets.js";
+import { describeError, installState, syncCustomers, whereAmI } from "../examples/snippets.js";
 import {
   addCustomers,
   APP_SECRET,
@@ -36,7 +36,7 @@ const DOC = path.join(ROOT, "docs/extension.md");
 
 test("docs/extension.md shows each region of examples/snippets.ts verbatim, in a ts block", () => {
   const found = regions(readFileSync(SNIPPETS, "utf8"));
-  assert.deepEqual([...found.keys()], ["import", "five-lines", "task", "errors"]);
+  assert.deepEqual([...found.keys()], ["import", "five-lines", "modes", "task", "errors"]);
   const doc = readFileSync(DOC, "utf8");
   for (const [name, text] of found) {
     assert.ok(doc.includes("```ts\n" + text + "```"), `docs/extension.md lacks the region ${name}:\n${text}`);
@@ -70,6 +70,20 @@ test("five lines: the installation state, or the error's message", async () => {
   assert.equal(await installState(backend.url, stranger.sign, stranger.user), "not installed in test mode");
   const forged = api("acct_docs", OTHER_SECRET);
   assert.match(await installState(backend.url, forged.sign, forged.user), /^cannot read the installation: \S/);
+});
+
+test("modes: the sandbox told by isSandbox, the organization sent and answered", async () => {
+  const { user, client } = api("acct_docs"); // the test helper's account is a sandbox
+  assert.equal(await whereAmI(client, user, { mode: "test" }), "sandbox: not installed, calls use Stripe-Account");
+  const account = { ...user.account, isSandbox: false, org_id: "org_docs1" };
+  const inOrg = { ...user, account };
+  const orgClient = createClient({ baseUrl: backend.url, fetchStripeSignature: fakeSigner(APP_SECRET, inOrg), userContext: inOrg });
+  assert.equal(
+    await whereAmI(orgClient, inOrg, { mode: "test" }),
+    "test: installed, calls use Stripe-Account (organization org_docs1)",
+  );
+  const forged = api("acct_docs", OTHER_SECRET);
+  assert.match(await whereAmI(forged.client, forged.user, { mode: "test" }), /^cannot read the installation: \S/);
 });
 
 test("a task with progress: every change shown, then the result", async () => {

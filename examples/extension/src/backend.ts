@@ -16,6 +16,9 @@ export function backendUrl(environment: ExtensionContextValue["environment"]): s
   return typeof configured === "string" ? configured : DEFAULT_BACKEND_URL;
 }
 
+/** The client of a view. Its `installation()` sends `userContext.account.org_id` (the account's
+ * organization, when it has one); a call that names a mode uses `modeOf(userContext,
+ * environment)` (`sandbox` when `userContext.account.isSandbox`). */
 export function backendFor({ userContext, environment }: ExtensionContextValue): Client {
   return createClient({ baseUrl: backendUrl(environment), fetchStripeSignature, userContext });
 }

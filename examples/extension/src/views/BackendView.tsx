@@ -1,11 +1,15 @@
 /**
  * A drawer view showing what the backend knows about this account, through
  * stripe-app-backend-client:
- * - the install state in each mode and the permissions granted (`installation()`);
+ * - the install state in each mode (live, test, sandbox), the permissions granted and the
+ *   `Stripe-Context` the backend's calls use (`installation()`, which sends the account's
+ *   `org_id` when it belongs to an organization);
  * - the scheduled jobs and their last runs (`jobs()`);
  * - a task started from a button, with its progress (`tasks.start`, `tasks.wait`; the wait is
  *   aborted when the view unmounts);
  * - a credential form, shown to admins only (`credentials.set`, `credentials.list`).
+ * The mode a call names is `modeOf(userContext, environment)`: `sandbox` when the account is a
+ * sandbox (`userContext.account.isSandbox`), else the Dashboard's `environment.mode`.
  * Every error is the client's typed `{ code, message, status }`, shown in a banner.
  */
 import {
@@ -24,10 +28,12 @@ import {
 } from "@stripe/ui-extension-sdk/ui";
 import type { ExtensionContextValue } from "@stripe/ui-extension-sdk/context";
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
-import type { ClientError, CredentialList, Installation, Jobs, Mode, Task } from "stripe-app-backend-client";
+import { modeOf, type ClientError, type CredentialList, type Installation, type Jobs, type Mode, type Task } from "stripe-app-backend-client";
 import { backendFor, isAdmin } from "../backend";
 
 type ModeState = Installation["live"];
+
+const MODES: readonly Mode[] = ["live", "test", "sandbox"];
 
 function when(unix: number | null | undefined): string {
   return unix ? new Date(unix * 1000).toLocaleString() : "never";
@@ -56,11 +62,11 @@ function ModeRow({ mode, state }: { mode: Mode; state: ModeState }) {
     <ListItem
       title={`${mode} mode`}
       secondaryTitle={
-        state.active
+        (state.active
           ? granted
             ? `granted: ${granted.join(", ") || "none"}`
             : "permissions not known yet"
-          : "not installed"
+          : "not installed") + (state.context ? `; calls use Stripe-Context ${state.context}` : "")
       }
       value={
         <Badge type={state.active ? (state.approval_required ? "warning" : "positive") : "neutral"}>
@@ -89,6 +95,7 @@ function JobsList({ jobs }: { jobs: Jobs["jobs"] }) {
 
 function TaskButton({ context }: { context: ExtensionContextValue }) {
   const api = useMemo(() => backendFor(context), [context]);
+  const mode = modeOf(context.userContext, context.environment);
   const [task, setTask] = useState<Task | null>(null);
   const [error, setError] = useState<ClientError | null>(null);
   const [running, setRunning] = useState(false);
@@ -99,7 +106,7 @@ function TaskButton({ context }: { context: ExtensionContextValue }) {
     setRunning(true);
     setError(null);
     abort.current = new AbortController();
-    const started = await api.tasks.start("sync_customers", { mode: context.environment.mode });
+    const started = await api.tasks.start("sync_customers", { mode });
     if (started.error) {
       setError(started.error);
       setRunning(false);
@@ -108,7 +115,7 @@ function TaskButton({ context }: { context: ExtensionContextValue }) {
     const done = await api.tasks.wait(started.data.task_id, { signal: abort.current.signal, onProgress: setTask });
     if (done.error && done.error.code !== "aborted") setError(done.error);
     setRunning(false);
-  }, [api, context.environment.mode]);
+  }, [api, mode]);
 
   return (
     <Box css={{ stack: "y", gap: "small" }}>
@@ -130,7 +137,7 @@ function TaskButton({ context }: { context: ExtensionContextValue }) {
 
 function CredentialForm({ context }: { context: ExtensionContextValue }) {
   const api = useMemo(() => backendFor(context), [context]);
-  const [mode, setMode] = useState<Mode>(context.environment.mode);
+  const [mode, setMode] = useState<Mode>(modeOf(context.userContext, context.environment));
   const [name, setName] = useState("");
   const [value, setValue] = useState("");
   const [stored, setStored] = useState<CredentialList["credentials"]>([]);
@@ -165,9 +172,12 @@ function CredentialForm({ context }: { context: ExtensionContextValue }) {
           <ListItem key={`${c.mode}-${c.name}`} title={c.name} secondaryTitle={`${c.mode}, ${c.kind}, stored ${when(c.updated)}`} />
         ))}
       </List>
-      <Select label="Mode" value={mode} onChange={(e) => setMode(e.target.value === "live" ? "live" : "test")}>
-        <option value="test">test</option>
-        <option value="live">live</option>
+      <Select label="Mode" value={mode} onChange={(e) => setMode(MODES.find((m) => m === e.target.value) ?? "test")}>
+        {MODES.map((m) => (
+          <option key={m} value={m}>
+            {m}
+          </option>
+        ))}
       </Select>
       <TextField label="Name" placeholder="acme_api_key" value={name} onChange={(e) => setName(e.target.value)} />
       <TextField label="Value" type="password" value={value} onChange={(e) => setValue(e.target.value)} />
@@ -191,7 +201,7 @@ const BackendView = (context: ExtensionContextValue) => {
       if (!live) return;
       if (state.error) return setError(state.error);
       setInstallation(state.data);
-      if (!state.data.live.active && !state.data.test.active) return; // jobs() would answer 403
+      if (!MODES.some((m) => state.data[m].active)) return; // jobs() would answer 403
       const list = await api.jobs();
       if (!live) return;
       if (list.error) setError(list.error);
@@ -209,9 +219,15 @@ const BackendView = (context: ExtensionContextValue) => {
         {!installation && !error && <Spinner />}
         {installation && (
           <List>
-            <ModeRow mode="live" state={installation.live} />
-            <ModeRow mode="test" state={installation.test} />
+            {MODES.map((m) => (
+              <ModeRow key={m} mode={m} state={installation[m]} />
+            ))}
           </List>
+        )}
+        {installation?.org_id && (
+          <Inline>
+            Organization {installation.org_id}
+          </Inline>
         )}
         {jobs && <JobsList jobs={jobs} />}
         <Divider />
