@@ -18,8 +18,8 @@ from typing import Any
 
 import peewee as pw
 
-from models.enums import MODES
 from stripe_app_backend import (
+    MODES,
     AccountModel,
     EndpointContext,
     JobContext,

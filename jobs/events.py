@@ -54,6 +54,7 @@ from models.events import (
     claim_event,
     due_event_ids,
     finish_event,
+    newer_contexts,
     next_claimable_at,
     renew_events,
     waiting_event,
@@ -241,7 +242,21 @@ class EventProcessor:
             return
         if context == view.context:
             return
-        after = await self.installations.set_context(account, mode, context, event.created)
+        # An event repeating the current context changes nothing and is not even processed
+        # (`needs_processing`), so `context_at` may be older than the newest word: the stored
+        # events newer than this one decide first (the newest whose context applies).
+        at = event.created
+        for newer, created in await self.storage.run(newer_contexts, account, mode,
+                                                     event.created):
+            applies, value = account_context(newer, account)
+            if applies:
+                if value != context:
+                    log.info("event %s for %s/%s: a newer event's context decides; its "
+                             "context is not taken", event.id, account, mode)
+                    return
+                at = created
+                break
+        after = await self.installations.set_context(account, mode, context, at)
         if after is not None and after.context == context:
             log.info("%s/%s: calls now use %s (event %s)", account, mode,
                      f"Stripe-Context {context}" if context else "Stripe-Account", event.id)

@@ -17,8 +17,13 @@ The choices, where the docs are silent (each loses nothing and crosses no accoun
 - **Nothing changes for plain accounts.** A context that is just the event's `account` says
   nothing `Stripe-Account` does not: the installation keeps no context (null), and its calls go
   out exactly as before. An event without `context` (an older API version) changes nothing.
-- **Newest wins.** The installation keeps the context of the newest event (`created`) that set
-  one (`installation.context_at`), so events that arrive out of order cannot undo a newer one.
+- **Newest wins.** The installation keeps the context of the newest event (`created`) that
+  says one: a change is recorded with its event's `created` (`installation.context_at`), and an
+  event older than that changes nothing; since an event that repeats the current context is
+  not processed at all (no write for the common case), an event about to change the context
+  first reads the stored events newer than itself (`models.events.newer_contexts`), and the
+  newest of them whose context applies decides. So events that arrive out of order cannot
+  undo a newer one.
 
 A call for an installation with a context sends `Stripe-Context` and no `Stripe-Account`
 (`jobs/stripe_api.py`); without one, `Stripe-Account` as before, never both.

@@ -281,6 +281,21 @@ def waiting_event(type_: str, account_id: str, mode: Mode | str) -> bool:
             .exists())
 
 
+def newer_contexts(account_id: str, mode: Mode | str, after: int,
+                   limit: int = 20) -> list[tuple[str, int]]:
+    """`(context, created)` of the stored events about this account and mode that were
+    created after `after` and carry a context, newest first (at most `limit`): what decides an
+    installation's context before an older event may change it (`models/context.py`)."""
+    mode = Mode(mode)
+    query = (WebhookEvent.select(WebhookEvent.context, WebhookEvent.created)
+             .where(WebhookEvent.account_id == account_id,
+                    WebhookEvent.livemode == mode.livemode,
+                    WebhookEvent.sandbox == (mode == Mode.SANDBOX),
+                    WebhookEvent.created > after, WebhookEvent.context.is_null(False))
+             .order_by(WebhookEvent.created.desc()).limit(limit))
+    return [(row.context, row.created) for row in query]
+
+
 def due_event_ids(limit: int = 100) -> list[str]:
     """Events to claim now (due or stale), oldest first."""
     t = now()

@@ -29,7 +29,7 @@ from jobs.registry import job, on_event
 from jobs.runner import JobContext
 from jobs.tasks import BadInput, TaskContext, task
 from models.base import AccountModel
-from models.enums import Mode
+from models.enums import MODES, Mode
 from service.base import APIError
 from service.signed import SignedRequest
 
@@ -51,6 +51,7 @@ __all__ = [
     "EndpointSpec",
     "EventContext",
     "JobContext",
+    "MODES",
     "Mode",
     "OAuthProvider",
     "SignedRequest",

@@ -82,7 +82,8 @@ async def test_install_events_act_like_the_lifecycle_events_and_apply_once(tmp_p
         state = await installation(app, "acct_ev")
         assert state["permissions_pending"] == ["customer_read"]
         assert state["approval_required"] is True and state["active"] is True
-        assert (await installation(app, "acct_ev", "live")) == {"active": False, "since": None}
+        assert (await installation(app, "acct_ev", "live")) == {"active": False, "since": None,
+                                                                "context": None}
         # deleted: deactivated, app data gone; the old event after it changes nothing more
         assert await app.backend.storage.run(BalanceSnapshot.select().count) == 1
         await app.webhook(install_event("apps.install.deleted", "acct_ev", created=t + 3),

@@ -318,9 +318,6 @@ async def test_the_install_event_itself_may_carry_the_context(tmp_path):
         names_context(await balance_call(app, fake), ORG)
 
 
-@pytest.mark.xfail(strict=True, reason="core: an event repeating the installation's context "
-                   "is skipped (jobs/events.py `_context_news`, `_take_context`) without moving "
-                   "`context_at`, so a later-arriving older event with another context wins")
 @pytest.mark.gen_test(timeout=90)
 async def test_a_newer_event_repeating_the_context_still_outranks_an_older_different_one(
         tmp_path):

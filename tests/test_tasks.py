@@ -103,7 +103,8 @@ async def test_sync_customers_start_poll_finish(tmp_path, db_url, localstripe):
     async with running(env) as app:
         await install(app)
         summary = await app.signed("/api/customers/summary", ident())
-        assert summary.json() == {"account_id": "acct_1", "live": None, "test": None}
+        assert summary.json() == {"account_id": "acct_1", "live": None, "test": None,
+                                  "sandbox": None}
         resp = await app.signed("/api/tasks/sync_customers", ident(page_size=3))
         assert resp.status_code == 202, resp.text
         started = resp.json()

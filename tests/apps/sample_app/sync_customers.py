@@ -24,8 +24,8 @@ from typing import Any
 import peewee as pw
 from stripe.params import CustomerListParams
 
-from models.enums import MODES
 from stripe_app_backend import (
+    MODES,
     AccountModel,
     BadInput,
     EndpointContext,
