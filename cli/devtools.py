@@ -36,7 +36,7 @@ def add_mode_options(parser: Any) -> None:
     group.add_argument("--live", dest="mode", action="store_const", const=Mode.LIVE, default=None,
                        help="live mode (the default)")
     group.add_argument("--test", dest="mode", action="store_const", const=Mode.TEST,
-                       help="test mode")
+                       help="test mode (default: live)")
     group.add_argument("--sandbox", dest="mode", action="store_const", const=Mode.SANDBOX,
                        help="a sandbox install, served by the managed sandbox "
                             "(STRIPE_SECRET_KEY_SANDBOX, STRIPE_WEBHOOK_SECRETS_SANDBOX)")
