@@ -9,6 +9,11 @@ the install sync at start-up and `installs sync --dev` find them after a restart
 exit when dev does, even when it is killed (`cli.devtools.start_child`). Never use this mode
 with real Stripe keys.
 
+Sandboxes: dev gives the managed sandbox its own key (`STRIPE_SECRET_KEY_SANDBOX`, a
+`sk_test_` key other than the test one) and webhook secret (`STRIPE_WEBHOOK_SECRETS_SANDBOX`),
+added to a `var/dev.env` from before them, and the Install API fake lists the installs made
+with that key as the sandbox's, so `run.py simulate install --sandbox` goes end to end.
+
 Dev keeps its own database, `var/dev.db` (unless `DATABASE_URL` is set), so a fake `acct_demo`
 never lands in the real server's `var/app.db`. Each start writes the database, the address
 of the Stripe stand-in (`STRIPE_API_BASE`, the Install API fake in front of the emulator) and
@@ -37,6 +42,7 @@ from urllib.parse import urlsplit
 
 from cli import emulator, fake_installs
 from cli.serve import run_server
+from models.enums import Mode
 from service.config import Config
 from service.manifest import connect_src
 
@@ -132,9 +138,16 @@ def _generate() -> dict[str, str]:
         "STRIPE_WEBHOOK_SECRETS_TEST": "whsec_devtest" + secrets.token_hex(16),
         "STRIPE_SECRET_KEY_LIVE": "sk_live_dev" + secrets.token_hex(8),
         "STRIPE_SECRET_KEY_TEST": "sk_test_dev" + secrets.token_hex(8),
+        **_sandbox(),
         "STRIPE_APP_ID": "com.example.devapp",
         "CREDENTIALS_KEYS": _fernet_key(),
     }
+
+
+def _sandbox() -> dict[str, str]:
+    """The managed sandbox's development key and webhook secret."""
+    return {"STRIPE_WEBHOOK_SECRETS_SANDBOX": "whsec_devsandbox" + secrets.token_hex(16),
+            "STRIPE_SECRET_KEY_SANDBOX": "sk_test_devsandbox" + secrets.token_hex(8)}
 
 
 def _fernet_key() -> str:
@@ -193,11 +206,14 @@ def backend_port(values: dict[str, str]) -> int:
 INSTALLS_STATE = "var/dev-installs.json"
 
 
-def start_fake_installs(port: int, upstream: str) -> tuple[subprocess.Popen[str], str]:
+def start_fake_installs(port: int, upstream: str, sandbox_key: str | None = None
+                        ) -> tuple[subprocess.Popen[str], str]:
     """The Install API fake (cli/fake_installs.py) in front of the emulator: the backend's
-    `STRIPE_API_BASE`, answering `/v1/apps/installs` and forwarding the rest."""
+    `STRIPE_API_BASE`, answering `/v1/apps/installs` and forwarding the rest; `sandbox_key`
+    sees the sandbox's installs."""
     try:
-        proc, url = fake_installs.start(port, upstream, state=os.path.abspath(INSTALLS_STATE))
+        proc, url = fake_installs.start(port, upstream, state=os.path.abspath(INSTALLS_STATE),
+                                        sandbox_keys=(sandbox_key,) if sandbox_key else ())
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     print(f"Install API fake: started at {url} (pid {proc.pid}), forwarding to {upstream}, "
@@ -219,6 +235,8 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
     values = load_dev_env() or _generate()
     values.setdefault("CREDENTIALS_KEYS", _fernet_key())  # a dev.env from before the vault
     values.setdefault("DATABASE_URL", DEV_DATABASE_URL)
+    for key, value in _sandbox().items():  # a dev.env from before sandboxes
+        values.setdefault(key, value)
     port = backend_port(values)
     if port and _port_open(port):
         raise SystemExit(f"port {port} is taken: start dev on another, e.g. `PORT=8123 "
@@ -229,8 +247,10 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
     emulator = start_emulator(args.stripe_port)
     installs = None
     try:
+        sandbox_key = config_over_dev_env(values).secret_keys.get(Mode.SANDBOX)
         installs, installs_url = start_fake_installs(args.installs_port,
-                                                     f"http://127.0.0.1:{args.stripe_port}")
+                                                     f"http://127.0.0.1:{args.stripe_port}",
+                                                     sandbox_key)
         values["STRIPE_API_BASE"] = installs_url
         write_dev_env(values)  # so `--dev` commands and sourced shells reach this fake
         config = config_over_dev_env(values)
@@ -240,7 +260,8 @@ def run_dev(_config: Config, args: argparse.Namespace) -> int:
         print(f"manifest connect-src: {connect_src(config)}  (PUBLIC_URL; a browser needs a "
               "tunnel or https for it: docs/extension.md)")
         print(f"backend: http://{config.host}:{config.port}  try: .venv/bin/python run.py "
-              "simulate install --account acct_demo --test; other commands take --dev")
+              "simulate install --account acct_demo --test (or --sandbox); other commands "
+              "take --dev")
         return run_server(config)
     finally:
         for proc in (installs, emulator):

@@ -6,7 +6,9 @@
 - `compact(value)`: JSON without spaces, as the UI extension's signed requests send it;
 - `free_port()`: a free TCP port on the loopback interface;
 - `start_child(...)` / `exit_with_parent()`: a loopback server of ours as a child process that
-  exits when its parent does, however the parent ends (even by SIGKILL).
+  exits when its parent does, however the parent ends (even by SIGKILL);
+- `add_mode_options(parser)` / `chosen_mode(args)`: the CLI's `--live`, `--test`, `--sandbox`
+  (one of them; live when none is given).
 """
 
 from __future__ import annotations
@@ -23,6 +25,26 @@ import time
 from typing import Any
 
 import stripe
+
+from models.enums import Mode
+
+
+def add_mode_options(parser: Any) -> None:
+    """`--live`, `--test` and `--sandbox` on `parser`, one of them at most, as `args.mode` (None
+    when none is given: `chosen_mode` is then live)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--live", dest="mode", action="store_const", const=Mode.LIVE, default=None,
+                       help="live mode (the default)")
+    group.add_argument("--test", dest="mode", action="store_const", const=Mode.TEST,
+                       help="test mode (default: live)")
+    group.add_argument("--sandbox", dest="mode", action="store_const", const=Mode.SANDBOX,
+                       help="a sandbox install, served by the managed sandbox "
+                            "(STRIPE_SECRET_KEY_SANDBOX, STRIPE_WEBHOOK_SECRETS_SANDBOX)")
+
+
+def chosen_mode(args: Any) -> Mode:
+    """The mode `add_mode_options` read: live when none was given."""
+    return Mode(args.mode) if args.mode else Mode.LIVE
 
 
 def sign(payload: str | bytes, secret: str, timestamp: int | None = None) -> str:

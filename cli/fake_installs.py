@@ -16,12 +16,16 @@ stripe-python 16's `stripe.apps.Install` and `client.v1.apps.installs` use:
                                             gone from later lists
 
 The mode is the key's: `Authorization: Bearer sk_test_...`/`rk_test_...` sees test installs,
-`sk_live_...`/`rk_live_...` live ones; any other key is 401. With `Stripe-Account`, a list only
-shows that account's installs (as Stripe does for an app developer acting on an account).
+`sk_live_...`/`rk_live_...` live ones; any other key is 401. A key named a sandbox key
+(`sandbox_keys`, `--sandbox-key`: the managed sandbox's, a `sk_test_` key like the test one)
+sees sandbox installs, which are a list of their own (`livemode: false`, as Stripe's are), as
+the managed sandbox's installs are at Stripe. With `Stripe-Account`, a list only shows that
+account's installs (as Stripe does for an app developer acting on an account).
 
 Tests drive it in process (`FakeInstalls.add`, `.remove`, `.fail_list_after`); run alone:
 
     python -m cli.fake_installs --port 0 [--upstream http://127.0.0.1:8420] [--state FILE]
+                                [--sandbox-key sk_test_...]
 
 prints the port it bound as its first line. With `--state`, the installs are kept in FILE (JSON,
 0600, rewritten on each change, loaded at start), so `run.py dev` restarts with the installs
@@ -47,6 +51,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from cli.devtools import PARENT_FLAG, exit_with_parent, start_child
+from models.enums import Mode
 
 PATH = "/v1/apps/installs"
 INSTALLED_STATUSES = ("installed", "uninstall_failed")
@@ -87,6 +92,14 @@ class FakeState:
     fail_after: int | None = None  # list pages served before every later one fails
     fail_status: int = 500
     state_file: str | None = None  # where the installs are kept across restarts, if anywhere
+    sandbox_keys: set[str] = field(default_factory=set)  # keys that see the sandbox's installs
+    sandbox_ids: set[str] = field(default_factory=set)  # installs in the sandbox
+
+    def mode_of(self, obj: dict[str, Any]) -> Mode:
+        """The mode of an install object: sandbox, else its `livemode`'s."""
+        if obj["id"] in self.sandbox_ids:
+            return Mode.SANDBOX
+        return Mode.LIVE if obj["livemode"] else Mode.TEST
 
     def load(self) -> None:
         """The installs saved in `state_file`, when there is one (a missing file: none)."""
@@ -95,6 +108,7 @@ class FakeState:
         with open(self.state_file, encoding="utf-8") as f:
             saved = json.load(f)
         self.installs = {o["id"]: o for o in saved["installs"]}
+        self.sandbox_ids = set(saved.get("sandbox", ())) & set(self.installs)
 
     def save(self) -> None:
         """Write the installs to `state_file` (0600 from the first byte, replaced atomically)."""
@@ -104,13 +118,24 @@ class FakeState:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"installs": list(self.installs.values())}, f)
+            json.dump({"installs": list(self.installs.values()),
+                       "sandbox": sorted(self.sandbox_ids & set(self.installs))}, f)
         os.replace(tmp, self.state_file)
 
-    def ordered(self, livemode: bool) -> list[dict[str, Any]]:
-        """Newest first, then by id (Stripe's order for lists)."""
-        rows = [o for o in self.installs.values() if o["livemode"] == livemode]
+    def ordered(self, mode: Mode) -> list[dict[str, Any]]:
+        """The installs of `mode`, newest first, then by id (Stripe's order for lists)."""
+        rows = [o for o in self.installs.values() if self.mode_of(o) == mode]
         return sorted(rows, key=lambda o: (-o["created"], o["id"]))
+
+    def put(self, obj: dict[str, Any], mode: Mode) -> None:
+        """Keep `obj` as an install of `mode`."""
+        self.installs[obj["id"]] = obj
+        if mode == Mode.SANDBOX:
+            self.sandbox_ids.add(obj["id"])
+
+    def drop(self, install_id: str) -> None:
+        self.installs.pop(install_id, None)
+        self.sandbox_ids.discard(install_id)
 
 
 def _error(handler: tornado.web.RequestHandler, status: int, type_: str, message: str,
@@ -132,14 +157,17 @@ class _Base(tornado.web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         pass
 
-    def livemode(self) -> bool | None:
-        """The key's mode; None (401 sent) for a missing or unknown key."""
+    def mode(self) -> Mode | None:
+        """The key's mode (sandbox for a sandbox key); None (401 sent) for a missing or
+        unknown key."""
         auth = self.request.headers.get("Authorization", "")
         key = auth[7:] if auth.startswith("Bearer ") else ""
+        if key in self.state.sandbox_keys:
+            return Mode.SANDBOX
         if key.startswith(("sk_test_", "rk_test_")):
-            return False
+            return Mode.TEST
         if key.startswith(("sk_live_", "rk_live_")):
-            return True
+            return Mode.LIVE
         _error(self, 401, "invalid_request_error", "Invalid API Key provided.")
         return None
 
@@ -171,8 +199,8 @@ class _Base(tornado.web.RequestHandler):
 
 class InstallsHandler(_Base):
     def get(self) -> None:
-        livemode = self.livemode()
-        if livemode is None:
+        mode = self.mode()
+        if mode is None:
             return
         state, p = self.state, self.params()
         if state.fail_after is not None and state.list_pages >= state.fail_after:
@@ -186,7 +214,7 @@ class InstallsHandler(_Base):
             _error(self, 400, "invalid_request_error", "limit must be between 1 and 100",
                    code="parameter_invalid_integer", param="limit")
             return
-        rows = state.ordered(livemode)
+        rows = state.ordered(mode)
         account = self.request.headers.get("Stripe-Account") or p.get("account")
         for name, value in (("app", p.get("app")), ("account", account),
                             ("status", p.get("status"))):
@@ -211,8 +239,8 @@ class InstallsHandler(_Base):
         self.send({"object": "list", "url": PATH, "has_more": has_more, "data": page})
 
     def post(self) -> None:
-        livemode = self.livemode()
-        if livemode is None:
+        mode = self.mode()
+        if mode is None:
             return
         p = self.params()
         account = self.request.headers.get("Stripe-Account")
@@ -223,7 +251,7 @@ class InstallsHandler(_Base):
         app = p.get("app", "")
         permissions = {name: found for name in ("permissions_granted", "permissions_pending")
                        if (found := self.lists(name)) is not None}
-        for obj in self.state.ordered(livemode):
+        for obj in self.state.ordered(mode):
             if obj["account"] == account and obj["app"] == app:
                 if permissions:
                     obj.update(permissions, approval_required=bool(
@@ -231,21 +259,21 @@ class InstallsHandler(_Base):
                     self.state.save()
                 self.send(obj)
                 return
-        obj = install_object(account, app, livemode,
+        obj = install_object(account, app, mode == Mode.LIVE,
                              permissions_granted=permissions.get("permissions_granted"),
                              permissions_pending=permissions.get("permissions_pending"))
-        self.state.installs[obj["id"]] = obj
+        self.state.put(obj, mode)
         self.state.save()
         self.send(obj)
 
 
 class InstallHandler(_Base):
     def _find(self, install_id: str) -> dict[str, Any] | None:
-        livemode = self.livemode()
-        if livemode is None:
+        mode = self.mode()
+        if mode is None:
             return None
         obj = self.state.installs.get(install_id)
-        if obj is None or obj["livemode"] != livemode:
+        if obj is None or self.state.mode_of(obj) != mode:
             _error(self, 404, "invalid_request_error", f"No such apps.install: '{install_id}'",
                    code="resource_missing", param="id")
             return None
@@ -262,7 +290,7 @@ class UninstallHandler(InstallHandler):
         obj = self._find(install_id)
         if obj is None:
             return
-        del self.state.installs[install_id]
+        self.state.drop(install_id)
         self.state.save()
         self.send({**obj, "status": "uninstalling"})
 
@@ -292,8 +320,9 @@ class FakeInstalls:
     """The fake as a real HTTP server in this process's event loop."""
 
     def __init__(self, upstream: str | None = None, port: int = 0,
-                 state_file: str | None = None) -> None:
-        self.state = FakeState(upstream=upstream, state_file=state_file)
+                 state_file: str | None = None, sandbox_keys: tuple[str, ...] = ()) -> None:
+        self.state = FakeState(upstream=upstream, state_file=state_file,
+                               sandbox_keys=set(sandbox_keys))
         self.state.load()
         self.client = httpx.AsyncClient(timeout=30)
         args = {"state": self.state, "client": self.client}
@@ -309,17 +338,20 @@ class FakeInstalls:
         self.server.add_sockets(sockets)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def add(self, account: str, app: str, livemode: bool = False, **fields: Any) -> dict[str, Any]:
-        """Install `app` on `account` (no webhook is sent: that is the caller's business)."""
-        obj = install_object(account, app, livemode, **fields)
-        self.state.installs[obj["id"]] = obj
+    def add(self, account: str, app: str, livemode: bool = False, *, sandbox: bool = False,
+            **fields: Any) -> dict[str, Any]:
+        """Install `app` on `account` (no webhook is sent: that is the caller's business), in
+        the sandbox when `sandbox` (seen with a sandbox key only; `livemode` false)."""
+        obj = install_object(account, app, livemode and not sandbox, **fields)
+        self.state.put(obj, Mode.SANDBOX if sandbox else Mode.LIVE if livemode else Mode.TEST)
         self.state.save()
         return obj
 
-    def remove(self, account: str, livemode: bool = False) -> None:
+    def remove(self, account: str, livemode: bool = False, *, sandbox: bool = False) -> None:
+        mode = Mode.SANDBOX if sandbox else Mode.LIVE if livemode else Mode.TEST
         for key, obj in list(self.state.installs.items()):
-            if obj["account"] == account and obj["livemode"] == livemode:
-                del self.state.installs[key]
+            if obj["account"] == account and self.state.mode_of(obj) == mode:
+                self.state.drop(key)
         self.state.save()
 
     def fail_list_after(self, pages: int | None, status: int = 500) -> None:
@@ -341,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-live", action="store_true", help="seed live installs")
     parser.add_argument("--state", default=None,
                         help="keep the installs in this file across restarts (default: memory)")
+    parser.add_argument("--sandbox-key", action="append", default=[], metavar="KEY",
+                        help="a key that sees the sandbox's installs (repeatable)")
     parser.add_argument(PARENT_FLAG, action="store_true",
                         help="exit when stdin closes (set by start(): die with the parent)")
     args = parser.parse_args(argv)
@@ -348,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         exit_with_parent()
 
     async def serve() -> None:
-        fake = FakeInstalls(args.upstream, args.port, args.state)
+        fake = FakeInstalls(args.upstream, args.port, args.state, tuple(args.sandbox_key))
         for i in range(args.seed):
             fake.add(f"acct_seed{i:07d}", args.seed_app, args.seed_live, created=1_700_000_000,
                      install_id=f"apinst_seed{i:07d}")
@@ -359,11 +393,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def start(port: int = 0, upstream: str | None = None, timeout: float = 20.0,
-          extra: list[str] | None = None,
-          state: str | None = None) -> tuple[subprocess.Popen[str], str]:
+          extra: list[str] | None = None, state: str | None = None,
+          sandbox_keys: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
     """Start the fake as a child process; returns it and its base URL once it answers."""
     args = ["--port", str(port), *(extra or []), *(["--upstream", upstream] if upstream else []),
-            *(["--state", state] if state else [])]
+            *(["--state", state] if state else []),
+            *(a for key in sandbox_keys for a in ("--sandbox-key", key))]
     return start_child("cli.fake_installs", args, "the Install API fake", timeout)
 
 

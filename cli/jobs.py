@@ -3,8 +3,8 @@
 `jobs run` runs the job in this process, recorded like a scheduled run (replica `cli`) but as
 its own run (kind `manual`): it never collides with a fire or another manual run in the same
 second, and is refused, in words, only while a run of the same job and account is under way.
-`run`, `pause` and `resume` act in live mode unless given `--test` (`--live` says it outright);
-they print the mode they acted in. `list --account acct_...` shows one account's jobs.
+`run`, `pause` and `resume` act in live mode unless given `--test` or `--sandbox` (`--live` says
+it outright); they print the mode they acted in. `list --account acct_...` shows one account's jobs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from cli.devtools import add_mode_options, chosen_mode
 from cli.offline import when, with_services
 from jobs.scheduler import describe_jobs
 from models.enums import Mode
@@ -31,8 +32,9 @@ def add_parser(sub: Any) -> None:
     jrun.add_argument("--account", required=True)
     _add_mode(jrun)
     jrun.set_defaults(func=with_services(run_job))
-    for name, text in (("pause", "pause an account's jobs (live mode unless --test)"),
-                       ("resume", "resume them (live mode unless --test)")):
+    for name, text in (("pause", "pause an account's jobs (live mode unless --test or "
+                                 "--sandbox)"),
+                       ("resume", "resume them (live mode unless --test or --sandbox)")):
         p = jsub.add_parser(name, help=text)
         p.add_argument("--account", required=True)
         _add_mode(p)
@@ -40,31 +42,28 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_mode(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--live", dest="test", action="store_const", const=False, default=None,
-                       help="live mode (the default)")
-    group.add_argument("--test", dest="test", action="store_const", const=True,
-                       help="test mode (default: live)")
+    add_mode_options(parser)
 
 
 def _mode(args: argparse.Namespace) -> Mode:
-    return Mode.TEST if args.test else Mode.LIVE
+    return chosen_mode(args)
 
 
 def _mode_note(args: argparse.Namespace) -> str:
     """The mode acted in, saying so when it was the default."""
-    if args.test is None:
+    if args.mode is None:
         return "live mode (the default; --test for test mode)"
     return f"{_mode(args)} mode"
 
 
 async def list_jobs(services: Services, args: argparse.Namespace) -> int:
     storage, index, registry = services.storage, services.installations, services.registry
-    print(f"{'job':24} {'mode':4} {'account':28} {'next run (UTC)':19}  last outcome")
+    views = [v for v in index.active() if args.account in (None, v.account_id)]
+    width = max([4, *(len(v.mode) for v in views)])  # "sandbox" widens the column, if listed
+    print(f"{'job':24} {'mode':{width}} {'account':28} {'next run (UTC)':19}  last outcome")
     for name, spec in registry.jobs.items():
         schedule = f"every {spec.every:.0f}s" if spec.every else f"cron {spec.cron}"
         print(f"# {name}: {spec.description} ({schedule})")
-    views = [v for v in index.active() if args.account in (None, v.account_id)]
     if args.account and not views:
         print(f"# {args.account} has no active installation")
     for view in sorted(views, key=lambda v: (v.account_id, v.mode)):
@@ -78,7 +77,8 @@ async def list_jobs(services: Services, args: argparse.Namespace) -> int:
             if last and last["outcome"] in ("skipped", "interrupted") and last["error"]:
                 outcome += f" ({last['error']})"
             nxt = "paused" if row["paused"] else when(row["next_run"])
-            print(f"{row['job']:24} {row['mode']:4} {view.account_id:28} {nxt:19}  {outcome}")
+            print(f"{row['job']:24} {row['mode']:{width}} {view.account_id:28} {nxt:19}  "
+                  f"{outcome}")
     return 0
 
 

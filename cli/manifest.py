@@ -1,8 +1,9 @@
 """`run.py manifest [--check FILE]`: the `stripe-app.json` fragment this backend needs.
 
 Without `--check` it prints the fragment as JSON on stdout (ready to paste into the app's
-manifest), and on stderr what to do with it: the webhook events to subscribe to, and any
-permission that was guessed from an event type or a non-https `PUBLIC_URL`.
+manifest), and on stderr what to do with it: the webhook events to subscribe to (and, when the
+managed sandbox is configured, that its own endpoints need the same), and any permission that
+was guessed from an event type or a non-https `PUBLIC_URL`.
 With `--check FILE` it reads an existing manifest and prints one line per missing entry;
 exit 1 when anything is missing, 2 when the file cannot be read as a JSON object.
 The content is computed by `service/manifest.py` from the configuration and the job registry.
@@ -38,6 +39,10 @@ def _notes(config: Config, registry: Registry) -> list[str]:
              "connected accounts, subscribed to: " + ", ".join(connected),
              f"Webhook endpoint 2: {config.public_url}/webhooks, listening to events on your "
              "own account, subscribed to: " + ", ".join(INSTALL_EVENTS)]
+    if config.sandbox_configured:
+        lines.append("Sandbox installs: create both endpoints again in your managed sandbox "
+                     "(with its key), and set their signing secrets in "
+                     "STRIPE_WEBHOOK_SECRETS_SANDBOX")
     for need in permission_needs(registry):
         if need.guessed:
             lines.append(f"{need.permission}: derived from the event type; check the name in "

@@ -1,15 +1,24 @@
 """`run.py simulate ...`: play Stripe's parts against a running backend, signed as Stripe signs.
 
-    simulate install   --account acct_X [--user usr_X] [--test] [--granted PERM ...]
+    simulate install   --account acct_X [--user usr_X] [--test|--sandbox] [--granted PERM ...]
                                         install link + callback; the install grants the
                                         permissions the manifest asks for, or those given
-    simulate uninstall --account acct_X [--test]                   deauthorized webhook
-    simulate event TYPE --account acct_X [--test]                  any event by type, about an
+    simulate uninstall --account acct_X [--test|--sandbox]         deauthorized webhook
+    simulate event TYPE --account acct_X [--test|--sandbox]        any event by type, about an
                                         object of its kind (a customer for customer.created)
-    simulate event --file event.json                               an event from a file
-    simulate event apps.install.created --account acct_X [--test] [--granted a,b] [--pending c]
+    simulate event --file event.json [--sandbox]                   an event from a file
+    simulate event apps.install.created --account acct_X [--test|--sandbox] [--granted a,b]
+                                        [--pending c]
                                         a platform event with the install in data.object
     simulate request /api/installation --account acct_X [--payload '{"k": 1}']
+
+Modes: live unless `--test` or `--sandbox`. An event is signed with its mode's webhook secret:
+`STRIPE_WEBHOOK_SECRETS_LIVE`; `_TEST` (or the live one, as a live endpoint also gets test
+events); for `--sandbox` only `STRIPE_WEBHOOK_SECRETS_SANDBOX` (the managed sandbox's
+endpoints), never the test or live secret, with `livemode: false` as a sandbox's events say. A
+sandbox install's callback says `livemode=false`, as Stripe's does (it carries no sandbox flag):
+the backend places it in test mode until the Install API (the sandbox's key) or the sandbox's
+webhook says it is the sandbox's.
 
 When `STRIPE_API_BASE` is a loopback address (the Install API fake `run.py dev` runs,
 cli/fake_installs.py), `install` and `event apps.install.created` also register the install
@@ -39,7 +48,17 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from cli.dev import config_over_dev_env, load_dev_env
-from cli.devtools import JSONFileError, compact, make_event, new_event_id, read_json_object, sign
+from cli.devtools import (
+    JSONFileError,
+    add_mode_options,
+    chosen_mode,
+    compact,
+    make_event,
+    new_event_id,
+    read_json_object,
+    sign,
+)
+from models.enums import Mode
 from service.config import Config
 from service.signatures import install_signed_string
 
@@ -58,20 +77,20 @@ def add_parser(sub: Any) -> None:
     inst = ssub.add_parser("install", help="install through the install link and callback")
     inst.add_argument("--account", required=True)
     inst.add_argument("--user", default="usr_simulated")
-    inst.add_argument("--test", action="store_true")
+    add_mode_options(inst)
     inst.add_argument("--granted", nargs="*", metavar="PERM",
                       help="the permissions the install grants (default: all the manifest "
                            "asks for; none given: none granted)")
     inst.set_defaults(action=_install)
     unin = ssub.add_parser("uninstall", help="send account.application.deauthorized")
     unin.add_argument("--account", required=True)
-    unin.add_argument("--test", action="store_true")
+    add_mode_options(unin)
     unin.set_defaults(action=_uninstall)
     ev = ssub.add_parser("event", help="send a webhook event by type or from a JSON file")
     ev.add_argument("type", nargs="?")
     ev.add_argument("--file")
     ev.add_argument("--account")
-    ev.add_argument("--test", action="store_true")
+    add_mode_options(ev)
     ev.add_argument("--granted", default="", help="apps.install.*: permissions granted, a,b")
     ev.add_argument("--pending", default="", help="apps.install.*: permissions pending, a,b")
     ev.set_defaults(action=_event)
@@ -84,7 +103,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _config(config: Config) -> Config:
-    if config.app_secrets or config.webhook_secrets["live"] or config.webhook_secrets["test"]:
+    if config.app_secrets or any(config.webhook_secrets.values()):
         return config
     dev = load_dev_env()
     return config_over_dev_env(dev) if dev else config
@@ -104,28 +123,43 @@ def _answer(resp: httpx.Response) -> int:
     return 0 if resp.status_code < 400 else 1
 
 
-def send_event(client: httpx.Client, config: Config, event: dict[str, Any]) -> int:
-    live = bool(event.get("livemode"))
-    pool = config.webhook_secrets["live"] if live else (
-        config.webhook_secrets["test"] or config.webhook_secrets["live"])
+def signing_secret(config: Config, mode: Mode) -> str:
+    """The webhook secret an event of `mode` is signed with (the module docstring): a sandbox
+    event only ever with a sandbox secret."""
+    secrets = config.webhook_secrets
+    pool = {Mode.LIVE: secrets[Mode.LIVE], Mode.TEST: secrets[Mode.TEST] or secrets[Mode.LIVE],
+            Mode.SANDBOX: secrets[Mode.SANDBOX]}[mode]
     if not pool:
-        raise SimulateError("no webhook secret for this mode: set STRIPE_WEBHOOK_SECRETS_"
-                            + ("LIVE" if live else "TEST"))
+        needed = "LIVE" if mode == Mode.LIVE else mode.upper()
+        raise SimulateError(f"no webhook secret for {mode} mode: set "
+                            f"STRIPE_WEBHOOK_SECRETS_{needed}")
+    return pool[0]
+
+
+def send_event(client: httpx.Client, config: Config, event: dict[str, Any],
+               mode: Mode | None = None) -> int:
+    """Send `event` signed with the secret of `mode` (by default its `livemode`'s); a sandbox
+    event must say `livemode: false`."""
+    live = bool(event.get("livemode"))
+    mode = mode or Mode.of_livemode(live)
+    if mode == Mode.SANDBOX and live:
+        raise SimulateError("a sandbox event says livemode: false (a sandbox is never live)")
+    secret = signing_secret(config, mode)
     body = json.dumps(event, indent=2)  # Stripe sends pretty-printed JSON
     _show("-> POST /webhooks", body)
     resp = client.post("/webhooks", content=body.encode(), headers={
-        "Stripe-Signature": sign(body, pool[0]), "Content-Type": "application/json"})
+        "Stripe-Signature": sign(body, secret), "Content-Type": "application/json"})
     return _answer(resp)
 
 
-def local_install_api(config: Config, livemode: bool) -> tuple[str, dict[str, str]] | None:
-    """The Install API fake's base URL and the headers to call it for the mode, or None when
-    `STRIPE_API_BASE` is not on the loopback interface (real Stripe is never written to) or
-    the app id or the mode's key is missing (then a note says what was skipped)."""
+def local_install_api(config: Config, mode: Mode) -> tuple[str, dict[str, str]] | None:
+    """The Install API fake's base URL and the headers to call it for `mode` (with the mode's
+    key: the sandbox's for a sandbox install), or None when `STRIPE_API_BASE` is not on the
+    loopback interface (real Stripe is never written to) or the app id or the mode's key is
+    missing (then a note says what was skipped)."""
     base = config.api_base
     if not base or urlsplit(base).hostname not in ("127.0.0.1", "localhost", "::1"):
         return None
-    mode = "live" if livemode else "test"
     key = config.secret_keys.get(mode)
     if not config.app_id or not key:
         print(f"(not registered with the Install API at {base}: STRIPE_APP_ID or "
@@ -148,14 +182,14 @@ def permission_list(values: list[str] | None) -> list[str]:
     return [p for value in values or () for p in value.split(",") if p]
 
 
-def register_install(config: Config, account: str, livemode: bool,
+def register_install(config: Config, account: str, mode: Mode,
                      granted: list[str] | None = None,
                      pending: list[str] | None = None) -> str | None:
     """Tell the local Install API fake that the app is installed on `account` (see the module
     docstring), with the permissions `granted` and `pending` when given, and return the
     install's id; None when there is no local fake or it failed (a warning: the simulated
     install itself stands)."""
-    local = local_install_api(config, livemode)
+    local = local_install_api(config, mode)
     if local is None:
         return None
     base, headers = local
@@ -181,10 +215,10 @@ def register_install(config: Config, account: str, livemode: bool,
     return install_id
 
 
-def unregister_install(config: Config, account: str, livemode: bool) -> None:
+def unregister_install(config: Config, account: str, mode: Mode) -> None:
     """Uninstall the app from `account` in the local Install API fake, as Stripe's records
     change when an account uninstalls; a failure is a warning."""
-    local = local_install_api(config, livemode)
+    local = local_install_api(config, mode)
     if local is None:
         return
     base, headers = local
@@ -206,13 +240,16 @@ def unregister_install(config: Config, account: str, livemode: bool) -> None:
               "sync may still see this install", file=sys.stderr)
 
 
-def install(client: httpx.Client, config: Config, account: str, user: str, test: bool,
+def install(client: httpx.Client, config: Config, account: str, user: str, mode: Mode,
             granted: list[str] | None = None) -> int:
-    """The install link, Stripe's redirect to the callback and the webhook that comes with it;
-    the local Install API records the install granting `granted` (None: what the manifest
-    asks for) first, as Stripe records it before it redirects."""
+    """The install link, Stripe's redirect to the callback and the webhook that comes with it
+    (signed with `mode`'s secret); the local Install API records the install in `mode`
+    granting `granted` (None: what the manifest asks for) first, as Stripe records it before
+    it redirects."""
     if not config.app_secrets:
         raise SimulateError("STRIPE_APP_SECRETS is not set")
+    if mode == Mode.SANDBOX:  # before anything is sent: no sandbox install without its secret
+        signing_secret(config, mode)
     print("-> GET /install")
     start = client.get("/install")
     if start.status_code != 302:
@@ -225,18 +262,18 @@ def install(client: httpx.Client, config: Config, account: str, user: str, test:
     params = {"user_id": user, "account_id": account, "state": state,
               "install_signature": sign(install_signed_string(state, user, account),
                                         config.app_secrets[0])}
-    if test:
+    if mode != Mode.LIVE:  # a sandbox's callback says livemode=false too, and nothing more
         params["livemode"] = "false"
     if granted is None:
         granted = declared_permissions()
-    register_install(config, account, not test, granted)  # Stripe records it, then redirects
+    register_install(config, account, mode, granted)  # Stripe records it, then redirects
     print(f"-> GET {callback} (as Stripe's redirect) {json.dumps(params)}")
     resp = client.get(callback, params=params, headers={"Accept": "application/json"})
     code = _answer(resp)
     if code == 0:
         print("-> and the webhook Stripe sends with it")
         code = send_event(client, config, make_event("account.application.authorized", account,
-                                                     not test))
+                                                     mode == Mode.LIVE), mode)
     return code
 
 
@@ -273,7 +310,7 @@ def _event_from_file(path: str) -> dict[str, Any]:
     return event
 
 
-def install_event(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+def install_event(config: Config, args: argparse.Namespace, mode: Mode) -> dict[str, Any]:
     """An `apps.install.*` event as Stripe sends it to the app developer: no top-level
     `account`; the install (with its `account`) in `data.object`."""
     from cli.fake_installs import install_object
@@ -283,37 +320,44 @@ def install_event(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     status = "uninstalling" if args.type == "apps.install.deleted" else "installed"
     install_id = None
     granted, pending = permission_list([args.granted]), permission_list([args.pending])
+    live = mode == Mode.LIVE
     if args.type == "apps.install.created":  # the install Stripe now lists, under its id
-        install_id = register_install(config, args.account, not args.test, granted, pending)
+        install_id = register_install(config, args.account, mode, granted, pending)
     elif args.type == "apps.install.deleted":
-        unregister_install(config, args.account, not args.test)
-    obj = install_object(args.account, config.app_id or "com.example.app", not args.test,
+        unregister_install(config, args.account, mode)
+    obj = install_object(args.account, config.app_id or "com.example.app", live,
                          install_id=install_id, status=status, permissions_granted=granted,
                          permissions_pending=pending)
-    return make_event(args.type, None, not args.test, obj=obj)
+    return make_event(args.type, None, live, obj=obj)
 
 
 def _install(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
     granted = None if args.granted is None else permission_list(args.granted)
-    return install(client, config, args.account, args.user, args.test, granted)
+    return install(client, config, args.account, args.user, chosen_mode(args), granted)
 
 
 def _uninstall(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
-    unregister_install(config, args.account, not args.test)
+    mode = chosen_mode(args)
+    if mode == Mode.SANDBOX:
+        signing_secret(config, mode)
+    unregister_install(config, args.account, mode)
     return send_event(client, config, make_event(
-        "account.application.deauthorized", args.account, not args.test))
+        "account.application.deauthorized", args.account, mode == Mode.LIVE), mode)
 
 
 def _event(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:
-    if args.file:
+    mode = chosen_mode(args)
+    if args.file:  # its livemode says live or test; --sandbox signs it as the sandbox's
         event = _event_from_file(args.file)
-    elif args.type and args.type.startswith("apps.install."):
-        event = install_event(config, args)
+        return send_event(client, config, event,
+                          Mode.SANDBOX if mode == Mode.SANDBOX else None)
+    if args.type and args.type.startswith("apps.install."):
+        event = install_event(config, args, mode)
     elif args.type:
-        event = make_event(args.type, args.account, not args.test)
+        event = make_event(args.type, args.account, mode == Mode.LIVE)
     else:
         raise SimulateError("give an event type or --file")
-    return send_event(client, config, event)
+    return send_event(client, config, event, mode)
 
 
 def _request(client: httpx.Client, config: Config, args: argparse.Namespace) -> int:

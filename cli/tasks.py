@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> None:
 def _line(v: TaskView) -> str:
     progress = "-" if v.progress is None else f"{v.progress:.0%}"
     error = (v.error or "").splitlines()[-1:] or [""]
-    return (f"{v.id:37} {v.name:20} {v.account_id:24} {v.mode} {v.status:9} {progress:>5} "
+    return (f"{v.id:37} {v.name:20} {v.account_id:24} {v.mode:7} {v.status:9} {progress:>5} "
             f"{v.attempts}/{v.max_attempts}  {when(v.created_at)}  {error[0][:60]}")
 
 
@@ -56,7 +56,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         migrate(db)
         if args.tasks_command == "list":
             rows = list_tasks(args.account, args.failed, args.limit)
-            print(f"{'task':37} {'name':20} {'account':24} mode {'status':9} prog. tries "
+            print(f"{'task':37} {'name':20} {'account':24} {'mode':7} {'status':9} prog. tries "
                   f"{'created (UTC)':19}  error")
             for view in rows:
                 print(_line(view))

@@ -213,7 +213,7 @@ class Vault:
                     f"OAuth token {provider_name!r} of {account_id}/{mode} has expired and "
                     "has no refresh token: connect the account again from the extension")
             try:
-                fresh = await self.oauth.refresh(provider, token)
+                fresh = await self.oauth.refresh(provider, token, mode)
             except OAuthNotConfigured as exc:
                 raise CredentialMissing(str(exc)) from None
             except OAuthFailure as exc:

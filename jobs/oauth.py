@@ -13,6 +13,9 @@ like jobs):
         redirect_uri="https://dashboard.stripe.com/apps-oauth/com.example.app",
         # any other redirect URI the extension may send (test mode's, say)
         redirect_uris=("https://dashboard.stripe.com/test/apps-oauth/com.example.app",),
+        # optional: the client registered for sandbox installs, when it is another one
+        sandbox_client_id_env="ACME_SANDBOX_CLIENT_ID",
+        sandbox_client_secret_env="ACME_SANDBOX_CLIENT_SECRET",
     )
 
 The UI extension runs the authorization step itself (the SDK's `createOAuthState` gives it a
@@ -22,6 +25,13 @@ URL (RFC 6749 section 4.1.3, with PKCE's `code_verifier`), `OAuthProviders.refre
 refresh token before the access token expires (section 6). Both go through Authlib's httpx
 client (`AsyncOAuth2Client`): no hand-written token code. A provider whose client id or secret
 variable is unset is "not configured" (the endpoint answers 503).
+
+Sandboxes: a provider may declare a second client, `sandbox_client_id_env` and
+`sandbox_client_secret_env` (both or neither), for installs in a sandbox (`Mode.SANDBOX`): a
+provider may register the sandbox's redirect as a client of its own, with its own id and
+secret. Exchange and refresh in sandbox mode then use that pair, and only it: unset, the
+provider is not configured in sandbox mode (503), and the live pair is never sent instead. A
+provider that declares no sandbox pair uses its one pair in every mode, as before sandboxes.
 
 The `redirect_uri` sent with the code must be the one the authorization request used, so the
 extension may send it; only the provider's own (`redirect_uri` and `redirect_uris`) are ever
@@ -48,6 +58,7 @@ with warnings.catch_warnings(record=True):
     from authlib.oauth2.rfc6749 import OAuth2Token
 
 from jobs.http import TIMEOUT, USER_AGENT
+from models.enums import Mode
 from models.loader import DEFAULT_PACKAGES, load_modules
 
 NAME = re.compile(r"[a-z0-9_]{1,64}")
@@ -87,10 +98,24 @@ class OAuthProvider:
     #: `client_secret_basic` (HTTP Basic, the default) or `client_secret_post` (form fields).
     auth_method: str = "client_secret_basic"
     scope: str | None = None
+    #: The variables of the client used for sandbox installs, when the provider registers the
+    #: sandbox apart (both or neither; neither: the one client above serves every mode).
+    sandbox_client_id_env: str | None = None
+    sandbox_client_secret_env: str | None = None
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
             raise ValueError(f"OAuth provider name {self.name!r} must match [a-z0-9_]{{1,64}}")
+        if (self.sandbox_client_id_env is None) != (self.sandbox_client_secret_env is None):
+            raise ValueError(f"OAuth provider {self.name!r}: declare both "
+                             "sandbox_client_id_env and sandbox_client_secret_env, or neither")
+
+    def client_envs(self, mode: str | None = None) -> tuple[str, str]:
+        """The client id and secret variables of `mode`: the sandbox pair in sandbox mode when
+        the provider declares one, else the one pair."""
+        if mode == Mode.SANDBOX and self.sandbox_client_id_env and self.sandbox_client_secret_env:
+            return self.sandbox_client_id_env, self.sandbox_client_secret_env
+        return self.client_id_env, self.client_secret_env
 
 
     @property
@@ -123,9 +148,10 @@ class OAuthProviders:
                  timeout: httpx.Timeout = TIMEOUT) -> None:
         env = os.environ if env is None else env
         self.providers = {p.name: p for p in providers}
-        self._clients = {p.name: (env.get(p.client_id_env, "").strip(),
-                                  env.get(p.client_secret_env, "").strip())
-                         for p in self.providers.values()}
+        #: (client id, secret) by variable names, for every pair a provider declares
+        self._clients = {names: (env.get(names[0], "").strip(), env.get(names[1], "").strip())
+                         for p in self.providers.values()
+                         for names in {p.client_envs(), p.client_envs(Mode.SANDBOX)}}
         self.timeout = timeout
 
     @classmethod
@@ -153,27 +179,40 @@ class OAuthProviders:
         return self.providers.get(name)
 
     def disabled(self) -> list[str]:
-        """One log line per provider whose client variables are unset."""
-        return [f"{p.client_id_env}/{p.client_secret_env} unset: OAuth provider {p.name!r} "
-                "answers 503" for p in self.providers.values() if not all(self._clients[p.name])]
+        """One log line per provider (and its sandbox pair, when declared) whose client
+        variables are unset."""
+        lines = [f"{p.client_id_env}/{p.client_secret_env} unset: OAuth provider {p.name!r} "
+                 "answers 503" for p in self.providers.values()
+                 if not all(self._clients[p.client_envs()])]
+        lines += [f"{ids}/{secrets} unset: OAuth provider {p.name!r} answers 503 in sandbox mode"
+                  for p in self.providers.values()
+                  for ids, secrets in [p.client_envs(Mode.SANDBOX)]
+                  if (ids, secrets) != p.client_envs() and not all(self._clients[ids, secrets])]
+        return lines
 
-    def _client(self, provider: OAuthProvider, **kwargs: Any) -> AsyncOAuth2Client:
-        client_id, secret = self._clients[provider.name]
+    def _client(self, provider: OAuthProvider, mode: str | None = None,
+                **kwargs: Any) -> AsyncOAuth2Client:
+        names = provider.client_envs(mode)
+        client_id, secret = self._clients[names]
         if not client_id or not secret:
-            raise OAuthNotConfigured(f"{provider.client_id_env} and {provider.client_secret_env}"
-                                     f" must be set for OAuth provider {provider.name!r}")
+            raise OAuthNotConfigured(f"{names[0]} and {names[1]} must be set for OAuth provider "
+                                     f"{provider.name!r}"
+                                     + (" in sandbox mode" if names != provider.client_envs()
+                                        else ""))
         return AsyncOAuth2Client(
             client_id, secret, token_endpoint_auth_method=provider.auth_method,
             scope=provider.scope, token_endpoint=provider.token_url, timeout=self.timeout,
             headers={"User-Agent": USER_AGENT}, leeway=LEEWAY, **kwargs)
 
     async def exchange(self, provider: OAuthProvider, code: str, verifier: str,
-                       redirect_uri: str | None = None) -> dict[str, Any]:
-        """Trade an authorization code and its PKCE verifier for a token (RFC 6749 4.1.3).
+                       redirect_uri: str | None = None, *, mode: str | None = None
+                       ) -> dict[str, Any]:
+        """Trade an authorization code and its PKCE verifier for a token (RFC 6749 4.1.3), as
+        the client of `mode` (`OAuthProvider.client_envs`).
 
         `redirect_uri` must be one of the provider's (`RedirectNotAllowed`, nothing sent)."""
         redirect = provider.redirect_for(redirect_uri)
-        async with self._client(provider, redirect_uri=redirect) as client:
+        async with self._client(provider, mode, redirect_uri=redirect) as client:
             try:
                 token = await client.fetch_token(
                     provider.token_url, grant_type="authorization_code", code=code,
@@ -182,9 +221,10 @@ class OAuthProviders:
                 raise _failure(provider, exc) from None
         return dict(token)
 
-    async def refresh(self, provider: OAuthProvider, token: Mapping[str, Any]
-                      ) -> dict[str, Any]:
-        """The token, refreshed (RFC 6749 section 6) if it expires within `LEEWAY` seconds.
+    async def refresh(self, provider: OAuthProvider, token: Mapping[str, Any],
+                      mode: str | None = None) -> dict[str, Any]:
+        """The token, refreshed (RFC 6749 section 6) if it expires within `LEEWAY` seconds, as
+        the client of `mode` (the one that obtained it).
 
         Authlib decides (`ensure_active_token`) and keeps the old refresh token when the
         provider does not send a new one.
@@ -195,7 +235,7 @@ class OAuthProviders:
             fresh.clear()
             fresh.update(new)
 
-        async with self._client(provider, token=dict(token), update_token=keep) as client:
+        async with self._client(provider, mode, token=dict(token), update_token=keep) as client:
             try:
                 await client.ensure_active_token(client.token)
             except Exception as exc:

@@ -11,10 +11,10 @@ All are signed and need the app installed. Beyond `SignedHandler`'s checks, in t
 - 503 when `CREDENTIALS_KEYS` is not set (`not_configured`);
 - 401 when a field they read is not covered by the signature: the value must come in the
   raw body the extension signed, never beside the two-key `{"user_id","account_id"}` fallback;
-- 400 for a malformed field: `mode` is `live` or `test`, `name` matches `[a-z0-9_]{1,64}`,
-  `value` is a string of at most 4096 characters; every string read (`value`, `code`,
-  `verifier`, `redirect_uri`) must be text that UTF-8 can encode (JSON may escape a lone UTF-16
-  surrogate, `"\\ud800"`, which cannot be stored or sent): 400, nothing stored;
+- 400 for a malformed field: `mode` is `live`, `test` or `sandbox`, `name` matches
+  `[a-z0-9_]{1,64}`, `value` is a string of at most 4096 characters; every string read
+  (`value`, `code`, `verifier`, `redirect_uri`) must be text that UTF-8 can encode (JSON may
+  escape a lone UTF-16 surrogate, `"\\ud800"`, which cannot be stored or sent): 400, nothing stored;
 - 403 `role_required` unless the signed `stripe_roles` hold a role id in `CREDENTIAL_ROLES`
   (set, delete and exchange; list needs none), 403 `not_installed` for a mode the account
   has not installed the app in;
@@ -59,6 +59,11 @@ def text(field: str, value: Any, limit: int) -> str:
     return value
 
 
+#: The answer to a signed `mode` that is none of `MODES`.
+MODE_ERROR = "mode must be " + ", ".join(f'"{m}"' for m in MODES[:-1]) + f' or "{MODES[-1]}"'
+
+
+
 def clash(exc: CredentialClash) -> APIError:
     return APIError(409, str(exc), code="name_taken")
 
@@ -79,7 +84,7 @@ class VaultHandler(SignedHandler):
     def mode(self, req: SignedRequest) -> str:
         mode = req.signed("mode")
         if mode not in MODES:
-            raise APIError(400, "mode must be \"live\" or \"test\"")
+            raise APIError(400, MODE_ERROR)
         if not self.installations.is_active(req.account_id, mode):
             raise APIError(403, f"the app is not installed on this account in {mode} mode",
                            code="not_installed",
@@ -158,7 +163,7 @@ class OAuthExchangeHandler(VaultHandler):
                            "mode: delete it before connecting the OAuth provider of that name",
                            code="name_taken")
         try:
-            token = await vault.oauth.exchange(provider, code, verifier, redirect_uri)
+            token = await vault.oauth.exchange(provider, code, verifier, redirect_uri, mode=mode)
         except OAuthNotConfigured as exc:
             raise APIError(503, f"OAuth provider {provider.name!r} is not configured on this "
                            "server", code="not_configured", reason_for_log=str(exc)) from None

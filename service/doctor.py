@@ -9,16 +9,24 @@ A check that cannot be answered (no key set, an emulator that lacks the endpoint
 listening at `PUBLIC_URL`) is `skipped`, never `ok`. The checks:
 
 - keys in their right variables (`sk_live_`/`rk_live_` in `_LIVE`, `sk_test_`/`rk_test_` in
-  `_TEST`), secrets with their right prefixes (`absec_`, `whsec_`), read from the raw
-  environment so that a value `Config` refuses is still explained;
-- each key accepted by the API, and its `livemode` that of its variable;
+  `_TEST` and `_SANDBOX`, the sandbox's not the test key), secrets with their right prefixes
+  (`absec_`, `whsec_`), read from the raw environment so that a value `Config` refuses is still
+  explained;
+- the managed sandbox configured whole: its key and its webhook secrets set together (one
+  without the other serves sandbox installs half);
+- each key accepted by the API, and its `livemode` that of its variable (false for the
+  sandbox's);
+- the sandbox's key belongs to a sandbox: `GET /v1/account` names an account other than the
+  test key's and the live key's (a sandbox is an account of its own; an account's test mode
+  shares its live account's id), so it is not the test key of the developer's account;
 - `PUBLIC_URL` and `STRIPE_INSTALL_REDIRECT_URI` https when a live key is set; the redirect on
   `PUBLIC_URL`'s origin, and (when probing) its path served there;
 - the clock against the API's `Date` header (signatures have a tolerance of a few minutes);
 - the database writable, its migrations current;
-- the webhook endpoints registered at Stripe: one points at `PUBLIC_URL/webhooks`, is enabled,
-  listens to connected accounts (`connect: true`), and subscribes to
-  `account.application.authorized`/`deauthorized` and every type an `@on_event` handler needs.
+- the webhook endpoints registered at Stripe, listed with each mode's key (the sandbox's own
+  with the sandbox's key): one points at `PUBLIC_URL/webhooks`, is enabled, listens to connected
+  accounts (`connect: true`), and subscribes to `account.application.authorized`/`deauthorized`
+  and every type an `@on_event` handler needs.
 
 `serve` runs the same checks in the background after start-up and logs one line per finding
 (`log_findings`); the status page shows the latest ones (`DoctorReport`).
@@ -104,27 +112,39 @@ def check_env(env: Mapping[str, str]) -> list[Finding]:
     """Keys and secrets in their right variables, with their right prefixes."""
     out: list[Finding] = []
     for mode in MODES:
-        other = "test" if mode == "live" else "live"
+        # a sandbox's keys are test-mode keys; a live key is never a sandbox's
+        kind = "test" if mode == Mode.SANDBOX else str(mode)
+        other = "test" if mode == Mode.LIVE else "live"
         name = f"STRIPE_SECRET_KEY_{mode.upper()}"
+        sandbox = " of the managed sandbox" if mode == Mode.SANDBOX else ""
         for value in _values(env, name):
-            if value.startswith((f"sk_{mode}_", f"rk_{mode}_")):
-                kind = "restricted" if value.startswith("rk_") else "secret"
-                out.append(Finding(Status.OK, name, f"a {mode}-mode {kind} key"))
+            if mode == Mode.SANDBOX and value in _values(env, "STRIPE_SECRET_KEY_TEST"):
+                out.append(Finding(Status.FAILED, name, "is the same key as "
+                                   "STRIPE_SECRET_KEY_TEST", "put the managed sandbox's own key "
+                                   "here (Dashboard: switch to the sandbox > Developers > API "
+                                   "keys)"))
+            elif value.startswith((f"sk_{kind}_", f"rk_{kind}_")):
+                what = "restricted" if value.startswith("rk_") else "secret"
+                out.append(Finding(Status.OK, name, f"a {kind}-mode {what} key{sandbox}"))
+            elif mode == Mode.SANDBOX and value.startswith(("sk_live_", "rk_live_")):
+                out.append(Finding(Status.FAILED, name, "holds a live-mode key; a sandbox's "
+                                   "keys are test-mode keys", "put the managed sandbox's key "
+                                   "(sk_test_... or rk_test_...) here"))
             elif value.startswith((f"sk_{other}_", f"rk_{other}_")):
                 out.append(Finding(Status.FAILED, name, f"holds a {other}-mode key",
                                    f"move it to STRIPE_SECRET_KEY_{other.upper()} and put the "
                                    f"{mode}-mode key (sk_{mode}_... or rk_{mode}_...) here"))
             elif value.startswith("pk_"):
                 out.append(Finding(Status.FAILED, name, "holds a publishable key (pk_...)",
-                                   f"use the secret key sk_{mode}_... or a restricted key "
-                                   f"rk_{mode}_... (Dashboard > Developers > API keys)"))
+                                   f"use the secret key sk_{kind}_... or a restricted key "
+                                   f"rk_{kind}_... (Dashboard > Developers > API keys)"))
             else:
                 out.append(Finding(Status.FAILED, name, "is not a Stripe secret key",
-                                   f"set it to sk_{mode}_... or rk_{mode}_..."))
+                                   f"set it to sk_{kind}_... or rk_{kind}_..."))
     prefixed = [("STRIPE_APP_SECRETS", "absec_", "the app's signing secret (Dashboard > Apps > "
                  "your app > Signing secret)"),
                 *((f"STRIPE_WEBHOOK_SECRETS_{m.upper()}", "whsec_",
-                   f"the {m}-mode webhook endpoint's signing secret") for m in MODES)]
+                   f"the {_where(m)} webhook endpoint's signing secret") for m in MODES)]
     for name, prefix, what in prefixed:
         values = _values(env, name)
         bad = [v for v in values if not v.startswith(prefix)]
@@ -137,7 +157,37 @@ def check_env(env: Mapping[str, str]) -> list[Finding]:
     return out
 
 
+def _where(mode: str) -> str:
+    """How a finding names a mode's side of Stripe."""
+    return "managed sandbox's" if mode == Mode.SANDBOX else f"{mode}-mode"
+
+
 # ---- the configuration against itself ----------------------------------------------------------
+
+def check_sandbox(config: Config) -> list[Finding]:
+    """The managed sandbox configured whole, or not at all: its key without webhook secrets
+    misses every sandbox event (installs, uninstalls), and secrets without the key leave sandbox
+    installs' jobs without a key and their installs unconfirmed by the Install API. Neither
+    set: nothing to say (sandbox installs are not served; `manifest` does not offer them)."""
+    key = bool(config.secret_keys.get(Mode.SANDBOX))
+    secrets = bool(config.webhook_secrets.get(Mode.SANDBOX))
+    if key and not secrets:
+        return [Finding(Status.FAILED, "STRIPE_WEBHOOK_SECRETS_SANDBOX",
+                        "unset while STRIPE_SECRET_KEY_SANDBOX is set: sandbox events (installs, "
+                        "uninstalls, @on_event types) are refused",
+                        "in the managed sandbox, add the webhook endpoints at "
+                        f"{config.public_url}/webhooks and put their signing secrets here")]
+    if secrets and not key:
+        return [Finding(Status.FAILED, "STRIPE_SECRET_KEY_SANDBOX",
+                        "unset while STRIPE_WEBHOOK_SECRETS_SANDBOX is set: sandbox installs' "
+                        "jobs cannot call Stripe, and the Install API is not read for them",
+                        "put the managed sandbox's secret key (sk_test_...) here")]
+    if key:
+        return [Finding(Status.OK, "STRIPE_SECRET_KEY_SANDBOX",
+                        "the managed sandbox's key and webhook secrets are set: sandbox installs "
+                        "are served")]
+    return []
+
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
@@ -315,12 +365,15 @@ async def _check_key(mode: str, key: str, base: str) -> _KeyResult:
             result.findings.append(Finding(
                 Status.SKIPPED, name, f"{base} is not Stripe (an emulator answers for any key)",
                 "run doctor against Stripe to check the key"))
-        elif bool(balance.to_dict().get("livemode")) != (mode == "live"):
+        elif bool(balance.to_dict().get("livemode")) != (mode == Mode.LIVE):
+            kind = "test" if mode == Mode.SANDBOX else mode
             result.findings.append(Finding(
-                Status.FAILED, name, f"Stripe says this key is not a {mode}-mode key",
-                f"use the {mode}-mode key here"))
+                Status.FAILED, name, f"Stripe says this key is not a {kind}-mode key",
+                f"use the {_where(mode)} key here"))
         else:
-            result.findings.append(Finding(Status.OK, name, f"accepted by Stripe ({mode} mode)"))
+            result.findings.append(Finding(
+                Status.OK, name, "accepted by Stripe (test mode, as a sandbox's keys are)"
+                if mode == Mode.SANDBOX else f"accepted by Stripe ({mode} mode)"))
     except stripe.AuthenticationError as exc:
         result.skew = _skew(exc.headers, sent, time.time())
         result.findings.append(Finding(Status.FAILED, name,
@@ -347,6 +400,51 @@ async def _check_key(mode: str, key: str, base: str) -> _KeyResult:
     return result
 
 
+async def _account_of(key: str, base: str) -> str | None:
+    """The id of the account that owns `key` (`GET /v1/account`); None when it cannot be read
+    (a restricted key without account read, an error)."""
+    client = stripe.StripeClient(key, base_addresses={"api": base},
+                                 http_client=stripe.HTTPXClient(timeout=TIMEOUT))
+    try:
+        account = await client.v1.accounts.retrieve_current_async()
+        return str(account.id) if account.id else None
+    except stripe.StripeError:
+        return None
+    finally:
+        await _close(client)
+
+
+async def check_sandbox_account(config: Config, base: str) -> list[Finding]:
+    """The sandbox's key belongs to an account of its own: not the test key's account nor the
+    live key's (the test mode of the developer's account has the live account's id, so its
+    test key in `_SANDBOX` would serve sandbox installs with the wrong account's data)."""
+    name = "STRIPE_SECRET_KEY_SANDBOX"
+    key = config.secret_keys.get(Mode.SANDBOX)
+    assert key is not None
+    sandbox = await _account_of(key, base)
+    if sandbox is None:
+        return [Finding(Status.SKIPPED, name, "its account cannot be read (GET /v1/account)",
+                        "grant the restricted key read access to the account, or run doctor "
+                        "with the secret key, to check that it is a sandbox's")]
+    others = {m: await _account_of(k, base) for m in (Mode.TEST, Mode.LIVE)
+              if (k := config.secret_keys.get(m))}
+    for mode, account in others.items():
+        if account == sandbox:
+            return [Finding(Status.FAILED, name,
+                            f"belongs to {sandbox}, the same account as "
+                            f"STRIPE_SECRET_KEY_{mode.upper()}: it is that account's test-mode "
+                            "key, not a sandbox's",
+                            "put the managed sandbox's own key here (Dashboard: switch to the "
+                            "sandbox > Developers > API keys)")]
+    compared = [m for m, a in others.items() if a is not None]
+    if not compared:
+        return [Finding(Status.SKIPPED, name, f"belongs to {sandbox}; no test or live key's "
+                        "account to compare it with", "set STRIPE_SECRET_KEY_TEST to check that "
+                        "the sandbox's key is not the test key's account")]
+    return [Finding(Status.OK, name, f"belongs to {sandbox}, an account of its own (not the "
+                    f"{' or '.join(str(m) for m in compared)} key's): a sandbox")]
+
+
 async def _close(client: stripe.StripeClient) -> None:
     http = getattr(getattr(client, "_requestor", None), "_client", None)
     if http is not None and hasattr(http, "close_async"):
@@ -359,7 +457,7 @@ async def _check_endpoints(mode: str, key: str, config: Config, base: str,
     target = f"{config.public_url}/webhooks"
     client = stripe.StripeClient(key, base_addresses={"api": base},
                                  http_client=stripe.HTTPXClient(timeout=TIMEOUT))
-    create = (f"in the {mode}-mode Dashboard > Developers > Webhooks, add an endpoint at "
+    create = (f"in the {_where(mode)} Dashboard > Developers > Webhooks, add an endpoint at "
               f"{target} listening to events on connected accounts, with the events "
               f"{', '.join(events)}; put its signing secret in {name}")
     try:
@@ -381,7 +479,7 @@ async def _check_endpoints(mode: str, key: str, config: Config, base: str,
     ours = [e for e in endpoints if str(e.get("url", "")).rstrip("/") == target]
     if not ours:
         urls = ", ".join(str(e.get("url")) for e in endpoints) or "none"
-        return [Finding(Status.FAILED, name, f"no {mode}-mode webhook endpoint points at "
+        return [Finding(Status.FAILED, name, f"no {_where(mode)} webhook endpoint points at "
                         f"{target} (registered: {urls})", create)]
     out: list[Finding] = []
     for e in ours:
@@ -427,6 +525,8 @@ async def check_stripe(config: Config, registry: Registry | None) -> list[Findin
         out.extend(result.findings)
         if result.skew is not None:
             skews.append(result.skew)
+        if result.usable and mode == Mode.SANDBOX and not result.emulator:
+            out.extend(await check_sandbox_account(config, base))
         if result.usable:
             out.extend(await _check_endpoints(mode, key, config, base, events))
     if skews:
@@ -459,6 +559,7 @@ async def run_checks(config: Config, storage: Storage | None, registry: Registry
         findings += check_env(env)
     findings += check_app(config)
     findings += check_urls(config)
+    findings += check_sandbox(config)
     if probe_public_url:
         async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as http:
             findings += await check_public_url(config, http)

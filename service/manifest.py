@@ -3,13 +3,18 @@
     fragment = manifest_fragment(config, registry)     # a dict, ready for json.dumps
     missing = missing_from(existing, fragment)          # human lines, empty when complete
 
-The fragment has three parts (Stripe's app manifest keys):
+The fragment has three parts (Stripe's app manifest keys), and a fourth when sandbox installs
+are served:
 - `ui_extension.content_security_policy.connect-src`: `PUBLIC_URL/api/`, so the extension may
   call the signed endpoints;
 - `allowed_redirect_uris`: the install callback (`STRIPE_INSTALL_REDIRECT_URI`);
 - `permissions`: each `{"permission", "purpose"}` that the declared jobs (and tasks, when the
   registry has them) ask for with `permissions=[...]`, plus `event_read` and the read permission
-  of each event type an `@on_event` handler needs, in a stable order.
+  of each event type an `@on_event` handler needs, in a stable order;
+- `sandbox_install_compatible: true` when the managed sandbox is configured
+  (`config.sandbox_configured`: `STRIPE_SECRET_KEY_SANDBOX` or `STRIPE_WEBHOOK_SECRETS_SANDBOX`
+  set), so that users may install the app in their sandboxes; absent otherwise (Stripe's
+  default, false: such installs would reach a backend that cannot serve them).
 
 `webhook_event_types(registry)` is the list to subscribe the webhook endpoint to: the install
 lifecycle events this backend always handles, plus every `@on_event` type.
@@ -127,9 +132,13 @@ def connect_src(config: Config) -> str:
     return f"{config.public_url}/api/"
 
 
+#: The manifest key that lets users install the app in their sandboxes.
+SANDBOX_KEY = "sandbox_install_compatible"
+
+
 def manifest_fragment(config: Config, registry: Registry) -> dict[str, Any]:
     """The part of `stripe-app.json` this backend needs, as Stripe's manifest spells it."""
-    return {
+    fragment: dict[str, Any] = {
         "permissions": [{"permission": n.permission, "purpose": n.purpose}
                         for n in permission_needs(registry)],
         "ui_extension": {
@@ -140,6 +149,9 @@ def manifest_fragment(config: Config, registry: Registry) -> dict[str, Any]:
         },
         "allowed_redirect_uris": [config.install_redirect_uri],
     }
+    if config.sandbox_configured:
+        fragment[SANDBOX_KEY] = True
+    return fragment
 
 
 def _covers(source: str, url: str) -> bool:
@@ -165,4 +177,6 @@ def missing_from(existing: Mapping[str, Any], fragment: Mapping[str, Any]) -> li
     for uri in fragment["allowed_redirect_uris"]:
         if uri not in redirects:
             lines.append(f"allowed_redirect_uris: {uri}")
+    if fragment.get(SANDBOX_KEY) is True and existing.get(SANDBOX_KEY) is not True:
+        lines.append(f"{SANDBOX_KEY}: true")
     return lines

@@ -15,8 +15,10 @@
         fields the signature covers reach the task as its input (never `user_id`, `account_id`,
         `stripe_roles` or `mode`): with the two-key fallback signature the input is empty.
 
-Mode: the installation's. An account installed in both modes runs in live mode unless the
-signed field `mode` says "test".
+Mode: the installation's. An account installed in more than one mode runs in the first of
+live, test and sandbox it is installed in (`MODES` order; an account installed only in a
+sandbox: sandbox) unless the signed field `mode` says "live", "test" or "sandbox" (400 for
+anything else, 403 `not_installed` for a mode it is not installed in).
 
 While a task is queued, `note` says why it waits (retry backoff, the account's concurrency
 limit, or no free slot).
@@ -57,6 +59,11 @@ def describe(view: TaskView) -> dict[str, Any]:
             "progress": view.progress, "note": view.note, "result": view.result,
             "error": view.error, "attempts": view.attempts, "created": _ts(view.created_at),
             "started": _ts(view.started_at), "finished": _ts(view.finished_at)}
+
+
+#: The answer to a signed `mode` that is none of `MODES`.
+MODE_ERROR = "mode must be " + ", ".join(f'"{m}"' for m in MODES[:-1]) + f' or "{MODES[-1]}"'
+
 
 
 class TooMany(APIError):
@@ -121,7 +128,7 @@ class TaskStartHandler(SignedHandler):
         if wanted is None:
             return installed[0]
         if wanted not in MODES:
-            raise APIError(400, 'mode must be "live" or "test"')
+            raise APIError(400, MODE_ERROR)
         if wanted not in installed:
             raise APIError(403, f"the app is not installed on this account in {wanted} mode",
                            code="not_installed")

@@ -9,12 +9,16 @@ developer's test kit (`stripe_app_backend.testing`, which runs it on a thread of
         status, error = await app.send_event("customer.created", "acct_1", "test")  # EventResult
         outcome, error = await app.run_job("nightly", "acct_1", "test")             # JobResult
         task = await app.run_task("export", {"since": 0}, "acct_1", "test")
+        await app.install("acct_2", "sandbox")    # a sandbox install: with WH_SANDBOX set
 
 Everything is real: the signatures are the stripe library's (`cli/devtools.py`), the requests
 go over HTTP to the Tornado server, the webhook events are stored and processed by the event
 processor, the jobs run in the job runner and the tasks in the task worker. The secrets are
-fixed test values (`APP_SECRET`, `WH_LIVE`, `WH_TEST`); `base_env` is a configuration using
-them on a SQLite file in a given folder.
+fixed test values (`APP_SECRET`, `WH_LIVE`, `WH_TEST`, and `WH_SANDBOX` for the managed
+sandbox's endpoints); `base_env` is a configuration using them on a SQLite file in a given
+folder. It leaves the sandbox out (as an operator who serves no sandbox installs does): a test
+of sandbox events adds `STRIPE_WEBHOOK_SECRETS_SANDBOX=WH_SANDBOX` (`SANDBOX_ENV` adds it and a
+sandbox key; the app test kit sets both).
 
 Imports `service/` (the server): the project's code never imports this module.
 """
@@ -44,6 +48,14 @@ APP_SECRET_2 = "absec_test" + "b" * 24
 WH_LIVE = "whsec_live" + "c" * 24
 WH_LIVE_2 = "whsec_live" + "d" * 24
 WH_TEST = "whsec_test" + "e" * 24
+WH_SANDBOX = "whsec_sandbox" + "f" * 24
+#: The managed sandbox's platform key in tests: a test-mode key other than any test key.
+SANDBOX_KEY = "sk_test_sandbox" + "g" * 16
+#: What `base_env` takes to serve sandbox installs: the sandbox's webhook secret and key.
+SANDBOX_ENV = {"STRIPE_WEBHOOK_SECRETS_SANDBOX": WH_SANDBOX,
+               "STRIPE_SECRET_KEY_SANDBOX": SANDBOX_KEY}
+#: The webhook secret of each mode's endpoints, as `send_event` signs with it.
+WEBHOOK_SECRETS = {Mode.LIVE: WH_LIVE, Mode.TEST: WH_TEST, Mode.SANDBOX: WH_SANDBOX}
 #: Where an event stands once processing is over for now (`failed` is retried later).
 EVENT_DONE = (EventStatus.PROCESSED, EventStatus.FAILED, EventStatus.DEAD)
 
@@ -158,11 +170,15 @@ class Running:
                          obj: dict[str, Any] | None = None, timeout: float = 30.0
                          ) -> EventResult:
         """Deliver an event of `type_` about `obj` for `account` in `mode` (signed with that
-        mode's webhook secret) and wait until it is processed or has failed; returns its
-        status and its error (None when it was processed)."""
-        livemode = mode == Mode.LIVE
-        ev = make_event(type_, account, livemode, obj=obj)
-        resp = await self.webhook(ev, WH_LIVE if livemode else WH_TEST)
+        mode's webhook secret, `WEBHOOK_SECRETS`: a sandbox event with `WH_SANDBOX` and
+        `livemode: false`, so it is stored as the sandbox's) and wait until it is processed or
+        has failed; returns its status and its error (None when it was processed)."""
+        mode = Mode(mode)
+        if mode == Mode.SANDBOX:
+            assert WH_SANDBOX in self.backend.config.webhook_secrets[Mode.SANDBOX], (
+                "a sandbox event needs STRIPE_WEBHOOK_SECRETS_SANDBOX=WH_SANDBOX (SANDBOX_ENV)")
+        ev = make_event(type_, account, mode.livemode, obj=obj)
+        resp = await self.webhook(ev, WEBHOOK_SECRETS[mode])
         assert resp.status_code == 200, resp.text
 
         async def done() -> WebhookEvent | None:

@@ -37,8 +37,12 @@ suite that runs in the same environment):
   `__init__.py` above it: `acme_app` for `acme_app/tests/test_acme.py`).
 
 The backend's secrets are the fixed test values of `stripe_app_backend.harness`; the platform
-keys are `sk_test_app`/`sk_live_app`, which the emulator accepts; `stripe_app.stripe()` is a
-client of the emulator, to create the objects a job or task will read.
+keys are `sk_test_app`/`sk_live_app`, and `sk_test_appsandbox` for the managed sandbox (with its
+webhook secret `WH_SANDBOX`), which the emulator accepts; `stripe_app.stripe()` is a client of
+the emulator, to create the objects a job or task will read. Every mode argument may be
+"live", "test" or "sandbox": `install(account, "sandbox")`, `send_event(..., mode="sandbox")`
+(signed with the sandbox's secret, stored as a sandbox event) and `run_job(..., mode="sandbox")`
+(its calls with the sandbox's key) serve a sandbox install as the server does.
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ T = TypeVar("T")
 #: The account and user a `StripeApp` call is about unless it says otherwise.
 ACCOUNT = "acct_test"
 USER = "usr_test"
-#: The platform's secret keys the backend is given (the emulator takes any).
-KEYS = {"test": "sk_test_app", "live": "sk_live_app"}
+#: The platform's secret keys the backend is given (the emulator takes any): the managed
+#: sandbox's is a test-mode key of its own.
+KEYS = {"test": "sk_test_app", "live": "sk_live_app", "sandbox": "sk_test_appsandbox"}
 #: The longest a single call into the backend may take before the test fails.
 CALL_TIMEOUT = 120.0
 
@@ -285,10 +290,12 @@ def stripe_app(stripe_app_packages: tuple[str, ...], stripe_emulator: str,
                tmp_path: Path) -> Iterator[StripeApp]:
     """The app under test in a started backend (see the module doc)."""
     from service.loops import loop_factory
-    from stripe_app_backend.harness import base_env, running
+    from stripe_app_backend.harness import WH_SANDBOX, base_env, running
 
     env = base_env(tmp_path, SCHEDULER="off", STRIPE_API_BASE=stripe_emulator,
                    STRIPE_SECRET_KEY_TEST=KEYS["test"], STRIPE_SECRET_KEY_LIVE=KEYS["live"],
+                   STRIPE_SECRET_KEY_SANDBOX=KEYS["sandbox"],
+                   STRIPE_WEBHOOK_SECRETS_SANDBOX=WH_SANDBOX,
                    APP_PACKAGES=",".join(stripe_app_packages), **stripe_app_env)
     loop = _LoopThread(loop_factory(env.get("EVENT_LOOP", "auto")))
     try:

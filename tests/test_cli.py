@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -90,3 +91,29 @@ def test_install_link_command(db_env):
     assert "?redirect_uri=https%3A%2F%2Fapp.example.com%2Fcallback%2Fstripe&state=" in out.stdout
     out = cli(ROOT, "install-link", DATABASE_URL=url)
     assert out.returncode == 1 and "STRIPE_APP_ID" in out.stderr
+
+
+def test_jobs_and_installs_take_sandbox(db_env):
+    """Issue 26: `--sandbox` names the sandbox install, never the test one of the account."""
+    url, _ = db_env
+    apply_state("acct_box", "sandbox", True, int(time.time()), "setup")
+    out = cli(ROOT, "jobs", "pause", "--account", "acct_box", "--sandbox", DATABASE_URL=url)
+    assert out.returncode == 0 and out.stdout.strip() == "acct_box: jobs paused in sandbox mode"
+    assert Installation.get(Installation.account_id == "acct_box").jobs_paused
+    out = cli(ROOT, "jobs", "pause", "--account", "acct_box", "--test", DATABASE_URL=url)
+    assert out.returncode == 1 and "no installation for acct_box in test mode" in out.stderr
+    out = cli(ROOT, "jobs", "resume", "--account", "acct_box", "--sandbox", DATABASE_URL=url)
+    assert out.returncode == 0 and not Installation.get().jobs_paused
+    out = cli(ROOT, "jobs", "list", "--account", "acct_box", DATABASE_URL=url)
+    assert re.search(r"balance_snapshot\s+sandbox\s+acct_box", out.stdout), out.stdout
+    # no sandbox key: recorded as not configured, in sandbox mode
+    out = cli(ROOT, "jobs", "run", "balance_snapshot", "--account", "acct_box", "--sandbox",
+              DATABASE_URL=url)
+    assert out.returncode == 1 and "(sandbox): not_configured" in out.stdout
+    out = cli(ROOT, "jobs", "pause", "--account", "acct_box", "--test", "--sandbox",
+              DATABASE_URL=url)
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
+    # installs: the sandbox's key is the one needed
+    out = cli(ROOT, "installs", "sync", "--sandbox", DATABASE_URL=url,
+              STRIPE_APP_ID="com.example.app", STRIPE_SECRET_KEY_TEST="sk_test_clitest")
+    assert out.returncode == 2 and "STRIPE_SECRET_KEY_SANDBOX is not set" in out.stderr

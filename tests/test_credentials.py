@@ -445,8 +445,8 @@ class TokenEndpoint(tornado.web.RequestHandler):
                 "application/x-www-form-urlencoded"):
             return self.error("invalid_request")
         auth = self.request.headers.get("Authorization", "")
-        expected = base64.b64encode(b"client-1:client-secret-1").decode()
-        if auth != f"Basic {expected}":
+        clients = self.server.get("clients", [("client-1", "client-secret-1")])
+        if auth not in {basic(*pair) for pair in clients}:
             self.set_header("WWW-Authenticate", "Basic")
             return self.error("invalid_client", 401)
         form = {k: v[0] for k, v in parse_qs(self.request.body.decode()).items()}
@@ -466,6 +466,10 @@ class TokenEndpoint(tornado.web.RequestHandler):
             self.server["refreshes"] += 1
             return self.token(3600)
         return self.error("unsupported_grant_type")
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
 def pkce_pair(verifier="v" * 50):
@@ -720,3 +724,93 @@ async def test_a_credential_never_replaces_an_oauth_token_nor_the_reverse(tmp_pa
             assert "OAuth connection" in resp.json()["error"]["message"]
             (row,) = await stored_rows(app)
             assert row.kind == "oauth"
+
+
+# ---- OAuth in a sandbox (issue 26) -----------------------------------------------------------
+
+SANDBOX_PAIR = ("sandbox-client-9", "sandbox-secret-9")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_sandbox_install_uses_the_providers_sandbox_client(tmp_path, caplog):
+    """A provider that declares a sandbox client exchanges and refreshes a sandbox install's
+    token with that pair only; unset, it is not configured in sandbox mode (503, nothing sent),
+    never the live pair instead. Live mode keeps its pair."""
+    verifier, server = token_server({"code-1": REDIRECT, "code-2": REDIRECT,
+                                     "code-3": REDIRECT})
+    server["first_expires_in"] = 30  # due for a refresh at once
+    server["clients"] = [("client-1", "client-secret-1"), SANDBOX_PAIR]
+    tokens = []
+
+    @job("use_acme", every=3600, attempts=1)
+    async def use_acme(ctx):
+        tokens.append(await ctx.credentials.get("acme"))
+
+    async with loopback([(r"/oauth/token", TokenEndpoint, {"server": server})]) as url:
+        acme = acme_at(url, sandbox_client_id_env="ACME_SANDBOX_CLIENT_ID",
+                       sandbox_client_secret_env="ACME_SANDBOX_CLIENT_SECRET")
+        path = "/api/oauth/acme/exchange"
+        # the sandbox pair unset: 503 in sandbox mode, nothing sent; live mode unaffected
+        unset = OAuthProviders([acme], ACME_ENV)
+        assert unset.disabled() == [
+            "ACME_SANDBOX_CLIENT_ID/ACME_SANDBOX_CLIENT_SECRET unset: OAuth provider 'acme' "
+            "answers 503 in sandbox mode"]
+        async with running(env(tmp_path), oauth=unset) as app:
+            await install(app, mode="sandbox")
+            resp = await app.signed(path, body(mode="sandbox", code="code-1", verifier=verifier))
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["error"]["code"] == "not_configured"
+            assert server["requests"] == []
+        providers = OAuthProviders([acme], {
+            **ACME_ENV, "ACME_SANDBOX_CLIENT_ID": SANDBOX_PAIR[0],
+            "ACME_SANDBOX_CLIENT_SECRET": SANDBOX_PAIR[1]})
+        assert providers.disabled() == []
+        async with running(env(tmp_path), registry=registry_of(use_acme),
+                           oauth=providers) as app:
+            await install(app, mode="sandbox")
+            await install(app, mode="live")
+            resp = await app.signed(path, body(mode="sandbox", code="code-1", verifier=verifier))
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["mode"] == "sandbox"
+            assert server["requests"][-1].headers["Authorization"] == basic(*SANDBOX_PAIR)
+            # the refresh, in a sandbox job, with the sandbox pair too
+            assert await fire(app, "use_acme", "sandbox") == "succeeded"
+            assert tokens == ["access-token-2"] and server["refreshes"] == 1
+            refresh = server["requests"][-1]
+            assert parse_qs(refresh.body.decode())["grant_type"] == ["refresh_token"]
+            assert refresh.headers["Authorization"] == basic(*SANDBOX_PAIR)
+            # live mode: the live pair, for the exchange and the refresh
+            resp = await app.signed(path, body(mode="live", code="code-2", verifier=verifier))
+            assert resp.status_code == 200, resp.text
+            assert server["requests"][-1].headers["Authorization"] == basic(
+                "client-1", "client-secret-1")
+            assert await fire(app, "use_acme", "live") == "succeeded"
+            assert server["requests"][-1].headers["Authorization"] == basic(
+                "client-1", "client-secret-1")
+            assert server["refreshes"] == 2
+            # a bad mode names the three
+            resp = await app.signed(path, body(mode="prod", code="code-3", verifier=verifier))
+            assert resp.status_code == 400
+            assert resp.json()["error"]["message"] == 'mode must be "live", "test" or "sandbox"'
+    assert "sandbox-secret-9" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_provider_without_a_sandbox_client_uses_its_one_pair_in_a_sandbox(tmp_path):
+    verifier, server = token_server({"code-1": REDIRECT})
+    async with loopback([(r"/oauth/token", TokenEndpoint, {"server": server})]) as url:
+        providers = OAuthProviders([acme_at(url)], ACME_ENV)
+        async with running(env(tmp_path), oauth=providers) as app:
+            await install(app, mode="sandbox")
+            resp = await app.signed("/api/oauth/acme/exchange",
+                                    body(mode="sandbox", code="code-1", verifier=verifier))
+            assert resp.status_code == 200, resp.text
+            assert server["requests"][-1].headers["Authorization"] == basic(
+                "client-1", "client-secret-1")
+            # a sandbox credential is the sandbox's alone
+            assert (await set_credential(app, name="acme_key", mode="sandbox")).status_code == 200
+            assert {(c["name"], c["mode"]) for c in await listed(app)} == {
+                ("acme", "sandbox"), ("acme_key", "sandbox")}
+    with pytest.raises(ValueError, match="declare both"):
+        OAuthProvider("half", "https://auth.example/token", "A", "B",
+                      sandbox_client_id_env="C")

@@ -141,15 +141,94 @@ def test_dev_children_end_with_dev_even_when_it_is_killed(tmp_path):
 
 def test_simulate_writes_only_to_a_loopback_install_api(capsys):
     from cli.simulate import local_install_api
+    from models.enums import Mode
     from service.config import Config
 
     def config(**env: str) -> Config:
         return Config.from_env({"STRIPE_APP_ID": "com.example.app",
                                 "STRIPE_SECRET_KEY_TEST": "sk_test_" + "k" * 24, **env})
 
-    assert local_install_api(config(), False) is None  # Stripe's own API: never written to
-    assert local_install_api(config(STRIPE_API_BASE="https://api.stripe.com"), False) is None
-    local = local_install_api(config(STRIPE_API_BASE="http://127.0.0.1:9/"), False)
+    assert local_install_api(config(), Mode.TEST) is None  # Stripe's own API: never written to
+    assert local_install_api(config(STRIPE_API_BASE="https://api.stripe.com"), Mode.TEST) is None
+    local = local_install_api(config(STRIPE_API_BASE="http://127.0.0.1:9/"), Mode.TEST)
     assert local == ("http://127.0.0.1:9", {"Authorization": "Bearer sk_test_" + "k" * 24})
-    assert local_install_api(config(STRIPE_API_BASE="http://127.0.0.1:9/"), True) is None
+    assert local_install_api(config(STRIPE_API_BASE="http://127.0.0.1:9/"), Mode.LIVE) is None
     assert "STRIPE_SECRET_KEY_LIVE is not set" in capsys.readouterr().out
+
+
+def test_a_sandbox_install_goes_end_to_end_in_dev(tmp_path):
+    """Issue 26: dev gives the managed sandbox its own key and webhook secret; `simulate install
+    --sandbox` registers the install with the sandbox's key (a list of its own in dev's Install
+    API fake), its callback (`livemode=false`, as Stripe's) is placed in test mode until the
+    Install API says it is the sandbox's, and its webhook is signed with the sandbox's secret
+    only; `installs sync --sandbox --dev` keeps it; `simulate uninstall --sandbox` removes it."""
+    port, stripe_port = free_port(), free_port()
+    db_path = tmp_path / "var" / "dev.db"
+
+    def rows():
+        con = sqlite3.connect(db_path, timeout=10)
+        try:
+            return con.execute("SELECT mode, active FROM installation WHERE account_id = "
+                               "'acct_box' ORDER BY mode").fetchall()
+        finally:
+            con.close()
+
+    def sandbox_event():
+        con = sqlite3.connect(db_path, timeout=10)
+        try:
+            return con.execute("SELECT livemode, sandbox FROM webhook_event WHERE type = "
+                               "'account.application.authorized' AND account_id = 'acct_box'"
+                               ).fetchall()
+        finally:
+            con.close()
+
+    dev, fake_port = start_dev(tmp_path, port, stripe_port)
+    try:
+        wait_until(lambda: healthy(port), 40)
+        env = dict(line.split("=", 1) for line in
+                   (tmp_path / "var" / "dev.env").read_text().splitlines() if "=" in line)
+        sandbox_key = env["STRIPE_SECRET_KEY_SANDBOX"]
+        assert sandbox_key.startswith("sk_test_") and sandbox_key != env["STRIPE_SECRET_KEY_TEST"]
+        assert env["STRIPE_WEBHOOK_SECRETS_SANDBOX"].startswith("whsec_")
+        out = cli(tmp_path, "simulate", "install", "--account", "acct_box", "--sandbox",
+                  PORT=str(port))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert '"livemode": "false"' in out.stdout and '"livemode": false' in out.stdout
+        wait_until(lambda: ("sandbox", 1) in rows())
+        assert ("test", 1) not in rows()
+        assert sandbox_event() == [(0, 1)]  # stored as the sandbox's: its secret verified it
+        # the fake lists it with the sandbox's key only
+        listed = httpx.get(f"http://127.0.0.1:{fake_port}/v1/apps/installs",
+                           headers={"Authorization": f"Bearer {sandbox_key}"}).json()
+        assert [o["account"] for o in listed["data"]] == ["acct_box"]
+        listed = httpx.get(f"http://127.0.0.1:{fake_port}/v1/apps/installs",
+                           headers={"Authorization": "Bearer sk_test_x"}).json()
+        assert listed["data"] == []
+        out = cli(tmp_path, "installs", "sync", "--sandbox", "--dev")
+        assert out.returncode == 0, out.stderr
+        assert "sandbox: 1 installs listed, 0 activated, 0 deactivated" in out.stdout
+        out = cli(tmp_path, "jobs", "list", "--account", "acct_box", "--dev")
+        assert out.returncode == 0 and "sandbox" in out.stdout, out.stdout + out.stderr
+        out = cli(tmp_path, "simulate", "uninstall", "--account", "acct_box", "--sandbox",
+                  PORT=str(port))
+        assert out.returncode == 0, out.stdout + out.stderr
+        wait_until(lambda: ("sandbox", 0) in rows())
+        out = cli(tmp_path, "installs", "sync", "--sandbox", "--dev")
+        assert "sandbox: 0 installs listed" in out.stdout, out.stdout + out.stderr
+    finally:
+        stop_dev(dev)
+
+
+def test_simulate_signs_a_sandbox_event_with_the_sandbox_secret_only(tmp_path):
+    """`simulate event --sandbox` without a sandbox secret stops before sending anything: it
+    never signs with the test or live secret."""
+    env = {"STRIPE_WEBHOOK_SECRETS_TEST": "whsec_simtest", "STRIPE_APP_SECRETS": "absec_sim",
+           "PORT": str(free_port())}
+    out = cli(tmp_path, "simulate", "event", "customer.created", "--account", "acct_1",
+              "--sandbox", **env)
+    assert out.returncode == 2 and "set STRIPE_WEBHOOK_SECRETS_SANDBOX" in out.stderr
+    out = cli(tmp_path, "simulate", "install", "--account", "acct_1", "--sandbox", **env)
+    assert out.returncode == 2 and "set STRIPE_WEBHOOK_SECRETS_SANDBOX" in out.stderr
+    assert "GET /install" not in out.stdout
+    out = cli(tmp_path, "simulate", "event", "customer.created", "--test", "--sandbox", **env)
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr

@@ -19,7 +19,7 @@ from test_e2e import clean_env, cli, wait_until
 from jobs.registry import Registry, on_event
 from models.db import Storage, open_database
 from models.migrate import migrate
-from service.config import Config
+from service.config import Config, ConfigError
 from service.doctor import (
     LIFECYCLE_EVENTS,
     Finding,
@@ -297,3 +297,116 @@ def test_doctor_warns_when_the_example_app_runs_with_a_live_key():
     assert check_app(emulated)[0].status is Status.OK
     [own] = check_app(config("http://127.0.0.1:9", STRIPE_SECRET_KEY_LIVE=LIVE_KEY))
     assert own.status is Status.OK and own.message == f"your app: {SAMPLE_APP}"
+
+
+# ---- the managed sandbox (issue 26) ------------------------------------------------------------
+
+SANDBOX_KEY = "sk_test_sandboxdoctor"
+
+
+def sandbox_fake() -> FakeStripe:
+    """The developer's account (live and test keys, one id) and a sandbox of its own."""
+    fake = good_fake()
+    fake.keys[SANDBOX_KEY] = False
+    fake.accounts.update({LIVE_KEY: "acct_developer", TEST_KEY: "acct_developer",
+                          SANDBOX_KEY: "acct_sandbox"})
+    for livemode in (True, False):
+        fake.endpoint("https://app.example.com/webhooks", livemode=livemode)
+    return fake
+
+
+def sandbox_config(fake_url: str, **env: str) -> Config:
+    values = {"STRIPE_SECRET_KEY_LIVE": LIVE_KEY, "STRIPE_SECRET_KEY_SANDBOX": SANDBOX_KEY,
+              "STRIPE_WEBHOOK_SECRETS_SANDBOX": "whsec_sandboxdoctor", **env}
+    return config(fake_url, **values)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_sandbox_key_of_a_sandbox_passes(storage):
+    fake = sandbox_fake()
+    # the sandbox's own endpoint, listed with its key only (test mode's is another list)
+    fake.endpoint("https://app.example.com/webhooks", key=SANDBOX_KEY)
+    try:
+        findings = await run_checks(sandbox_config(fake.url), storage, None,
+                                    probe_public_url=False)
+    finally:
+        fake.stop()
+    assert not [f for f in findings if f.status is not Status.OK], findings
+    keys = [f.message for f in find(findings, "STRIPE_SECRET_KEY_SANDBOX")]
+    assert "accepted by Stripe (test mode, as a sandbox's keys are)" in keys
+    assert any("belongs to acct_sandbox, an account of its own" in m for m in keys)
+    assert any("sandbox installs are served" in m for m in keys)
+    (hooks,) = find(findings, "STRIPE_WEBHOOK_SECRETS_SANDBOX", Status.OK)
+    assert "listens to connected accounts" in hooks.message
+    # each key's account was read, with that key (the Authorization header on the wire)
+    accounts = {r.headers.get("Authorization") for r in fake.requests if r.path == "/v1/account"}
+    assert accounts == {f"Bearer {k}" for k in (SANDBOX_KEY, TEST_KEY, LIVE_KEY)}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_sandbox_key_that_is_not_a_sandbox_fails(storage):
+    fake = sandbox_fake()
+    try:
+        # the test key of the developer's account, under another name: the same account
+        fake.keys["sk_test_othertestkey"] = False
+        fake.accounts["sk_test_othertestkey"] = "acct_developer"
+        cfg = sandbox_config(fake.url, STRIPE_SECRET_KEY_SANDBOX="sk_test_othertestkey")
+        findings = await run_checks(cfg, None, None, probe_public_url=False)
+        (bad,) = find(findings, "STRIPE_SECRET_KEY_SANDBOX", Status.FAILED)
+        assert bad.message == (
+            "belongs to acct_developer, the same account as STRIPE_SECRET_KEY_TEST: it is that "
+            "account's test-mode key, not a sandbox's")
+        assert "sandbox > Developers > API keys" in bad.fix
+        # with no test key, the live key's account tells the same
+        cfg = config(fake.url, STRIPE_SECRET_KEY_TEST="", STRIPE_SECRET_KEY_LIVE=LIVE_KEY,
+                     STRIPE_SECRET_KEY_SANDBOX="sk_test_othertestkey",
+                     STRIPE_WEBHOOK_SECRETS_SANDBOX="whsec_sandboxdoctor")
+        (bad,) = find(await run_checks(cfg, None, None, probe_public_url=False),
+                      "STRIPE_SECRET_KEY_SANDBOX", Status.FAILED)
+        assert "the same account as STRIPE_SECRET_KEY_LIVE" in bad.message
+        # the sandbox's endpoints are listed with its key: test mode's do not count for it
+        fake.endpoint("https://old.example.com/webhooks", key=SANDBOX_KEY)
+        findings = await run_checks(sandbox_config(fake.url), None, None, probe_public_url=False)
+        (bad,) = find(findings, "STRIPE_WEBHOOK_SECRETS_SANDBOX", Status.FAILED)
+        assert bad.message == ("no managed sandbox's webhook endpoint points at "
+                               "https://app.example.com/webhooks (registered: "
+                               "https://old.example.com/webhooks)")
+        assert "in the managed sandbox's Dashboard" in bad.fix
+        assert find(findings, "STRIPE_WEBHOOK_SECRETS_TEST", Status.OK)
+        # a key Stripe refuses
+        cfg = sandbox_config(fake.url, STRIPE_SECRET_KEY_SANDBOX="sk_test_rolledsandbox")
+        (bad,) = find(await run_checks(cfg, None, None, probe_public_url=False),
+                      "STRIPE_SECRET_KEY_SANDBOX", Status.FAILED)
+        assert "refused" in bad.message
+        # the key without the sandbox's webhook secrets, and the reverse
+        cfg = config(fake.url, STRIPE_SECRET_KEY_SANDBOX=SANDBOX_KEY)
+        bad = find(await run_checks(cfg, None, None, probe_public_url=False),
+                   "STRIPE_WEBHOOK_SECRETS_SANDBOX", Status.FAILED)
+        assert [f for f in bad if "unset while STRIPE_SECRET_KEY_SANDBOX is set" in f.message]
+        cfg = config(fake.url, STRIPE_WEBHOOK_SECRETS_SANDBOX="whsec_sandboxdoctor")
+        (bad,) = find(await run_checks(cfg, None, None, probe_public_url=False),
+                      "STRIPE_SECRET_KEY_SANDBOX", Status.FAILED)
+        assert "unset while STRIPE_WEBHOOK_SECRETS_SANDBOX is set" in bad.message
+        # nothing of the sandbox set: nothing said about it
+        findings = await run_checks(config(fake.url), None, None, probe_public_url=False)
+        assert not [f for f in findings if "SANDBOX" in f.variable]
+    finally:
+        fake.stop()
+
+
+def test_a_live_key_for_the_sandbox_is_refused():
+    with pytest.raises(ConfigError, match="STRIPE_SECRET_KEY_SANDBOX"):
+        Config.from_env({"STRIPE_SECRET_KEY_SANDBOX": "sk_live_notasandbox"})
+    with pytest.raises(ConfigError, match="the managed sandbox has its own key"):
+        Config.from_env({"STRIPE_SECRET_KEY_TEST": TEST_KEY, "STRIPE_SECRET_KEY_SANDBOX": TEST_KEY})
+    # the raw-variable check explains both, as it does for the other modes
+    findings = check_env({"STRIPE_SECRET_KEY_SANDBOX": "sk_live_notasandbox"})
+    (bad,) = find(findings, "STRIPE_SECRET_KEY_SANDBOX", Status.FAILED)
+    assert bad.message == "holds a live-mode key; a sandbox's keys are test-mode keys"
+    (bad,) = find(check_env({"STRIPE_SECRET_KEY_SANDBOX": TEST_KEY,
+                             "STRIPE_SECRET_KEY_TEST": TEST_KEY}),
+                  "STRIPE_SECRET_KEY_SANDBOX", Status.FAILED)
+    assert bad.message == "is the same key as STRIPE_SECRET_KEY_TEST"
+    (ok,) = find(check_env({"STRIPE_SECRET_KEY_SANDBOX": "rk_test_sandbox"}),
+                 "STRIPE_SECRET_KEY_SANDBOX", Status.OK)
+    assert ok.message == "a test-mode restricted key of the managed sandbox"

@@ -111,3 +111,46 @@ async def test_a_state_file_keeps_the_installs_across_restarts(tmp_path):
         assert page.data == []
     finally:
         await again.close()
+
+
+SANDBOX_KEY = "sk_test_fakesandbox"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_sandbox_key_sees_the_sandbox_installs_only(tmp_path):
+    """Issue 26: the managed sandbox's key (a `sk_test_` key like the test one) lists, makes and
+    uninstalls the sandbox's installs, which the test key never sees, and the reverse; the state
+    file keeps which installs are the sandbox's."""
+    path = str(tmp_path / "installs.json")
+    fake = FakeInstalls(state_file=path, sandbox_keys=(SANDBOX_KEY,))
+    try:
+        fake.add("acct_test", APP, livemode=False)
+        boxed = fake.add("acct_box", APP, sandbox=True)
+        assert boxed["livemode"] is False  # as Stripe's sandbox objects say
+        sandbox = client(fake, SANDBOX_KEY)
+        page = await sandbox.v1.apps.installs.list_async({"app": APP})
+        assert [i.account for i in page.data] == ["acct_box"]
+        page = await client(fake).v1.apps.installs.list_async({"app": APP})
+        assert [i.account for i in page.data] == ["acct_test"]
+        with pytest.raises(stripe.InvalidRequestError):  # another mode's install is missing
+            await client(fake).v1.apps.installs.retrieve_async(boxed["id"])
+        # an install made with the sandbox key is the sandbox's
+        made = await client(fake, SANDBOX_KEY, "acct_new").v1.apps.installs.create_async(
+            {"app": APP})
+        assert made.livemode is False and made.account == "acct_new"
+        page = await sandbox.v1.apps.installs.list_async({"app": APP})
+        assert sorted(i.account for i in page.data) == ["acct_box", "acct_new"]
+    finally:
+        await fake.close()
+    again = FakeInstalls(state_file=path, sandbox_keys=(SANDBOX_KEY,))
+    try:
+        page = await client(again, SANDBOX_KEY).v1.apps.installs.list_async({"app": APP})
+        assert sorted(i.account for i in page.data) == ["acct_box", "acct_new"]
+        await client(again, SANDBOX_KEY).v1.apps.installs.uninstall_async(boxed["id"])
+        again.remove("acct_new", sandbox=True)
+        assert (await client(again, SANDBOX_KEY).v1.apps.installs.list_async({"app": APP})
+                ).data == []
+        page = await client(again).v1.apps.installs.list_async({"app": APP})
+        assert [i.account for i in page.data] == ["acct_test"]  # the test install stays
+    finally:
+        await again.close()

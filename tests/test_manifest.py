@@ -13,6 +13,7 @@ from jobs.registry import Registry, job, on_event
 from service.config import Config
 from service.manifest import (
     LIFECYCLE_EVENTS,
+    SANDBOX_KEY,
     event_permission,
     manifest_fragment,
     missing_from,
@@ -141,3 +142,35 @@ def test_manifest_command_prints_and_checks(tmp_path):
     assert out.returncode == 2 and "is not JSON" in out.stderr and "Traceback" not in out.stderr
     out = cli(ROOT, "manifest", "--check", str(tmp_path / "none.json"), **env)
     assert out.returncode == 2 and "cannot read" in out.stderr
+
+
+def test_sandbox_install_compatible_follows_the_sandbox_configuration():
+    """Issue 26: the manifest lets users install in their sandboxes only when this backend can
+    serve them (the managed sandbox's key or webhook secrets are set)."""
+    registry = _registry()
+    plain = manifest_fragment(Config.from_env({"PUBLIC_URL": "https://app.example.com"}),
+                              registry)
+    assert SANDBOX_KEY not in plain
+    assert missing_from({}, plain) == missing_from({SANDBOX_KEY: False}, plain)
+    for env in ({"STRIPE_SECRET_KEY_SANDBOX": "sk_test_sandbox"},
+                {"STRIPE_WEBHOOK_SECRETS_SANDBOX": "whsec_sandbox"}):
+        config = Config.from_env({"PUBLIC_URL": "https://app.example.com", **env})
+        assert config.sandbox_configured
+        fragment = manifest_fragment(config, registry)
+        assert fragment[SANDBOX_KEY] is True
+        # a manifest without it (or with it false) lacks it; one with it is complete
+        assert f"{SANDBOX_KEY}: true" in missing_from({}, fragment)
+        assert missing_from({**fragment, SANDBOX_KEY: False}, fragment) == [
+            f"{SANDBOX_KEY}: true"]
+        assert missing_from(fragment, fragment) == []
+
+
+def test_manifest_command_says_sandbox(tmp_path):
+    env = {"PUBLIC_URL": "https://app.example.com", "PORT": "8123",
+           "STRIPE_WEBHOOK_SECRETS_SANDBOX": "whsec_sandbox_manifest"}
+    out = cli(ROOT, "manifest", **env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[SANDBOX_KEY] is True
+    assert "managed sandbox" in out.stderr and "STRIPE_WEBHOOK_SECRETS_SANDBOX" in out.stderr
+    out = cli(ROOT, "manifest", PUBLIC_URL="https://app.example.com", PORT="8123")
+    assert SANDBOX_KEY not in json.loads(out.stdout) and "sandbox" not in out.stderr

@@ -84,7 +84,7 @@ async def test_authentication(tmp_path):
         # bearer: right and wrong
         resp = await c.get("/status.json", headers=BEARER)
         assert resp.status_code == 200 and resp.json()["installations"]["active"] == {
-            "live": 0, "test": 0}
+            "live": 0, "test": 0, "sandbox": 0}
         # this process has said it is alive (its heartbeat), with its pid
         (me,) = resp.json()["replicas"]
         assert me["pid"] == os.getpid() and me["seen_at"] > time.time() - 60
@@ -148,7 +148,7 @@ async def test_figures_replay_and_resume(tmp_path):
         assert (await app.webhook(failing, WH_LIVE)).status_code == 200
         await app.settle()
         data = (await app.client.get("/status.json", headers=BEARER)).json()
-        assert data["installations"]["active"] == {"live": 1, "test": 0}
+        assert data["installations"]["active"] == {"live": 1, "test": 0, "sandbox": 0}
         assert [r["account_id"] for r in data["installations"]["latest_installs"]] == [
             "acct_status"]
         assert data["webhooks"]["open"]["failed"] == 1
@@ -271,7 +271,7 @@ def test_snapshot_on_both_databases(db_url):
     assert sum(sum(v for k, v in h.items() if k != "hour") for h in hourly) == 8
     assert data["webhooks"]["open"] == {"pending": 0, "processing": 0, "failed": 2, "dead": 2}
     assert len(data["webhooks"]["problems"]) == 4
-    assert data["installations"]["active"] == {"live": 0, "test": PAGE_SIZE + 3}
+    assert data["installations"]["active"] == {"live": 0, "test": PAGE_SIZE + 3, "sandbox": 0}
     assert data["installations"]["paused_count"]["test"] == PAGE_SIZE + 3
     assert len(data["installations"]["paused"]) == PAGE_SIZE
     assert len(snapshot(now, Pages(paused=1))["installations"]["paused"]) == 3
@@ -351,3 +351,51 @@ async def test_the_failures_section_shows_the_counts_and_accounts(tmp_path):
         assert '<span class="failed">missing_permission 1</span> (<code>acct_demo/test</code>)' \
             in failures
         assert "not granted: balance_read" in failures and "No failed runs." not in failures
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_sandbox_mode_on_the_status_page_and_health(tmp_path):
+    """Issue 26: a sandbox install counts in its own mode, a failed sandbox event says
+    sandbox (its body says livemode false, as a test event's does), and its paused jobs
+    resume from the page; /healthz and /metrics count it."""
+    from conftest import WH_TEST
+
+    from stripe_app_backend.harness import WH_SANDBOX
+
+    # the sandbox's webhook secret only: no key, so no job calls Stripe from here
+    async with running(env(tmp_path, STRIPE_WEBHOOK_SECRETS_SANDBOX=WH_SANDBOX),
+                       registry=registry()) as app:
+        Flaky.fail = True
+        for secret in (WH_SANDBOX, WH_TEST):  # the same account installs in both
+            ev = event("account.application.authorized", account="acct_box", livemode=False)
+            assert (await app.webhook(ev, secret)).status_code == 200
+        failing = event("customer.created", account="acct_box", livemode=False,
+                        event_id="evt_boxfails")
+        assert (await app.webhook(failing, WH_SANDBOX)).status_code == 200
+        await app.settle()
+        data = (await app.client.get("/status.json", headers=BEARER)).json()
+        assert data["installations"]["active"] == {"live": 0, "test": 1, "sandbox": 1}
+        (problem,) = data["webhooks"]["problems"]
+        assert (problem["id"], problem["mode"]) == ("evt_boxfails", "sandbox")
+        health = (await app.client.get("/healthz")).json()
+        assert health["installations"] == {"live": 0, "test": 1, "sandbox": 1}
+        metrics = (await app.client.get("/metrics")).text
+        assert 'installations_active{mode="sandbox"} 1.0' in metrics
+
+        view = await app.backend.storage.run(set_paused, "acct_box", "sandbox", True,
+                                             "Stripe revoked access")
+        app.backend.installations.put(view)
+        browser = await login(app)
+        page = (await browser.get("/status")).text
+        assert "1</b>active in sandbox mode" in page and "1</b>paused in sandbox mode" in page
+        assert re.search(r"evt_boxfails</code></td><td>customer.created</td><td><code>acct_box"
+                         r"</code></td><td>sandbox</td>", page), page
+        assert 'aria-label="resume acct_box sandbox"' in page
+        resp = await browser.post("/status/resume", data={"account_id": "acct_box",
+                                                          "mode": "sandbox",
+                                                          "_csrf": csrf_of(page)})
+        assert resp.status_code == 303 and "done=resumed" in resp.headers["location"]
+        assert not app.backend.installations.get("acct_box", "sandbox").jobs_paused
+        resp = await app.client.post("/status/resume", data={"account_id": "acct_box",
+                                                             "mode": "prod"}, headers=BEARER)
+        assert resp.status_code == 400 and "live, test or sandbox" in resp.text

@@ -229,3 +229,35 @@ def test_the_fixture_in_process_on_the_sample_app(stripe_app: StripeApp) -> None
     assert task.status == "succeeded", task.error
     assert stripe_app.request("/api/customers/summary",
                               account="acct_sample").json()["test"]["count"] >= 1
+
+
+def test_the_fixture_serves_a_sandbox_install(stripe_app: StripeApp) -> None:
+    """Issue 26: the kit serves sandbox installs as the server does: its own key (a test-mode
+    key other than the test key) for the job's calls, its own webhook secret for its events
+    (stored as the sandbox's), its app rows apart from test mode's."""
+    from sample_app.balance_snapshot import latest
+
+    from models.events import WebhookEvent
+    from stripe_app_backend.testing import KEYS
+
+    assert KEYS["sandbox"].startswith("sk_test_") and KEYS["sandbox"] != KEYS["test"]
+    config = stripe_app.backend.config
+    assert config.secret_keys["sandbox"] == KEYS["sandbox"] and config.sandbox_configured
+    stripe_app.install("acct_box", "sandbox")
+    result = stripe_app.run_job("balance_snapshot", account="acct_box", mode="sandbox")
+    assert result.outcome == "succeeded", result.error
+    assert stripe_app.db(latest, "acct_box", "sandbox") is not None
+    assert stripe_app.db(latest, "acct_box", "test") is None
+    # not installed in test mode: the sandbox install is not a test one
+    assert stripe_app.run_job("balance_snapshot", account="acct_box").outcome == "not_active"
+    sent = stripe_app.send_event("customer.created", {"id": "cus_box", "object": "customer"},
+                                 account="acct_box", mode="sandbox")
+    assert sent.status == "processed", sent.error
+
+    def stored() -> list[tuple[str, bool]]:
+        return [(e.mode, e.livemode) for e in WebhookEvent.select().where(
+            WebhookEvent.type == "customer.created", WebhookEvent.account_id == "acct_box")]
+
+    assert stripe_app.db(stored) == [("sandbox", False)]
+    assert stripe_app.uninstall("acct_box", "sandbox") == 1  # its snapshot went
+    assert stripe_app.db(latest, "acct_box", "sandbox") is None
