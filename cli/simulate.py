@@ -93,6 +93,8 @@ def add_parser(sub: Any) -> None:
     add_mode_options(ev)
     ev.add_argument("--granted", default="", help="apps.install.*: permissions granted, a,b")
     ev.add_argument("--pending", default="", help="apps.install.*: permissions pending, a,b")
+    ev.add_argument("--context", help="the event's `context` (an organization's, org_...): "
+                                      "the account's calls then use Stripe-Context")
     ev.set_defaults(action=_event)
     req = ssub.add_parser("request", help="send a signed extension request to /api/...")
     req.add_argument("path")
@@ -357,6 +359,8 @@ def _event(client: httpx.Client, config: Config, args: argparse.Namespace) -> in
         event = make_event(args.type, args.account, mode == Mode.LIVE)
     else:
         raise SimulateError("give an event type or --file")
+    if args.context:
+        event["context"] = args.context
     return send_event(client, config, event, mode)
 
 

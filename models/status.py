@@ -15,7 +15,7 @@ from typing import Any
 import peewee as pw
 
 from models.db import is_sqlite
-from models.enums import MODES, JobOutcome
+from models.enums import MODES, JobOutcome, Mode
 from models.events import WebhookEvent
 from models.installation import Installation
 from models.jobs import JobRun
@@ -104,7 +104,9 @@ def webhooks(now: float, pages: Pages) -> dict[str, Any]:
         "hours_start": start,
         "hourly": [{"hour": start + h * 3600, **hourly.get(h, {})} for h in range(HOURS)],
         "open": {s: open_counts.get(s, 0) for s in OPEN_STATUSES},
-        "problems": _page(problems, pages.events),
+        # each with its mode: `livemode` alone does not tell a sandbox event from a test one
+        "problems": [{**e, "mode": str(Mode.of_livemode(bool(e["livemode"]), bool(e["sandbox"])))}
+                     for e in _page(problems, pages.events)],
     }
 
 

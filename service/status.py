@@ -42,7 +42,7 @@ from urllib.parse import urlencode
 
 from tornado.web import create_signed_value, decode_signed_value
 
-from models.enums import MODES, Mode
+from models.enums import MODES
 from models.events import WebhookEvent
 from models.operator_sessions import close_session, open_session, session_alive
 from models.status import FAILURE_OUTCOMES, HOURS, PAGE_SIZE, Pages, snapshot
@@ -71,21 +71,6 @@ MISSING = frozenset({"not_found", "no_event"})
 CHART_COLOURS = (("processed", "#3a8f4a"), ("pending", "#9aa3ad"), ("processing", "#5b7fbf"),
                  ("failed", "#e0912f"), ("dead", "#c8412f"))
 
-
-
-def snapshot_with_modes(now: float, pages: Pages) -> dict[str, Any]:
-    """`snapshot`, each failed or dead event with its `mode`: live, test or sandbox (its
-    `livemode` alone does not tell a sandbox event from a test one). Runs in a database
-    thread."""
-    data = snapshot(now, pages)
-    problems = data["webhooks"]["problems"]
-    ids = [e["id"] for e in problems]
-    boxed = {i for (i,) in WebhookEvent.select(WebhookEvent.id)
-             .where(WebhookEvent.id.in_(ids), WebhookEvent.sandbox == True)  # noqa: E712
-             .tuples()} if ids else set()
-    for e in problems:
-        e["mode"] = str(Mode.of_livemode(bool(e["livemode"]), e["id"] in boxed))
-    return data
 
 class Throttled(APIError):
     """Too many wrong tokens from this client or overall: 429, try again in `retry_after` s."""
@@ -319,7 +304,7 @@ class StatusPageHandler(OperatorHandler):
 
     async def figures(self, pages: Pages) -> dict[str, Any]:
         now = time.time()
-        data = await self.storage.run(snapshot_with_modes, now, pages)
+        data = await self.storage.run(snapshot, now, pages)
         upcoming = self.scheduler.upcoming() if self.scheduler else {}
         registry = self.registry
         jobs = data["jobs"]

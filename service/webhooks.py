@@ -1,4 +1,4 @@
-"""`POST /webhooks`: Stripe events for both modes. No CORS.
+"""`POST /webhooks`: Stripe events for every mode (live, test, sandbox). No CORS.
 
 Answers:
 - 200 `{"received": true, "duplicate": false}` once the event is durably stored, that is once

@@ -239,8 +239,9 @@ export interface paths {
          * Start a long-running task for the calling account (service/tasks.py)
          * @description The fields the signature covers, except `user_id`, `account_id`, `stripe_roles` and
          *     `mode`, are the task's input (none with the two-key fallback signature). The mode is
-         *     the installation's; an account installed in both modes runs in live mode unless the
-         *     signed `mode` says `test`. Each signature is accepted once (401 `signature_replayed`
+         *     the installation's; an account installed in several modes runs in the first of
+         *     live, test and sandbox it is installed in unless the signed `mode` says `live`, `test`
+         *     or `sandbox`. Each signature is accepted once (401 `signature_replayed`
          *     after that, on any replica). 413 `input_too_large` when the input's compact JSON is
          *     longer than the task's `max_input_bytes` (16 KiB unless the task says).
          */
