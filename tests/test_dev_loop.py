@@ -163,3 +163,39 @@ def test_simulated_install_grants_permissions_that_an_install_sync_keeps(tmp_pat
         assert "balance_snapshot for acct_less (test): succeeded" in out.stdout, out.stdout
     finally:
         stop_dev(dev)
+
+
+def test_readme_sandbox_and_organization_walkthrough_as_written(tmp_path):
+    """The README's sandbox block, line by line against `run.py dev`: the install lands in the
+    sandbox mode (the Install API asked with the sandbox key), its job ran with that key, an
+    event's organization context reaches the installation, and the uninstall ends it."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("A sandbox install and an organization's context", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    commands = [shlex.split(line)[2:] for line in lines
+                if line.startswith(".venv/bin/python run.py")]
+    assert len(commands) == 6
+    port = free_port()
+    dev, _ = start_dev(tmp_path, port, free_port())
+    try:
+        wait_until(lambda: healthy(port), 40)
+        outputs = []
+        for argv in commands:
+            out = cli(tmp_path, *argv)
+            assert out.returncode == 0, f"{argv}: {out.stdout[-1500:]} {out.stderr[-1500:]}"
+            outputs.append(out.stdout)
+            if argv[:2] == ["simulate", "install"]:
+                wait_until(lambda: scheduled(port) == 1, 20)
+        balance = json.loads(outputs[1].split("<- 200:", 1)[1])
+        assert balance["sandbox"] is not None and balance["test"] is None
+        installation = json.loads(outputs[3].split("<- 200:", 1)[1])
+        assert installation["org_id"] == "org_demo"
+        assert installation["sandbox"]["active"] and installation["sandbox"]["context"] == \
+            "org_demo"
+        assert "(sandbox): succeeded" in outputs[4]
+        after = cli(tmp_path, "simulate", "request", "/api/installation", "--account", "acct_sbx")
+        assert json.loads(after.stdout.split("<- 200:", 1)[1])["sandbox"]["active"] is False
+    finally:
+        stop_dev(dev)
