@@ -167,17 +167,21 @@ class Running:
             await asyncio.sleep(0.01)
 
     async def send_event(self, type_: str, account: str | None, mode: str = Mode.TEST, *,
-                         obj: dict[str, Any] | None = None, timeout: float = 30.0
-                         ) -> EventResult:
+                         obj: dict[str, Any] | None = None, timeout: float = 30.0,
+                         context: str | None = None) -> EventResult:
         """Deliver an event of `type_` about `obj` for `account` in `mode` (signed with that
         mode's webhook secret, `WEBHOOK_SECRETS`: a sandbox event with `WH_SANDBOX` and
         `livemode: false`, so it is stored as the sandbox's) and wait until it is processed or
-        has failed; returns its status and its error (None when it was processed)."""
+        has failed; returns its status and its error (None when it was processed). `context`:
+        the event's `context` (an organization's: the account's calls then use
+        `Stripe-Context`, docs/deploy.md "Organizations")."""
         mode = Mode(mode)
         if mode == Mode.SANDBOX:
             assert WH_SANDBOX in self.backend.config.webhook_secrets[Mode.SANDBOX], (
                 "a sandbox event needs STRIPE_WEBHOOK_SECRETS_SANDBOX=WH_SANDBOX (SANDBOX_ENV)")
         ev = make_event(type_, account, mode.livemode, obj=obj)
+        if context is not None:
+            ev["context"] = context
         resp = await self.webhook(ev, WEBHOOK_SECRETS[mode])
         assert resp.status_code == 200, resp.text
 

@@ -161,11 +161,15 @@ class StripeApp:
 
     # ---- as Stripe -------------------------------------------------------------------------
     def send_event(self, type_: str, obj: dict[str, Any] | None = None, *,
-                   account: str | None = ACCOUNT, mode: str = "test") -> EventResult:
+                   account: str | None = ACCOUNT, mode: str = "test",
+                   context: str | None = None) -> EventResult:
         """Deliver a webhook event of `type_` about `obj` (its `data.object`) for `account`
         (None: the platform's own) and wait until it is processed or has failed: its
-        `.status` and `.error`. The app's handlers run only for an installed account."""
-        return self._loop.call(self._running.send_event(type_, account, mode, obj=obj))
+        `.status` and `.error`. The app's handlers run only for an installed account.
+        `context`: the event's (an organization's `org_...`: the account's calls from then on
+        send `Stripe-Context`)."""
+        return self._loop.call(self._running.send_event(type_, account, mode, obj=obj,
+                                                        context=context))
 
     def stripe(self, mode: str = "test") -> stripe.StripeClient:
         """A Stripe client of the emulator, with the platform's key for `mode`."""

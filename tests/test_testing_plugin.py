@@ -261,3 +261,20 @@ def test_the_fixture_serves_a_sandbox_install(stripe_app: StripeApp) -> None:
     assert stripe_app.db(stored) == [("sandbox", False)]
     assert stripe_app.uninstall("acct_box", "sandbox") == 1  # its snapshot went
     assert stripe_app.db(latest, "acct_box", "sandbox") is None
+
+
+def test_the_fixture_sends_an_organizations_context(stripe_app: StripeApp) -> None:
+    """Issue 26: `send_event(..., context="org_...")` delivers the event's context; the
+    installation takes it, so the account's calls from then on name it with `Stripe-Context`
+    (and no `Stripe-Account`); another account's context is never taken."""
+    stripe_app.install("acct_org", "test")
+    index = stripe_app.backend.installations
+    sent = stripe_app.send_event("customer.created", {"id": "cus_o", "object": "customer"},
+                                 account="acct_org", context="org_demo1")
+    assert sent.status == "processed", sent.error
+    assert index.context_of("acct_org", "test") == "org_demo1"
+    options = stripe_app.backend.clients.for_account("acct_org", "test")._requestor._options
+    assert (options.stripe_context, options.stripe_account) == ("org_demo1", None)
+    stripe_app.send_event("customer.updated", {"id": "cus_o", "object": "customer"},
+                          account="acct_org", context="org_x/acct_other1")
+    assert index.context_of("acct_org", "test") == "org_demo1"
