@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import WH_TEST, base_env, running
 from fake_stripe import FakeStripe
-from test_install import callback_params, start
+from test_install import callback_params, marketplace_params, start
 
 from cli.fake_installs import FakeInstalls, install_object
 from jobs.registry import Registry, job
@@ -101,6 +101,43 @@ async def test_a_sandbox_install_link_leaves_no_test_installation_behind(tmp_pat
             resp = await app.signed("/api/whoami", {"user_id": "usr_1",
                                                     "account_id": SANDBOX_ACCOUNT})
             assert resp.json()["modes"] == ["sandbox"], resp.text
+    finally:
+        await installs.close()
+        stripe.stop()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_sandbox_marketplace_install_leaves_no_test_install_pending_forever(tmp_path):
+    """The Marketplace variant: the callback (no `state`, `livemode=false`) records a PENDING
+    test install; Stripe's sandbox event installs the sandbox row, and the test row keeps
+    `pending: true` for good (nothing clears `pending_at` but an INSTALLED or a CONTRADICTED in
+    test mode, and the test sync leaves inactive rows alone): the extension is told, forever,
+    that a test install waits for Stripe on a sandbox account."""
+    stripe = FakeStripe(keys={TEST_KEY: False, SANDBOX_KEY: False})
+    stripe.start()
+    installs = FakeInstalls(upstream=stripe.url, sandbox_keys=(SANDBOX_KEY,))
+    env = base_env(tmp_path, STRIPE_API_BASE=installs.url, STRIPE_SECRET_KEY_TEST=TEST_KEY,
+                   INSTALL_SYNC="off", SCHEDULER="off", **SANDBOX_ENV)
+    try:
+        async with running(env, registry=registry()) as app:
+            resp = await app.client.get(
+                "/callback/stripe", headers={"Accept": "application/json"},
+                params=marketplace_params("usr_1", SANDBOX_ACCOUNT, livemode="false"))
+            assert resp.status_code == 202, resp.text
+            installs.add(SANDBOX_ACCOUNT, APP, sandbox=True)
+            result = await app.send_event("account.application.authorized", SANDBOX_ACCOUNT,
+                                          Mode.SANDBOX)
+            assert result.error is None
+            resp = await app.signed("/api/installation", {"user_id": "usr_1",
+                                                          "account_id": SANDBOX_ACCOUNT})
+            answer = resp.json()
+            assert answer["sandbox"]["active"] is True, answer
+            assert answer["test"].get("pending") is not True, (
+                "a test install of a sandbox account is still said to be pending", answer)
+            # and the daily test sync does not clear it either
+            await app.backend.install_sync.sync(Mode.TEST)
+            view = app.backend.installations.get(SANDBOX_ACCOUNT, Mode.TEST)
+            assert view is None or not view.pending, view
     finally:
         await installs.close()
         stripe.stop()
