@@ -99,8 +99,13 @@ async def process_event(event: WebhookEvent, installations: InstallationIndex) -
     if not isinstance(obj, dict) or not obj.get("account"):
         log.warning("%s %s has no data.object.account; nothing to apply", event.type, event.id)
         return
-    if "livemode" not in obj:
-        obj = {**obj, "livemode": event.livemode}
+    if obj.get("livemode", event.livemode) is not event.livemode:
+        # The mode is the event's (its verifying secret's), never the object's: a test secret
+        # must not install or end a live installation through `data.object.livemode`.
+        log.warning("%s %s: data.object.livemode %r disagrees with the event's; applied in "
+                    "the event's mode, %s", event.type, event.id, obj.get("livemode"),
+                    event.mode)
+    obj = {**obj, "livemode": event.livemode}
     facts = InstallFacts.of(obj, sandbox=event.mode == Mode.SANDBOX)
     kind = {CREATED: Change.INSTALLED, DELETED: Change.UNINSTALLED}.get(event.type,
                                                                         Change.DETAILS)

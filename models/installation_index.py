@@ -29,6 +29,7 @@ from models.change_watch import notify_change
 from models.db import Storage
 from models.enums import Mode
 from models.installation import (
+    Change,
     Installation,
     InstallationView,
     InstallChange,
@@ -99,16 +100,35 @@ class InstallationIndex:
         outcome = await self.storage.run(_announced, change_installation, change,
                                          precondition, self.models)
         self.put(outcome.view)
+        await self._undo_claims_of_sandbox(change, outcome)
         return outcome
 
     async def apply_many(self, changes: Iterable[InstallChange],
                          new: frozenset[tuple[str, str]] = frozenset()) -> list[Outcome]:
         """Apply changes in one transaction (`change_many`), then take each result in."""
-        outcomes = await self.storage.run(_announced, change_many, list(changes), new,
+        changes_list = list(changes)
+        outcomes = await self.storage.run(_announced, change_many, changes_list, new,
                                           self.models)
         for outcome in outcomes:
             self.put(outcome.view)
+        for change, outcome in zip(changes_list, outcomes, strict=True):
+            await self._undo_claims_of_sandbox(change, outcome)
         return outcomes
+
+    async def _undo_claims_of_sandbox(self, change: InstallChange, outcome: Outcome) -> None:
+        """Stripe has the app installed in a sandbox: a sandbox is an account of its own, never
+        installed in live or test mode, so a callback's claim of another mode for it (a
+        provisional row, or a pending one: the callback says only `livemode=false`, or nothing)
+        is undone (`CONTRADICTED`), as `InstallSync.confirm` would have done had it known."""
+        view = outcome.view
+        if (change.kind is not Change.INSTALLED or change.mode != Mode.SANDBOX
+                or not (view.active and view.confirmed)):
+            return
+        for other in (Mode.TEST, Mode.LIVE):
+            claimed = self.get(change.account_id, other)
+            if claimed is not None and (claimed.provisional or claimed.pending):
+                await self.apply(InstallChange(change.account_id, other, Change.CONTRADICTED,
+                                               change.at, f"sandbox {change.source}"))
 
     async def pause(self, account_id: str, mode: str, paused: bool,
                     reason: str | None = None) -> InstallationView | None:
