@@ -45,8 +45,13 @@ def prepare_db(url: str, account: str) -> None:
     from models.installation import apply_state
     from models.migrate import migrate
 
+    from service.config import EXAMPLE_APP
+
     db = open_database(url)
-    migrate(db)
+    # the app's migrations too: servers started together on this file would otherwise each
+    # migrate the example app at start-up (SQLite has no migration lock; a table rebuild by
+    # one makes the other's fail with "database is locked")
+    migrate(db, apps=[EXAMPLE_APP])
     apply_state(account, "live", True, int(time.time()), "bench")
     db.close()
 
