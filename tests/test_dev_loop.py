@@ -54,16 +54,22 @@ def test_simulate_event_sends_the_typed_object(tmp_path):
     assert sent["data"]["object"]["id"].startswith("in_")
 
 
+def readme_commands(after: str) -> list[list[str]]:
+    """The `run.py` commands of the README's first `sh` block after the text `after`, as
+    written (the arguments after `run.py`)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split(after, 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    return [shlex.split(line)[2:] for line in lines
+            if line.startswith(".venv/bin/python run.py")]
+
+
 def readme_walkthrough() -> list[list[str]]:
     """The second shell's commands of the README's "Try everything without a Stripe account",
     as written (the arguments after `run.py`)."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    section = text.split("## Try everything without a Stripe account", 1)[1]
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
-    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
-    commands = [shlex.split(line)[2:] for line in lines
-                if line.startswith(".venv/bin/python run.py")]
+    commands = readme_commands("## Try everything without a Stripe account")
     assert commands[0] == ["dev"], "the walkthrough starts with `run.py dev` in shell 1"
     return commands[1:]
 
@@ -169,13 +175,7 @@ def test_readme_sandbox_and_organization_walkthrough_as_written(tmp_path):
     """The README's sandbox block, line by line against `run.py dev`: the install lands in the
     sandbox mode (the Install API asked with the sandbox key), its job ran with that key, an
     event's organization context reaches the installation, and the uninstall ends it."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    section = text.split("A sandbox install and an organization's context", 1)[1]
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
-    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
-    commands = [shlex.split(line)[2:] for line in lines
-                if line.startswith(".venv/bin/python run.py")]
+    commands = readme_commands("A sandbox install and an organization's context")
     assert len(commands) == 6
     port = free_port()
     dev, _ = start_dev(tmp_path, port, free_port())
