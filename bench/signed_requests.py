@@ -44,7 +44,6 @@ def prepare_db(url: str, account: str) -> None:
     from models.db import open_database
     from models.installation import apply_state
     from models.migrate import migrate
-
     from service.config import EXAMPLE_APP
 
     db = open_database(url)

@@ -25,11 +25,15 @@ unauthenticated request writes nothing to the database. 503 without `STRIPE_APP_
   `authorized` event or the Install API agrees; when the Install API has the install in the
   other mode instead, the claimed mode is undone and the other one installed.
   The mode is test when `livemode=false` and live otherwise, as Stripe's redirect adds
-  `livemode=false` only in test mode. With `livemode` absent, live is assumed and the answer
-  says so (`mode_assumed`): a wrong guess can lose nothing, since the live row it activates was
-  inactive and so held no app data, and crosses no account, since the account is signed and a
-  live key acts only where the app is installed live (Stripe refuses the rest, and the jobs
-  pause); the Install API, the daily sync or an operator undoes it.
+  `livemode=false` only outside live mode. With the sandbox mode configured, `livemode=false`
+  may as well be a sandbox install (Stripe's redirect carries no sandbox flag): then nothing
+  takes effect at once (`Change.PENDING`, as a Marketplace install) and the Install API (asked
+  with the test and the sandbox keys), the event or the sync place it where Stripe has it.
+  With `livemode` absent, live is assumed and the answer says so (`mode_assumed`): a wrong
+  guess can lose nothing, since the live row it activates was inactive and so held no app
+  data, and crosses no account, since the account is signed and a live key acts only where
+  the app is installed live (Stripe refuses the rest, and the jobs pause); the Install API,
+  the daily sync or an operator undoes it.
 
 Whenever a platform key for the mode is set, the callback asks the Install API at once, for at
 most `jobs.installs.CONFIRM_TIMEOUT` seconds (`InstallSync.confirm`), so that the common case
@@ -50,6 +54,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from models.enums import Mode
 from models.install_state import use_state
 from models.installation import Change, InstallationView, InstallChange, Outcome, Refused
 from models.used_signatures import record_signature, signature_key
@@ -199,8 +204,13 @@ class CallbackHandler(PageMixin):
             checked = StateTokens(self.config.app_secrets).check(state, self.get_cookie(COOKIE))
             if checked.reason is not None:
                 raise self._bad_state(checked.reason, account_id)
-            change = InstallChange(account_id, mode, Change.LINK, signed_at, "callback",
-                                   user_id=user_id)
+            # `livemode=false` is a test install or a sandbox install alike: with a sandbox
+            # configured the link's mode is a guess, so nothing takes effect (no test-mode job
+            # runs with the test key for a sandbox's account) until Stripe says where it is.
+            ambiguous = mode == Mode.TEST and self.config.sandbox_configured
+            change = InstallChange(account_id, mode,
+                                   Change.PENDING if ambiguous else Change.LINK, signed_at,
+                                   "callback", user_id=user_id)
             once = _once(signed_at, signed, account_id, tolerance, checked)
         try:
             outcome = await self.installations.apply(change, once)

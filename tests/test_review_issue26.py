@@ -68,8 +68,9 @@ async def test_a_test_signed_install_event_never_installs_live(tmp_path):
 
 @pytest.mark.gen_test(timeout=90)
 async def test_a_sandbox_install_link_leaves_no_test_installation_behind(tmp_path):
-    """A sandbox install from an install link: the callback says only `livemode=false`, so the
-    row it activates is a provisional TEST one. When the Install API cannot confirm at once
+    """A sandbox install from an install link: the callback says only `livemode=false` (test
+    and sandbox alike), so with a sandbox configured it records a PENDING test claim (before
+    the fix it activated a provisional TEST row). When the Install API cannot confirm at once
     (its sandbox list lags, or answers slowly), that row stays; then Stripe's signed sandbox
     event installs the SANDBOX row, and nothing undoes the provisional test one: the sandbox
     account has the app "installed" in test mode too (a sandbox account is never installed in
@@ -88,8 +89,12 @@ async def test_a_sandbox_install_link_leaves_no_test_installation_behind(tmp_pat
             resp = await app.client.get(
                 "/callback/stripe", headers={"Accept": "application/json"},
                 params=callback_params(state, account=SANDBOX_ACCOUNT, livemode="false"))
-            assert resp.status_code == 200, resp.text
+            # with a sandbox configured, livemode=false does not say test: nothing takes
+            # effect until Stripe says where the install is (no test-mode job runs for it)
+            assert resp.status_code == 202, resp.text
+            assert resp.json()["pending"] is True and resp.json()["installed"] is False
             index = app.backend.installations
+            assert not index.is_active(SANDBOX_ACCOUNT, Mode.TEST)
             # Stripe's own word follows: the install is in the sandbox, and its signed event
             installs.add(SANDBOX_ACCOUNT, APP, sandbox=True)
             result = await app.send_event("account.application.authorized", SANDBOX_ACCOUNT,
