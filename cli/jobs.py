@@ -52,7 +52,7 @@ def _mode(args: argparse.Namespace) -> Mode:
 def _mode_note(args: argparse.Namespace) -> str:
     """The mode acted in, saying so when it was the default."""
     if args.mode is None:
-        return "live mode (the default; --test for test mode)"
+        return "live mode (the default; --test or --sandbox for the others)"
     return f"{_mode(args)} mode"
 
 

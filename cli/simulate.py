@@ -145,7 +145,7 @@ def send_event(client: httpx.Client, config: Config, event: dict[str, Any],
     live = bool(event.get("livemode"))
     mode = mode or Mode.of_livemode(live)
     if mode == Mode.SANDBOX and live:
-        raise SimulateError("a sandbox event says livemode: false (a sandbox is never live)")
+        raise SimulateError("a sandbox event must say livemode: false (a sandbox is never live)")
     secret = signing_secret(config, mode)
     body = json.dumps(event, indent=2)  # Stripe sends pretty-printed JSON
     _show("-> POST /webhooks", body)

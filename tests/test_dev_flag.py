@@ -83,8 +83,8 @@ def test_jobs_list_by_account_and_pause_resume_say_the_mode(tmp_path):
 
         out = cli(ROOT, "jobs", "pause", "--account", "acct_one", DATABASE_URL=url)
         assert out.returncode == 0
-        assert out.stdout.strip() == (
-            "acct_one: jobs paused in live mode (the default; --test for test mode)")
+        assert out.stdout.strip() == ("acct_one: jobs paused in live mode (the default; --test "
+                                      "or --sandbox for the others)")
         paused = {(i.mode, i.jobs_paused) for i in Installation.select().where(
             Installation.account_id == "acct_one")}
         assert paused == {("live", True), ("test", False)}
@@ -94,8 +94,8 @@ def test_jobs_list_by_account_and_pause_resume_say_the_mode(tmp_path):
         assert out.stdout.strip() == "acct_two: jobs paused in test mode"
         out = cli(ROOT, "jobs", "pause", "--account", "acct_two", DATABASE_URL=url)
         assert out.returncode == 1
-        assert out.stderr.strip() == (
-            "no installation for acct_two in live mode (the default; --test for test mode)")
+        assert out.stderr.strip() == ("no installation for acct_two in live mode (the default; "
+                                      "--test or --sandbox for the others)")
         out = cli(ROOT, "jobs", "pause", "--account", "acct_two", "--live", "--test",
                   DATABASE_URL=url)
         assert out.returncode == 2 and "not allowed with argument" in out.stderr
