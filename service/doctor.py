@@ -339,7 +339,9 @@ class _KeyResult:
 
 
 def _api_error(exc: stripe.StripeError) -> str:
-    return (getattr(exc, "user_message", None) or str(exc) or type(exc).__name__)[:200]
+    """The library's message on one line (a finding is one line), at most 200 characters."""
+    text = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    return " ".join(text.split())[:200]
 
 
 def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
@@ -388,7 +390,8 @@ async def _check_key(mode: str, key: str, base: str) -> _KeyResult:
                                        "accepted (a restricted key without balance read)"))
     except stripe.APIConnectionError as exc:
         result.findings.append(Finding(Status.FAILED, "STRIPE_API_BASE",
-                                       f"cannot reach {base}: {_api_error(exc)}",
+                                       f"cannot reach {base} (checking {name}): "
+                                       f"{_api_error(exc)}",
                                        "check the network, a proxy, or STRIPE_API_BASE"))
     except stripe.StripeError as exc:
         result.skew = _skew(exc.headers, sent, time.time())

@@ -151,6 +151,7 @@ async def test_an_emulator_is_skipped_not_passed(localstripe, storage):
                            "STRIPE_SECRET_KEY_TEST": TEST_KEY})
     (bad,) = find(await run_checks(cfg, None, None, probe_public_url=False), "STRIPE_API_BASE")
     assert bad.status is Status.FAILED and "cannot reach" in bad.message
+    assert "(checking STRIPE_SECRET_KEY_TEST)" in bad.message and "\n" not in bad.message
     # no key at all: nothing to check, skipped
     findings = await run_checks(Config.from_env({}), None, None, probe_public_url=False)
     assert find(findings, "STRIPE_SECRET_KEY_LIVE, _TEST", Status.SKIPPED)
