@@ -268,14 +268,19 @@ def retry_delay(attempts: int, base: float = 2.0, cap: float = RETRY_CAP,
                          uniform=uniform)
 
 
+def of_mode(mode: Mode | str) -> pw.Expression:
+    """The events of `mode` (the inverse of `WebhookEvent.mode`)."""
+    mode = Mode(mode)
+    return ((WebhookEvent.livemode == mode.livemode)
+            & (WebhookEvent.sandbox == (mode == Mode.SANDBOX)))
+
+
 def waiting_event(type_: str, account_id: str, mode: Mode | str) -> bool:
     """Whether an event of `type_` about this account and mode is stored and not yet done with
     (pending, being processed, or failed and to be retried; not processed, not dead)."""
-    mode = Mode(mode)
     return (WebhookEvent.select(WebhookEvent.id)
             .where(WebhookEvent.type == type_, WebhookEvent.account_id == account_id,
-                   WebhookEvent.livemode == mode.livemode,
-                   WebhookEvent.sandbox == (mode == Mode.SANDBOX),
+                   of_mode(mode),
                    WebhookEvent.status.in_([EventStatus.PENDING, EventStatus.PROCESSING,
                                             EventStatus.FAILED]))
             .exists())
@@ -286,11 +291,8 @@ def newer_contexts(account_id: str, mode: Mode | str, after: int,
     """`(context, created)` of the stored events about this account and mode that were
     created after `after` and carry a context, newest first (at most `limit`): what decides an
     installation's context before an older event may change it (`models/context.py`)."""
-    mode = Mode(mode)
     query = (WebhookEvent.select(WebhookEvent.context, WebhookEvent.created)
-             .where(WebhookEvent.account_id == account_id,
-                    WebhookEvent.livemode == mode.livemode,
-                    WebhookEvent.sandbox == (mode == Mode.SANDBOX),
+             .where(WebhookEvent.account_id == account_id, of_mode(mode),
                     WebhookEvent.created > after, WebhookEvent.context.is_null(False))
              .order_by(WebhookEvent.created.desc()).limit(limit))
     return [(row.context, row.created) for row in query]
