@@ -42,13 +42,13 @@ def fill(path: str, n: int) -> dict[str, int]:
     for status, age, share, pruned in plan:
         count = int(n * share)
         at = t - age * day
-        rows = [(f"evt_bench{i + k:09d}", "invoice.paid", f"acct_{k % 1000}", 1, int(at),
+        rows = [(f"evt_bench{i + k:09d}", "invoice.paid", f"acct_{k % 1000}", 1, 0, int(at),
                  PAYLOAD, at, status, 1, None, None, None,
                  at if status == "processed" else None) for k in range(count)]
         conn.executemany(
-            "INSERT INTO webhook_event (id, type, account_id, livemode, created, payload, "
-            "received_at, status, attempts, last_error, next_attempt_at, locked_until, "
-            "processed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            "INSERT INTO webhook_event (id, type, account_id, livemode, sandbox, created, "
+            "payload, received_at, status, attempts, last_error, next_attempt_at, locked_until, "
+            "processed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         i += count
         key = "kept" if not pruned else ("events" if status == "processed" else "failed_events")
         expected[key] += count

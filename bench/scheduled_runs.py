@@ -42,8 +42,8 @@ def prepare(db_url: str, db_path: str, n: int) -> None:
     con = sqlite3.connect(db_path)
     con.executemany(
         "INSERT INTO installation (account_id, mode, active, installed_at, confirmed, state_at,"
-        " state_seq, jobs_paused, created_at, updated_at, approval_required, details_at)"
-        " VALUES (?, 'live', 1, ?, 1, ?, 0, 0, ?, ?, 0, 0)",
+        " state_seq, jobs_paused, created_at, updated_at, approval_required, details_at,"
+        " context_at) VALUES (?, 'live', 1, ?, 1, ?, 0, 0, ?, ?, 0, 0, 0)",
         [(f"acct_b{i:07d}", installed, int(installed), installed, installed) for i in range(n)])
     con.commit()
     con.close()
