@@ -39,9 +39,18 @@ class Mode(StrEnum):
     def livemode(self) -> bool:
         return self is Mode.LIVE
 
+    @property
+    def key_mode(self) -> str:
+        """The mode of this mode's Stripe keys (`sk_<key_mode>_...`): a sandbox's are test-mode
+        keys."""
+        return "live" if self is Mode.LIVE else "test"
+
 
 #: Every mode, live first, then test, then sandbox (the order the API and the CLI list them in).
 MODES: tuple[Mode, ...] = tuple(Mode)
+
+#: The modes as an error message lists them: `"live", "test" or "sandbox"`.
+MODES_TEXT = ", ".join(f'"{m}"' for m in MODES[:-1]) + f' or "{MODES[-1]}"'
 
 #: The width of every `mode` column (migration 016 widened them from 4, for "sandbox").
 MODE_LENGTH = 16

@@ -233,7 +233,7 @@ class _SecretKey:
     mode: str
 
     def __call__(self, name: str, raw: str) -> str | None:
-        kind = "test" if self.mode == Mode.SANDBOX else self.mode
+        kind = Mode(self.mode).key_mode
         found = _Secrets((f"sk_{kind}_", f"rk_{kind}_"))(name, raw)
         if len(found) > 1:
             raise ConfigError(f"{name}: takes one key, not a list")

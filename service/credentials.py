@@ -39,7 +39,7 @@ from typing import Any
 from jobs.credentials import CredentialClash, Vault
 from jobs.oauth import OAuthFailure, OAuthNotConfigured, RedirectNotAllowed
 from models.credentials import SECRET, TooManyCredentials
-from models.enums import MODES
+from models.enums import MODES, MODES_TEXT
 from service.base import APIError
 from service.signed import SignedHandler, SignedRequest
 
@@ -57,11 +57,6 @@ def text(field: str, value: Any, limit: int) -> str:
         raise APIError(400, f"{field} must be valid text: it holds a lone UTF-16 surrogate "
                        "(\\ud800 to \\udfff without its pair)") from None
     return value
-
-
-#: The answer to a signed `mode` that is none of `MODES`.
-MODE_ERROR = "mode must be " + ", ".join(f'"{m}"' for m in MODES[:-1]) + f' or "{MODES[-1]}"'
-
 
 
 def clash(exc: CredentialClash) -> APIError:
@@ -84,7 +79,7 @@ class VaultHandler(SignedHandler):
     def mode(self, req: SignedRequest) -> str:
         mode = req.signed("mode")
         if mode not in MODES:
-            raise APIError(400, MODE_ERROR)
+            raise APIError(400, f"mode must be {MODES_TEXT}")
         if not self.installations.is_active(req.account_id, mode):
             raise APIError(403, f"the app is not installed on this account in {mode} mode",
                            code="not_installed",

@@ -113,7 +113,7 @@ def check_env(env: Mapping[str, str]) -> list[Finding]:
     out: list[Finding] = []
     for mode in MODES:
         # a sandbox's keys are test-mode keys; a live key is never a sandbox's
-        kind = "test" if mode == Mode.SANDBOX else str(mode)
+        kind = mode.key_mode
         other = "test" if mode == Mode.LIVE else "live"
         name = f"STRIPE_SECRET_KEY_{mode.upper()}"
         sandbox = " of the managed sandbox" if mode == Mode.SANDBOX else ""
@@ -368,7 +368,7 @@ async def _check_key(mode: str, key: str, base: str) -> _KeyResult:
                 Status.SKIPPED, name, f"{base} is not Stripe (an emulator answers for any key)",
                 "run doctor against Stripe to check the key"))
         elif bool(balance.to_dict().get("livemode")) != (mode == Mode.LIVE):
-            kind = "test" if mode == Mode.SANDBOX else mode
+            kind = Mode(mode).key_mode
             result.findings.append(Finding(
                 Status.FAILED, name, f"Stripe says this key is not a {kind}-mode key",
                 f"use the {_where(mode)} key here"))

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.base import now
-from models.enums import MODES
+from models.enums import MODES, MODES_TEXT
 from models.retention import PRUNE_INTERVAL
 from models.tasks import (
     InputTooLarge,
@@ -59,11 +59,6 @@ def describe(view: TaskView) -> dict[str, Any]:
             "progress": view.progress, "note": view.note, "result": view.result,
             "error": view.error, "attempts": view.attempts, "created": _ts(view.created_at),
             "started": _ts(view.started_at), "finished": _ts(view.finished_at)}
-
-
-#: The answer to a signed `mode` that is none of `MODES`.
-MODE_ERROR = "mode must be " + ", ".join(f'"{m}"' for m in MODES[:-1]) + f' or "{MODES[-1]}"'
-
 
 
 class TooMany(APIError):
@@ -128,7 +123,7 @@ class TaskStartHandler(SignedHandler):
         if wanted is None:
             return installed[0]
         if wanted not in MODES:
-            raise APIError(400, MODE_ERROR)
+            raise APIError(400, f"mode must be {MODES_TEXT}")
         if wanted not in installed:
             raise APIError(403, f"the app is not installed on this account in {wanted} mode",
                            code="not_installed")
